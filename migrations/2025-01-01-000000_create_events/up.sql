@@ -24,3 +24,20 @@ BEGIN
 END
 $$;
 GRANT SELECT ON events TO eventgate_read;
+
+-- Messages that can never be written (undecodable, rejected by a constraint). They are parked here with
+-- everything needed to inspect or replay them, so they never block their partition. The unique
+-- (kafka_topic, kafka_partition, kafka_offset) makes a redelivered poison message park once.
+CREATE TABLE dead_letters (
+    id              bigserial   PRIMARY KEY,
+    topic           text,
+    kafka_topic     text        NOT NULL,
+    kafka_partition integer     NOT NULL,
+    kafka_offset    bigint      NOT NULL,
+    raw             bytea,
+    error           text        NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (kafka_topic, kafka_partition, kafka_offset)
+);
+CREATE INDEX dead_letters_topic_created_at_id ON dead_letters (topic, created_at, id);
+GRANT SELECT ON dead_letters TO eventgate_read;

@@ -80,3 +80,10 @@ pub async fn run_migrations(database_url: &str) -> Result<usize, MigrationError>
     .await
     .map_err(|e| MigrationError::Apply(format!("migration task failed: {e}")))?
 }
+
+/// Adds a server-side `statement_timeout` to a connection URL (libpq's `options` parameter), so every
+/// statement on connections of the pool is bounded without an extra round trip per query.
+pub fn with_statement_timeout(database_url: &str, timeout_ms: u64) -> String {
+    let separator = if database_url.contains('?') { '&' } else { '?' };
+    format!("{database_url}{separator}options=-c%20statement_timeout%3D{timeout_ms}")
+}

@@ -1,1 +1,249 @@
+//! eventgate-db-writer: a member of a Kafka consumer group that writes events into Postgres.
+//!
+//! Run as many instances as there are partitions: the group shares the partitions among them.
+//! Loop: consume → batch (flush at `batch_size` events or `batch_timeout_ms`) → one transaction
+//! (`INSERT ... ON CONFLICT (id) DO NOTHING`, plus dead letters) → commit the batch's offsets.
+//!
+//! Invariants:
+//! - Offsets are committed only after the rows are committed. A writer that dies mid-batch leaves the
+//!   offsets where they were, the batch is read again, and the unique id makes the replay harmless.
+//! - A database outage never drops a batch: the writer keeps it and retries with capped backoff.
+//! - A message the database will never accept goes to `dead_letters` and its offset is committed, so it
+//!   cannot block its partition.
 
+mod batch;
+pub mod metrics;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use eventgate_core::catalogue::Catalogue;
+use eventgate_core::config::{Config, KafkaConfig, WriterConfig};
+use eventgate_core::envelope::Event;
+use eventgate_core::schema::PgPool;
+
+use crate::batch::{Batch, Consumed};
+use crate::store::{DeadLetter, Written};
+
+pub use crate::metrics::WriterMetrics;
+
+/// How long a stopping writer keeps trying to write the batch in hand.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Writer {
+    consumer: Arc<StreamConsumer>,
+    pool: PgPool,
+    config: WriterConfig,
+    kafka: KafkaConfig,
+    pub metrics: Arc<WriterMetrics>,
+}
+
+impl Writer {
+    /// Applies migrations (when configured), creates the pool and joins the consumer group.
+    pub async fn build(config: &Config) -> anyhow::Result<Writer> {
+        let catalogue =
+            Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
+        let url = config.writer.database_url.expose();
+        if config.writer.run_migrations {
+            let applied = eventgate_core::schema::run_migrations(url)
+                .await
+                .context("applying migrations")?;
+            tracing::info!(applied, "migrations up to date");
+        }
+        let pool = eventgate_core::schema::build_pool(url, config.writer.pool_size).await?;
+        if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &catalogue).await {
+            tracing::warn!(%error, "could not ensure Kafka topics exist");
+        }
+        let consumer: StreamConsumer = eventgate_core::kafka::client_config(&config.kafka)
+            .set("group.id", &config.writer.group_id)
+            // Offsets are committed by hand, after the rows are committed.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A new group starts at the beginning: nothing already in the topic is skipped.
+            .set("auto.offset.reset", "earliest")
+            // Pick up partitions of topics created after start-up quickly.
+            .set("topic.metadata.refresh.interval.ms", "5000")
+            .create()
+            .context("creating Kafka consumer")?;
+        let topics = eventgate_core::kafka::kafka_topics(&config.kafka, &catalogue);
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topic_refs)
+            .context("subscribing to topics")?;
+        tracing::info!(group = %config.writer.group_id, topics = ?topics, "joined consumer group");
+        Ok(Writer {
+            consumer: Arc::new(consumer),
+            pool,
+            config: config.writer.clone(),
+            kafka: config.kafka.clone(),
+            metrics: Arc::new(WriterMetrics::new()),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Consumes and writes until `shutdown` is cancelled, then writes and commits the batch in hand and
+    /// leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let timeout = Duration::from_millis(self.config.batch_timeout_ms);
+        let mut batch = Batch::default();
+        loop {
+            let deadline = batch.started.map(|started| started + timeout);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = sleep_until_or_forever(deadline) => {}
+                received = self.consumer.recv() => match received {
+                    Ok(message) => batch.push(Consumed::from_message(&message, &self.kafka.topic_prefix)),
+                    Err(error) => {
+                        tracing::warn!(%error, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+            let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if batch.len() >= self.config.batch_size || (due && !batch.is_empty()) {
+                if !self.flush(&mut batch, &shutdown).await {
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            // Shutting down: write what is in hand within a grace period; if that fails, the offsets
+            // stay uncommitted and the group reads the batch again.
+            let grace = CancellationToken::new();
+            let cancel_grace = grace.clone();
+            let timer = tokio::spawn(async move {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                cancel_grace.cancel();
+            });
+            if !self.flush(&mut batch, &grace).await {
+                tracing::warn!(
+                    batch.size = batch.len(),
+                    "batch abandoned at shutdown; it will be read again"
+                );
+            }
+            timer.abort();
+        }
+        self.consumer.unsubscribe();
+        tracing::info!("writer stopped");
+        Ok(())
+    }
+
+    /// Writes the batch, retrying with capped backoff until it is written or `shutdown` is cancelled,
+    /// then commits its offsets. Returns false when abandoned because of shutdown.
+    async fn flush(&self, batch: &mut Batch, shutdown: &CancellationToken) -> bool {
+        let started = std::time::Instant::now();
+        let mut events: Vec<&Event> = Vec::with_capacity(batch.len());
+        let mut dead_letters: Vec<DeadLetter> = Vec::new();
+        for message in &batch.messages {
+            match &message.decoded {
+                Ok(event) => events.push(event),
+                Err(dead) => dead_letters.push(dead.clone()),
+            }
+        }
+        let mut backoff = Duration::from_millis(self.config.retry_initial_ms);
+        let written = loop {
+            match self.try_write(batch, &events, &dead_letters).await {
+                Ok(written) => break written,
+                Err(error) => {
+                    self.metrics.write_retries.inc();
+                    tracing::warn!(error = %error, retry.in_ms = backoff.as_millis() as u64, batch.size = batch.len(), "batch not written, will retry");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(self.config.retry_max_ms));
+                }
+            }
+        };
+        self.metrics
+            .record_flush(batch.len(), written, started.elapsed());
+        self.commit(batch).await;
+        batch.clear();
+        true
+    }
+
+    /// One attempt at writing the batch. When the database is up but refuses the batch, the rows it
+    /// refuses one by one become dead letters and the rest are written.
+    async fn try_write(
+        &self,
+        batch: &Batch,
+        events: &[&Event],
+        dead_letters: &[DeadLetter],
+    ) -> anyhow::Result<Written> {
+        let mut conn = self.pool.get().await.context("no database connection")?;
+        let error = match store::write_batch(&mut conn, events, dead_letters).await {
+            Ok(written) => return Ok(written),
+            Err(error) => error,
+        };
+        if !store::ping(&mut conn).await {
+            return Err(anyhow::Error::new(error).context("database unavailable"));
+        }
+        tracing::warn!(%error, "database refused the batch; isolating the messages it cannot store");
+        let mut good: Vec<&Event> = Vec::new();
+        let mut parked: Vec<DeadLetter> = dead_letters.to_vec();
+        for message in &batch.messages {
+            let Ok(event) = &message.decoded else {
+                continue;
+            };
+            match store::write_batch(&mut conn, &[event], &[]).await {
+                Ok(_) => good.push(event),
+                Err(row_error) if store::ping(&mut conn).await => parked.push(DeadLetter {
+                    topic: Some(event.topic.clone()),
+                    kafka_topic: message.kafka_topic.clone(),
+                    partition: message.partition,
+                    offset: message.offset,
+                    raw: Some(event.to_json_bytes()),
+                    error: format!("database refused the event: {row_error}"),
+                }),
+                Err(row_error) => {
+                    return Err(anyhow::Error::new(row_error).context("database unavailable"))
+                }
+            }
+        }
+        // The good rows are already in; writing them again is a no-op, and keeps the count honest.
+        let mut written = store::write_batch(&mut conn, &good, &parked).await?;
+        written.events = good.len();
+        Ok(written)
+    }
+
+    async fn commit(&self, batch: &Batch) {
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in batch.next_offsets() {
+            if let Err(error) =
+                offsets.add_partition_offset(&topic, partition, Offset::Offset(next))
+            {
+                tracing::error!(%error, "cannot build offset list");
+                return;
+            }
+        }
+        let consumer = self.consumer.clone();
+        let result =
+            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await;
+        match result {
+            Ok(Ok(())) => {}
+            // After a rebalance another member owns the partition and reads it again from its last
+            // committed offset; the rows are already written, so the replay is harmless.
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "offset commit failed; the batch may be read again")
+            }
+            Err(error) => tracing::error!(%error, "offset commit task failed"),
+        }
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,266 @@
+//! The topic catalogue: one JSON Schema per topic, loaded from `config/topics/<topic>.json` at start.
+//!
+//! No topic name is known to the code: adding a topic means dropping a schema file into the directory
+//! (and a line into the access file) and restarting. Besides standard JSON Schema, a schema may carry an
+//! `x-eventgate` object at its root with per-topic settings:
+//! `{"key_field": "run_id"}` — the payload field whose value becomes the Kafka message key (events with
+//! the same key stay in order on one partition); without it the event id is the key.
+//! A property may be marked `"x-eventgate-type": "epoch-ms"` to be queried as a point in time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ErrorDetail;
+use crate::query::FieldCatalogue;
+
+/// Characters Kafka allows in a topic name; we keep eventgate topic names inside them.
+fn is_valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("cannot read topics directory {path}: {source}")]
+    ReadDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot read topic schema {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("topic schema {path} is not valid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("topic schema {path} is not a valid JSON Schema: {message}")]
+    Schema { path: PathBuf, message: String },
+    #[error("topic file {path}: {message}")]
+    Name { path: PathBuf, message: String },
+    #[error("no topic schemas found in {0}")]
+    Empty(PathBuf),
+}
+
+/// Per-topic settings read from the schema's `x-eventgate` object.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSettings {
+    pub key_field: Option<String>,
+}
+
+pub struct Topic {
+    pub name: String,
+    pub schema: Value,
+    pub settings: TopicSettings,
+    pub fields: FieldCatalogue,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topic").field("name", &self.name).field("settings", &self.settings).finish()
+    }
+}
+
+impl Topic {
+    pub fn from_schema(name: &str, schema: Value) -> Result<Topic, String> {
+        if !is_valid_topic_name(name) {
+            return Err(format!(
+                "topic name {name:?} must be 1-200 characters of letters, digits, '.', '_' or '-'"
+            ));
+        }
+        let settings = match schema.get("x-eventgate") {
+            Some(raw) => TopicSettings::deserialize(raw).map_err(|e| format!("x-eventgate: {e}"))?,
+            None => TopicSettings::default(),
+        };
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .map_err(|e| e.to_string())?;
+        let fields = FieldCatalogue::from_schema(&schema);
+        Ok(Topic { name: name.to_owned(), schema, settings, fields, validator })
+    }
+
+    /// Every way `payload` violates the topic's schema, each naming the JSON path of the offending value
+    /// (`jobs[0].status`) relative to the event, prefixed with `prefix` (for batches: `[3].`).
+    pub fn validate(&self, payload: &Value, prefix: &str) -> Vec<ErrorDetail> {
+        self.validator
+            .iter_errors(payload)
+            .map(|error| {
+                let path = pointer_to_path(&error.instance_path().to_string());
+                let field = match (prefix.is_empty(), path.is_empty()) {
+                    (true, _) => path,
+                    (false, true) => prefix.trim_end_matches('.').to_owned(),
+                    (false, false) if path.starts_with('[') => format!("{}{path}", prefix.trim_end_matches('.')),
+                    (false, false) => format!("{prefix}{path}"),
+                };
+                let detail = ErrorDetail::new(crate::error::ErrorKind::Validation, error.to_string());
+                if field.is_empty() {
+                    detail
+                } else {
+                    detail.with_field(field)
+                }
+            })
+            .collect()
+    }
+
+    /// The Kafka message key for an event: the configured key field's value, or the id.
+    pub fn message_key(&self, payload: &Value, id: &uuid::Uuid) -> String {
+        self.settings
+            .key_field
+            .as_deref()
+            .and_then(|field| payload.get(field))
+            .map(|value| match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_else(|| id.to_string())
+    }
+}
+
+/// `/jobs/0/status` → `jobs[0].status`: the notation producers know from their own code.
+pub fn pointer_to_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for raw in pointer.split('/').skip(1) {
+        let segment = raw.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(&segment);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    topics: BTreeMap<String, Topic>,
+}
+
+impl Catalogue {
+    /// Loads every `<topic>.json` of `dir`. Any broken file fails the whole load: a service must not
+    /// start with part of its topics silently missing.
+    pub fn load_dir(dir: &Path) -> Result<Catalogue, CatalogueError> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|source| CatalogueError::ReadDir { path: dir.to_owned(), source })?;
+        let mut topics = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| CatalogueError::ReadDir { path: dir.to_owned(), source })?;
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| CatalogueError::ReadFile { path: path.clone(), source })?;
+            let schema: Value = serde_json::from_str(&text)
+                .map_err(|source| CatalogueError::Json { path: path.clone(), source })?;
+            let topic = Topic::from_schema(&name, schema)
+                .map_err(|message| CatalogueError::Schema { path: path.clone(), message })?;
+            topics.insert(name, topic);
+        }
+        if topics.is_empty() {
+            return Err(CatalogueError::Empty(dir.to_owned()));
+        }
+        Ok(Catalogue { topics })
+    }
+
+    pub fn from_topics(topics: impl IntoIterator<Item = Topic>) -> Catalogue {
+        Catalogue { topics: topics.into_iter().map(|t| (t.name.clone(), t)).collect() }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(String::as_str)
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn runs_topic() -> Topic {
+        Topic::from_schema(
+            "public.cps.za.runs",
+            json!({
+                "type": "object",
+                "required": ["run_id", "jobs"],
+                "x-eventgate": {"key_field": "run_id"},
+                "properties": {
+                    "run_id": {"type": "integer"},
+                    "jobs": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"status": {"enum": ["succeeded", "failed"]}}
+                    }},
+                    "created_at": {"type": "string", "format": "date-time"}
+                }
+            }),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn violations_name_their_json_path() {
+        let topic = runs_topic();
+        let errors = topic.validate(&json!({"run_id": 1, "jobs": [{"status": "ok"}]}), "");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field.as_deref(), Some("jobs[0].status"));
+
+        let errors = topic.validate(&json!({"run_id": "x", "jobs": []}), "[2].");
+        assert_eq!(errors[0].field.as_deref(), Some("[2].run_id"));
+    }
+
+    #[test]
+    fn every_violation_is_reported() {
+        let errors = runs_topic().validate(&json!({"run_id": "x"}), "");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn formats_are_validated() {
+        let errors = runs_topic().validate(&json!({"run_id": 1, "jobs": [], "created_at": "yesterday"}), "");
+        assert_eq!(errors[0].field.as_deref(), Some("created_at"));
+    }
+
+    #[test]
+    fn key_field_or_id_keys_the_message() {
+        let topic = runs_topic();
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(topic.message_key(&json!({"run_id": 7}), &id), "7");
+        assert_eq!(topic.message_key(&json!({}), &id), id.to_string());
+    }
+
+    #[test]
+    fn topic_names_are_kafka_safe() {
+        assert!(Topic::from_schema("bad name", json!({})).is_err());
+        assert!(Topic::from_schema("../etc", json!({})).is_err());
+        assert!(Topic::from_schema("web.events", json!({})).is_ok());
+    }
+
+    #[test]
+    fn pointer_becomes_dotted_path() {
+        assert_eq!(pointer_to_path(""), "");
+        assert_eq!(pointer_to_path("/a/0/b~1c"), "a[0].b/c");
+    }
+
+    #[test]
+    fn shipped_topics_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/topics");
+        let catalogue = Catalogue::load_dir(&dir).unwrap();
+        let names: Vec<_> = catalogue.names().collect();
+        assert_eq!(names, ["audit.logs", "public.cps.za.runs", "web.events"]);
+    }
+}

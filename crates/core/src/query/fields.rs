@@ -1,0 +1,415 @@
+//! The field catalogue of a topic: which names a query may filter and sort on, and the type of each.
+//!
+//! Built from the topic's JSON Schema with [`FieldCatalogue::from_schema`], which never fails: whatever the
+//! schema cannot tell us becomes [`FieldType::Other`] (only `_exists` applies) or is left out.
+//!
+//! Rules (documented for analysts in `docs/API.md`, "Query language"):
+//! - The envelope fields `id` (uuid), `timestamp` (the `received_at` column, a date-time) and `producer`
+//!   (string) are always present.
+//! - Every property of the schema is a field, nested ones by dot path (`additional_info.region`), up to
+//!   [`MAX_SCHEMA_DEPTH`] levels. An object property is itself a field of type `Other`. Arrays are not
+//!   descended into. Property names that are empty or contain a `.` cannot be written as a dot path and are
+//!   left out.
+//! - A payload field is reachable as `payload.<path>` and, unless that clashes with an envelope name, as
+//!   `<path>`. `payload.<path>` always means the schema property path `<path>`.
+//! - Types: `"type"` (a `["string","null"]` array counts as its non-null member; `["integer","number"]` as
+//!   number; any other mix as `Other`); without `"type"`, `enum`/`const` values decide (all strings →
+//!   string, …, mixed → `Other`), and `properties` means an object. `"format": "date-time"` or `"date"` on a
+//!   string makes a date-time field; `"x-eventgate-type": "epoch-ms"` on an integer/number (or untyped)
+//!   property makes an epoch-millisecond field.
+//! - Local `$ref`s (`#/$defs/..`, `#/definitions/..`, any `#/...` JSON pointer, or `#`) are resolved,
+//!   following at most 16 hops; remote refs are not (the node counts as `Other` unless it says more itself).
+//!   Keywords next to a `$ref` take precedence over the target's; `properties` are merged.
+//! - `allOf` branches are merged like `$ref` targets. `oneOf`/`anyOf` are used only when the node itself
+//!   (after `$ref`/`allOf`) says nothing about its type: the first branch that has a non-null type is taken,
+//!   the others are ignored.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// How deep the catalogue descends into nested object properties (a dot path has at most this many parts).
+pub const MAX_SCHEMA_DEPTH: usize = 8;
+/// Guard against pathological schemas: at most this many fields are catalogued.
+pub const MAX_SCHEMA_FIELDS: usize = 5_000;
+const MAX_REF_HOPS: usize = 16;
+
+/// Where a field's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FieldSource {
+    /// The `id` column.
+    Id,
+    /// The `received_at` column (the envelope's `timestamp`).
+    Timestamp,
+    /// The `producer` column.
+    Producer,
+    /// A value inside the `payload` column, by object keys from the top.
+    Payload(Vec<String>),
+}
+
+/// The type of a field, which decides which operators apply and how values compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FieldType {
+    /// A UUID (only the envelope `id`): compared byte-wise, as Postgres does.
+    Uuid,
+    /// Text, compared byte-wise (UTF-8 order, `COLLATE "C"`).
+    String,
+    /// A JSON number that the schema says is an integer; compared numerically.
+    Integer,
+    /// A JSON number; compared numerically (exactly, as Postgres `numeric`).
+    Number,
+    /// `true`/`false`; `false < true`.
+    Boolean,
+    /// An instant: the envelope `timestamp`, or a string with `"format": "date-time"` or `"date"`.
+    DateTime,
+    /// An instant stored as a JSON number of milliseconds since the Unix epoch
+    /// (`"x-eventgate-type": "epoch-ms"`).
+    EpochMillis,
+    /// Objects, arrays, and anything whose type the schema does not pin down: only `_exists` applies.
+    Other,
+}
+
+impl FieldType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::Uuid => "uuid",
+            FieldType::String => "string",
+            FieldType::Integer => "integer",
+            FieldType::Number => "number",
+            FieldType::Boolean => "boolean",
+            FieldType::DateTime => "date-time",
+            FieldType::EpochMillis => "epoch-ms",
+            FieldType::Other => "other",
+        }
+    }
+
+    /// Whether the field holds an instant (date-time or epoch milliseconds).
+    pub fn is_time(self) -> bool {
+        matches!(self, FieldType::DateTime | FieldType::EpochMillis)
+    }
+}
+
+/// One queryable field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FieldDef {
+    /// The canonical name: `id`, `timestamp`, `producer`, the dot path of a payload property, or
+    /// `payload.<path>` when the bare path is taken by an envelope field.
+    pub name: String,
+    pub source: FieldSource,
+    pub ty: FieldType,
+}
+
+impl FieldDef {
+    /// The number of dot-path parts (1 for envelope fields).
+    pub fn depth(&self) -> usize {
+        match &self.source {
+            FieldSource::Payload(path) => path.len(),
+            _ => 1,
+        }
+    }
+
+    /// Envelope fields are columns and never null.
+    pub fn is_envelope(&self) -> bool {
+        !matches!(self.source, FieldSource::Payload(_))
+    }
+}
+
+/// The fields of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldCatalogue {
+    /// Payload fields by dot path (without the `payload.` prefix).
+    payload: BTreeMap<String, FieldDef>,
+    envelope: [FieldDef; 3],
+}
+
+const ENVELOPE_NAMES: [&str; 3] = ["id", "timestamp", "producer"];
+
+impl Default for FieldCatalogue {
+    /// The envelope fields only.
+    fn default() -> Self {
+        FieldCatalogue::from_schema(&Value::Null)
+    }
+}
+
+impl FieldCatalogue {
+    /// Builds the catalogue from a topic's JSON Schema. Never fails; always contains the envelope fields.
+    pub fn from_schema(schema: &Value) -> FieldCatalogue {
+        let envelope = [
+            FieldDef { name: "id".into(), source: FieldSource::Id, ty: FieldType::Uuid },
+            FieldDef { name: "timestamp".into(), source: FieldSource::Timestamp, ty: FieldType::DateTime },
+            FieldDef { name: "producer".into(), source: FieldSource::Producer, ty: FieldType::String },
+        ];
+        let mut walker = Walker { root: schema, out: Vec::new() };
+        walker.object_properties(schema, &mut Vec::new());
+        let mut payload = BTreeMap::new();
+        for (path, ty) in walker.out {
+            let key = path.join(".");
+            payload.entry(key).or_insert_with(|| FieldDef { name: String::new(), source: FieldSource::Payload(path), ty });
+        }
+        let mut catalogue = FieldCatalogue { payload, envelope };
+        // Canonical names: the bare path where `lookup` resolves it to this very field.
+        let keys: Vec<String> = catalogue.payload.keys().cloned().collect();
+        for key in keys {
+            let bare_ok = matches!(catalogue.lookup(&key), Some(def) if def.source == FieldSource::Payload(split(&key)));
+            let name = if bare_ok { key.clone() } else { format!("payload.{key}") };
+            if let Some(def) = catalogue.payload.get_mut(&key) {
+                def.name = name;
+            }
+        }
+        catalogue
+    }
+
+    /// Finds a field by name: an envelope name, `payload.<path>`, or a bare payload path.
+    pub fn lookup(&self, name: &str) -> Option<&FieldDef> {
+        if let Some(def) = self.envelope.iter().find(|d| d.name == name) {
+            return Some(def);
+        }
+        if let Some(rest) = name.strip_prefix("payload.") {
+            if let Some(def) = self.payload.get(rest) {
+                return Some(def);
+            }
+        }
+        self.payload.get(name)
+    }
+
+    /// The canonical names of all fields, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.fields().map(|d| d.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// All fields, envelope first, then payload fields by path.
+    pub fn fields(&self) -> impl Iterator<Item = &FieldDef> {
+        self.envelope.iter().chain(self.payload.values())
+    }
+
+    pub fn len(&self) -> usize {
+        self.envelope.len() + self.payload.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+fn split(key: &str) -> Vec<String> {
+    key.split('.').map(str::to_owned).collect()
+}
+
+/// Whether `name` is one of the envelope field names.
+pub fn is_envelope_name(name: &str) -> bool {
+    ENVELOPE_NAMES.contains(&name)
+}
+
+struct Walker<'a> {
+    root: &'a Value,
+    out: Vec<(Vec<String>, FieldType)>,
+}
+
+/// What a schema node says about itself once `$ref`s and `allOf` are merged.
+#[derive(Default)]
+struct NodeInfo<'a> {
+    types: Option<Vec<&'a str>>,
+    format: Option<&'a str>,
+    x_type: Option<&'a str>,
+    enum_values: Option<Vec<&'a Value>>,
+    properties: Vec<(&'a String, &'a Value)>,
+    branches: Vec<&'a Value>,
+}
+
+impl<'a> Walker<'a> {
+    fn object_properties(&mut self, node: &'a Value, path: &mut Vec<String>) {
+        let info = self.info(node);
+        let properties = if info.properties.is_empty() && info.types.is_none() && info.enum_values.is_none() {
+            // Untyped node: maybe a oneOf/anyOf of objects.
+            match self.first_typed_branch(&info) {
+                Some(branch) => self.info(branch).properties,
+                None => Vec::new(),
+            }
+        } else {
+            info.properties
+        };
+        for (name, sub) in properties {
+            if self.out.len() >= MAX_SCHEMA_FIELDS || path.len() >= MAX_SCHEMA_DEPTH {
+                return;
+            }
+            if name.is_empty() || name.contains('.') {
+                continue;
+            }
+            path.push(name.clone());
+            let (ty, is_object, object_node) = self.classify(sub);
+            self.out.push((path.clone(), ty));
+            if is_object {
+                self.object_properties(object_node, path);
+            }
+            path.pop();
+        }
+    }
+
+    /// The field type of a node, whether it is an object to descend into, and the node to descend into.
+    fn classify(&self, node: &'a Value) -> (FieldType, bool, &'a Value) {
+        let info = self.info(node);
+        if info.types.is_none() && info.enum_values.is_none() && info.properties.is_empty() {
+            if let Some(branch) = self.first_typed_branch(&info) {
+                let (ty, is_object, inner) = self.classify_info(&self.info(branch), branch);
+                // Keywords on the node itself (format, x-eventgate-type) still apply.
+                return (refine(ty, info.format, info.x_type), is_object, inner);
+            }
+        }
+        self.classify_info(&info, node)
+    }
+
+    fn classify_info(&self, info: &NodeInfo<'a>, node: &'a Value) -> (FieldType, bool, &'a Value) {
+        let base = match &info.types {
+            Some(types) => {
+                let non_null: Vec<&str> = types.iter().copied().filter(|t| *t != "null").collect();
+                match non_null.as_slice() {
+                    [one] => type_name(one),
+                    [] => BaseType::Other,
+                    many if many.iter().all(|t| *t == "integer" || *t == "number") => BaseType::Number,
+                    _ => BaseType::Other,
+                }
+            }
+            None => match &info.enum_values {
+                Some(values) => enum_type(values),
+                None if !info.properties.is_empty() => BaseType::Object,
+                None => BaseType::Unknown,
+            },
+        };
+        let ty = match base {
+            BaseType::String => FieldType::String,
+            BaseType::Integer => FieldType::Integer,
+            BaseType::Number => FieldType::Number,
+            BaseType::Boolean => FieldType::Boolean,
+            BaseType::Object | BaseType::Other => FieldType::Other,
+            BaseType::Unknown => {
+                if info.x_type == Some("epoch-ms") {
+                    FieldType::EpochMillis
+                } else {
+                    FieldType::Other
+                }
+            }
+        };
+        (refine(ty, info.format, info.x_type), base == BaseType::Object, node)
+    }
+
+    fn first_typed_branch(&self, info: &NodeInfo<'a>) -> Option<&'a Value> {
+        info.branches.iter().copied().find(|branch| {
+            let b = self.info(branch);
+            let non_null_type =
+                b.types.as_ref().is_some_and(|types| types.iter().any(|t| *t != "null"));
+            let enum_non_null = b.enum_values.as_ref().is_some_and(|v| v.iter().any(|v| !v.is_null()));
+            non_null_type || enum_non_null || !b.properties.is_empty()
+        })
+    }
+
+    /// Merges a node with its `$ref` targets and `allOf` branches (the node's own keywords first).
+    fn info(&self, node: &'a Value) -> NodeInfo<'a> {
+        let mut info = NodeInfo::default();
+        let mut queue: Vec<&'a Value> = vec![node];
+        let mut seen = 0usize;
+        while let Some(current) = queue.first().copied() {
+            queue.remove(0);
+            seen += 1;
+            if seen > MAX_REF_HOPS * 4 {
+                break;
+            }
+            let Some(obj) = current.as_object() else { continue };
+            if info.types.is_none() {
+                info.types = match obj.get("type") {
+                    Some(Value::String(t)) => Some(vec![t.as_str()]),
+                    Some(Value::Array(ts)) => Some(ts.iter().filter_map(Value::as_str).collect()),
+                    _ => None,
+                };
+            }
+            if info.format.is_none() {
+                info.format = obj.get("format").and_then(Value::as_str);
+            }
+            if info.x_type.is_none() {
+                info.x_type = obj.get("x-eventgate-type").and_then(Value::as_str);
+            }
+            if info.enum_values.is_none() {
+                info.enum_values = match (obj.get("enum"), obj.get("const")) {
+                    (Some(Value::Array(values)), _) => Some(values.iter().collect()),
+                    (_, Some(value)) => Some(vec![value]),
+                    _ => None,
+                };
+            }
+            if let Some(Value::Object(props)) = obj.get("properties") {
+                for (name, sub) in props {
+                    if !info.properties.iter().any(|(n, _)| *n == name) {
+                        info.properties.push((name, sub));
+                    }
+                }
+            }
+            for key in ["oneOf", "anyOf"] {
+                if let Some(Value::Array(branches)) = obj.get(key) {
+                    info.branches.extend(branches.iter());
+                }
+            }
+            if let Some(target) = obj.get("$ref").and_then(Value::as_str).and_then(|r| self.resolve(r)) {
+                queue.push(target);
+            }
+            if let Some(Value::Array(all)) = obj.get("allOf") {
+                queue.extend(all.iter());
+            }
+        }
+        info
+    }
+
+    fn resolve(&self, reference: &str) -> Option<&'a Value> {
+        let pointer = reference.strip_prefix('#')?;
+        if pointer.is_empty() {
+            return Some(self.root);
+        }
+        self.root.pointer(pointer)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BaseType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Object,
+    Other,
+    Unknown,
+}
+
+fn type_name(t: &str) -> BaseType {
+    match t {
+        "string" => BaseType::String,
+        "integer" => BaseType::Integer,
+        "number" => BaseType::Number,
+        "boolean" => BaseType::Boolean,
+        "object" => BaseType::Object,
+        _ => BaseType::Other,
+    }
+}
+
+fn enum_type(values: &[&Value]) -> BaseType {
+    let non_null: Vec<&&Value> = values.iter().filter(|v| !v.is_null()).collect();
+    if non_null.is_empty() {
+        BaseType::Other
+    } else if non_null.iter().all(|v| v.is_string()) {
+        BaseType::String
+    } else if non_null.iter().all(|v| v.is_i64() || v.is_u64()) {
+        BaseType::Integer
+    } else if non_null.iter().all(|v| v.is_number()) {
+        BaseType::Number
+    } else if non_null.iter().all(|v| v.is_boolean()) {
+        BaseType::Boolean
+    } else {
+        BaseType::Other
+    }
+}
+
+fn refine(ty: FieldType, format: Option<&str>, x_type: Option<&str>) -> FieldType {
+    match ty {
+        FieldType::Integer | FieldType::Number if x_type == Some("epoch-ms") => FieldType::EpochMillis,
+        FieldType::String if matches!(format, Some("date-time") | Some("date")) => FieldType::DateTime,
+        other => other,
+    }
+}

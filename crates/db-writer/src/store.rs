@@ -1,0 +1,104 @@
+//! Writing a batch into Postgres: one statement per batch (`INSERT ... SELECT FROM unnest(...)`), in one
+//! transaction with the batch's dead letters, idempotent by event id (`ON CONFLICT (id) DO NOTHING`).
+
+use diesel::sql_types::{
+    Array, BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use eventgate_core::envelope::Event;
+
+/// A message parked in `dead_letters` instead of `events`.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: Option<String>,
+    pub kafka_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub raw: Option<Vec<u8>>,
+    pub error: String,
+}
+
+/// How many rows a write actually added (the rest were already there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub events: usize,
+    pub dead_letters: usize,
+}
+
+const INSERT_EVENTS: &str = "INSERT INTO events (id, topic, received_at, producer, payload) \
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[]) \
+     ON CONFLICT (id) DO NOTHING";
+
+const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (topic, kafka_topic, kafka_partition, kafka_offset, raw, error) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bytea[], $6::text[]) \
+     ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING";
+
+/// Inserts events and dead letters in one transaction.
+pub async fn write_batch(
+    conn: &mut AsyncPgConnection,
+    events: &[&Event],
+    dead_letters: &[DeadLetter],
+) -> Result<Written, diesel::result::Error> {
+    conn.transaction(async |conn| {
+        let mut written = Written::default();
+        if !events.is_empty() {
+            written.events = diesel::sql_query(INSERT_EVENTS)
+                .bind::<Array<SqlUuid>, _>(events.iter().map(|e| e.id).collect::<Vec<_>>())
+                .bind::<Array<Text>, _>(events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>())
+                .bind::<Array<Timestamptz>, _>(
+                    events.iter().map(|e| e.timestamp).collect::<Vec<_>>(),
+                )
+                .bind::<Array<Text>, _>(
+                    events
+                        .iter()
+                        .map(|e| e.producer.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind::<Array<Jsonb>, _>(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+                .execute(conn)
+                .await?;
+        }
+        if !dead_letters.is_empty() {
+            written.dead_letters = diesel::sql_query(INSERT_DEAD_LETTERS)
+                .bind::<Array<Nullable<Text>>, _>(
+                    dead_letters
+                        .iter()
+                        .map(|d| d.topic.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind::<Array<Text>, _>(
+                    dead_letters
+                        .iter()
+                        .map(|d| d.kafka_topic.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind::<Array<Integer>, _>(
+                    dead_letters.iter().map(|d| d.partition).collect::<Vec<_>>(),
+                )
+                .bind::<Array<BigInt>, _>(dead_letters.iter().map(|d| d.offset).collect::<Vec<_>>())
+                .bind::<Array<Nullable<Bytea>>, _>(
+                    dead_letters
+                        .iter()
+                        .map(|d| d.raw.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind::<Array<Text>, _>(
+                    dead_letters
+                        .iter()
+                        .map(|d| d.error.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .execute(conn)
+                .await?;
+        }
+        Ok(written)
+    })
+    .await
+}
+
+/// Whether the database answers at all. After a failed write this tells a data problem (the database
+/// is fine but refuses these rows: isolate the poison message) from an outage (keep the batch and retry).
+pub async fn ping(conn: &mut AsyncPgConnection) -> bool {
+    diesel::sql_query("SELECT 1").execute(conn).await.is_ok()
+}

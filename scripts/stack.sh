@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# Local infrastructure for development and tests: a private PostgreSQL cluster and a tansu (Kafka-protocol)
+# broker, both bound to 127.0.0.1 only. Used by the Makefile, scripts/run-local.sh, scripts/test.sh and the
+# Rust test harness (crates/test-support).
+#
+# Run it (`bash scripts/stack.sh SUBCOMMAND ...`) or source it (`source scripts/stack.sh`) to get the
+# stack_* functions. Diagnostics go to stderr; stdout carries only the requested value (a path, a port), so
+# `bin=$(bash scripts/stack.sh ensure-postgres)` works.
+#
+# Subcommands:
+#   ensure-postgres                      print Debian's PostgreSQL server bin dir; apt-get install it if absent
+#   ensure-tansu                         print the tansu 0.6 binary; cargo install it into $TOOLS_DIR if absent
+#   start-postgres DATADIR PORT          initdb if needed, start on 127.0.0.1:PORT, create roles and database
+#   stop-postgres DATADIR [MODE]         pg_ctl stop -m MODE (fast by default; smart|fast|immediate)
+#   start-tansu PORT LOGFILE [PIDFILE]   start the broker in the background (memory storage), wait for the port
+#   stop-tansu [PIDFILE]                 stop the broker started with that pidfile (default .data/tansu.pid)
+#   wait-port PORT [TIMEOUT_SECS]        wait until 127.0.0.1:PORT accepts connections (default 30 s)
+#   free-port                            print a TCP port that is free on 127.0.0.1 right now
+#   reap PID DIR                         wait until process PID exits, then clean-dir DIR (the test harness)
+#   clean-dir DIR                        stop the servers kept in DIR and DIR/*/ (postgres/, tansu.pid), rm DIR
+#
+# Environment:
+#   TOOLS_DIR      where tansu is installed (bin/tansu): default .tools in the repo, or
+#                  ${XDG_CACHE_HOME:-$HOME/.cache}/eventgate/tools when CI=true (a cache that outlives the clone)
+#   TANSU_BIN      use this tansu binary instead
+#   PG_BINDIR      use the PostgreSQL server binaries in this directory instead
+#   PG_EXTRA_OPTS  extra server options for start-postgres, e.g. "-c fsync=off" for throw-away test clusters
+#   PG_OS_USER     OS user that runs the server when this script runs as root (default postgres)
+
+set -euo pipefail
+
+STACK_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK_TANSU_VERSION="0.6.0"
+
+stack_log() { printf 'stack: %s\n' "$*" >&2; }
+stack_die() {
+    stack_log "error: $*"
+    exit 1
+}
+
+# Absolute form of a path that may not exist yet (relative to the current directory).
+stack_abspath() {
+    case "$1" in
+        /*) printf '%s\n' "$1" ;;
+        *) printf '%s/%s\n' "$(pwd)" "$1" ;;
+    esac
+}
+
+stack_as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        stack_die "need root for: $* (no sudo found)"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+stack_wait_port() {
+    local port=${1:?usage: wait-port PORT [TIMEOUT]} timeout=${2:-30}
+    local deadline=$((SECONDS + timeout))
+    while ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            stack_log "127.0.0.1:$port does not accept connections after ${timeout}s"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+stack_free_port() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+        return
+    fi
+    local port i
+    for i in $(seq 1 200); do
+        port=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            printf '%s\n' "$port"
+            return
+        fi
+    done
+    stack_die "no free port found"
+}
+
+# ---------------------------------------------------------------------------------------------- postgres
+
+# Highest-versioned Debian PostgreSQL server bin dir, or nothing.
+stack_pg_bindir() {
+    if [[ -n ${PG_BINDIR:-} ]]; then
+        [[ -x $PG_BINDIR/initdb ]] || stack_die "PG_BINDIR=$PG_BINDIR has no initdb"
+        printf '%s\n' "$PG_BINDIR"
+        return
+    fi
+    local d best=""
+    while IFS= read -r d; do
+        if [[ -x $d/initdb && -x $d/pg_ctl && -x $d/postgres && -x $d/psql ]]; then best=$d; fi
+    done < <(compgen -G '/usr/lib/postgresql/*/bin' | sort -V)
+    [[ -n $best ]] && printf '%s\n' "$best"
+    return 0
+}
+
+stack_ensure_postgres() {
+    local bindir
+    bindir=$(stack_pg_bindir)
+    if [[ -z $bindir ]]; then
+        stack_log "PostgreSQL server binaries not found: installing Debian's postgresql (apt-get)"
+        # One apt run at a time, even when several test processes get here together.
+        (
+            flock -w 1800 9 || stack_die "timed out waiting for another apt-get run"
+            if [[ -z $(stack_pg_bindir) ]]; then
+                stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+                stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                    -o DPkg::Lock::Timeout=600 postgresql >&2
+            fi
+        ) 9>"${TMPDIR:-/tmp}/eventgate-apt.lock"
+        bindir=$(stack_pg_bindir)
+        [[ -n $bindir ]] || stack_die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb found"
+    fi
+    printf '%s\n' "$bindir"
+}
+
+# The OS user that runs the server: postgres refuses to run as root, so as root we use PG_OS_USER.
+stack_pg_os_user() {
+    if [[ $EUID -eq 0 ]]; then printf '%s\n' "${PG_OS_USER:-postgres}"; fi
+}
+
+stack_pg_ensure_os_user() {
+    local user
+    user=$(stack_pg_os_user)
+    [[ -z $user ]] && return 0
+    if ! id -u "$user" >/dev/null 2>&1; then
+        stack_log "creating OS user $user to run PostgreSQL"
+        useradd --system --user-group --no-create-home --home-dir /var/lib/postgresql \
+            --shell /usr/sbin/nologin "$user"
+    fi
+}
+
+# Runs a command as the server's OS user (as is when not root).
+stack_pg_run() {
+    local user
+    user=$(stack_pg_os_user)
+    if [[ -n $user ]]; then
+        runuser -u "$user" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Creates DATADIR if needed and prints the physical directory the server uses. As root the directory is
+# handed to the server's OS user; when that user cannot reach it (e.g. a clone under a 0700 home), the
+# cluster lives under ${TMPDIR:-/tmp}/eventgate-pg/ instead and DATADIR becomes a symlink to it.
+stack_pg_datadir() {
+    local requested=$1 dir user real
+    requested=$(stack_abspath "$requested")
+    mkdir -p "$requested"
+    dir=$(cd "$requested" && pwd -P)
+    user=$(stack_pg_os_user)
+    [[ -z $user ]] && { printf '%s\n' "$dir"; return; }
+    stack_pg_ensure_os_user
+    chown "$user:" "$dir"
+    if runuser -u "$user" -- test -r "$dir" -a -w "$dir" -a -x "$dir"; then
+        printf '%s\n' "$dir"
+        return
+    fi
+    [[ -z $(ls -A "$dir") ]] || stack_die "$dir is not reachable by OS user $user and not empty"
+    real="${TMPDIR:-/tmp}/eventgate-pg/$(printf '%s' "$dir" | sha1sum | cut -c1-16)"
+    stack_log "$user cannot reach $dir: keeping the cluster in $real (symlinked)"
+    mkdir -p "$(dirname "$real")" "$real"
+    chmod 0755 "$(dirname "$real")"
+    chown "$user:" "$real"
+    rmdir "$dir"
+    ln -s "$real" "$requested"
+    printf '%s\n' "$real"
+}
+
+stack_pg_psql() {
+    local bindir=$1 port=$2
+    shift 2
+    PGOPTIONS="-c client_min_messages=warning" PGCONNECT_TIMEOUT=10 "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"
+}
+
+stack_start_postgres() {
+    local requested=${1:?usage: start-postgres DATADIR PORT} port=${2:?usage: start-postgres DATADIR PORT}
+    local bindir dir sockdir out running_port
+    bindir=$(stack_ensure_postgres)
+    dir=$(stack_pg_datadir "$requested")
+
+    if [[ ! -s $dir/PG_VERSION ]]; then
+        rm -f "$dir/postgres.log"
+        [[ -z $(ls -A "$dir") ]] || stack_die "$dir holds no cluster but is not empty: remove it first"
+        stack_log "initdb $dir"
+        out=$(stack_pg_run "$bindir/initdb" -D "$dir" --auth=trust --username=postgres -E UTF8 --locale=C \
+            --no-sync 2>&1) || {
+            printf '%s\n' "$out" >&2
+            stack_die "initdb failed"
+        }
+    fi
+
+    if stack_pg_run "$bindir/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        running_port=$(sed -n 4p "$dir/postmaster.pid" 2>/dev/null || true)
+        if [[ $running_port != "$port" ]]; then
+            stack_die "a server already runs in $dir on port $running_port (asked for $port): stop it first"
+        fi
+        stack_log "postgres already running in $dir on port $port"
+    else
+        # Unix socket paths are limited to ~107 bytes: fall back to the temp dir for deep data dirs.
+        sockdir=$dir
+        if ((${#dir} > 90)); then sockdir=${TMPDIR:-/tmp}; fi
+        stack_log "starting postgres on 127.0.0.1:$port (log: $dir/postgres.log)"
+        if ! stack_pg_run "$bindir/pg_ctl" -D "$dir" -w -t 60 -l "$dir/postgres.log" \
+            -o "-p $port -k '$sockdir' -c listen_addresses=127.0.0.1 ${PG_EXTRA_OPTS:-}" start >/dev/null; then
+            tail -n 30 "$dir/postgres.log" >&2 || true
+            stack_die "postgres did not start (port $port taken?)"
+        fi
+    fi
+
+    # Roles and the app database, idempotently. The migrations grant SELECT on the tables to eventgate_read.
+    stack_pg_psql "$bindir" "$port" -d postgres >/dev/null <<'SQL'
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventgate') THEN
+        CREATE ROLE eventgate LOGIN CREATEDB;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventgate_read') THEN
+        CREATE ROLE eventgate_read NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventgate_stats') THEN
+        CREATE ROLE eventgate_stats LOGIN;
+    END IF;
+END
+$$;
+GRANT eventgate_read TO eventgate_stats;
+ALTER ROLE eventgate_stats SET default_transaction_read_only = on;
+SELECT 'CREATE DATABASE eventgate OWNER eventgate'
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'eventgate')
+\gexec
+SQL
+}
+
+stack_stop_postgres() {
+    local requested=${1:?usage: stop-postgres DATADIR [MODE]} mode=${2:-fast} dir bindir
+    dir=$(cd "$requested" 2>/dev/null && pwd -P) || return 0
+    [[ -s $dir/PG_VERSION ]] || return 0
+    bindir=$(stack_pg_bindir)
+    [[ -n $bindir ]] || return 0
+    if stack_pg_run "$bindir/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        stack_log "stopping postgres in $dir (-m $mode)"
+        stack_pg_run "$bindir/pg_ctl" -D "$dir" -m "$mode" -w -t 60 stop >/dev/null
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------- tansu
+
+stack_tools_dir() {
+    if [[ -n ${TOOLS_DIR:-} ]]; then
+        stack_abspath "$TOOLS_DIR"
+    elif [[ ${CI:-} == true ]]; then
+        printf '%s\n' "${XDG_CACHE_HOME:-${HOME:-$(cd ~ && pwd)}/.cache}/eventgate/tools"
+    else
+        printf '%s\n' "$STACK_REPO_ROOT/.tools"
+    fi
+}
+
+stack_tansu_ok() {
+    [[ -x $1 ]] && "$1" --version 2>/dev/null | grep -q "$STACK_TANSU_VERSION"
+}
+
+stack_ensure_tansu() {
+    local tools bin waited=0
+    if [[ -n ${TANSU_BIN:-} ]]; then
+        [[ -x $TANSU_BIN ]] || stack_die "TANSU_BIN=$TANSU_BIN is not executable"
+        printf '%s\n' "$TANSU_BIN"
+        return
+    fi
+    tools=$(stack_tools_dir)
+    bin=$tools/bin/tansu
+    # A build started by hand (or by another checkout) may be running: wait for it instead of racing it.
+    while [[ ! -x $bin ]] && pgrep -f '^[^ ]*cargo install --locked tansu' >/dev/null 2>&1; do
+        if ((waited % 60 == 0)); then stack_log "waiting for a running 'cargo install tansu' to finish"; fi
+        sleep 5
+        waited=$((waited + 5))
+    done
+    if [[ ! -x $bin ]]; then
+        mkdir -p "$tools"
+        (
+            flock -w 3600 9 || stack_die "timed out waiting for another tansu build"
+            if [[ ! -x $bin ]]; then
+                command -v cargo >/dev/null 2>&1 || stack_die "cargo not found: cannot build tansu"
+                stack_log "building tansu $STACK_TANSU_VERSION into $tools (takes 10-20 min on 2 cores;" \
+                    "log: $tools/tansu-build.log)"
+                if ! cargo install --locked tansu --version "$STACK_TANSU_VERSION" --features dynostore \
+                    --root "$tools" >"$tools/tansu-build.log" 2>&1; then
+                    tail -n 40 "$tools/tansu-build.log" >&2
+                    stack_die "building tansu failed (log: $tools/tansu-build.log)"
+                fi
+            fi
+        ) 9>"$tools/.tansu-install.lock"
+    fi
+    stack_tansu_ok "$bin" || stack_die "$bin is not tansu $STACK_TANSU_VERSION"
+    printf '%s\n' "$bin"
+}
+
+# True when the pidfile names a live tansu process.
+stack_tansu_running() {
+    local pidfile=$1 pid
+    [[ -s $pidfile ]] || return 1
+    pid=$(<"$pidfile")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'tansu'
+}
+
+stack_start_tansu() {
+    local port=${1:?usage: start-tansu PORT LOGFILE [PIDFILE]} logfile=${2:?usage: start-tansu PORT LOGFILE [PIDFILE]}
+    local pidfile bin pid
+    logfile=$(stack_abspath "$logfile")
+    pidfile=$(stack_abspath "${3:-${logfile%.log}.pid}")
+    mkdir -p "$(dirname "$logfile")" "$(dirname "$pidfile")"
+    if stack_tansu_running "$pidfile"; then
+        stack_log "tansu already running (pid $(<"$pidfile"))"
+        stack_wait_port "$port" 30
+        return
+    fi
+    bin=$(stack_ensure_tansu)
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        stack_die "port $port is already in use"
+    fi
+    stack_log "starting tansu on 127.0.0.1:$port (log: $logfile)"
+    # cwd /: tansu loads a .env from its working directory and its parents.
+    (cd / && exec "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/) \
+        </dev/null >>"$logfile" 2>&1 &
+    pid=$!
+    printf '%s\n' "$pid" >"$pidfile"
+    local deadline=$((SECONDS + 60))
+    while ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+            tail -n 20 "$logfile" >&2 || true
+            kill "$pid" 2>/dev/null || true
+            rm -f "$pidfile"
+            stack_die "tansu did not start on port $port"
+        fi
+        sleep 0.1
+    done
+}
+
+stack_stop_tansu() {
+    local pidfile pid i
+    pidfile=$(stack_abspath "${1:-${TANSU_PIDFILE:-$STACK_REPO_ROOT/.data/tansu.pid}}")
+    if stack_tansu_running "$pidfile"; then
+        pid=$(<"$pidfile")
+        stack_log "stopping tansu (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
+# ---------------------------------------------------------------------------------------------- reaper
+
+# Stops the servers kept in DIR and its direct subdirectories (each may hold postgres/ and tansu.pid), then
+# removes DIR, including clusters relocated to the temp dir (see stack_pg_datadir).
+stack_clean_dir() {
+    local dir=${1:?usage: clean-dir DIR} sub real
+    [[ -d $dir ]] || return 0
+    for sub in "$dir" "$dir"/*/; do
+        sub=${sub%/}
+        [[ -d $sub ]] || continue
+        if [[ -e $sub/postgres ]]; then
+            stack_stop_postgres "$sub/postgres" immediate || true
+            real=$(cd "$sub/postgres" 2>/dev/null && pwd -P) || real=""
+            if [[ -n $real && -L $sub/postgres ]]; then rm -rf "$real" || true; fi
+        fi
+        if [[ -e $sub/tansu.pid ]]; then stack_stop_tansu "$sub/tansu.pid" || true; fi
+    done
+    rm -rf "$dir" || true
+}
+
+stack_reap() {
+    local pid=${1:?usage: reap PID DIR} dir=${2:?usage: reap PID DIR}
+    [[ $pid =~ ^[1-9][0-9]*$ ]] || stack_die "reap: bad pid '$pid'"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
+    stack_clean_dir "$dir"
+}
+
+# ---------------------------------------------------------------------------------------------- main
+
+stack_main() {
+    local cmd=${1:-help}
+    shift || true
+    case "$cmd" in
+        ensure-postgres) stack_ensure_postgres "$@" ;;
+        ensure-tansu) stack_ensure_tansu "$@" ;;
+        start-postgres) stack_start_postgres "$@" ;;
+        stop-postgres) stack_stop_postgres "$@" ;;
+        start-tansu) stack_start_tansu "$@" ;;
+        stop-tansu) stack_stop_tansu "$@" ;;
+        wait-port) stack_wait_port "$@" ;;
+        free-port) stack_free_port "$@" ;;
+        reap) stack_reap "$@" ;;
+        clean-dir) stack_clean_dir "$@" ;;
+        help | -h | --help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+        *) stack_die "unknown subcommand '$cmd' (try: help)" ;;
+    esac
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    stack_main "$@"
+fi
