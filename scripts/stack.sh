@@ -78,8 +78,8 @@ s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
         return
     fi
-    local port i
-    for i in $(seq 1 200); do
+    local port
+    for _ in $(seq 1 200); do
         port=$((20000 + RANDOM % 30000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             printf '%s\n' "$port"
@@ -352,13 +352,13 @@ stack_start_tansu() {
 }
 
 stack_stop_tansu() {
-    local pidfile pid i
+    local pidfile pid
     pidfile=$(stack_abspath "${1:-${TANSU_PIDFILE:-$STACK_REPO_ROOT/.data/tansu.pid}}")
     if stack_tansu_running "$pidfile"; then
         pid=$(<"$pidfile")
         stack_log "stopping tansu (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 100); do
+        for _ in $(seq 1 100); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done

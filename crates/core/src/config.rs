@@ -290,4 +290,20 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("postgres://"), "{printed}");
     }
+
+    #[test]
+    fn every_key_is_documented_in_env_example() {
+        let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.env.example")).unwrap();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        for (section, keys) in defaults.as_object().unwrap() {
+            for key in keys.as_object().unwrap().keys() {
+                let var = format!("EVENTGATE_{}__{}=", section.to_uppercase(), key.to_uppercase());
+                if !example.contains(&var) {
+                    missing.push(var);
+                }
+            }
+        }
+        assert!(missing.is_empty(), "undocumented in .env.example: {missing:?}");
+    }
 }

@@ -12,6 +12,7 @@
 //!   cannot block its partition.
 
 mod batch;
+pub mod health;
 pub mod metrics;
 pub mod store;
 

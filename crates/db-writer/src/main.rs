@@ -7,9 +7,15 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load()?;
     eventgate_core::telemetry::init(&config.telemetry);
     let writer = Writer::build(&config).await?;
+    let (health, port) = eventgate_db_writer::health::serve(&config.writer.listen, writer.pool().clone(), writer.metrics.clone())?;
+    tracing::info!(port, "writer health and metrics listening");
+    let health_handle = health.handle();
+    tokio::spawn(health);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    writer.run(shutdown).await
+    let result = writer.run(shutdown).await;
+    health_handle.stop(true).await;
+    result
 }
 
 /// SIGINT or SIGTERM: finish the batch in hand, commit, leave the group.

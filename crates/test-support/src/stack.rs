@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Nullable};
 use diesel::QueryableByName;
-// `as _`: RunQueryDsl has a blanket `execute` that would shadow `TestDatabase::execute` where imported.
-use diesel_async::RunQueryDsl as _;
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -562,10 +560,15 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // Not `super::*`: diesel's RunQueryDsl (a blanket trait with an `execute` method) would shadow
+    // `TestDatabase::execute`.
+    use super::{connect, parse_pg_authority, private_stack, query_i64, stack};
+    use diesel_async::SimpleAsyncConnection;
+    use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Message;
     use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::time::Duration;
 
     #[test]
     fn parses_admin_urls() {

@@ -1,0 +1,47 @@
+# eventgate developer entry points. `make help` lists them.
+#
+# Local state lives in .data/ (PostgreSQL cluster, dev keys, cursor secret, tansu log) and tools in .tools/
+# (tansu), both git-ignored. Ports: PG_PORT (55432) and KAFKA_PORT (19092), e.g. `make run PG_PORT=55433`.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PG_PORT ?= 55432
+KAFKA_PORT ?= 19092
+SUB ?= dev
+TTL ?=
+export PG_PORT KAFKA_PORT
+
+.PHONY: help run token test migrate build lint fmt clean stop
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+run: ## Start PostgreSQL, tansu and the three services in the foreground (Ctrl-C stops all)
+	@bash scripts/run-local.sh run
+
+token: ## Print a dev JWT alone on stdout: make -s token SUB=dev [TTL=3600]
+	@bash scripts/run-local.sh token "$(SUB)" "$(TTL)"
+
+test: ## fmt check, clippy and every test against a private PostgreSQL + tansu (installs what is missing)
+	@bash scripts/test.sh
+
+migrate: ## Apply the migrations to the local database of `make run` (which must be running)
+	@bash scripts/run-local.sh migrate
+
+build: ## Build every binary of the workspace (debug)
+	cargo build --workspace --bins
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+stop: ## Stop a running `make run` and the servers it left behind
+	@bash scripts/run-local.sh stop
+
+clean: ## Remove local state (.data) and test-stack leftovers; stops nothing (`make stop` first)
+	rm -rf .data target/test-stack

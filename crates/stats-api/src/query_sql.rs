@@ -1,0 +1,646 @@
+//! Translation of a [`QueryPlan`] into one parameterised SQL statement over `events`.
+//!
+//! Invariants:
+//! - No client text ever becomes SQL text. The statement is assembled only from `&'static str` fragments
+//!   of this file and `$n` placeholders; every value, field path (`text[]` for `#>`) and pattern is a bind
+//!   parameter. [`SqlBuilder::push`] takes `&'static str` so nothing else can be appended.
+//! - The statement selects and orders exactly what [`QueryPlan::matches`] / [`QueryPlan::compare`] /
+//!   [`QueryPlan::is_after_cursor`] say in memory (checked against Postgres by `tests/query_property.rs`):
+//!   - a payload field's typed value is `payload #> path` when it has the field's JSON type, else NULL;
+//!     `#>` would index into arrays for path parts that look like integers, so such parts are guarded
+//!     with `jsonb_typeof(parent) = 'object'` (Rust walks objects only);
+//!   - text compares under `COLLATE "C"` (byte order, `str`'s order); `_contains` is `ILIKE` under
+//!     `COLLATE "C"`, which folds ASCII letters only, like `to_ascii_lowercase`;
+//!   - date-time strings become `timestamptz` only when they match [`STORED_TIME_REGEX`], so a malformed
+//!     value is NULL instead of an error; date-only strings get `T00:00:00Z` appended (never the session
+//!     time zone);
+//!   - numbers compare as `numeric` (exact); instants are bound as `timestamptz` microseconds.
+//! - Equality (and `_in`) on string, number, boolean and epoch-ms payload fields is written as jsonb
+//!   containment `payload @> '{"a":{"b":v}}'`, which the GIN `jsonb_path_ops` index serves and which means
+//!   the same thing (objects only, numbers by value: `1` matches `1.0`).
+//! - The default order `-timestamp` becomes `ORDER BY received_at DESC, id DESC` with the keyset condition
+//!   `(received_at, id) < ($a, $b)`, served by the `(topic, received_at, id)` btree. Other orders use a
+//!   lexicographic OR-chain that treats NULL as greater than every value (`ASC` = `NULLS LAST`,
+//!   `DESC` = `NULLS FIRST`, Postgres' defaults).
+
+use diesel::pg::data_types::PgTimestamp;
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Text, Timestamptz};
+use serde_json::{Map, Value};
+
+use eventgate_core::query::value::{PG_EPOCH_MICROS, STORED_TIME_REGEX};
+use eventgate_core::query::{FieldDef, FieldSource, FieldType, Filter, FilterOp, QueryPlan, Scalar, SortValue};
+
+/// One bind parameter, in order: `$1` is `binds[0]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    Text(String),
+    TextArray(Vec<String>),
+    Uuid(uuid::Uuid),
+    /// Microseconds since the Unix epoch.
+    Timestamptz(i64),
+    Jsonb(Value),
+    Bool(bool),
+    BigInt(i64),
+}
+
+/// A statement before it is handed to diesel: the SQL text and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlParts {
+    pub sql: String,
+    pub binds: Vec<Bind>,
+}
+
+/// The page query: `SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1 AND
+/// <filters> AND <after the cursor> ORDER BY <sort, id> LIMIT plan.limit + 1`, loadable as `EventRow`.
+pub fn page_query(topic: &str, plan: &QueryPlan) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    into_diesel(page_sql(topic, plan))
+}
+
+/// The page query as SQL text and binds (what [`page_query`] hands to diesel).
+pub fn page_sql(topic: &str, plan: &QueryPlan) -> SqlParts {
+    let mut b = SqlBuilder::default();
+    b.push("SELECT id, topic, received_at, producer, payload FROM events WHERE topic = ");
+    b.bind(Bind::Text(topic.to_owned()), "::text");
+    for filter in &plan.filters {
+        b.push(" AND ");
+        b.filter(filter);
+    }
+    if let Some(after) = &plan.after {
+        b.push(" AND ");
+        b.keyset(plan, after);
+    }
+    b.push(" ORDER BY ");
+    for (i, key) in plan.sort.iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.typed(&key.field);
+        b.push(if key.descending { " DESC" } else { " ASC" });
+    }
+    b.push(" LIMIT ");
+    b.bind(Bind::BigInt(i64::from(plan.limit) + 1), "::bigint");
+    SqlParts { sql: b.sql, binds: b.binds }
+}
+
+/// Hands SQL text and binds to diesel.
+pub fn into_diesel(parts: SqlParts) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    let mut query = diesel::sql_query(parts.sql).into_boxed::<Pg>();
+    for bind in parts.binds {
+        query = match bind {
+            Bind::Text(v) => query.bind::<Text, _>(v),
+            Bind::TextArray(v) => query.bind::<Array<Text>, _>(v),
+            Bind::Uuid(v) => query.bind::<diesel::sql_types::Uuid, _>(v),
+            Bind::Timestamptz(micros) => query.bind::<Timestamptz, _>(PgTimestamp(micros - PG_EPOCH_MICROS)),
+            Bind::Jsonb(v) => query.bind::<Jsonb, _>(v),
+            Bind::Bool(v) => query.bind::<Bool, _>(v),
+            Bind::BigInt(v) => query.bind::<BigInt, _>(v),
+        };
+    }
+    query
+}
+
+/// Builds SQL text from static fragments and placeholders only.
+#[derive(Default)]
+struct SqlBuilder {
+    sql: String,
+    binds: Vec<Bind>,
+    /// Field paths already bound, with their parameter numbers (a path is bound once and reused).
+    paths: Vec<(Vec<String>, usize)>,
+    regex_param: Option<usize>,
+}
+
+impl SqlBuilder {
+    fn push(&mut self, fragment: &'static str) {
+        self.sql.push_str(fragment);
+    }
+
+    fn placeholder(&mut self, n: usize, cast: &'static str) {
+        self.sql.push('$');
+        self.sql.push_str(&n.to_string());
+        self.sql.push_str(cast);
+    }
+
+    /// Adds a parameter and writes its placeholder; returns its number.
+    fn bind(&mut self, bind: Bind, cast: &'static str) -> usize {
+        self.binds.push(bind);
+        let n = self.binds.len();
+        self.placeholder(n, cast);
+        n
+    }
+
+    fn new_param(&mut self, bind: Bind) -> usize {
+        self.binds.push(bind);
+        self.binds.len()
+    }
+
+    fn path(&mut self, path: &[String]) {
+        let n = match self.paths.iter().find(|(p, _)| p == path) {
+            Some((_, n)) => *n,
+            None => {
+                let n = self.new_param(Bind::TextArray(path.to_vec()));
+                self.paths.push((path.to_vec(), n));
+                n
+            }
+        };
+        self.placeholder(n, "::text[]");
+    }
+
+    fn regex(&mut self) {
+        let n = match self.regex_param {
+            Some(n) => n,
+            None => {
+                let n = self.new_param(Bind::Text(STORED_TIME_REGEX.to_owned()));
+                self.regex_param = Some(n);
+                n
+            }
+        };
+        self.placeholder(n, "::text");
+    }
+
+    /// The jsonb value at a payload path, walking objects only; NULL when absent.
+    fn value(&mut self, path: &[String]) {
+        let guarded: Vec<usize> =
+            (0..path.len()).filter(|&i| path[i].bytes().any(|c| c.is_ascii_digit())).collect();
+        if guarded.is_empty() {
+            self.push("(payload #> ");
+            self.path(path);
+            self.push(")");
+            return;
+        }
+        self.push("(CASE WHEN ");
+        for (k, &i) in guarded.iter().enumerate() {
+            if k > 0 {
+                self.push(" AND ");
+            }
+            self.push("jsonb_typeof(payload #> ");
+            self.path(&path[..i]);
+            self.push(") = 'object'");
+        }
+        self.push(" THEN payload #> ");
+        self.path(path);
+        self.push(" END)");
+    }
+
+    /// The text of the jsonb value at a payload path (`#>> '{}'` unquotes a string).
+    fn value_text(&mut self, path: &[String]) {
+        self.push("(");
+        self.value(path);
+        self.push(" #>> '{}')");
+    }
+
+    /// The typed value of a field: a column, or a payload value of the field's type, else NULL.
+    fn typed(&mut self, field: &FieldDef) {
+        let path = match &field.source {
+            FieldSource::Id => return self.push("id"),
+            FieldSource::Timestamp => return self.push("received_at"),
+            FieldSource::Producer => return self.push("(producer COLLATE \"C\")"),
+            FieldSource::Payload(path) => path,
+        };
+        match field.ty {
+            FieldType::String | FieldType::Uuid => {
+                self.push("((CASE WHEN jsonb_typeof(");
+                self.value(path);
+                self.push(") = 'string' THEN ");
+                self.value_text(path);
+                self.push(" END) COLLATE \"C\")");
+            }
+            FieldType::Integer | FieldType::Number | FieldType::EpochMillis => {
+                self.push("(CASE WHEN jsonb_typeof(");
+                self.value(path);
+                self.push(") = 'number' THEN ");
+                self.value(path);
+                self.push("::numeric END)");
+            }
+            FieldType::Boolean => {
+                self.push("(CASE WHEN jsonb_typeof(");
+                self.value(path);
+                self.push(") = 'boolean' THEN ");
+                self.value(path);
+                self.push("::boolean END)");
+            }
+            FieldType::DateTime => {
+                self.push("(CASE WHEN jsonb_typeof(");
+                self.value(path);
+                self.push(") = 'string' AND ");
+                self.value_text(path);
+                self.push(" ~ ");
+                self.regex();
+                self.push(" THEN (CASE WHEN length(");
+                self.value_text(path);
+                self.push(") = 10 THEN ");
+                self.value_text(path);
+                self.push(" || 'T00:00:00Z' ELSE ");
+                self.value_text(path);
+                self.push(" END)::timestamptz END)");
+            }
+            FieldType::Other => {
+                // Not comparable; only presence is asked of it (see `presence`).
+                self.push("(CASE WHEN jsonb_typeof(");
+                self.value(path);
+                self.push(") <> 'null' THEN ");
+                self.value(path);
+                self.push(" END)");
+            }
+        }
+    }
+
+    /// `TRUE` when the field has a value (`wanted`), or has none (`!wanted`).
+    fn presence(&mut self, field: &FieldDef, wanted: bool) {
+        if field.is_envelope() {
+            return self.push(if wanted { "TRUE" } else { "FALSE" });
+        }
+        self.push("(");
+        self.typed(field);
+        self.push(if wanted { " IS NOT NULL)" } else { " IS NULL)" });
+    }
+
+    fn scalar(&mut self, value: &Scalar) {
+        match value {
+            Scalar::Uuid(u) => self.bind(Bind::Uuid(*u), "::uuid"),
+            Scalar::Text(s) => self.bind(Bind::Text(s.clone()), "::text"),
+            Scalar::Number(d) => self.bind(Bind::Text(d.to_string()), "::numeric"),
+            Scalar::Bool(b) => self.bind(Bind::Bool(*b), "::boolean"),
+            Scalar::Instant(t) => self.bind(Bind::Timestamptz(*t), "::timestamptz"),
+        };
+    }
+
+    /// `typed <op> value`.
+    fn compare(&mut self, field: &FieldDef, op: &'static str, value: &Scalar) {
+        self.push("(");
+        self.typed(field);
+        self.push(op);
+        self.scalar(value);
+        self.push(")");
+    }
+
+    fn filter(&mut self, filter: &Filter) {
+        let field = &filter.field;
+        match &filter.op {
+            FilterOp::Exists(wanted) => self.presence(field, *wanted),
+            FilterOp::IsNull => self.presence(field, false),
+            FilterOp::Eq(v) => match containment(field, v) {
+                Some(doc) => {
+                    self.push("(payload @> ");
+                    self.bind(Bind::Jsonb(doc), "::jsonb");
+                    self.push(")");
+                }
+                None => self.compare(field, " = ", v),
+            },
+            FilterOp::In { values, or_null } => {
+                self.push("(");
+                let docs: Option<Vec<Value>> = values.iter().map(|v| containment(field, v)).collect();
+                match docs {
+                    Some(docs) => {
+                        for (i, doc) in docs.into_iter().enumerate() {
+                            if i > 0 {
+                                self.push(" OR ");
+                            }
+                            self.push("payload @> ");
+                            self.bind(Bind::Jsonb(doc), "::jsonb");
+                        }
+                    }
+                    None => {
+                        self.typed(field);
+                        self.push(" IN (");
+                        for (i, v) in values.iter().enumerate() {
+                            if i > 0 {
+                                self.push(", ");
+                            }
+                            self.scalar(v);
+                        }
+                        self.push(")");
+                    }
+                }
+                if *or_null {
+                    if !values.is_empty() {
+                        self.push(" OR ");
+                    }
+                    self.presence(field, false);
+                }
+                if values.is_empty() && !*or_null {
+                    self.push("FALSE");
+                }
+                self.push(")");
+            }
+            FilterOp::Ne(v) => self.compare(field, " <> ", v),
+            FilterOp::Gt(v) => self.compare(field, " > ", v),
+            FilterOp::Gte(v) => self.compare(field, " >= ", v),
+            FilterOp::Lt(v) => self.compare(field, " < ", v),
+            FilterOp::Lte(v) => self.compare(field, " <= ", v),
+            FilterOp::Between(lo, hi) => match (lo, hi) {
+                (None, None) => self.presence(field, true),
+                (Some(lo), None) => self.compare(field, " >= ", lo),
+                (None, Some(hi)) => self.compare(field, " <= ", hi),
+                (Some(lo), Some(hi)) => {
+                    self.push("(");
+                    self.compare(field, " >= ", lo);
+                    self.push(" AND ");
+                    self.compare(field, " <= ", hi);
+                    self.push(")");
+                }
+            },
+            FilterOp::Contains(needle) => {
+                self.push("(");
+                self.typed(field);
+                self.push(" ILIKE ");
+                self.bind(Bind::Text(like_pattern(needle)), "::text");
+                self.push(")");
+            }
+        }
+    }
+
+    /// Rows strictly after the cursor position in the plan's order (NULL greater than every value).
+    fn keyset(&mut self, plan: &QueryPlan, after: &[SortValue]) {
+        let keys: Vec<_> = plan.sort.iter().zip(after.iter()).collect();
+        let all_columns_one_direction = !keys.is_empty()
+            && keys.iter().all(|(k, v)| k.field.is_envelope() && v.is_some())
+            && keys.iter().all(|(k, _)| k.descending == keys[0].0.descending);
+        if all_columns_one_direction {
+            // Row comparison: the btree (topic, received_at, id) serves it directly.
+            self.push("(");
+            for (i, (key, _)) in keys.iter().enumerate() {
+                if i > 0 {
+                    self.push(", ");
+                }
+                self.typed(&key.field);
+            }
+            self.push(if keys[0].0.descending { ") < (" } else { ") > (" });
+            for (i, (_, value)) in keys.iter().enumerate() {
+                if i > 0 {
+                    self.push(", ");
+                }
+                if let Some(v) = value {
+                    self.scalar(v);
+                }
+            }
+            self.push(")");
+            return;
+        }
+        self.push("(");
+        // A redundant bound on a leading column lets an index range scan start at the cursor.
+        if let Some((first, Some(v))) = keys.first() {
+            if first.field.is_envelope() {
+                self.compare(&first.field, if first.descending { " <= " } else { " >= " }, v);
+                self.push(" AND ");
+            }
+        }
+        self.push("(");
+        let mut terms = 0;
+        for i in 0..keys.len() {
+            let (key, value) = keys[i];
+            let nullable = !key.field.is_envelope();
+            // "Strictly after" on key i; skipped when nothing can be (ascending after NULL).
+            let after_kind = match (key.descending, value) {
+                (false, Some(_)) => Some(if nullable { "gt_or_null" } else { "gt" }),
+                (false, None) => None,
+                (true, Some(_)) => Some("lt"),
+                (true, None) => Some("not_null"),
+            };
+            let Some(after_kind) = after_kind else { continue };
+            if terms > 0 {
+                self.push(" OR ");
+            }
+            terms += 1;
+            self.push("(");
+            for (prev, prev_value) in &keys[..i] {
+                match prev_value {
+                    Some(v) => self.compare(&prev.field, " = ", v),
+                    None => self.presence(&prev.field, false),
+                }
+                self.push(" AND ");
+            }
+            match (after_kind, value) {
+                ("gt", Some(v)) => self.compare(&key.field, " > ", v),
+                ("gt_or_null", Some(v)) => {
+                    self.push("(");
+                    self.compare(&key.field, " > ", v);
+                    self.push(" OR ");
+                    self.presence(&key.field, false);
+                    self.push(")");
+                }
+                ("lt", Some(v)) => self.compare(&key.field, " < ", v),
+                _ => self.presence(&key.field, true),
+            }
+            self.push(")");
+        }
+        if terms == 0 {
+            self.push("FALSE");
+        }
+        self.push("))");
+    }
+}
+
+/// The containment document `{"a":{"b":v}}` for equality with `v`, when containment means exactly
+/// "the typed value equals v": payload fields of JSON string, number or boolean type.
+fn containment(field: &FieldDef, value: &Scalar) -> Option<Value> {
+    let FieldSource::Payload(path) = &field.source else { return None };
+    let leaf = match (field.ty, value) {
+        (FieldType::String, Scalar::Text(s)) => Value::String(s.clone()),
+        (FieldType::Integer | FieldType::Number | FieldType::EpochMillis, Scalar::Number(d)) => {
+            Value::Number(d.to_json_number()?)
+        }
+        (FieldType::Boolean, Scalar::Bool(b)) => Value::Bool(*b),
+        _ => return None,
+    };
+    let mut doc = leaf;
+    for segment in path.iter().rev() {
+        let mut object = Map::new();
+        object.insert(segment.clone(), doc);
+        doc = Value::Object(object);
+    }
+    Some(doc)
+}
+
+/// `%needle%` with `\`, `%` and `_` escaped (backslash is `LIKE`'s default escape character).
+pub fn like_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() + 2);
+    pattern.push('%');
+    for c in needle.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventgate_core::query::{plan, CursorKey, FieldCatalogue, QueryLimits, QueryRequest};
+    use serde_json::json;
+
+    fn catalogue() -> FieldCatalogue {
+        FieldCatalogue::from_schema(&json!({
+            "type": "object",
+            "properties": {
+                "source_app": {"type": "string"},
+                "run_id": {"type": "integer"},
+                "score": {"type": "number"},
+                "ok": {"type": "boolean"},
+                "timestamp_start": {"type": "integer", "x-eventgate-type": "epoch-ms"},
+                "finished_at": {"type": "string", "format": "date-time"},
+                "info": {"type": "object", "properties": {"region": {"type": "string"}, "0": {"type": "integer"}}},
+                "tags": {"type": "array"},
+                "x'; DROP TABLE events; --": {"type": "string"},
+                "weird\"name": {"type": "object", "properties": {"$1": {"type": "integer"}}}
+            }
+        }))
+    }
+
+    fn key() -> CursorKey {
+        CursorKey::new(b"sql-test-secret")
+    }
+
+    fn sql_for(body: Value) -> SqlParts {
+        let req = QueryRequest::from_json(&body).expect("body");
+        let plan = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect("plan");
+        page_sql("jobs", &plan)
+    }
+
+    /// The SQL is made of this file's fragments only: after removing placeholders, no character outside
+    /// a small fixed alphabet, and none of the client's strings.
+    fn assert_only_static_sql(parts: &SqlParts, client_texts: &[&str]) {
+        for text in client_texts {
+            assert!(!parts.sql.contains(text), "client text {text:?} in SQL: {}", parts.sql);
+        }
+        let max_param = parts.binds.len();
+        let mut rest = parts.sql.as_str();
+        while let Some(at) = rest.find('$') {
+            let digits: String = rest[at + 1..].chars().take_while(char::is_ascii_digit).collect();
+            let n: usize = digits.parse().expect("placeholder number");
+            assert!(n >= 1 && n <= max_param, "placeholder ${n} without a bind");
+            rest = &rest[at + 1 + digits.len()..];
+        }
+        // Quoted literals are only ours.
+        let literals: Vec<&str> = parts.sql.split('\'').skip(1).step_by(2).collect();
+        for literal in literals {
+            assert!(
+                ["{}", "object", "string", "number", "boolean", "null", "T00:00:00Z"].contains(&literal),
+                "unexpected literal {literal:?} in {}",
+                parts.sql
+            );
+        }
+    }
+
+    #[test]
+    fn default_order_uses_the_btree_and_a_row_comparison() {
+        let req = QueryRequest::default();
+        let p = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect("plan");
+        let parts = page_sql("jobs", &p);
+        assert_eq!(
+            parts.sql,
+            "SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1::text \
+             ORDER BY received_at DESC, id DESC LIMIT $2::bigint"
+        );
+        assert_eq!(parts.binds, vec![Bind::Text("jobs".into()), Bind::BigInt(51)]);
+        let last = eventgate_core::envelope::Event {
+            id: uuid::Uuid::nil(),
+            topic: "jobs".into(),
+            timestamp: time::OffsetDateTime::UNIX_EPOCH,
+            producer: "p".into(),
+            payload: json!({}),
+        };
+        let req = QueryRequest { cursor: Some(p.next_cursor(&last, &key())), ..QueryRequest::default() };
+        let p = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect("plan");
+        let parts = page_sql("jobs", &p);
+        assert!(
+            parts.sql.contains("AND (received_at, id) < ($2::timestamptz, $3::uuid) ORDER BY received_at DESC, id DESC"),
+            "{}",
+            parts.sql
+        );
+        assert_eq!(parts.binds[1], Bind::Timestamptz(0));
+    }
+
+    #[test]
+    fn equality_uses_containment() {
+        let parts = sql_for(json!({"filter": {"info.region": "eu", "run_id": 5, "ok": true, "source_app_in": ["a", "b"]}}));
+        assert!(parts.binds.contains(&Bind::Jsonb(json!({"info": {"region": "eu"}}))), "{:?}", parts.binds);
+        assert!(parts.binds.contains(&Bind::Jsonb(json!({"run_id": 5}))));
+        assert!(parts.binds.contains(&Bind::Jsonb(json!({"ok": true}))));
+        assert!(parts.binds.contains(&Bind::Jsonb(json!({"source_app": "b"}))));
+        assert_eq!(parts.sql.matches("payload @> ").count(), 5, "{}", parts.sql);
+        assert_only_static_sql(&parts, &["eu"]);
+    }
+
+    #[test]
+    fn integer_like_path_parts_are_guarded() {
+        let parts = sql_for(json!({"filter": {"info.0_gt": 1}}));
+        assert!(parts.sql.contains("jsonb_typeof(payload #> $"), "{}", parts.sql);
+        assert!(parts.sql.contains(") = 'object' THEN payload #> "), "{}", parts.sql);
+        assert!(parts.binds.contains(&Bind::TextArray(vec!["info".into()])));
+        assert!(parts.binds.contains(&Bind::TextArray(vec!["info".into(), "0".into()])));
+    }
+
+    #[test]
+    fn hostile_names_and_values_only_appear_as_binds() {
+        let evil = "x'; DROP TABLE events; --";
+        let parts = sql_for(json!({
+            "filter": {
+                evil: "'; DELETE FROM events; --",
+                format!("{evil}_contains"): "%_\\' OR 1=1 --",
+                format!("{evil}_in"): ["$1", "')--"],
+                "weird\"name.$1_gte": 3,
+                "source_app_gt": "\" OR \"\"=\"",
+                "finished_at_between": ["2025-01-01", "2025-01-02T00:00:00+01:00"],
+                "timestamp_start_lt": "2025-01-01",
+                "tags_exists": true,
+            },
+            "sort": [format!("-{evil}"), "weird\"name.$1", "finished_at"],
+        }));
+        assert_only_static_sql(&parts, &[evil, "DROP", "DELETE", "OR 1=1", "weird", "\" OR", "2025"]);
+        assert!(parts.binds.contains(&Bind::Text("%\\%\\_\\\\' OR 1=1 --%".into())), "{:?}", parts.binds);
+        assert!(parts.binds.contains(&Bind::TextArray(vec![evil.into()])));
+        assert!(parts.binds.contains(&Bind::TextArray(vec!["weird\"name".into(), "$1".into()])));
+    }
+
+    #[test]
+    fn sql_looking_field_names_are_unknown_fields() {
+        for name in ["id; DROP TABLE events", "payload) OR (1=1", "received_at", "topic", "payload", "$1"] {
+            let req = QueryRequest::from_json(&json!({"filter": {name: 1}, "sort": [name]})).expect("body");
+            let err = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect_err(name);
+            assert_eq!(err.status(), 400);
+        }
+    }
+
+    #[test]
+    fn cursor_on_nullable_mixed_keys_builds_an_or_chain() {
+        let body = json!({"sort": ["score", "-finished_at"], "filter": {"source_app": "a"}});
+        let req = QueryRequest::from_json(&body).expect("body");
+        let p = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect("plan");
+        let last = eventgate_core::envelope::Event {
+            id: uuid::Uuid::nil(),
+            topic: "jobs".into(),
+            timestamp: time::OffsetDateTime::UNIX_EPOCH,
+            producer: "p".into(),
+            payload: json!({"score": 1.5}),
+        };
+        let mut req = req;
+        req.cursor = Some(p.next_cursor(&last, &key()));
+        let p = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect("plan");
+        let parts = page_sql("jobs", &p);
+        // score > 1.5 OR score IS NULL; score = 1.5 AND finished_at IS NOT NULL; … AND id > nil.
+        assert!(parts.sql.contains(" OR "), "{}", parts.sql);
+        assert!(parts.sql.contains("IS NOT NULL"), "{}", parts.sql);
+        assert!(parts.binds.contains(&Bind::Text("1.5".into())));
+        assert_only_static_sql(&parts, &[]);
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("a%b_c\\d"), "%a\\%b\\_c\\\\d%");
+        assert_eq!(like_pattern(""), "%%");
+    }
+
+    #[test]
+    fn page_query_builds_for_diesel() {
+        let parts = sql_for(json!({"filter": {"finished_at_gt": "2025-01-01", "run_id_in": [1, 2], "tags_exists": false}}));
+        let sql = parts.sql.clone();
+        let query = into_diesel(parts);
+        let debug = diesel::debug_query::<Pg, _>(&query).to_string();
+        assert!(debug.starts_with(&sql), "{debug}");
+    }
+}

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# The local development stack, behind `make run`, `make token`, `make migrate` and `make stop`.
+#
+#   scripts/run-local.sh [run]        PostgreSQL (.data/postgres, port $PG_PORT) + tansu (port $KAFKA_PORT)
+#                                     + the three services, in the foreground; Ctrl-C stops everything
+#   scripts/run-local.sh token [SUB] [TTL_SECS]
+#                                     print a dev JWT for SUB (default dev) alone on stdout
+#   scripts/run-local.sh migrate      apply the migrations to the local database (starts nothing)
+#   scripts/run-local.sh stop         stop a running `make run` and whatever it left behind
+#
+# Ports: PG_PORT (55432), KAFKA_PORT (19092); the services listen where config/eventgate.toml says
+# (ingest 127.0.0.1:8080, stats 127.0.0.1:8081, writer health/metrics 127.0.0.1:8082), overridable with
+# EVENTGATE_INGEST__LISTEN and friends. Everything local lives in .data/ (git-ignored; `make clean`).
+
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/stack.sh
+source scripts/stack.sh
+
+ROOT=$(pwd)
+DATA=$ROOT/.data
+PG_PORT=${PG_PORT:-55432}
+KAFKA_PORT=${KAFKA_PORT:-19092}
+KEYS=$DATA/keys
+CLI=$ROOT/target/debug/eventgate
+PIDFILE=$DATA/run-local.pid
+INGEST_LISTEN=${EVENTGATE_INGEST__LISTEN:-127.0.0.1:8080}
+STATS_LISTEN=${EVENTGATE_STATS__LISTEN:-127.0.0.1:8081}
+WRITER_LISTEN=${EVENTGATE_WRITER__LISTEN:-127.0.0.1:8082}
+
+say() { printf '[run] %s\n' "$*" >&2; }
+
+writer_url() { printf 'postgres://eventgate@127.0.0.1:%s/eventgate' "$PG_PORT"; }
+
+# Builds the CLI without a word on stdout.
+build_cli() {
+    cargo build -q -p eventgate-cli --bin eventgate >&2
+}
+
+ensure_keys() {
+    if [[ ! -s $KEYS/private.pem || ! -s $KEYS/public.pem ]]; then
+        mkdir -p "$KEYS"
+        "$CLI" keygen --dir "$KEYS" >&2
+    fi
+}
+
+# `GET http://HOST:PORT/health` answers 2xx (curl when present, else bash's /dev/tcp).
+healthy() {
+    local addr=$1
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS -o /dev/null --max-time 2 "http://$addr/health" 2>/dev/null
+        return
+    fi
+    (
+        exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}" || exit 1
+        printf 'GET /health HTTP/1.0\r\nHost: %s\r\n\r\n' "$addr" >&3
+        IFS= read -r -t 2 status <&3 || exit 1
+        [[ $status =~ ^HTTP/[0-9.]+\ 2 ]]
+    ) 2>/dev/null
+}
+
+cmd_token() {
+    local sub=${1:-dev} ttl=${2:-}
+    build_cli
+    ensure_keys
+    if [[ -n $ttl ]]; then
+        "$CLI" token --key "$KEYS/private.pem" --sub "$sub" --ttl-secs "$ttl"
+    else
+        "$CLI" token --key "$KEYS/private.pem" --sub "$sub"
+    fi
+}
+
+cmd_migrate() {
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$PG_PORT") 2>/dev/null; then
+        stack_die "no PostgreSQL on 127.0.0.1:$PG_PORT: start the stack with 'make run' first"
+    fi
+    build_cli
+    "$CLI" migrate --database-url "$(writer_url)"
+}
+
+cmd_stop() {
+    local pid i
+    if [[ -s $PIDFILE ]]; then
+        pid=$(<"$PIDFILE")
+        if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+            say "stopping make run (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            for i in $(seq 1 300); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+        fi
+        rm -f "$PIDFILE"
+    fi
+    # Whatever an interrupted run left behind.
+    stack_stop_tansu "$DATA/tansu.pid"
+    stack_stop_postgres "$DATA/postgres" fast
+}
+
+SERVICE_PIDS=()
+SERVICE_NAMES=()
+
+cleanup() {
+    local status=$? pid i
+    trap - EXIT INT TERM
+    if ((${#SERVICE_PIDS[@]} > 0)); then
+        say "stopping services"
+        kill -TERM "${SERVICE_PIDS[@]}" 2>/dev/null || true
+        for i in $(seq 1 100); do
+            local alive=0
+            for pid in "${SERVICE_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+            ((alive)) || break
+            sleep 0.1
+        done
+        kill -KILL "${SERVICE_PIDS[@]}" 2>/dev/null || true
+    fi
+    stack_stop_tansu "$DATA/tansu.pid" || true
+    stack_stop_postgres "$DATA/postgres" fast || true
+    rm -f "$PIDFILE"
+    say "stopped"
+    exit "$status"
+}
+
+start_service() {
+    local name=$1 bin=$2
+    # The service's pid is $! (its output goes through sed, which ends when the service does).
+    "$bin" > >(sed -u "s/^/[$name] /") 2>&1 &
+    SERVICE_PIDS+=($!)
+    SERVICE_NAMES+=("$name")
+}
+
+cmd_run() {
+    mkdir -p "$DATA"
+    if [[ -s $PIDFILE ]] && kill -0 "$(<"$PIDFILE")" 2>/dev/null; then
+        stack_die "make run is already running (pid $(<"$PIDFILE")): 'make stop' first"
+    fi
+    printf '%s\n' "$$" >"$PIDFILE"
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    say "checking PostgreSQL and tansu"
+    stack_ensure_postgres >/dev/null
+    stack_ensure_tansu >/dev/null
+    stack_start_postgres "$DATA/postgres" "$PG_PORT"
+    stack_start_tansu "$KAFKA_PORT" "$DATA/tansu.log" "$DATA/tansu.pid"
+
+    say "building the workspace"
+    cargo build --workspace --bins
+    ensure_keys
+    if [[ ! -s $DATA/cursor_secret ]]; then
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$DATA/cursor_secret")
+    fi
+    say "migrating $(writer_url)"
+    "$CLI" migrate --database-url "$(writer_url)"
+
+    export EVENTGATE_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
+    export EVENTGATE_WRITER__DATABASE_URL
+    EVENTGATE_WRITER__DATABASE_URL=$(writer_url)
+    export EVENTGATE_STATS__DATABASE_URL="postgres://eventgate_stats@127.0.0.1:$PG_PORT/eventgate"
+    export EVENTGATE_AUTH__PUBLIC_KEYS="[\"$KEYS/public.pem\"]"
+    export EVENTGATE_STATS__CURSOR_SECRET
+    EVENTGATE_STATS__CURSOR_SECRET=$(<"$DATA/cursor_secret")
+
+    start_service ingest target/debug/eventgate-ingest-api
+    start_service writer target/debug/eventgate-db-writer
+    start_service stats target/debug/eventgate-stats-api
+
+    local addr pending deadline=$((SECONDS + 90))
+    while :; do
+        pending=()
+        for addr in "$INGEST_LISTEN" "$STATS_LISTEN" "$WRITER_LISTEN"; do
+            healthy "$addr" || pending+=("$addr")
+        done
+        ((${#pending[@]} == 0)) && break
+        if ((SECONDS >= deadline)); then
+            say "warning: no healthy answer yet from ${pending[*]} (see the logs above)"
+            break
+        fi
+        for pid in "${SERVICE_PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || stack_die "a service exited during start-up (see the logs above)"
+        done
+        sleep 0.5
+    done
+
+    cat >&2 <<EOF
+
+======================================================================================================
+ eventgate is running (Ctrl-C stops everything; 'make stop' from another terminal does too)
+   ingest-api  http://$INGEST_LISTEN     stats-api  http://$STATS_LISTEN     writer  http://$WRITER_LISTEN/health
+   postgres    postgres://eventgate@127.0.0.1:$PG_PORT/eventgate     kafka  127.0.0.1:$KAFKA_PORT
+
+   TOKEN=\$(make -s token SUB=dev)          # config/access.json grants 'dev' every topic
+   curl -sS -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+        -d '{"session_id":"s1","category":"nav","name":"click","timestamp":"2025-01-01T00:00:00Z"}' \\
+        http://$INGEST_LISTEN/topics/web.events
+   curl -sS -H "Authorization: Bearer \$TOKEN" http://$STATS_LISTEN/stats/web.events
+======================================================================================================
+
+EOF
+
+    # Until Ctrl-C / SIGTERM (the traps), or until a service dies: then stop everything.
+    local status=0
+    wait -n "${SERVICE_PIDS[@]}" || status=$?
+    local i
+    for i in "${!SERVICE_PIDS[@]}"; do
+        if ! kill -0 "${SERVICE_PIDS[$i]}" 2>/dev/null; then
+            say "${SERVICE_NAMES[$i]} exited (status $status): stopping everything"
+        fi
+    done
+    exit $((status == 0 ? 1 : status))
+}
+
+case "${1:-run}" in
+    run) cmd_run ;;
+    token) cmd_token "${2:-}" "${3:-}" ;;
+    migrate) cmd_migrate ;;
+    stop) cmd_stop ;;
+    *) stack_die "usage: $0 [run|token [SUB] [TTL_SECS]|migrate|stop]" ;;
+esac

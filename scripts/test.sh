@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `make test`: everything CI checks, on a fresh machine too.
+#
+# Installs what is missing (PostgreSQL from Debian, tansu into $TOOLS_DIR, cargo-nextest), starts a private
+# PostgreSQL cluster (target/test-stack/make-test/postgres) and a tansu broker on free ports, creates and
+# migrates the template database eventgate_template, then runs
+#   cargo fmt --all --check; cargo clippy --workspace --all-targets -- -D warnings; cargo nextest run --workspace
+# with the stack exported to the tests (crates/test-support reads these):
+#   EVENTGATE_TEST_PG_URL         postgres://postgres@127.0.0.1:PORT   (superuser, no database)
+#   EVENTGATE_TEST_PG_DATADIR     the cluster's data directory        (lets tests stop/start it)
+#   EVENTGATE_TEST_KAFKA_BROKERS  127.0.0.1:PORT
+#   EVENTGATE_TEST_TANSU_PIDFILE, EVENTGATE_TEST_TANSU_LOG             (let tests stop/start the broker)
+# The stack is stopped and removed on every exit. Arguments replace `--workspace` in the nextest (or cargo
+# test) command, e.g. `scripts/test.sh -p eventgate-db-writer`; SKIP_LINT=1 skips fmt and clippy.
+
+set -euo pipefail
+# shellcheck disable=SC2317 # functions called through traps and start_with_free_port
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/stack.sh
+source scripts/stack.sh
+
+ROOT=$(pwd)
+STACK_DIR=$ROOT/target/test-stack/make-test
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+on_exit() {
+    local status=$?
+    trap - EXIT INT TERM
+    if ((status != 0)); then
+        for log in "$STACK_DIR/postgres/postgres.log" "$STACK_DIR/tansu.log"; do
+            if [[ -s $log ]]; then
+                printf '\n--- last lines of %s\n' "${log#"$ROOT"/}" >&2
+                tail -n 15 "$log" >&2 || true
+            fi
+        done
+    fi
+    step "stopping the test stack"
+    stack_clean_dir "$STACK_DIR" || true
+    exit "$status"
+}
+
+step "PostgreSQL and tansu"
+PG_BINDIR=$(stack_ensure_postgres)
+export PG_BINDIR
+TANSU_BIN=$(stack_ensure_tansu)
+export TANSU_BIN
+stack_log "postgres: $PG_BINDIR; tansu: $TANSU_BIN"
+
+stack_clean_dir "$STACK_DIR" # leftovers of an interrupted run
+mkdir -p "$STACK_DIR"
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A free port can be taken between the check and the bind: try a few.
+start_with_free_port() {
+    local what=$1 port attempt
+    shift
+    for attempt in 1 2 3; do
+        port=$(stack_free_port)
+        if ("$@" "$port") >&2; then
+            printf '%s\n' "$port"
+            return
+        fi
+        stack_log "$what did not start on port $port (attempt $attempt)"
+    done
+    stack_die "$what did not start"
+}
+start_pg() { PG_EXTRA_OPTS="-c fsync=off -c max_connections=300" stack_start_postgres "$STACK_DIR/postgres" "$1"; }
+start_tansu() { stack_start_tansu "$1" "$STACK_DIR/tansu.log" "$STACK_DIR/tansu.pid"; }
+PG_PORT=$(start_with_free_port postgres start_pg)
+KAFKA_PORT=$(start_with_free_port tansu start_tansu)
+
+step "template database eventgate_template"
+cargo build -q -p eventgate-cli --bin eventgate
+stack_pg_psql "$PG_BINDIR" "$PG_PORT" -d postgres -c "CREATE DATABASE eventgate_template OWNER eventgate"
+target/debug/eventgate migrate --database-url "postgres://eventgate@127.0.0.1:$PG_PORT/eventgate_template"
+
+export EVENTGATE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT"
+export EVENTGATE_TEST_PG_DATADIR="$STACK_DIR/postgres"
+export EVENTGATE_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+export EVENTGATE_TEST_TANSU_PIDFILE="$STACK_DIR/tansu.pid"
+export EVENTGATE_TEST_TANSU_LOG="$STACK_DIR/tansu.log"
+stack_log "EVENTGATE_TEST_PG_URL=$EVENTGATE_TEST_PG_URL EVENTGATE_TEST_KAFKA_BROKERS=$EVENTGATE_TEST_KAFKA_BROKERS"
+
+if [[ ${SKIP_LINT:-} != 1 ]]; then
+    step "cargo fmt --all --check"
+    cargo fmt --all --check
+    step "cargo clippy --workspace --all-targets -- -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    step "installing cargo-nextest"
+    cargo install --locked cargo-nextest >&2 || stack_log "cargo-nextest could not be installed: using cargo test"
+fi
+
+# Arguments replace --workspace (e.g. `-p eventgate-db-writer`, or `--workspace -- some_test`).
+args=("$@")
+if ((${#args[@]} == 0)); then args=(--workspace); fi
+status=0
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run --no-fail-fast ${args[*]}"
+    cargo nextest run --no-fail-fast "${args[@]}" || status=$?
+else
+    step "cargo test --no-fail-fast ${args[*]}"
+    cargo test --no-fail-fast "${args[@]}" || status=$?
+fi
+exit "$status"
