@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -37,8 +38,33 @@ pub use crate::metrics::WriterMetrics;
 /// How long a stopping writer keeps trying to write the batch in hand.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Hooks into librdkafka's rebalance events to log them and keep the assignment gauge true.
+pub struct WriterContext {
+    metrics: Arc<WriterMetrics>,
+}
+
+impl ClientContext for WriterContext {}
+
+impl ConsumerContext for WriterContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                self.metrics.assigned_partitions.set(partitions.count() as i64);
+                tracing::info!(kafka.partitions = partitions.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                self.metrics.assigned_partitions.set(0);
+                tracing::info!(kafka.partitions = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+type WriterConsumer = StreamConsumer<WriterContext>;
+
 pub struct Writer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<WriterConsumer>,
     pool: PgPool,
     config: WriterConfig,
     kafka: KafkaConfig,
@@ -61,7 +87,8 @@ impl Writer {
         if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &catalogue).await {
             tracing::warn!(%error, "could not ensure Kafka topics exist");
         }
-        let consumer: StreamConsumer = eventgate_core::kafka::client_config(&config.kafka)
+        let metrics = Arc::new(WriterMetrics::new());
+        let consumer: WriterConsumer = eventgate_core::kafka::client_config(&config.kafka)
             .set("group.id", &config.writer.group_id)
             // Offsets are committed by hand, after the rows are committed.
             .set("enable.auto.commit", "false")
@@ -70,7 +97,7 @@ impl Writer {
             .set("auto.offset.reset", "earliest")
             // Pick up partitions of topics created after start-up quickly.
             .set("topic.metadata.refresh.interval.ms", "5000")
-            .create()
+            .create_with_context(WriterContext { metrics: metrics.clone() })
             .context("creating Kafka consumer")?;
         let topics = eventgate_core::kafka::kafka_topics(&config.kafka, &catalogue);
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -83,7 +110,7 @@ impl Writer {
             pool,
             config: config.writer.clone(),
             kafka: config.kafka.clone(),
-            metrics: Arc::new(WriterMetrics::new()),
+            metrics,
         })
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use crate::store::Written;
 
@@ -13,6 +13,7 @@ pub struct WriterMetrics {
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
     pub flush_seconds: Histogram,
+    pub assigned_partitions: IntGauge,
 }
 
 impl WriterMetrics {
@@ -55,7 +56,12 @@ impl WriterMetrics {
             "Time to write a batch, retries included",
             prometheus::exponential_buckets(0.001, 2.0, 15).expect("static buckets"),
         );
+        let assigned_partitions =
+            IntGauge::new("eventgate_writer_assigned_partitions", "Kafka partitions this writer currently owns")
+                .expect("static metric definition");
+        registry.register(Box::new(assigned_partitions.clone())).expect("metric registered once");
         WriterMetrics {
+            assigned_partitions,
             registry,
             rows_inserted,
             dead_letters,

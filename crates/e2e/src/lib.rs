@@ -101,6 +101,22 @@ impl System {
         self.writers.len() - 1
     }
 
+    /// Waits until every running writer owns partitions and together they own all of them: the group
+    /// has settled and the work will be shared.
+    pub async fn wait_for_balanced_group(&self, timeout: Duration) {
+        let topics = std::fs::read_dir(&self.config.catalogue.topics_dir).expect("topics dir").count() as i64;
+        let total = topics * i64::from(self.config.kafka.partitions);
+        let settled = wait_until("the consumer group to settle", timeout, || async {
+            let owned: Vec<i64> = self.writers.iter().map(|w| w.metrics.assigned_partitions.get()).collect();
+            owned.iter().all(|&n| n > 0) && owned.iter().sum::<i64>() == total
+        })
+        .await;
+        if let Err(error) = settled {
+            let owned: Vec<i64> = self.writers.iter().map(|w| w.metrics.assigned_partitions.get()).collect();
+            panic!("{error:#}; partitions owned: {owned:?}, expected {total} in all");
+        }
+    }
+
     /// POSTs `body` to a topic as `user`; returns the status and the JSON answer.
     pub async fn post(&self, topic: &str, user: &str, body: &Value) -> (u16, Value) {
         let response = self

@@ -94,6 +94,7 @@ async fn the_same_event_delivered_twice_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_in_one_group_share_the_work_exactly_once() {
     let system = System::start(2).await;
+    system.wait_for_balanced_group(WAIT).await;
     let total = 200;
     for chunk in 0..10 {
         let batch: Vec<Value> = (0..total / 10).map(|i| audit(chunk * 100 + i)).collect();
