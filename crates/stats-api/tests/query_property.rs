@@ -1,0 +1,488 @@
+//! The query language against real Postgres: for random events, filters and sorts, walking every page
+//! with the cursor returns exactly the events `QueryPlan::matches` selects, in `QueryPlan::compare` order,
+//! none twice and none missing.
+//!
+//! Values are drawn from small domains (with ties, nulls, missing and wrong-typed values, tricky
+//! date-time strings, numbers that are equal but written differently, byte-order traps like `B < a < é`)
+//! so that filters hit and sort keys collide.
+
+use std::cell::Cell;
+
+use diesel::sql_types::Text;
+use diesel::{Insertable, QueryableByName};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use eventgate_core::envelope::Event;
+use eventgate_core::query::{plan, CursorKey, FieldCatalogue, QueryLimits, QueryPlan, QueryRequest};
+use eventgate_core::schema::{build_pool, events, EventRow, PgPool};
+use eventgate_stats_api::query_sql::{into_diesel, page_query, page_sql, SqlParts};
+
+#[derive(Insertable)]
+#[diesel(table_name = events)]
+struct NewRow {
+    id: Uuid,
+    topic: String,
+    received_at: OffsetDateTime,
+    producer: String,
+    payload: Value,
+}
+
+fn schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "source_app": {"type": "string"},
+            "run_id": {"type": "integer"},
+            "score": {"type": ["number", "null"]},
+            "ok": {"type": "boolean"},
+            "ts_ms": {"type": "integer", "x-eventgate-type": "epoch-ms"},
+            "finished_at": {"type": "string", "format": "date-time"},
+            "info": {"type": "object", "properties": {"region": {"type": "string"}, "0": {"type": "integer"}}},
+            "tags": {"type": "array"}
+        }
+    })
+}
+
+const STRINGS: &[&str] = &["a", "b", "B", "ab", "é", "a%b", "A_b", "", "unify", "Unify", "x\\y", "zz"];
+const TIMES: &[&str] = &[
+    "2025-01-01",
+    "2025-01-01T00:00:00Z",
+    "2025-01-01T01:00:00+01:00",
+    "2024-12-31T23:59:59.9999996Z",
+    "2025-01-01T00:00:00.0000005Z",
+    "2025-01-01T00:00:00.0000015Z",
+    "2025-01-01T00:00:00.123456789Z",
+    "2025-01-01T00:00:00.000001Z",
+    "2024-02-29",
+    "2023-02-29",
+    "2100-02-29",
+    "2000-02-29T12:00:00-15:59",
+    "0001-01-01T00:00:00+15:00",
+    "9999-12-31T23:59:59-15:59",
+    "2025-01-01T00:00:00+16:00",
+    "2025-01-01T00:00:00",
+    "2025-01-01 00:00:00Z",
+    "2025-01-01t00:00:00z",
+    "2025-01-01T24:00:00Z",
+    "2025-13-01",
+    "0000-01-01",
+    "today",
+    "epoch",
+    "",
+];
+
+fn numbers() -> Vec<Value> {
+    vec![
+        json!(-1),
+        json!(0),
+        json!(1),
+        json!(1.0),
+        json!(2),
+        json!(0.5),
+        json!(-0.25),
+        json!(1e-7),
+        json!(1e20),
+        json!(1.5e300),
+        json!(9_007_199_254_740_993_u64),
+        json!(-9_007_199_254_740_993_i64),
+    ]
+}
+
+fn millis() -> Vec<Value> {
+    vec![
+        json!(1_735_689_600_000_i64),
+        json!(1_735_689_600_001_i64),
+        json!(1_735_689_599_999_i64),
+        json!(0),
+        json!(-1),
+        json!(1_735_689_600_000.5),
+        json!(253_402_300_799_999_i64),
+    ]
+}
+
+fn one_of(values: Vec<Value>) -> BoxedStrategy<Value> {
+    select(values).boxed()
+}
+
+fn strings() -> BoxedStrategy<Value> {
+    one_of(STRINGS.iter().map(|s| json!(s)).collect())
+}
+
+fn times() -> BoxedStrategy<Value> {
+    prop_oneof![
+        3 => one_of(TIMES.iter().map(|s| json!(s)).collect()),
+        1 => "20[0-9]{2}-(0[1-9]|1[0-3])-[0-3][0-9](T[0-2][0-9]:[0-5][0-9]:[0-6][0-9](\\.[0-9]{1,10})?(Z|[+-]1[0-7]:[0-5][0-9]))?"
+            .prop_map(Value::from),
+    ]
+    .boxed()
+}
+
+/// Present, missing, null, or of the wrong type.
+fn maybe(values: BoxedStrategy<Value>, wrong: Value) -> BoxedStrategy<Option<Value>> {
+    prop_oneof![
+        6 => values.prop_map(Some),
+        2 => Just(None),
+        1 => Just(Some(Value::Null)),
+        1 => Just(Some(wrong)),
+    ]
+    .boxed()
+}
+
+fn arb_payload() -> impl Strategy<Value = Value> {
+    let info = prop_oneof![
+        4 => (maybe(strings(), json!(5)), maybe(one_of(numbers()), json!("1"))).prop_map(|(region, zero)| {
+            let mut m = Map::new();
+            if let Some(r) = region { m.insert("region".into(), r); }
+            if let Some(z) = zero { m.insert("0".into(), z); }
+            Value::Object(m)
+        }),
+        1 => Just(json!(["a", 1])),
+        1 => Just(json!("info")),
+    ];
+    let tags = one_of(vec![json!([]), json!(["a"]), json!({}), json!({"a": 1}), json!("s"), json!(5)]);
+    (
+        maybe(strings(), json!(5)),
+        maybe(one_of(numbers()), json!("1")),
+        maybe(one_of(numbers()), json!("0.5")),
+        maybe(one_of(vec![json!(true), json!(false)]), json!("true")),
+        maybe(one_of(millis()), json!("2025-01-01")),
+        maybe(times(), json!(1_735_689_600_000_i64)),
+        maybe(info.boxed(), json!(null)),
+        maybe(tags, json!(null)),
+    )
+        .prop_map(|(source_app, run_id, score, ok, ts_ms, finished_at, info, tags)| {
+            let mut m = Map::new();
+            for (k, v) in [
+                ("source_app", source_app),
+                ("run_id", run_id),
+                ("score", score),
+                ("ok", ok),
+                ("ts_ms", ts_ms),
+                ("finished_at", finished_at),
+                ("info", info),
+                ("tags", tags),
+            ] {
+                if let Some(v) = v {
+                    m.insert(k.into(), v);
+                }
+            }
+            Value::Object(m)
+        })
+}
+
+fn arb_timestamp() -> impl Strategy<Value = OffsetDateTime> {
+    let bases: Vec<i128> = vec![
+        1_735_689_600_000_000_000, // 2025-01-01
+        1_735_689_600_000_001_000, // + 1 µs
+        946_684_799_999_999_000,   // 1999-12-31T23:59:59.999999
+        -500_000_000,              // 1969-12-31T23:59:59.5
+    ];
+    (select(bases), select(vec![0_i128, 0, 0, 1, 999, 1_000]), any::<bool>()).prop_map(|(base, extra, later)| {
+        let nanos = base + extra + if later { 3_600_000_000_000 } else { 0 };
+        OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    })
+}
+
+fn arb_event() -> impl Strategy<Value = (u128, OffsetDateTime, String, Value)> {
+    (any::<u128>(), arb_timestamp(), select(vec!["alice", "bob", "Alice", "é"]), arb_payload())
+        .prop_map(|(id, ts, producer, payload)| (id, ts, producer.to_owned(), payload))
+}
+
+/// One filter: key and JSON value, of every operator, with operands from the data's domains.
+fn arb_filter() -> BoxedStrategy<(String, Value)> {
+    let string_fields = select(vec!["source_app", "payload.source_app", "producer", "info.region"]);
+    let number_fields = select(vec!["run_id", "score", "info.0"]);
+    let time_fields = select(vec!["ts_ms", "finished_at", "timestamp"]);
+    let time_operands = prop_oneof![
+        times(),
+        one_of(vec![json!("2025-01-01T00:00:00.000001Z"), json!("1999-12-31T23:59:59.999999Z"), json!("1970-01-01")]),
+        one_of(millis().into_iter().filter(|v| v.is_i64()).collect()),
+    ]
+    .boxed();
+    let time_operands: BoxedStrategy<Value> = time_operands
+        .prop_filter("a valid client time", |v| {
+            eventgate_core::query::value::parse_client_time(v).is_ok()
+        })
+        .boxed();
+    let with_ops = |fields: BoxedStrategy<&'static str>, operand: BoxedStrategy<Value>, text: bool| {
+        let ops = if text {
+            vec!["", "_in", "_ne", "_gt", "_gte", "_lt", "_lte", "_between", "_exists", "_contains"]
+        } else {
+            vec!["", "_in", "_ne", "_gt", "_gte", "_lt", "_lte", "_between", "_exists"]
+        };
+        (
+            fields,
+            select(ops),
+            operand.clone(),
+            prop::collection::vec(prop_oneof![4 => operand.clone(), 1 => Just(Value::Null)], 1..4),
+            prop::option::weighted(0.2, Just(())),
+            any::<bool>(),
+        )
+            .prop_map(|(field, op, v, list, null, b)| {
+                let value = match op {
+                    "" if null.is_some() => Value::Null,
+                    "_in" => Value::Array(list),
+                    "_between" => Value::Array(list.into_iter().chain([Value::Null, Value::Null]).take(2).collect()),
+                    "_exists" => Value::Bool(b),
+                    "_contains" => match v {
+                        Value::String(s) => Value::String(s.chars().take(2).collect()),
+                        other => other,
+                    },
+                    _ => v,
+                };
+                (format!("{field}{op}"), value)
+            })
+            .boxed()
+    };
+    prop_oneof![
+        with_ops(string_fields.boxed(), strings(), true),
+        with_ops(number_fields.boxed(), one_of(numbers()), false),
+        with_ops(time_fields.boxed(), time_operands, false),
+        (select(vec!["ok", "ok_ne", "ok_in", "ok_exists"]), any::<bool>()).prop_map(|(k, b)| {
+            let v = if k == "ok_in" { json!([b]) } else { json!(b) };
+            (k.to_owned(), v)
+        }),
+        (select(vec!["tags_exists", "info_exists"]), any::<bool>()).prop_map(|(k, b)| (k.to_owned(), json!(b))),
+        any::<u128>().prop_map(|u| ("id_gt".to_owned(), json!(Uuid::from_u128(u).to_string()))),
+    ]
+    .boxed()
+}
+
+fn arb_sort() -> impl Strategy<Value = Vec<String>> {
+    let fields = vec![
+        "source_app", "run_id", "score", "ok", "ts_ms", "finished_at", "info.region", "info.0", "producer",
+        "timestamp", "id",
+    ];
+    prop::collection::vec((select(fields), any::<bool>()), 0..4).prop_map(|keys| {
+        let mut out: Vec<String> = Vec::new();
+        for (field, desc) in keys {
+            if !out.iter().any(|k| k.trim_start_matches('-') == field) {
+                out.push(if desc { format!("-{field}") } else { field.to_owned() });
+            }
+        }
+        out
+    })
+}
+
+struct Ctx {
+    /// As the owner: inserts rows directly.
+    writer: PgPool,
+    /// As the stats-api's read-only role: runs the generated queries.
+    reader: PgPool,
+    fields: FieldCatalogue,
+    key: CursorKey,
+}
+
+async fn setup() -> Ctx {
+    let db = eventgate_test_support::stack().await.fresh_database().await;
+    Ctx {
+        writer: build_pool(&db.writer_url, 1).await.expect("writer pool"),
+        reader: build_pool(&db.reader_url, 1).await.expect("reader pool"),
+        fields: FieldCatalogue::from_schema(&schema()),
+        key: CursorKey::new(b"property-test-secret"),
+    }
+}
+
+async fn insert(ctx: &Ctx, topic: &str, events: &[(u128, OffsetDateTime, String, Value)]) -> Vec<Event> {
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<Event> = events
+        .iter()
+        .filter(|(id, ..)| seen.insert(*id))
+        .map(|(id, ts, producer, payload)| Event {
+            id: Uuid::from_u128(*id),
+            topic: topic.to_owned(),
+            timestamp: *ts,
+            producer: producer.clone(),
+            payload: payload.clone(),
+        })
+        .collect();
+    let rows: Vec<NewRow> = events
+        .iter()
+        .map(|e| NewRow {
+            id: e.id,
+            topic: e.topic.clone(),
+            received_at: e.timestamp,
+            producer: e.producer.clone(),
+            payload: e.payload.clone(),
+        })
+        .collect();
+    if !rows.is_empty() {
+        let mut conn = ctx.writer.get().await.expect("writer connection");
+        diesel::insert_into(events::table).values(&rows).execute(&mut *conn).await.expect("insert");
+    }
+    events
+}
+
+/// Walks every page; returns the ids in page order, or a description of what went wrong.
+async fn walk(ctx: &Ctx, topic: &str, request: &QueryRequest, max_pages: usize) -> Result<Vec<Uuid>, String> {
+    let mut request = request.clone();
+    let mut ids = Vec::new();
+    for _ in 0..max_pages {
+        let plan = plan(topic, &request, &ctx.fields, &QueryLimits::default(), &ctx.key)
+            .map_err(|e| format!("page plan failed: {e:?}"))?;
+        let rows: Vec<EventRow> = {
+            let mut reader = ctx.reader.get().await.map_err(|e| format!("reader connection: {e}"))?;
+            page_query(topic, &plan)
+                .load(&mut *reader)
+                .await
+                .map_err(|e| format!("SQL failed: {e}\n{:?}", page_sql(topic, &plan)))?
+        };
+        let limit = plan.limit as usize;
+        let has_more = rows.len() > limit;
+        let page: Vec<Event> = rows.into_iter().take(limit).map(Event::from).collect();
+        ids.extend(page.iter().map(|e| e.id));
+        match (has_more, page.last()) {
+            (true, Some(last)) => request.cursor = Some(plan.next_cursor(last, &ctx.key)),
+            _ => return Ok(ids),
+        }
+    }
+    Err(format!("more than {max_pages} pages"))
+}
+
+fn expected(plan: &QueryPlan, events: &[Event]) -> Vec<Uuid> {
+    let mut hits: Vec<&Event> = events.iter().filter(|e| plan.matches(e)).collect();
+    hits.sort_by(|a, b| plan.compare(a, b));
+    hits.iter().map(|e| e.id).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+}
+
+#[test]
+fn pages_equal_the_in_memory_semantics() {
+    let rt = runtime();
+    let ctx = rt.block_on(setup());
+    let cases: u32 = std::env::var("QUERY_PROPERTY_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(96);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let strategy = (
+        prop::collection::vec(arb_event(), 0..45),
+        prop::collection::vec(arb_filter(), 0..4),
+        arb_sort(),
+        1u64..6,
+    );
+    let planned = Cell::new(0u32);
+    let case_no = Cell::new(0u32);
+    let result = runner.run(&strategy, |(events, filters, sort, limit)| {
+        case_no.set(case_no.get() + 1);
+        let case_no = case_no.get();
+        let topic = format!("t{case_no}-{}", Uuid::new_v4().simple());
+        let filter: Map<String, Value> = filters.into_iter().collect();
+        let request = QueryRequest { filter, sort: Some(sort), cursor: None, limit: Some(limit) };
+        let Ok(first) = plan(&topic, &request, &ctx.fields, &QueryLimits::default(), &ctx.key) else {
+            return Ok(()); // e.g. a `_gt` on a boolean: nothing to compare
+        };
+        planned.set(planned.get() + 1);
+        rt.block_on(async {
+            let inserted = insert(&ctx, &topic, &events).await;
+            // Noise in another topic must never show up.
+            let other = format!("{topic}-other");
+            insert(&ctx, &other, &events.iter().map(|(id, t, p, v)| (id.wrapping_add(1), *t, p.clone(), v.clone())).collect::<Vec<_>>()).await;
+            let want = expected(&first, &inserted);
+            let got = walk(&ctx, &topic, &request, inserted.len() + 2).await.map_err(TestCaseError::fail)?;
+            if got != want {
+                let describe = |ids: &[Uuid]| -> Vec<String> {
+                    ids.iter()
+                        .filter_map(|id| inserted.iter().find(|e| e.id == *id))
+                        .map(|e| format!("{} {} {}", e.id, e.timestamp, e.payload))
+                        .collect()
+                };
+                return Err(TestCaseError::fail(format!(
+                    "request {request:?}\nSQL {}\nexpected {:#?}\ngot {:#?}",
+                    page_sql(&topic, &first).sql,
+                    describe(&want),
+                    describe(&got)
+                )));
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let planned = planned.get();
+    assert!(planned * 2 >= cases, "too few valid requests: {planned} of {cases}");
+}
+
+#[test]
+fn stored_date_times_agree_with_postgres() {
+    let rt = runtime();
+    let ctx = rt.block_on(setup());
+    let mut runner = TestRunner::new(Config { cases: 1, failure_persistence: None, ..Config::default() });
+    let strategy = prop::collection::vec(times(), 300..400);
+    let result = runner.run(&strategy, |strings| {
+        rt.block_on(async {
+            let topic = format!("times-{}", Uuid::new_v4().simple());
+            let events: Vec<(u128, OffsetDateTime, String, Value)> = strings
+                .iter()
+                .chain(TIMES.iter().map(|s| json!(s)).collect::<Vec<_>>().iter())
+                .enumerate()
+                .map(|(i, s)| (i as u128 + 1, OffsetDateTime::UNIX_EPOCH, "p".to_owned(), json!({"finished_at": s})))
+                .collect();
+            let inserted = insert(&ctx, &topic, &events).await;
+            for body in [
+                json!({"sort": ["finished_at"], "limit": 1000}),
+                json!({"filter": {"finished_at_exists": true}, "sort": ["-finished_at"], "limit": 1000}),
+                json!({"filter": {"finished_at_gte": "2025-01-01"}, "sort": ["finished_at"], "limit": 7}),
+                json!({"filter": {"finished_at": "2025-01-01T00:00:00.000001Z"}, "limit": 1000}),
+            ] {
+                let request = QueryRequest::from_json(&body).map_err(|e| TestCaseError::fail(e.summary()))?;
+                let first = plan(&topic, &request, &ctx.fields, &QueryLimits::default(), &ctx.key)
+                    .map_err(|e| TestCaseError::fail(e.summary()))?;
+                let got = walk(&ctx, &topic, &request, 1000).await.map_err(TestCaseError::fail)?;
+                let want = expected(&first, &inserted);
+                if got != want {
+                    let show = |ids: &[Uuid]| -> Vec<String> {
+                        ids.iter()
+                            .filter_map(|id| inserted.iter().find(|e| e.id == *id))
+                            .map(|e| e.payload["finished_at"].to_string())
+                            .collect()
+                    };
+                    return Err(TestCaseError::fail(format!("{body}\nexpected {:?}\ngot {:?}", show(&want), show(&got))));
+                }
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text)]
+    #[diesel(column_name = "QUERY PLAN")]
+    line: String,
+}
+
+#[test]
+fn default_order_is_served_by_the_btree() {
+    let rt = runtime();
+    let ctx = rt.block_on(setup());
+    rt.block_on(async {
+        let events: Vec<_> = (0..50_u128)
+            .map(|i| (i + 1, OffsetDateTime::UNIX_EPOCH, "p".to_owned(), json!({"source_app": "a"})))
+            .collect();
+        let inserted = insert(&ctx, "btree", &events).await;
+        let first = plan("btree", &QueryRequest::default(), &ctx.fields, &QueryLimits::default(), &ctx.key).expect("plan");
+        let request = QueryRequest { cursor: Some(first.next_cursor(&inserted[10], &ctx.key)), ..QueryRequest::default() };
+        let p = plan("btree", &request, &ctx.fields, &QueryLimits::default(), &ctx.key).expect("plan");
+        let parts = page_sql("btree", &p);
+        let explain = SqlParts { sql: format!("EXPLAIN {}", parts.sql), binds: parts.binds };
+        let mut reader = ctx.reader.get().await.expect("reader connection");
+        reader.batch_execute("SET enable_seqscan = off").await.expect("set");
+        let lines: Vec<PlanLine> = into_diesel(explain).load(&mut *reader).await.expect("explain");
+        let text: Vec<String> = lines.into_iter().map(|l| l.line).collect();
+        let text = text.join("\n");
+        assert!(text.contains("Index") && text.contains("events_topic_received_at_id"), "{text}");
+        assert!(!text.contains("Sort"), "the index gives the order: {text}");
+        assert!(text.contains("Index Cond") && text.contains("ROW(received_at, id) <"), "keyset in the index condition: {text}");
+    });
+}
