@@ -13,7 +13,7 @@ SUB ?= dev
 TTL ?=
 export PG_PORT KAFKA_PORT
 
-.PHONY: help run token test migrate build lint fmt clean stop
+.PHONY: help run token keys test migrate build lint fmt clean stop
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ run: ## Start PostgreSQL, tansu and the three services in the foreground (Ctrl-C
 
 token: ## Print a dev JWT alone on stdout: make -s token SUB=dev [TTL=3600]
 	@bash scripts/run-local.sh token "$(SUB)" "$(TTL)"
+
+keys: ## Create the dev key pair in .data/keys unless it exists (docker compose mounts public.pem)
+	@bash scripts/run-local.sh keys
 
 test: ## fmt check, clippy and every test against a private PostgreSQL + tansu (installs what is missing)
 	@bash scripts/test.sh

@@ -5,6 +5,7 @@
 #                                     + the three services, in the foreground; Ctrl-C stops everything
 #   scripts/run-local.sh token [SUB] [TTL_SECS]
 #                                     print a dev JWT for SUB (default dev) alone on stdout
+#   scripts/run-local.sh keys         create the dev key pair in .data/keys unless it exists
 #   scripts/run-local.sh migrate      apply the migrations to the local database (starts nothing)
 #   scripts/run-local.sh stop         stop a running `make run` and whatever it left behind
 #
@@ -124,8 +125,10 @@ cleanup() {
 
 start_service() {
     local name=$1 bin=$2
-    # The service's pid is $! (its output goes through sed, which ends when the service does).
-    "$bin" > >(sed -u "s/^/[$name] /") 2>&1 &
+    # setsid: the terminal's Ctrl-C reaches this script only, which stops the services with one SIGTERM.
+    # Their output goes through a sed that ignores SIGINT, so they never write into a closed pipe. The
+    # service's pid is $! (setsid execs in place: a background job of a script leads no process group).
+    setsid "$bin" > >(trap '' INT && exec sed -u "s/^/[$name] /") 2>&1 &
     SERVICE_PIDS+=($!)
     SERVICE_NAMES+=("$name")
 }
@@ -137,8 +140,8 @@ cmd_run() {
     fi
     printf '%s\n' "$$" >"$PIDFILE"
     trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
+    # Ctrl-C / SIGTERM / make stop: a requested stop, so a clean exit once everything is down.
+    trap 'exit 0' INT TERM
 
     say "checking PostgreSQL and tansu"
     stack_ensure_postgres >/dev/null
@@ -192,10 +195,10 @@ cmd_run() {
    postgres    postgres://eventgate@127.0.0.1:$PG_PORT/eventgate     kafka  127.0.0.1:$KAFKA_PORT
 
    TOKEN=\$(make -s token SUB=dev)          # config/access.json grants 'dev' every topic
-   curl -sS -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
-        -d '{"session_id":"s1","category":"nav","name":"click","timestamp":"2025-01-01T00:00:00Z"}' \\
-        http://$INGEST_LISTEN/topics/web.events
-   curl -sS -H "Authorization: Bearer \$TOKEN" http://$STATS_LISTEN/stats/web.events
+   curl -s -X POST http://$INGEST_LISTEN/topics/audit.logs -H "Authorization: Bearer \$TOKEN" \\
+        -H 'Content-Type: application/json' -d '{"event_name":"login","description":"hi","customer_id":42}'
+   curl -s -X POST http://$STATS_LISTEN/stats/audit.logs -H "Authorization: Bearer \$TOKEN" \\
+        -H 'Content-Type: application/json' -d '{"sort":["-timestamp"],"limit":5}'
 ======================================================================================================
 
 EOF
@@ -215,7 +218,12 @@ EOF
 case "${1:-run}" in
     run) cmd_run ;;
     token) cmd_token "${2:-}" "${3:-}" ;;
+    keys)
+        build_cli
+        ensure_keys
+        say "dev keys: $KEYS/private.pem, $KEYS/public.pem"
+        ;;
     migrate) cmd_migrate ;;
     stop) cmd_stop ;;
-    *) stack_die "usage: $0 [run|token [SUB] [TTL_SECS]|migrate|stop]" ;;
+    *) stack_die "usage: $0 [run|token [SUB] [TTL_SECS]|keys|migrate|stop]" ;;
 esac

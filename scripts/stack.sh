@@ -258,11 +258,15 @@ stack_stop_postgres() {
 
 # ---------------------------------------------------------------------------------------------- tansu
 
+stack_cache_tools_dir() {
+    printf '%s\n' "${XDG_CACHE_HOME:-${HOME:-$(cd ~ && pwd)}/.cache}/eventgate/tools"
+}
+
 stack_tools_dir() {
     if [[ -n ${TOOLS_DIR:-} ]]; then
         stack_abspath "$TOOLS_DIR"
     elif [[ ${CI:-} == true ]]; then
-        printf '%s\n' "${XDG_CACHE_HOME:-${HOME:-$(cd ~ && pwd)}/.cache}/eventgate/tools"
+        stack_cache_tools_dir
     else
         printf '%s\n' "$STACK_REPO_ROOT/.tools"
     fi
@@ -281,6 +285,17 @@ stack_ensure_tansu() {
     fi
     tools=$(stack_tools_dir)
     bin=$tools/bin/tansu
+    # Without an explicit TOOLS_DIR, a tansu already built in the other default place will do (the CI
+    # cache for a checkout, the checkout's .tools for CI).
+    if [[ -z ${TOOLS_DIR:-} && ! -x $bin ]]; then
+        local other
+        for other in "$STACK_REPO_ROOT/.tools/bin/tansu" "$(stack_cache_tools_dir)/bin/tansu"; do
+            if stack_tansu_ok "$other"; then
+                printf '%s\n' "$other"
+                return
+            fi
+        done
+    fi
     # A build started by hand (or by another checkout) may be running: wait for it instead of racing it.
     while [[ ! -x $bin ]] && pgrep -f '^[^ ]*cargo install --locked tansu' >/dev/null 2>&1; do
         if ((waited % 60 == 0)); then stack_log "waiting for a running 'cargo install tansu' to finish"; fi
@@ -333,8 +348,12 @@ stack_start_tansu() {
         stack_die "port $port is already in use"
     fi
     stack_log "starting tansu on 127.0.0.1:$port (log: $logfile)"
-    # cwd /: tansu loads a .env from its working directory and its parents.
-    (cd / && exec "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
+    # cwd /: tansu loads a .env from its working directory and its parents. setsid (when this shell has
+    # no job control, so that setsid execs in place and $! stays tansu's pid): a Ctrl-C in the terminal
+    # must not kill the broker under the services; whoever started it stops it.
+    local detach=()
+    if [[ $- != *m* ]] && command -v setsid >/dev/null 2>&1; then detach=(setsid); fi
+    (cd / && exec "${detach[@]}" "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/) \
         </dev/null >>"$logfile" 2>&1 &
     pid=$!

@@ -74,7 +74,7 @@ PG_PORT=$(start_with_free_port postgres start_pg)
 KAFKA_PORT=$(start_with_free_port tansu start_tansu)
 
 step "template database eventgate_template"
-cargo build -q -p eventgate-cli --bin eventgate
+cargo build -p eventgate-cli --bin eventgate
 stack_pg_psql "$PG_BINDIR" "$PG_PORT" -d postgres -c "CREATE DATABASE eventgate_template OWNER eventgate"
 target/debug/eventgate migrate --database-url "postgres://eventgate@127.0.0.1:$PG_PORT/eventgate_template"
 

@@ -35,7 +35,10 @@ pub struct JwtVerifier {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read public key {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("public key {path} is neither an RSA nor an EC P-256 PEM key")]
     Format { path: String },
     #[error("no public keys configured (auth.public_keys): every request would be refused")]
@@ -46,14 +49,19 @@ impl JwtVerifier {
     pub fn from_config(config: &AuthConfig) -> Result<JwtVerifier, KeyError> {
         let mut pems = Vec::new();
         for path in &config.public_keys {
-            let pem = std::fs::read(path)
-                .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
+            let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
             pems.push((path.as_path(), pem));
         }
         JwtVerifier::from_pems(&pems, config)
     }
 
-    pub fn from_pems(pems: &[(&Path, Vec<u8>)], config: &AuthConfig) -> Result<JwtVerifier, KeyError> {
+    pub fn from_pems(
+        pems: &[(&Path, Vec<u8>)],
+        config: &AuthConfig,
+    ) -> Result<JwtVerifier, KeyError> {
         if pems.is_empty() {
             return Err(KeyError::None);
         }
@@ -61,11 +69,19 @@ impl JwtVerifier {
             .iter()
             .map(|(path, pem)| {
                 if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-                    Ok(VerificationKey { algorithm: Algorithm::RS256, key })
+                    Ok(VerificationKey {
+                        algorithm: Algorithm::RS256,
+                        key,
+                    })
                 } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-                    Ok(VerificationKey { algorithm: Algorithm::ES256, key })
+                    Ok(VerificationKey {
+                        algorithm: Algorithm::ES256,
+                        key,
+                    })
                 } else {
-                    Err(KeyError::Format { path: path.display().to_string() })
+                    Err(KeyError::Format {
+                        path: path.display().to_string(),
+                    })
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -81,15 +97,24 @@ impl JwtVerifier {
     /// without echoing the token.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
         let header = authorization.ok_or_else(|| unauthorized("missing Authorization header"))?;
-        let token = bearer_token(header).ok_or_else(|| unauthorized("Authorization must be 'Bearer <token>'"))?;
+        let token = bearer_token(header)
+            .ok_or_else(|| unauthorized("Authorization must be 'Bearer <token>'"))?;
         self.verify(token)
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| unauthorized("token is not a valid JWT"))?;
-        let candidates: Vec<&VerificationKey> = self.keys.iter().filter(|k| k.algorithm == header.alg).collect();
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| unauthorized("token is not a valid JWT"))?;
+        let candidates: Vec<&VerificationKey> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .collect();
         if candidates.is_empty() {
-            return Err(unauthorized(format!("token algorithm {:?} is not accepted", header.alg)));
+            return Err(unauthorized(format!(
+                "token algorithm {:?} is not accepted",
+                header.alg
+            )));
         }
         let mut last_error = unauthorized("token signature does not match any configured key");
         for candidate in candidates {
@@ -119,8 +144,12 @@ impl JwtVerifier {
                         Jwt::ImmatureSignature => "token is not valid yet (nbf)",
                         Jwt::InvalidIssuer => "token issuer is not accepted",
                         Jwt::InvalidAudience => "token audience is not accepted",
-                        Jwt::MissingRequiredClaim(claim) if claim == "exp" => "token has no expiry (exp)",
-                        Jwt::MissingRequiredClaim(claim) if claim == "sub" => "token has no subject (sub)",
+                        Jwt::MissingRequiredClaim(claim) if claim == "exp" => {
+                            "token has no expiry (exp)"
+                        }
+                        Jwt::MissingRequiredClaim(claim) if claim == "sub" => {
+                            "token has no subject (sub)"
+                        }
                         _ => "token is invalid",
                     };
                     last_error = unauthorized(reason);
@@ -156,12 +185,18 @@ mod tests {
 
     #[test]
     fn no_keys_is_a_configuration_error() {
-        assert!(matches!(JwtVerifier::from_pems(&[], &AuthConfig::default()), Err(KeyError::None)));
+        assert!(matches!(
+            JwtVerifier::from_pems(&[], &AuthConfig::default()),
+            Err(KeyError::None)
+        ));
     }
 
     #[test]
     fn garbage_key_is_rejected() {
-        let result = JwtVerifier::from_pems(&[(Path::new("k.pem"), b"not a key".to_vec())], &AuthConfig::default());
+        let result = JwtVerifier::from_pems(
+            &[(Path::new("k.pem"), b"not a key".to_vec())],
+            &AuthConfig::default(),
+        );
         assert!(matches!(result, Err(KeyError::Format { .. })));
     }
 }

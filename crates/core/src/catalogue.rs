@@ -20,17 +20,28 @@ use crate::query::FieldCatalogue;
 fn is_valid_topic_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
     #[error("cannot read topics directory {path}: {source}")]
-    ReadDir { path: PathBuf, source: std::io::Error },
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read topic schema {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("topic schema {path} is not valid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("topic schema {path} is not a valid JSON Schema: {message}")]
     Schema { path: PathBuf, message: String },
     #[error("topic file {path}: {message}")]
@@ -56,7 +67,10 @@ pub struct Topic {
 
 impl std::fmt::Debug for Topic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Topic").field("name", &self.name).field("settings", &self.settings).finish()
+        f.debug_struct("Topic")
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -68,7 +82,9 @@ impl Topic {
             ));
         }
         let settings = match schema.get("x-eventgate") {
-            Some(raw) => TopicSettings::deserialize(raw).map_err(|e| format!("x-eventgate: {e}"))?,
+            Some(raw) => {
+                TopicSettings::deserialize(raw).map_err(|e| format!("x-eventgate: {e}"))?
+            }
             None => TopicSettings::default(),
         };
         let validator = jsonschema::options()
@@ -76,7 +92,13 @@ impl Topic {
             .build(&schema)
             .map_err(|e| e.to_string())?;
         let fields = FieldCatalogue::from_schema(&schema);
-        Ok(Topic { name: name.to_owned(), schema, settings, fields, validator })
+        Ok(Topic {
+            name: name.to_owned(),
+            schema,
+            settings,
+            fields,
+            validator,
+        })
     }
 
     /// Every way `payload` violates the topic's schema, each naming the JSON path of the offending value
@@ -89,10 +111,13 @@ impl Topic {
                 let field = match (prefix.is_empty(), path.is_empty()) {
                     (true, _) => path,
                     (false, true) => prefix.trim_end_matches('.').to_owned(),
-                    (false, false) if path.starts_with('[') => format!("{}{path}", prefix.trim_end_matches('.')),
+                    (false, false) if path.starts_with('[') => {
+                        format!("{}{path}", prefix.trim_end_matches('.'))
+                    }
                     (false, false) => format!("{prefix}{path}"),
                 };
-                let detail = ErrorDetail::new(crate::error::ErrorKind::Validation, error.to_string());
+                let detail =
+                    ErrorDetail::new(crate::error::ErrorKind::Validation, error.to_string());
                 if field.is_empty() {
                     detail
                 } else {
@@ -144,11 +169,16 @@ impl Catalogue {
     /// Loads every `<topic>.json` of `dir`. Any broken file fails the whole load: a service must not
     /// start with part of its topics silently missing.
     pub fn load_dir(dir: &Path) -> Result<Catalogue, CatalogueError> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|source| CatalogueError::ReadDir { path: dir.to_owned(), source })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| CatalogueError::ReadDir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let mut topics = BTreeMap::new();
         for entry in entries {
-            let entry = entry.map_err(|source| CatalogueError::ReadDir { path: dir.to_owned(), source })?;
+            let entry = entry.map_err(|source| CatalogueError::ReadDir {
+                path: dir.to_owned(),
+                source,
+            })?;
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
@@ -156,12 +186,21 @@ impl Catalogue {
             let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
                 continue;
             };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| CatalogueError::ReadFile { path: path.clone(), source })?;
-            let schema: Value = serde_json::from_str(&text)
-                .map_err(|source| CatalogueError::Json { path: path.clone(), source })?;
-            let topic = Topic::from_schema(&name, schema)
-                .map_err(|message| CatalogueError::Schema { path: path.clone(), message })?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| CatalogueError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            let schema: Value =
+                serde_json::from_str(&text).map_err(|source| CatalogueError::Json {
+                    path: path.clone(),
+                    source,
+                })?;
+            let topic =
+                Topic::from_schema(&name, schema).map_err(|message| CatalogueError::Schema {
+                    path: path.clone(),
+                    message,
+                })?;
             topics.insert(name, topic);
         }
         if topics.is_empty() {
@@ -171,7 +210,9 @@ impl Catalogue {
     }
 
     pub fn from_topics(topics: impl IntoIterator<Item = Topic>) -> Catalogue {
-        Catalogue { topics: topics.into_iter().map(|t| (t.name.clone(), t)).collect() }
+        Catalogue {
+            topics: topics.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Topic> {
@@ -231,7 +272,10 @@ mod tests {
 
     #[test]
     fn formats_are_validated() {
-        let errors = runs_topic().validate(&json!({"run_id": 1, "jobs": [], "created_at": "yesterday"}), "");
+        let errors = runs_topic().validate(
+            &json!({"run_id": 1, "jobs": [], "created_at": "yesterday"}),
+            "",
+        );
         assert_eq!(errors[0].field.as_deref(), Some("created_at"));
     }
 

@@ -39,7 +39,10 @@ pub struct CatalogueConfig {
 
 impl Default for CatalogueConfig {
     fn default() -> Self {
-        CatalogueConfig { topics_dir: "config/topics".into(), access_file: "config/access.json".into() }
+        CatalogueConfig {
+            topics_dir: "config/topics".into(),
+            access_file: "config/access.json".into(),
+        }
     }
 }
 
@@ -59,7 +62,12 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { public_keys: Vec::new(), issuer: None, audience: None, leeway_secs: 30 }
+        AuthConfig {
+            public_keys: Vec::new(),
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
     }
 }
 
@@ -197,7 +205,10 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_format: LogFormat::Pretty, log_filter: "info".into() }
+        TelemetryConfig {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+        }
     }
 }
 
@@ -240,7 +251,9 @@ impl Config {
         let file = std::env::var_os(CONFIG_FILE_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
-        Config::figment(&file).extract().map_err(|e| ConfigError(Box::new(e)))
+        Config::figment(&file)
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))
     }
 
     pub fn figment(file: &Path) -> Figment {
@@ -256,20 +269,28 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
     #[test]
     fn env_overrides_file_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("eg.toml", "[kafka]\nbrokers = \"file:9092\"\npartitions = 6\n")?;
+            jail.create_file(
+                "eg.toml",
+                "[kafka]\nbrokers = \"file:9092\"\npartitions = 6\n",
+            )?;
             jail.set_env("EVENTGATE_KAFKA__BROKERS", "env:9092");
             jail.set_env("EVENTGATE_AUTH__PUBLIC_KEYS", "[a.pem, b.pem]");
             let config: Config = Config::figment(Path::new("eg.toml")).extract()?;
             assert_eq!(config.kafka.brokers, "env:9092");
             assert_eq!(config.kafka.partitions, 6);
             assert_eq!(config.kafka.topic_prefix, "eventgate.");
-            assert_eq!(config.auth.public_keys, vec![PathBuf::from("a.pem"), PathBuf::from("b.pem")]);
+            assert_eq!(
+                config.auth.public_keys,
+                vec![PathBuf::from("a.pem"), PathBuf::from("b.pem")]
+            );
             Ok(())
         });
     }
@@ -293,17 +314,27 @@ mod tests {
 
     #[test]
     fn every_key_is_documented_in_env_example() {
-        let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.env.example")).unwrap();
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.env.example"),
+        )
+        .unwrap();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         let mut missing = Vec::new();
         for (section, keys) in defaults.as_object().unwrap() {
             for key in keys.as_object().unwrap().keys() {
-                let var = format!("EVENTGATE_{}__{}=", section.to_uppercase(), key.to_uppercase());
+                let var = format!(
+                    "EVENTGATE_{}__{}=",
+                    section.to_uppercase(),
+                    key.to_uppercase()
+                );
                 if !example.contains(&var) {
                     missing.push(var);
                 }
             }
         }
-        assert!(missing.is_empty(), "undocumented in .env.example: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "undocumented in .env.example: {missing:?}"
+        );
     }
 }

@@ -48,7 +48,10 @@ mod tests {
         };
         let bytes = event.to_json_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.contains("\"timestamp\":\"2025-01-15T10:30:00Z\""), "{text}");
+        assert!(
+            text.contains("\"timestamp\":\"2025-01-15T10:30:00Z\""),
+            "{text}"
+        );
         assert_eq!(Event::from_json_bytes(&bytes).unwrap(), event);
     }
 }

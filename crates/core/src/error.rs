@@ -86,7 +86,11 @@ pub struct ErrorDetail {
 
 impl ErrorDetail {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ErrorDetail { kind, message: message.into(), field: None }
+        ErrorDetail {
+            kind,
+            message: message.into(),
+            field: None,
+        }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -109,7 +113,9 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError { details: vec![ErrorDetail::new(kind, message)] }
+        ApiError {
+            details: vec![ErrorDetail::new(kind, message)],
+        }
     }
 
     pub fn from_details(details: Vec<ErrorDetail>) -> Self {
@@ -133,7 +139,11 @@ impl ApiError {
     }
 
     pub fn summary(&self) -> String {
-        self.details.iter().map(|d| d.message.as_str()).collect::<Vec<_>>().join("; ")
+        self.details
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The JSON body of the error envelope.
@@ -148,7 +158,9 @@ impl ApiError {
 
 impl From<ErrorDetail> for ApiError {
     fn from(detail: ErrorDetail) -> Self {
-        ApiError { details: vec![detail] }
+        ApiError {
+            details: vec![detail],
+        }
     }
 }
 
@@ -158,7 +170,10 @@ mod tests {
 
     #[test]
     fn envelope_names_field_and_status() {
-        let err = ApiError::from(ErrorDetail::validation("jobs[0].status", "is not one of the allowed values"));
+        let err = ApiError::from(ErrorDetail::validation(
+            "jobs[0].status",
+            "is not one of the allowed values",
+        ));
         let body = err.body();
         assert_eq!(body["statusCode"], 400);
         assert_eq!(body["success"], false);

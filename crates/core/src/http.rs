@@ -23,43 +23,67 @@ impl ResponseError for ApiError {
 
 /// The raw `Authorization` header, if it is valid text.
 pub fn authorization(request: &HttpRequest) -> Option<&str> {
-    request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// `GET /metrics` body for a registry.
 pub fn metrics_response(registry: &prometheus::Registry) -> HttpResponse {
-    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(crate::metrics::render(registry))
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(crate::metrics::render(registry))
 }
 
 /// Turns actix's own extractor failures (bad JSON in a typed body, payload too large, bad path) into
 /// the product's envelope instead of actix's plain-text errors.
-pub fn json_error_handler(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError;
+pub fn json_error_handler(
+    err: actix_web::error::JsonPayloadError,
+    _req: &HttpRequest,
+) -> actix_web::Error {
     use crate::error::ErrorKind;
+    use actix_web::error::JsonPayloadError;
     let api = match &err {
         JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
             ApiError::new(ErrorKind::TooLarge, err.to_string()).with_field("body")
         }
-        JsonPayloadError::ContentType => {
-            ApiError::new(ErrorKind::Validation, "Content-Type must be application/json").with_field("body")
-        }
-        JsonPayloadError::Deserialize(e) if e.is_data() => {
-            ApiError::new(ErrorKind::Validation, format!("body does not have the expected shape: {e}")).with_field("body")
-        }
-        _ => ApiError::new(ErrorKind::Malformed, format!("body is not valid JSON: {err}")).with_field("body"),
+        JsonPayloadError::ContentType => ApiError::new(
+            ErrorKind::Validation,
+            "Content-Type must be application/json",
+        )
+        .with_field("body"),
+        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::new(
+            ErrorKind::Validation,
+            format!("body does not have the expected shape: {e}"),
+        )
+        .with_field("body"),
+        _ => ApiError::new(
+            ErrorKind::Malformed,
+            format!("body is not valid JSON: {err}"),
+        )
+        .with_field("body"),
     };
     api.into()
 }
 
 /// Reads a request body up to `limit` bytes; beyond it the request is a 413 in the envelope.
-pub async fn read_body(mut payload: actix_web::web::Payload, limit: usize) -> Result<actix_web::web::Bytes, ApiError> {
+pub async fn read_body(
+    mut payload: actix_web::web::Payload,
+    limit: usize,
+) -> Result<actix_web::web::Bytes, ApiError> {
     use crate::error::ErrorKind;
     use futures_util::StreamExt;
     let mut body = actix_web::web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::new(ErrorKind::Malformed, format!("cannot read body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::new(ErrorKind::Malformed, format!("cannot read body: {e}")))?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(ErrorKind::TooLarge, format!("body is larger than {limit} bytes")).with_field("body"));
+            return Err(ApiError::new(
+                ErrorKind::TooLarge,
+                format!("body is larger than {limit} bytes"),
+            )
+            .with_field("body"));
         }
         body.extend_from_slice(&chunk);
     }
@@ -68,5 +92,8 @@ pub async fn read_body(mut payload: actix_web::web::Payload, limit: usize) -> Re
 
 /// 404 in the envelope for unknown routes.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(crate::error::ErrorKind::NotFound, "no such route"))
+    Err(ApiError::new(
+        crate::error::ErrorKind::NotFound,
+        "no such route",
+    ))
 }

@@ -41,12 +41,19 @@ impl PreparedBody {
     }
 
     pub fn rejected_count(&self) -> usize {
-        self.outcomes.iter().filter(|o| matches!(o, EventOutcome::Rejected(_))).count()
+        self.outcomes
+            .iter()
+            .filter(|o| matches!(o, EventOutcome::Rejected(_)))
+            .count()
     }
 
     /// When nothing at all can be accepted the request is a plain 400 carrying every event's errors.
     pub fn all_rejected_error(&self) -> Option<ApiError> {
-        if self.outcomes.iter().any(|o| matches!(o, EventOutcome::Accepted(_))) {
+        if self
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, EventOutcome::Accepted(_)))
+        {
             return None;
         }
         let details: Vec<ErrorDetail> = self
@@ -72,7 +79,8 @@ pub fn prepare(
     now: OffsetDateTime,
 ) -> Result<PreparedBody, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(ErrorKind::Malformed, format!("body is not valid JSON: {e}")).with_field("body")
+        ApiError::new(ErrorKind::Malformed, format!("body is not valid JSON: {e}"))
+            .with_field("body")
     })?;
     let (is_batch, items) = match value {
         Value::Array(items) => (true, items),
@@ -85,21 +93,34 @@ pub fn prepare(
         }
     };
     if is_batch && items.is_empty() {
-        return Err(ApiError::from(ErrorDetail::validation("body", "a batch must hold at least one event")));
+        return Err(ApiError::from(ErrorDetail::validation(
+            "body",
+            "a batch must hold at least one event",
+        )));
     }
     if items.len() > rules.max_batch_events {
         return Err(ApiError::from(ErrorDetail::validation(
             "body",
-            format!("a batch may hold at most {} events, this one holds {}", rules.max_batch_events, items.len()),
+            format!(
+                "a batch may hold at most {} events, this one holds {}",
+                rules.max_batch_events,
+                items.len()
+            ),
         )));
     }
     // Received-at is stored with microsecond precision; truncate now so what we answer equals what we store.
-    let now = now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now);
+    let now = now
+        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now);
     let outcomes = items
         .into_iter()
         .enumerate()
         .map(|(index, payload)| {
-            let prefix = if is_batch { format!("[{index}].") } else { String::new() };
+            let prefix = if is_batch {
+                format!("[{index}].")
+            } else {
+                String::new()
+            };
             prepare_one(payload, topic, producer, rules, now, &prefix)
         })
         .collect();
@@ -115,8 +136,15 @@ fn prepare_one(
     prefix: &str,
 ) -> EventOutcome {
     if !payload.is_object() {
-        let field = if prefix.is_empty() { "body".to_owned() } else { prefix.trim_end_matches('.').to_owned() };
-        return EventOutcome::Rejected(vec![ErrorDetail::validation(field, "an event must be a JSON object")]);
+        let field = if prefix.is_empty() {
+            "body".to_owned()
+        } else {
+            prefix.trim_end_matches('.').to_owned()
+        };
+        return EventOutcome::Rejected(vec![ErrorDetail::validation(
+            field,
+            "an event must be a JSON object",
+        )]);
     }
     let mut errors = topic.validate(&payload, prefix);
     let id = match payload.get(&rules.id_field) {
@@ -124,12 +152,18 @@ fn prepare_one(
         Some(Value::String(text)) => match Uuid::parse_str(text) {
             Ok(id) => Some(id),
             Err(_) => {
-                errors.push(ErrorDetail::validation(format!("{prefix}{}", rules.id_field), "must be a UUID"));
+                errors.push(ErrorDetail::validation(
+                    format!("{prefix}{}", rules.id_field),
+                    "must be a UUID",
+                ));
                 None
             }
         },
         Some(_) => {
-            errors.push(ErrorDetail::validation(format!("{prefix}{}", rules.id_field), "must be a UUID string"));
+            errors.push(ErrorDetail::validation(
+                format!("{prefix}{}", rules.id_field),
+                "must be a UUID string",
+            ));
             None
         }
     };
@@ -163,7 +197,10 @@ mod tests {
     }
 
     fn rules() -> IngestRules {
-        IngestRules { id_field: "event_id".into(), max_batch_events: 3 }
+        IngestRules {
+            id_field: "event_id".into(),
+            max_batch_events: 3,
+        }
     }
 
     fn now() -> OffsetDateTime {
@@ -172,13 +209,24 @@ mod tests {
 
     #[test]
     fn single_event_gets_an_envelope() {
-        let body = prepare(br#"{"event_name": "login"}"#, &topic(), "alice", &rules(), now()).unwrap();
+        let body = prepare(
+            br#"{"event_name": "login"}"#,
+            &topic(),
+            "alice",
+            &rules(),
+            now(),
+        )
+        .unwrap();
         assert!(!body.is_batch);
         let event = body.accepted().next().unwrap();
         assert_eq!(event.producer, "alice");
         assert_eq!(event.topic, "audit.logs");
         assert_eq!(event.id.get_version_num(), 7);
-        assert_eq!(event.timestamp.nanosecond(), 123_456_000, "truncated to microseconds");
+        assert_eq!(
+            event.timestamp.nanosecond(),
+            123_456_000,
+            "truncated to microseconds"
+        );
     }
 
     #[test]
@@ -188,20 +236,35 @@ mod tests {
         let prepared = prepare(body.as_bytes(), &topic(), "a", &rules(), now()).unwrap();
         assert_eq!(prepared.accepted().next().unwrap().id, id);
 
-        let prepared = prepare(br#"{"event_name": "x", "event_id": "nope"}"#, &topic(), "a", &rules(), now()).unwrap();
+        let prepared = prepare(
+            br#"{"event_name": "x", "event_id": "nope"}"#,
+            &topic(),
+            "a",
+            &rules(),
+            now(),
+        )
+        .unwrap();
         let err = prepared.all_rejected_error().unwrap();
         assert_eq!(err.details[0].field.as_deref(), Some("event_id"));
     }
 
     #[test]
     fn batch_outcomes_are_per_event() {
-        let prepared =
-            prepare(br#"[{"event_name": "a"}, {"event_name": 5}, 7]"#, &topic(), "a", &rules(), now()).unwrap();
+        let prepared = prepare(
+            br#"[{"event_name": "a"}, {"event_name": 5}, 7]"#,
+            &topic(),
+            "a",
+            &rules(),
+            now(),
+        )
+        .unwrap();
         assert!(prepared.is_batch);
         assert_eq!(prepared.accepted().count(), 1);
         assert_eq!(prepared.rejected_count(), 2);
         match &prepared.outcomes[1] {
-            EventOutcome::Rejected(details) => assert_eq!(details[0].field.as_deref(), Some("[1].event_name")),
+            EventOutcome::Rejected(details) => {
+                assert_eq!(details[0].field.as_deref(), Some("[1].event_name"))
+            }
             other => panic!("{other:?}"),
         }
         match &prepared.outcomes[2] {
@@ -216,9 +279,25 @@ mod tests {
         let malformed = prepare(b"{not json", &topic(), "a", &rules(), now()).unwrap_err();
         assert_eq!(malformed.status(), 400);
         assert_eq!(malformed.kind(), ErrorKind::Malformed);
-        assert_eq!(prepare(b"[]", &topic(), "a", &rules(), now()).unwrap_err().status(), 400);
-        assert_eq!(prepare(b"42", &topic(), "a", &rules(), now()).unwrap_err().status(), 400);
-        let too_many = br#"[{"event_name":"a"},{"event_name":"a"},{"event_name":"a"},{"event_name":"a"}]"#;
-        assert_eq!(prepare(too_many, &topic(), "a", &rules(), now()).unwrap_err().status(), 400);
+        assert_eq!(
+            prepare(b"[]", &topic(), "a", &rules(), now())
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            prepare(b"42", &topic(), "a", &rules(), now())
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let too_many =
+            br#"[{"event_name":"a"},{"event_name":"a"},{"event_name":"a"},{"event_name":"a"}]"#;
+        assert_eq!(
+            prepare(too_many, &topic(), "a", &rules(), now())
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 }

@@ -19,12 +19,18 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 
 /// Every Kafka topic the catalogue maps to.
 pub fn kafka_topics(config: &KafkaConfig, catalogue: &Catalogue) -> Vec<String> {
-    catalogue.names().map(|name| config.kafka_topic(name)).collect()
+    catalogue
+        .names()
+        .map(|name| config.kafka_topic(name))
+        .collect()
 }
 
 /// Creates the Kafka topics of the catalogue that do not exist yet, when `kafka.create_topics` is on.
 /// Both the ingest-api and the writer call it at start-up, so whichever starts first creates them.
-pub async fn ensure_topics(config: &KafkaConfig, catalogue: &Catalogue) -> Result<(), rdkafka::error::KafkaError> {
+pub async fn ensure_topics(
+    config: &KafkaConfig,
+    catalogue: &Catalogue,
+) -> Result<(), rdkafka::error::KafkaError> {
     if !config.create_topics {
         return Ok(());
     }
@@ -32,7 +38,13 @@ pub async fn ensure_topics(config: &KafkaConfig, catalogue: &Catalogue) -> Resul
     let names = kafka_topics(config, catalogue);
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)))
+        .map(|name| {
+            NewTopic::new(
+                name,
+                config.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new_topics, &options).await? {

@@ -20,7 +20,8 @@ mod tests {
     #[test]
     fn renders_registered_counters() {
         let registry = Registry::new();
-        let counter = prometheus::IntCounter::new("eventgate_test_total", "a test counter").unwrap();
+        let counter =
+            prometheus::IntCounter::new("eventgate_test_total", "a test counter").unwrap();
         registry.register(Box::new(counter.clone())).unwrap();
         counter.inc_by(3);
         assert!(render(&registry).contains("eventgate_test_total 3"));

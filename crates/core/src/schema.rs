@@ -49,7 +49,10 @@ pub type PgPool = Pool<AsyncPgConnection>;
 
 /// Builds a bb8 pool of async Postgres connections. Connections are opened lazily, so a database that is
 /// down at start-up delays the first query instead of failing the service.
-pub async fn build_pool(database_url: &str, max_size: u32) -> Result<PgPool, diesel_async::pooled_connection::PoolError> {
+pub async fn build_pool(
+    database_url: &str,
+    max_size: u32,
+) -> Result<PgPool, diesel_async::pooled_connection::PoolError> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
     Ok(Pool::builder().max_size(max_size).build_unchecked(manager))
 }

@@ -18,7 +18,11 @@ struct HealthState {
 }
 
 /// Binds `listen` and returns the server (to be awaited or spawned) and its port.
-pub fn serve(listen: &str, pool: PgPool, metrics: Arc<WriterMetrics>) -> std::io::Result<(Server, u16)> {
+pub fn serve(
+    listen: &str,
+    pool: PgPool,
+    metrics: Arc<WriterMetrics>,
+) -> std::io::Result<(Server, u16)> {
     let listener = TcpListener::bind(listen)?;
     let port = listener.local_addr()?.port();
     let state = web::Data::new(HealthState { pool, metrics });

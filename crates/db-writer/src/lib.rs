@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +51,9 @@ impl ConsumerContext for WriterContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                self.metrics.assigned_partitions.set(partitions.count() as i64);
+                self.metrics
+                    .assigned_partitions
+                    .set(partitions.count() as i64);
                 tracing::info!(kafka.partitions = partitions.count(), "partitions assigned");
             }
             Rebalance::Revoke(partitions) => {
@@ -97,7 +101,9 @@ impl Writer {
             .set("auto.offset.reset", "earliest")
             // Pick up partitions of topics created after start-up quickly.
             .set("topic.metadata.refresh.interval.ms", "5000")
-            .create_with_context(WriterContext { metrics: metrics.clone() })
+            .create_with_context(WriterContext {
+                metrics: metrics.clone(),
+            })
             .context("creating Kafka consumer")?;
         let topics = eventgate_core::kafka::kafka_topics(&config.kafka, &catalogue);
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -138,10 +144,9 @@ impl Writer {
                 },
             }
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            if batch.len() >= self.config.batch_size || (due && !batch.is_empty()) {
-                if !self.flush(&mut batch, &shutdown).await {
-                    break;
-                }
+            let full = batch.len() >= self.config.batch_size || (due && !batch.is_empty());
+            if full && !self.flush(&mut batch, &shutdown).await {
+                break;
             }
         }
         if !batch.is_empty() {

@@ -7,7 +7,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load()?;
     eventgate_core::telemetry::init(&config.telemetry);
     let writer = Writer::build(&config).await?;
-    let (health, port) = eventgate_db_writer::health::serve(&config.writer.listen, writer.pool().clone(), writer.metrics.clone())?;
+    let (health, port) = eventgate_db_writer::health::serve(
+        &config.writer.listen,
+        writer.pool().clone(),
+        writer.metrics.clone(),
+    )?;
     tracing::info!(port, "writer health and metrics listening");
     let health_handle = health.handle();
     tokio::spawn(health);

@@ -56,10 +56,14 @@ impl WriterMetrics {
             "Time to write a batch, retries included",
             prometheus::exponential_buckets(0.001, 2.0, 15).expect("static buckets"),
         );
-        let assigned_partitions =
-            IntGauge::new("eventgate_writer_assigned_partitions", "Kafka partitions this writer currently owns")
-                .expect("static metric definition");
-        registry.register(Box::new(assigned_partitions.clone())).expect("metric registered once");
+        let assigned_partitions = IntGauge::new(
+            "eventgate_writer_assigned_partitions",
+            "Kafka partitions this writer currently owns",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(assigned_partitions.clone()))
+            .expect("metric registered once");
         WriterMetrics {
             assigned_partitions,
             registry,

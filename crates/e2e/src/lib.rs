@@ -70,10 +70,14 @@ impl System {
         let mut config = config;
         config.catalogue.access_file = dir.join("access.json");
 
-        let ingest = eventgate_ingest_api::Application::build(config.clone()).await.expect("ingest-api starts");
+        let ingest = eventgate_ingest_api::Application::build(config.clone())
+            .await
+            .expect("ingest-api starts");
         let ingest_url = format!("http://127.0.0.1:{}", ingest.port());
         tokio::spawn(ingest.run_until_stopped());
-        let stats = eventgate_stats_api::Application::build(config.clone()).await.expect("stats-api starts");
+        let stats = eventgate_stats_api::Application::build(config.clone())
+            .await
+            .expect("stats-api starts");
         let stats_url = format!("http://127.0.0.1:{}", stats.port());
         tokio::spawn(stats.run_until_stopped());
 
@@ -97,22 +101,36 @@ impl System {
         let metrics = writer.metrics.clone();
         let stop = CancellationToken::new();
         let task = tokio::spawn(writer.run(stop.clone()));
-        self.writers.push(RunningWriter { metrics, stop, task });
+        self.writers.push(RunningWriter {
+            metrics,
+            stop,
+            task,
+        });
         self.writers.len() - 1
     }
 
     /// Waits until every running writer owns partitions and together they own all of them: the group
     /// has settled and the work will be shared.
     pub async fn wait_for_balanced_group(&self, timeout: Duration) {
-        let topics = std::fs::read_dir(&self.config.catalogue.topics_dir).expect("topics dir").count() as i64;
+        let topics = std::fs::read_dir(&self.config.catalogue.topics_dir)
+            .expect("topics dir")
+            .count() as i64;
         let total = topics * i64::from(self.config.kafka.partitions);
         let settled = wait_until("the consumer group to settle", timeout, || async {
-            let owned: Vec<i64> = self.writers.iter().map(|w| w.metrics.assigned_partitions.get()).collect();
+            let owned: Vec<i64> = self
+                .writers
+                .iter()
+                .map(|w| w.metrics.assigned_partitions.get())
+                .collect();
             owned.iter().all(|&n| n > 0) && owned.iter().sum::<i64>() == total
         })
         .await;
         if let Err(error) = settled {
-            let owned: Vec<i64> = self.writers.iter().map(|w| w.metrics.assigned_partitions.get()).collect();
+            let owned: Vec<i64> = self
+                .writers
+                .iter()
+                .map(|w| w.metrics.assigned_partitions.get())
+                .collect();
             panic!("{error:#}; partitions owned: {owned:?}, expected {total} in all");
         }
     }
@@ -143,12 +161,18 @@ impl System {
     }
 
     pub async fn count_events(&self) -> i64 {
-        self.database.count("SELECT count(*) FROM events").await.expect("count events")
+        self.database
+            .count("SELECT count(*) FROM events")
+            .await
+            .expect("count events")
     }
 
     /// Waits until the events table holds `n` rows.
     pub async fn wait_for_rows(&self, n: i64, timeout: Duration) {
-        let result = wait_until(&format!("{n} rows in events"), timeout, || async { self.count_events().await >= n }).await;
+        let result = wait_until(&format!("{n} rows in events"), timeout, || async {
+            self.count_events().await >= n
+        })
+        .await;
         if let Err(error) = result {
             panic!("{error:#}; rows now: {}", self.count_events().await);
         }
@@ -156,8 +180,10 @@ impl System {
 
     /// Waits until `count_sql` (a `SELECT count(*)`) is at least 1.
     pub async fn wait_for(&self, what: &str, timeout: Duration, count_sql: &str) {
-        let result =
-            wait_until(what, timeout, || async { self.database.count(count_sql).await.unwrap_or(0) >= 1 }).await;
+        let result = wait_until(what, timeout, || async {
+            self.database.count(count_sql).await.unwrap_or(0) >= 1
+        })
+        .await;
         if let Err(error) = result {
             panic!("{error:#}");
         }
@@ -203,7 +229,8 @@ impl System {
 async fn read(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is not JSON ({status}): {text}"));
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("answer is not JSON ({status}): {text}"));
     (status, value)
 }
 

@@ -10,7 +10,12 @@ fn assert_envelope(answer: &Value, status: u16, kind: &str) {
     assert_eq!(answer["success"], false, "{answer}");
     assert_eq!(answer["statusCode"], status, "{answer}");
     assert_eq!(answer["errors"][0]["type"], kind, "{answer}");
-    assert!(answer["errors"][0]["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{answer}"
+    );
 }
 
 async fn raw_post(system: &System, path: &str, auth: Option<String>, body: &str) -> (u16, Value) {
@@ -37,36 +42,80 @@ async fn writes_are_checked_in_order_token_topic_permission_body() {
     let (status, answer) = raw_post(&system, "/topics/no.such.topic", None, good).await;
     assert_eq!(status, 401);
     assert_envelope(&answer, 401, "auth");
-    let (status, _) = raw_post(&system, "/topics/audit.logs", Some("Bearer not-a-jwt".into()), good).await;
+    let (status, _) = raw_post(
+        &system,
+        "/topics/audit.logs",
+        Some("Bearer not-a-jwt".into()),
+        good,
+    )
+    .await;
     assert_eq!(status, 401);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
     let expired = token_with(json!({"sub": "dev", "exp": now - 3600}));
-    let (status, answer) = raw_post(&system, "/topics/audit.logs", Some(format!("Bearer {expired}")), good).await;
+    let (status, answer) = raw_post(
+        &system,
+        "/topics/audit.logs",
+        Some(format!("Bearer {expired}")),
+        good,
+    )
+    .await;
     assert_eq!(status, 401);
-    assert!(answer["errors"][0]["message"].as_str().unwrap_or_default().contains("expired"), "{answer}");
-    let (status, _) = raw_post(&system, "/topics/audit.logs", Some(format!("Basic {}", token("dev"))), good).await;
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{answer}"
+    );
+    let (status, _) = raw_post(
+        &system,
+        "/topics/audit.logs",
+        Some(format!("Basic {}", token("dev"))),
+        good,
+    )
+    .await;
     assert_eq!(status, 401);
 
     // 404: unknown topic, even for a user who may write elsewhere, and before the body is looked at.
-    let (status, answer) = raw_post(&system, "/topics/no.such.topic", bearer("dev"), "{not json").await;
+    let (status, answer) =
+        raw_post(&system, "/topics/no.such.topic", bearer("dev"), "{not json").await;
     assert_eq!(status, 404);
     assert_envelope(&answer, 404, "not_found");
 
     // 403: a reader may not write; checked before the body.
-    let (status, answer) = raw_post(&system, "/topics/audit.logs", bearer("reader"), "{not json").await;
+    let (status, answer) =
+        raw_post(&system, "/topics/audit.logs", bearer("reader"), "{not json").await;
     assert_eq!(status, 403);
     assert_envelope(&answer, 403, "permission");
 
     // 400: malformed JSON, schema violations naming the field, a batch with nothing valid.
-    let (status, answer) = raw_post(&system, "/topics/audit.logs", bearer("writer"), "{not json").await;
+    let (status, answer) =
+        raw_post(&system, "/topics/audit.logs", bearer("writer"), "{not json").await;
     assert_eq!(status, 400);
     assert_envelope(&answer, 400, "malformed");
-    let (status, answer) = raw_post(&system, "/topics/audit.logs", bearer("writer"), r#"{"event_name": 5}"#).await;
+    let (status, answer) = raw_post(
+        &system,
+        "/topics/audit.logs",
+        bearer("writer"),
+        r#"{"event_name": 5}"#,
+    )
+    .await;
     assert_eq!(status, 400);
     assert_envelope(&answer, 400, "validation");
-    let fields: Vec<&str> = answer["errors"].as_array().expect("errors").iter().filter_map(|e| e["field"].as_str()).collect();
+    let fields: Vec<&str> = answer["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
     assert!(fields.contains(&"event_name"), "{answer}");
-    assert!(answer["errors"].as_array().expect("errors").len() >= 2, "missing description is reported too: {answer}");
+    assert!(
+        answer["errors"].as_array().expect("errors").len() >= 2,
+        "missing description is reported too: {answer}"
+    );
     let (status, answer) = raw_post(&system, "/topics/public.cps.za.runs", bearer("dev"),
         r#"{"run_id": 1, "tenant_id": "a", "source_app": "s", "source_app_version": "1", "environment": "dev",
             "event_id": "0190b0b0-0000-7000-8000-000000000000", "timestamp_start": 0, "timestamp_end": 0,
@@ -75,13 +124,21 @@ async fn writes_are_checked_in_order_token_topic_permission_body() {
     assert_eq!(answer["errors"][0]["field"], "jobs[0].status", "{answer}");
 
     // 207: a batch with valid and invalid events publishes only the valid ones.
-    let (status, answer) = raw_post(&system, "/topics/audit.logs", bearer("writer"),
-        r#"[{"event_name": "ok", "description": "fine"}, {"event_name": "bad"}]"#).await;
+    let (status, answer) = raw_post(
+        &system,
+        "/topics/audit.logs",
+        bearer("writer"),
+        r#"[{"event_name": "ok", "description": "fine"}, {"event_name": "bad"}]"#,
+    )
+    .await;
     assert_eq!(status, 207, "{answer}");
     assert_eq!(answer["ids"].as_array().map(Vec::len), Some(1));
     assert_eq!(answer["results"][0]["statusCode"], 202);
     assert_eq!(answer["results"][1]["statusCode"], 400);
-    assert_eq!(answer["results"][1]["errors"][0]["field"], "[1]", "{answer}");
+    assert_eq!(
+        answer["results"][1]["errors"][0]["field"], "[1]",
+        "{answer}"
+    );
 
     // Exactly one event was ever published and stored: the valid half of the batch.
     system.wait_for_rows(1, Duration::from_secs(60)).await;
@@ -93,13 +150,19 @@ async fn writes_are_checked_in_order_token_topic_permission_body() {
 async fn queries_are_checked_like_writes() {
     let system = System::start(0).await;
     let query = |user: Option<&str>, topic: &str, body: Value| {
-        let mut request = system.http.post(format!("{}/stats/{topic}", system.stats_url)).json(&body);
+        let mut request = system
+            .http
+            .post(format!("{}/stats/{topic}", system.stats_url))
+            .json(&body);
         if let Some(user) = user {
             request = request.bearer_auth(token(user));
         }
         async move {
             let response = request.send().await.expect("answer");
-            (response.status().as_u16(), response.json::<Value>().await.expect("JSON"))
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.expect("JSON"),
+            )
         }
     };
     let (status, answer) = query(None, "audit.logs", json!({})).await;
@@ -111,7 +174,12 @@ async fn queries_are_checked_like_writes() {
     let (status, answer) = query(Some("writer"), "audit.logs", json!({})).await;
     assert_eq!(status, 403);
     assert_envelope(&answer, 403, "permission");
-    let (status, answer) = query(Some("reader"), "audit.logs", json!({"filter": {"no_such_field": 1}})).await;
+    let (status, answer) = query(
+        Some("reader"),
+        "audit.logs",
+        json!({"filter": {"no_such_field": 1}}),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_envelope(&answer, 400, "validation");
     assert_eq!(answer["errors"][0]["field"], "no_such_field");

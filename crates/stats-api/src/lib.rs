@@ -41,8 +41,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let catalogue = Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
-        let access = AccessRules::load(&config.catalogue.access_file).context("loading access rules")?;
+        let catalogue =
+            Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
+        let access =
+            AccessRules::load(&config.catalogue.access_file).context("loading access rules")?;
         let verifier = JwtVerifier::from_config(&config.auth).context("loading token keys")?;
         let secret = config.stats.cursor_secret.expose();
         if secret.len() < 16 {
@@ -77,7 +79,10 @@ impl Application {
             server = server.workers(workers);
         }
         tracing::info!(port, "stats-api listening");
-        Ok(Application { port, server: server.run() })
+        Ok(Application {
+            port,
+            server: server.run(),
+        })
     }
 
     pub fn port(&self) -> u16 {

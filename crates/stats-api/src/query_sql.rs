@@ -30,7 +30,9 @@ use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Text, Timestamptz};
 use serde_json::{Map, Value};
 
 use eventgate_core::query::value::{PG_EPOCH_MICROS, STORED_TIME_REGEX};
-use eventgate_core::query::{FieldDef, FieldSource, FieldType, Filter, FilterOp, QueryPlan, Scalar, SortValue};
+use eventgate_core::query::{
+    FieldDef, FieldSource, FieldType, Filter, FilterOp, QueryPlan, Scalar, SortValue,
+};
 
 /// One bind parameter, in order: `$1` is `binds[0]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +83,10 @@ pub fn page_sql(topic: &str, plan: &QueryPlan) -> SqlParts {
     }
     b.push(" LIMIT ");
     b.bind(Bind::BigInt(i64::from(plan.limit) + 1), "::bigint");
-    SqlParts { sql: b.sql, binds: b.binds }
+    SqlParts {
+        sql: b.sql,
+        binds: b.binds,
+    }
 }
 
 /// Hands SQL text and binds to diesel.
@@ -92,7 +97,9 @@ pub fn into_diesel(parts: SqlParts) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
             Bind::Text(v) => query.bind::<Text, _>(v),
             Bind::TextArray(v) => query.bind::<Array<Text>, _>(v),
             Bind::Uuid(v) => query.bind::<diesel::sql_types::Uuid, _>(v),
-            Bind::Timestamptz(micros) => query.bind::<Timestamptz, _>(PgTimestamp(micros - PG_EPOCH_MICROS)),
+            Bind::Timestamptz(micros) => {
+                query.bind::<Timestamptz, _>(PgTimestamp(micros - PG_EPOCH_MICROS))
+            }
             Bind::Jsonb(v) => query.bind::<Jsonb, _>(v),
             Bind::Bool(v) => query.bind::<Bool, _>(v),
             Bind::BigInt(v) => query.bind::<BigInt, _>(v),
@@ -161,8 +168,9 @@ impl SqlBuilder {
 
     /// The jsonb value at a payload path, walking objects only; NULL when absent.
     fn value(&mut self, path: &[String]) {
-        let guarded: Vec<usize> =
-            (0..path.len()).filter(|&i| path[i].bytes().any(|c| c.is_ascii_digit())).collect();
+        let guarded: Vec<usize> = (0..path.len())
+            .filter(|&i| path[i].bytes().any(|c| c.is_ascii_digit()))
+            .collect();
         if guarded.is_empty() {
             self.push("(payload #> ");
             self.path(path);
@@ -290,7 +298,8 @@ impl SqlBuilder {
             },
             FilterOp::In { values, or_null } => {
                 self.push("(");
-                let docs: Option<Vec<Value>> = values.iter().map(|v| containment(field, v)).collect();
+                let docs: Option<Vec<Value>> =
+                    values.iter().map(|v| containment(field, v)).collect();
                 match docs {
                     Some(docs) => {
                         for (i, doc) in docs.into_iter().enumerate() {
@@ -355,8 +364,12 @@ impl SqlBuilder {
     fn keyset(&mut self, plan: &QueryPlan, after: &[SortValue]) {
         let keys: Vec<_> = plan.sort.iter().zip(after.iter()).collect();
         let all_columns_one_direction = !keys.is_empty()
-            && keys.iter().all(|(k, v)| k.field.is_envelope() && v.is_some())
-            && keys.iter().all(|(k, _)| k.descending == keys[0].0.descending);
+            && keys
+                .iter()
+                .all(|(k, v)| k.field.is_envelope() && v.is_some())
+            && keys
+                .iter()
+                .all(|(k, _)| k.descending == keys[0].0.descending);
         if all_columns_one_direction {
             // Row comparison: the btree (topic, received_at, id) serves it directly.
             self.push("(");
@@ -366,7 +379,11 @@ impl SqlBuilder {
                 }
                 self.typed(&key.field);
             }
-            self.push(if keys[0].0.descending { ") < (" } else { ") > (" });
+            self.push(if keys[0].0.descending {
+                ") < ("
+            } else {
+                ") > ("
+            });
             for (i, (_, value)) in keys.iter().enumerate() {
                 if i > 0 {
                     self.push(", ");
@@ -382,7 +399,11 @@ impl SqlBuilder {
         // A redundant bound on a leading column lets an index range scan start at the cursor.
         if let Some((first, Some(v))) = keys.first() {
             if first.field.is_envelope() {
-                self.compare(&first.field, if first.descending { " <= " } else { " >= " }, v);
+                self.compare(
+                    &first.field,
+                    if first.descending { " <= " } else { " >= " },
+                    v,
+                );
                 self.push(" AND ");
             }
         }
@@ -398,7 +419,9 @@ impl SqlBuilder {
                 (true, Some(_)) => Some("lt"),
                 (true, None) => Some("not_null"),
             };
-            let Some(after_kind) = after_kind else { continue };
+            let Some(after_kind) = after_kind else {
+                continue;
+            };
             if terms > 0 {
                 self.push(" OR ");
             }
@@ -435,7 +458,9 @@ impl SqlBuilder {
 /// The containment document `{"a":{"b":v}}` for equality with `v`, when containment means exactly
 /// "the typed value equals v": payload fields of JSON string, number or boolean type.
 fn containment(field: &FieldDef, value: &Scalar) -> Option<Value> {
-    let FieldSource::Payload(path) = &field.source else { return None };
+    let FieldSource::Payload(path) = &field.source else {
+        return None;
+    };
     let leaf = match (field.ty, value) {
         (FieldType::String, Scalar::Text(s)) => Value::String(s.clone()),
         (FieldType::Integer | FieldType::Number | FieldType::EpochMillis, Scalar::Number(d)) => {
@@ -505,12 +530,19 @@ mod tests {
     /// a small fixed alphabet, and none of the client's strings.
     fn assert_only_static_sql(parts: &SqlParts, client_texts: &[&str]) {
         for text in client_texts {
-            assert!(!parts.sql.contains(text), "client text {text:?} in SQL: {}", parts.sql);
+            assert!(
+                !parts.sql.contains(text),
+                "client text {text:?} in SQL: {}",
+                parts.sql
+            );
         }
         let max_param = parts.binds.len();
         let mut rest = parts.sql.as_str();
         while let Some(at) = rest.find('$') {
-            let digits: String = rest[at + 1..].chars().take_while(char::is_ascii_digit).collect();
+            let digits: String = rest[at + 1..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
             let n: usize = digits.parse().expect("placeholder number");
             assert!(n >= 1 && n <= max_param, "placeholder ${n} without a bind");
             rest = &rest[at + 1 + digits.len()..];
@@ -519,7 +551,16 @@ mod tests {
         let literals: Vec<&str> = parts.sql.split('\'').skip(1).step_by(2).collect();
         for literal in literals {
             assert!(
-                ["{}", "object", "string", "number", "boolean", "null", "T00:00:00Z"].contains(&literal),
+                [
+                    "{}",
+                    "object",
+                    "string",
+                    "number",
+                    "boolean",
+                    "null",
+                    "T00:00:00Z"
+                ]
+                .contains(&literal),
                 "unexpected literal {literal:?} in {}",
                 parts.sql
             );
@@ -536,7 +577,10 @@ mod tests {
             "SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1::text \
              ORDER BY received_at DESC, id DESC LIMIT $2::bigint"
         );
-        assert_eq!(parts.binds, vec![Bind::Text("jobs".into()), Bind::BigInt(51)]);
+        assert_eq!(
+            parts.binds,
+            vec![Bind::Text("jobs".into()), Bind::BigInt(51)]
+        );
         let last = eventgate_core::envelope::Event {
             id: uuid::Uuid::nil(),
             topic: "jobs".into(),
@@ -544,7 +588,10 @@ mod tests {
             producer: "p".into(),
             payload: json!({}),
         };
-        let req = QueryRequest { cursor: Some(p.next_cursor(&last, &key())), ..QueryRequest::default() };
+        let req = QueryRequest {
+            cursor: Some(p.next_cursor(&last, &key())),
+            ..QueryRequest::default()
+        };
         let p = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect("plan");
         let parts = page_sql("jobs", &p);
         assert!(
@@ -557,11 +604,21 @@ mod tests {
 
     #[test]
     fn equality_uses_containment() {
-        let parts = sql_for(json!({"filter": {"info.region": "eu", "run_id": 5, "ok": true, "source_app_in": ["a", "b"]}}));
-        assert!(parts.binds.contains(&Bind::Jsonb(json!({"info": {"region": "eu"}}))), "{:?}", parts.binds);
+        let parts = sql_for(
+            json!({"filter": {"info.region": "eu", "run_id": 5, "ok": true, "source_app_in": ["a", "b"]}}),
+        );
+        assert!(
+            parts
+                .binds
+                .contains(&Bind::Jsonb(json!({"info": {"region": "eu"}}))),
+            "{:?}",
+            parts.binds
+        );
         assert!(parts.binds.contains(&Bind::Jsonb(json!({"run_id": 5}))));
         assert!(parts.binds.contains(&Bind::Jsonb(json!({"ok": true}))));
-        assert!(parts.binds.contains(&Bind::Jsonb(json!({"source_app": "b"}))));
+        assert!(parts
+            .binds
+            .contains(&Bind::Jsonb(json!({"source_app": "b"}))));
         assert_eq!(parts.sql.matches("payload @> ").count(), 5, "{}", parts.sql);
         assert_only_static_sql(&parts, &["eu"]);
     }
@@ -569,10 +626,20 @@ mod tests {
     #[test]
     fn integer_like_path_parts_are_guarded() {
         let parts = sql_for(json!({"filter": {"info.0_gt": 1}}));
-        assert!(parts.sql.contains("jsonb_typeof(payload #> $"), "{}", parts.sql);
-        assert!(parts.sql.contains(") = 'object' THEN payload #> "), "{}", parts.sql);
+        assert!(
+            parts.sql.contains("jsonb_typeof(payload #> $"),
+            "{}",
+            parts.sql
+        );
+        assert!(
+            parts.sql.contains(") = 'object' THEN payload #> "),
+            "{}",
+            parts.sql
+        );
         assert!(parts.binds.contains(&Bind::TextArray(vec!["info".into()])));
-        assert!(parts.binds.contains(&Bind::TextArray(vec!["info".into(), "0".into()])));
+        assert!(parts
+            .binds
+            .contains(&Bind::TextArray(vec!["info".into(), "0".into()])));
     }
 
     #[test]
@@ -591,17 +658,37 @@ mod tests {
             },
             "sort": [format!("-{evil}"), "weird\"name.$1", "finished_at"],
         }));
-        assert_only_static_sql(&parts, &[evil, "DROP", "DELETE", "OR 1=1", "weird", "\" OR", "2025"]);
-        assert!(parts.binds.contains(&Bind::Text("%\\%\\_\\\\' OR 1=1 --%".into())), "{:?}", parts.binds);
+        assert_only_static_sql(
+            &parts,
+            &[evil, "DROP", "DELETE", "OR 1=1", "weird", "\" OR", "2025"],
+        );
+        assert!(
+            parts
+                .binds
+                .contains(&Bind::Text("%\\%\\_\\\\' OR 1=1 --%".into())),
+            "{:?}",
+            parts.binds
+        );
         assert!(parts.binds.contains(&Bind::TextArray(vec![evil.into()])));
-        assert!(parts.binds.contains(&Bind::TextArray(vec!["weird\"name".into(), "$1".into()])));
+        assert!(parts
+            .binds
+            .contains(&Bind::TextArray(vec!["weird\"name".into(), "$1".into()])));
     }
 
     #[test]
     fn sql_looking_field_names_are_unknown_fields() {
-        for name in ["id; DROP TABLE events", "payload) OR (1=1", "received_at", "topic", "payload", "$1"] {
-            let req = QueryRequest::from_json(&json!({"filter": {name: 1}, "sort": [name]})).expect("body");
-            let err = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect_err(name);
+        for name in [
+            "id; DROP TABLE events",
+            "payload) OR (1=1",
+            "received_at",
+            "topic",
+            "payload",
+            "$1",
+        ] {
+            let req = QueryRequest::from_json(&json!({"filter": {name: 1}, "sort": [name]}))
+                .expect("body");
+            let err =
+                plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect_err(name);
             assert_eq!(err.status(), 400);
         }
     }
@@ -637,7 +724,9 @@ mod tests {
 
     #[test]
     fn page_query_builds_for_diesel() {
-        let parts = sql_for(json!({"filter": {"finished_at_gt": "2025-01-01", "run_id_in": [1, 2], "tags_exists": false}}));
+        let parts = sql_for(
+            json!({"filter": {"finished_at_gt": "2025-01-01", "run_id_in": [1, 2], "tags_exists": false}}),
+        );
         let sql = parts.sql.clone();
         let query = into_diesel(parts);
         let debug = diesel::debug_query::<Pg, _>(&query).to_string();

@@ -18,10 +18,16 @@ pub struct Page {
 pub async fn fetch_page(pool: &PgPool, topic: &str, plan: &QueryPlan) -> Result<Page, ApiError> {
     let mut conn = pool.get().await.map_err(|error| {
         tracing::warn!(%error, "no database connection for a query");
-        ApiError::new(ErrorKind::Database, "the event store is unavailable, retry later")
+        ApiError::new(
+            ErrorKind::Database,
+            "the event store is unavailable, retry later",
+        )
     })?;
     // One row more than the page tells, exactly, whether another page exists.
-    let rows: Vec<EventRow> = query_sql::page_query(topic, plan).load(&mut conn).await.map_err(database_error)?;
+    let rows: Vec<EventRow> = query_sql::page_query(topic, plan)
+        .load(&mut conn)
+        .await
+        .map_err(database_error)?;
     let limit = plan.limit as usize;
     let has_more = rows.len() > limit;
     let events = rows.into_iter().take(limit).map(Event::from).collect();
@@ -33,10 +39,22 @@ pub async fn fetch_page(pool: &PgPool, topic: &str, plan: &QueryPlan) -> Result<
 pub fn database_error(error: diesel::result::Error) -> ApiError {
     let text = error.to_string();
     if text.contains("statement timeout") {
-        return ApiError::new(ErrorKind::Database, "the query took longer than the configured statement timeout; narrow it or retry later");
+        return ApiError::new(
+            ErrorKind::Database,
+            "the query took longer than the configured statement timeout; narrow it or retry later",
+        );
     }
-    if matches!(error, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::ClosedConnection, _)) {
-        return ApiError::new(ErrorKind::Database, "the event store is unavailable, retry later");
+    if matches!(
+        error,
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ClosedConnection,
+            _
+        )
+    ) {
+        return ApiError::new(
+            ErrorKind::Database,
+            "the event store is unavailable, retry later",
+        );
     }
     tracing::error!(error = %text, "query failed");
     ApiError::new(ErrorKind::Internal, "the query failed unexpectedly")

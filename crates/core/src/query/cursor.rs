@@ -40,7 +40,9 @@ impl std::fmt::Debug for CursorKey {
 impl CursorKey {
     /// Any length works (HMAC hashes long keys); use at least 32 random bytes.
     pub fn new(secret: &[u8]) -> CursorKey {
-        CursorKey { secret: secret.to_vec() }
+        CursorKey {
+            secret: secret.to_vec(),
+        }
     }
 
     fn mac(&self, body: &[u8]) -> Option<HmacSha256> {
@@ -53,10 +55,17 @@ impl CursorKey {
 
     /// Signs and encodes a cursor for `values` of the query with hash `query_hash`.
     pub(crate) fn encode(&self, query_hash: &[u8], values: &[SortValue]) -> String {
-        let hash: String = query_hash.iter().take(QUERY_HASH_LEN).map(|b| format!("{b:02x}")).collect();
+        let hash: String = query_hash
+            .iter()
+            .take(QUERY_HASH_LEN)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let body = json!({"q": hash, "k": values.iter().map(encode_value).collect::<Vec<_>>()});
         let mut bytes = body.to_string().into_bytes();
-        let tag = self.mac(&bytes).map(|m| m.finalize().into_bytes().to_vec()).unwrap_or_default();
+        let tag = self
+            .mac(&bytes)
+            .map(|m| m.finalize().into_bytes().to_vec())
+            .unwrap_or_default();
         bytes.extend_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(bytes)
     }
@@ -64,8 +73,11 @@ impl CursorKey {
     /// Checks the signature and returns the query hash (hex) and the raw values. Errors are messages for
     /// the client.
     pub(crate) fn decode(&self, token: &str) -> Result<(String, Vec<Value>), &'static str> {
-        const INVALID: &str = "invalid cursor: pass the `next_cursor` of the previous page unchanged";
-        let bytes = URL_SAFE_NO_PAD.decode(token.as_bytes()).map_err(|_| INVALID)?;
+        const INVALID: &str =
+            "invalid cursor: pass the `next_cursor` of the previous page unchanged";
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.as_bytes())
+            .map_err(|_| INVALID)?;
         if bytes.len() <= TAG_LEN {
             return Err(INVALID);
         }
@@ -73,8 +85,16 @@ impl CursorKey {
         let mac = self.mac(body).ok_or(INVALID)?;
         mac.verify_slice(tag).map_err(|_| INVALID)?;
         let parsed: Value = serde_json::from_slice(body).map_err(|_| INVALID)?;
-        let hash = parsed.get("q").and_then(Value::as_str).ok_or(INVALID)?.to_owned();
-        let values = parsed.get("k").and_then(Value::as_array).ok_or(INVALID)?.clone();
+        let hash = parsed
+            .get("q")
+            .and_then(Value::as_str)
+            .ok_or(INVALID)?
+            .to_owned();
+        let values = parsed
+            .get("k")
+            .and_then(Value::as_array)
+            .ok_or(INVALID)?
+            .clone();
         Ok((hash, values))
     }
 }

@@ -135,23 +135,46 @@ impl FieldCatalogue {
     /// Builds the catalogue from a topic's JSON Schema. Never fails; always contains the envelope fields.
     pub fn from_schema(schema: &Value) -> FieldCatalogue {
         let envelope = [
-            FieldDef { name: "id".into(), source: FieldSource::Id, ty: FieldType::Uuid },
-            FieldDef { name: "timestamp".into(), source: FieldSource::Timestamp, ty: FieldType::DateTime },
-            FieldDef { name: "producer".into(), source: FieldSource::Producer, ty: FieldType::String },
+            FieldDef {
+                name: "id".into(),
+                source: FieldSource::Id,
+                ty: FieldType::Uuid,
+            },
+            FieldDef {
+                name: "timestamp".into(),
+                source: FieldSource::Timestamp,
+                ty: FieldType::DateTime,
+            },
+            FieldDef {
+                name: "producer".into(),
+                source: FieldSource::Producer,
+                ty: FieldType::String,
+            },
         ];
-        let mut walker = Walker { root: schema, out: Vec::new() };
+        let mut walker = Walker {
+            root: schema,
+            out: Vec::new(),
+        };
         walker.object_properties(schema, &mut Vec::new());
         let mut payload = BTreeMap::new();
         for (path, ty) in walker.out {
             let key = path.join(".");
-            payload.entry(key).or_insert_with(|| FieldDef { name: String::new(), source: FieldSource::Payload(path), ty });
+            payload.entry(key).or_insert_with(|| FieldDef {
+                name: String::new(),
+                source: FieldSource::Payload(path),
+                ty,
+            });
         }
         let mut catalogue = FieldCatalogue { payload, envelope };
         // Canonical names: the bare path where `lookup` resolves it to this very field.
         let keys: Vec<String> = catalogue.payload.keys().cloned().collect();
         for key in keys {
             let bare_ok = matches!(catalogue.lookup(&key), Some(def) if def.source == FieldSource::Payload(split(&key)));
-            let name = if bare_ok { key.clone() } else { format!("payload.{key}") };
+            let name = if bare_ok {
+                key.clone()
+            } else {
+                format!("payload.{key}")
+            };
             if let Some(def) = catalogue.payload.get_mut(&key) {
                 def.name = name;
             }
@@ -221,15 +244,16 @@ struct NodeInfo<'a> {
 impl<'a> Walker<'a> {
     fn object_properties(&mut self, node: &'a Value, path: &mut Vec<String>) {
         let info = self.info(node);
-        let properties = if info.properties.is_empty() && info.types.is_none() && info.enum_values.is_none() {
-            // Untyped node: maybe a oneOf/anyOf of objects.
-            match self.first_typed_branch(&info) {
-                Some(branch) => self.info(branch).properties,
-                None => Vec::new(),
-            }
-        } else {
-            info.properties
-        };
+        let properties =
+            if info.properties.is_empty() && info.types.is_none() && info.enum_values.is_none() {
+                // Untyped node: maybe a oneOf/anyOf of objects.
+                match self.first_typed_branch(&info) {
+                    Some(branch) => self.info(branch).properties,
+                    None => Vec::new(),
+                }
+            } else {
+                info.properties
+            };
         for (name, sub) in properties {
             if self.out.len() >= MAX_SCHEMA_FIELDS || path.len() >= MAX_SCHEMA_DEPTH {
                 return;
@@ -267,7 +291,9 @@ impl<'a> Walker<'a> {
                 match non_null.as_slice() {
                     [one] => type_name(one),
                     [] => BaseType::Other,
-                    many if many.iter().all(|t| *t == "integer" || *t == "number") => BaseType::Number,
+                    many if many.iter().all(|t| *t == "integer" || *t == "number") => {
+                        BaseType::Number
+                    }
                     _ => BaseType::Other,
                 }
             }
@@ -291,15 +317,24 @@ impl<'a> Walker<'a> {
                 }
             }
         };
-        (refine(ty, info.format, info.x_type), base == BaseType::Object, node)
+        (
+            refine(ty, info.format, info.x_type),
+            base == BaseType::Object,
+            node,
+        )
     }
 
     fn first_typed_branch(&self, info: &NodeInfo<'a>) -> Option<&'a Value> {
         info.branches.iter().copied().find(|branch| {
             let b = self.info(branch);
-            let non_null_type =
-                b.types.as_ref().is_some_and(|types| types.iter().any(|t| *t != "null"));
-            let enum_non_null = b.enum_values.as_ref().is_some_and(|v| v.iter().any(|v| !v.is_null()));
+            let non_null_type = b
+                .types
+                .as_ref()
+                .is_some_and(|types| types.iter().any(|t| *t != "null"));
+            let enum_non_null = b
+                .enum_values
+                .as_ref()
+                .is_some_and(|v| v.iter().any(|v| !v.is_null()));
             non_null_type || enum_non_null || !b.properties.is_empty()
         })
     }
@@ -315,7 +350,9 @@ impl<'a> Walker<'a> {
             if seen > MAX_REF_HOPS * 4 {
                 break;
             }
-            let Some(obj) = current.as_object() else { continue };
+            let Some(obj) = current.as_object() else {
+                continue;
+            };
             if info.types.is_none() {
                 info.types = match obj.get("type") {
                     Some(Value::String(t)) => Some(vec![t.as_str()]),
@@ -348,7 +385,11 @@ impl<'a> Walker<'a> {
                     info.branches.extend(branches.iter());
                 }
             }
-            if let Some(target) = obj.get("$ref").and_then(Value::as_str).and_then(|r| self.resolve(r)) {
+            if let Some(target) = obj
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| self.resolve(r))
+            {
                 queue.push(target);
             }
             if let Some(Value::Array(all)) = obj.get("allOf") {
@@ -408,8 +449,12 @@ fn enum_type(values: &[&Value]) -> BaseType {
 
 fn refine(ty: FieldType, format: Option<&str>, x_type: Option<&str>) -> FieldType {
     match ty {
-        FieldType::Integer | FieldType::Number if x_type == Some("epoch-ms") => FieldType::EpochMillis,
-        FieldType::String if matches!(format, Some("date-time") | Some("date")) => FieldType::DateTime,
+        FieldType::Integer | FieldType::Number if x_type == Some("epoch-ms") => {
+            FieldType::EpochMillis
+        }
+        FieldType::String if matches!(format, Some("date-time") | Some("date")) => {
+            FieldType::DateTime
+        }
         other => other,
     }
 }

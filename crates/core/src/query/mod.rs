@@ -36,7 +36,9 @@ pub use value::{Decimal, Micros, Scalar, SortValue};
 use crate::envelope::Event;
 use crate::error::{ApiError, ErrorDetail};
 use request::{resolve_key, KeyResolution};
-use value::{cmp_nulls_last, event_micros, json_kind, parse_client_time, parse_stored_time, shorten};
+use value::{
+    cmp_nulls_last, event_micros, json_kind, parse_client_time, parse_stored_time, shorten,
+};
 
 /// At most this many error details are reported for one request.
 const MAX_ERROR_DETAILS: usize = 50;
@@ -61,7 +63,10 @@ pub enum FilterOp {
     /// `field: null`: the field has no value.
     IsNull,
     /// `field_in: [...]`; `or_null` when the list held `null`.
-    In { values: Vec<Scalar>, or_null: bool },
+    In {
+        values: Vec<Scalar>,
+        or_null: bool,
+    },
     Ne(Scalar),
     Gt(Scalar),
     Gte(Scalar),
@@ -139,7 +144,9 @@ pub fn typed_json(ty: FieldType, value: &Value) -> SortValue {
 /// The value at `path` inside `payload`, walking objects only (like jsonb containment; the SQL guards
 /// `#>` so it never indexes into an array either).
 pub fn payload_at<'a>(payload: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(payload, |current, segment| current.as_object()?.get(segment))
+    path.iter().try_fold(payload, |current, segment| {
+        current.as_object()?.get(segment)
+    })
 }
 
 /// Whether `field` has a value in `event`: a typed value, or for `Other` fields any non-null JSON value.
@@ -154,7 +161,9 @@ pub fn has_value(field: &FieldDef, event: &Event) -> bool {
 
 /// ASCII-only case folding, exactly what Postgres `ILIKE` does under `COLLATE "C"`.
 pub fn contains_ascii_ci(haystack: &str, needle: &str) -> bool {
-    haystack.to_ascii_lowercase().contains(&needle.to_ascii_lowercase())
+    haystack
+        .to_ascii_lowercase()
+        .contains(&needle.to_ascii_lowercase())
 }
 
 impl Filter {
@@ -176,7 +185,8 @@ impl Filter {
                     FilterOp::Lt(x) => v < *x,
                     FilterOp::Lte(x) => v <= *x,
                     FilterOp::Between(lo, hi) => {
-                        lo.as_ref().is_none_or(|lo| v >= *lo) && hi.as_ref().is_none_or(|hi| v <= *hi)
+                        lo.as_ref().is_none_or(|lo| v >= *lo)
+                            && hi.as_ref().is_none_or(|hi| v <= *hi)
                     }
                     FilterOp::Contains(needle) => match &v {
                         Scalar::Text(text) => contains_ascii_ci(text, needle),
@@ -204,14 +214,19 @@ impl QueryPlan {
 
     /// The values of the sort keys of `event`, one per entry of `sort`.
     pub fn sort_values(&self, event: &Event) -> Vec<SortValue> {
-        self.sort.iter().map(|key| field_value(&key.field, event)).collect()
+        self.sort
+            .iter()
+            .map(|key| field_value(&key.field, event))
+            .collect()
     }
 
     /// Whether `event` comes after the cursor position (always true without a cursor).
     pub fn is_after_cursor(&self, event: &Event) -> bool {
         match &self.after {
             None => true,
-            Some(after) => compare_values(&self.sort, &self.sort_values(event), after) == Ordering::Greater,
+            Some(after) => {
+                compare_values(&self.sort, &self.sort_values(event), after) == Ordering::Greater
+            }
         }
     }
 
@@ -247,7 +262,11 @@ pub fn plan(
     if req.filter.len() > limits.max_filters {
         errors.push(ErrorDetail::validation(
             "filter",
-            format!("too many filters: {} given, at most {} allowed", req.filter.len(), limits.max_filters),
+            format!(
+                "too many filters: {} given, at most {} allowed",
+                req.filter.len(),
+                limits.max_filters
+            ),
         ));
     }
     let mut filters = Vec::new();
@@ -269,7 +288,10 @@ pub fn plan(
             limits.default_limit
         }
         Some(n) if n > u64::from(limits.max_limit) => {
-            errors.push(ErrorDetail::validation("limit", format!("must be at most {}", limits.max_limit)));
+            errors.push(ErrorDetail::validation(
+                "limit",
+                format!("must be at most {}", limits.max_limit),
+            ));
             limits.default_limit
         }
         Some(n) => u32::try_from(n).unwrap_or(limits.max_limit),
@@ -291,35 +313,70 @@ pub fn plan(
         if errors.len() > MAX_ERROR_DETAILS {
             let more = errors.len() - MAX_ERROR_DETAILS;
             errors.truncate(MAX_ERROR_DETAILS);
-            errors.push(ErrorDetail::validation("filter", format!("… and {more} more problems")));
+            errors.push(ErrorDetail::validation(
+                "filter",
+                format!("… and {more} more problems"),
+            ));
         }
         return Err(ApiError::from_details(errors));
     }
-    Ok(QueryPlan { filters, sort, after, limit, query_hash })
+    Ok(QueryPlan {
+        filters,
+        sort,
+        after,
+        limit,
+        query_hash,
+    })
 }
 
 fn unknown_field_message(name: &str, key: &str, fields: &FieldCatalogue) -> String {
     let names = fields.names();
-    let mut listed = names.iter().take(MAX_LISTED_NAMES).cloned().collect::<Vec<_>>().join(", ");
+    let mut listed = names
+        .iter()
+        .take(MAX_LISTED_NAMES)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > MAX_LISTED_NAMES {
         listed.push_str(&format!(", … ({} more)", names.len() - MAX_LISTED_NAMES));
     }
-    let origin = if name == key { String::new() } else { format!(" (in `{}`)", shorten(key, 200)) };
-    format!("unknown field `{}`{origin}; valid fields: {listed}", shorten(name, 200))
+    let origin = if name == key {
+        String::new()
+    } else {
+        format!(" (in `{}`)", shorten(key, 200))
+    };
+    format!(
+        "unknown field `{}`{origin}; valid fields: {listed}",
+        shorten(name, 200)
+    )
 }
 
 fn path_too_deep(name: &str, limits: &QueryLimits) -> Option<String> {
-    let depth = name.strip_prefix("payload.").unwrap_or(name).split('.').count();
+    let depth = name
+        .strip_prefix("payload.")
+        .unwrap_or(name)
+        .split('.')
+        .count();
     (depth > limits.max_path_depth).then(|| {
-        format!("field path `{}` has {depth} parts, at most {} allowed", shorten(name, 200), limits.max_path_depth)
+        format!(
+            "field path `{}` has {depth} parts, at most {} allowed",
+            shorten(name, 200),
+            limits.max_path_depth
+        )
     })
 }
 
-fn parse_filter(key: &str, value: &Value, fields: &FieldCatalogue, limits: &QueryLimits) -> Result<Filter, String> {
+fn parse_filter(
+    key: &str,
+    value: &Value,
+    fields: &FieldCatalogue,
+    limits: &QueryLimits,
+) -> Result<Filter, String> {
     let (field, op) = match resolve_key(key, fields) {
         KeyResolution::Found { field, op } => (field, op),
         KeyResolution::Unknown { name } => {
-            return Err(path_too_deep(&name, limits).unwrap_or_else(|| unknown_field_message(&name, key, fields)));
+            return Err(path_too_deep(&name, limits)
+                .unwrap_or_else(|| unknown_field_message(&name, key, fields)));
         }
     };
     if let Some(message) = path_too_deep(key.strip_suffix(op.suffix()).unwrap_or(key), limits) {
@@ -331,7 +388,9 @@ fn parse_filter(key: &str, value: &Value, fields: &FieldCatalogue, limits: &Quer
         Operator::Exists => true,
         Operator::Contains => ty == FieldType::String,
         _ if ty == FieldType::Other => false,
-        Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte | Operator::Between => ty != FieldType::Boolean,
+        Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte | Operator::Between => {
+            ty != FieldType::Boolean
+        }
         Operator::Eq | Operator::In | Operator::Ne => true,
     };
     if !applies {
@@ -340,7 +399,11 @@ fn parse_filter(key: &str, value: &Value, fields: &FieldCatalogue, limits: &Quer
             FieldType::Boolean => "booleans support equality, `_in`, `_ne` and `_exists`",
             _ => "`_contains` applies to string fields only",
         };
-        return Err(format!("`{}` does not apply to `{name}` ({}): {hint}", op.name(), ty.as_str()));
+        return Err(format!(
+            "`{}` does not apply to `{name}` ({}): {hint}",
+            op.name(),
+            ty.as_str()
+        ));
     }
     let operand = |v: &Value| parse_operand(field, v, limits);
     let op = match op {
@@ -350,13 +413,20 @@ fn parse_filter(key: &str, value: &Value, fields: &FieldCatalogue, limits: &Quer
         },
         Operator::In => {
             let Value::Array(items) = value else {
-                return Err(format!("expected a list of values, got {}", json_kind(value)));
+                return Err(format!(
+                    "expected a list of values, got {}",
+                    json_kind(value)
+                ));
             };
             if items.is_empty() {
                 return Err("expected at least one value".to_owned());
             }
             if items.len() > limits.max_in_values {
-                return Err(format!("too many values: {} given, at most {} allowed", items.len(), limits.max_in_values));
+                return Err(format!(
+                    "too many values: {} given, at most {} allowed",
+                    items.len(),
+                    limits.max_in_values
+                ));
             }
             let mut values = Vec::new();
             let mut or_null = false;
@@ -380,10 +450,14 @@ fn parse_filter(key: &str, value: &Value, fields: &FieldCatalogue, limits: &Quer
             FilterOp::In { values, or_null }
         }
         Operator::Between => {
-            let bounds = match value {
-                Value::Array(items) if items.len() == 2 => items,
-                _ => return Err("expected a list of exactly two bounds [from, to] (null for an open bound)".to_owned()),
-            };
+            let bounds =
+                match value {
+                    Value::Array(items) if items.len() == 2 => items,
+                    _ => return Err(
+                        "expected a list of exactly two bounds [from, to] (null for an open bound)"
+                            .to_owned(),
+                    ),
+                };
             let bound = |v: &Value| match v {
                 Value::Null => Ok(None),
                 v => operand(v).map(Some),
@@ -423,13 +497,20 @@ fn parse_filter(key: &str, value: &Value, fields: &FieldCatalogue, limits: &Quer
             v => return Err(format!("expected a string, got {}", json_kind(v))),
         },
     };
-    Ok(Filter { key: key.to_owned(), field: field.clone(), op })
+    Ok(Filter {
+        key: key.to_owned(),
+        field: field.clone(),
+        op,
+    })
 }
 
 fn check_text(s: &str, limits: &QueryLimits) -> Result<(), String> {
     let chars = s.chars().count();
     if chars > limits.max_value_len {
-        return Err(format!("value too long: {chars} characters, at most {} allowed", limits.max_value_len));
+        return Err(format!(
+            "value too long: {chars} characters, at most {} allowed",
+            limits.max_value_len
+        ));
     }
     if s.contains('\0') {
         return Err("value contains a NUL character".to_owned());
@@ -442,7 +523,13 @@ fn parse_operand(field: &FieldDef, value: &Value, limits: &QueryLimits) -> Resul
     if let Value::String(s) = value {
         check_text(s, limits)?;
     }
-    let wrong = |expected: &str| format!("expected {expected} for `{}`, got {}", field.name, json_kind(value));
+    let wrong = |expected: &str| {
+        format!(
+            "expected {expected} for `{}`, got {}",
+            field.name,
+            json_kind(value)
+        )
+    };
     match field.ty {
         FieldType::Uuid => match value {
             Value::String(s) => Uuid::parse_str(s)
@@ -462,7 +549,9 @@ fn parse_operand(field: &FieldDef, value: &Value, limits: &QueryLimits) -> Resul
             _ => Err(wrong("an integer")),
         },
         FieldType::Number => match value {
-            Value::Number(n) => Decimal::from_json_number(n).map(Scalar::Number).ok_or_else(|| wrong("a number")),
+            Value::Number(n) => Decimal::from_json_number(n)
+                .map(Scalar::Number)
+                .ok_or_else(|| wrong("a number")),
             _ => Err(wrong("a number")),
         },
         FieldType::Boolean => match value {
@@ -491,7 +580,11 @@ fn parse_sort(
     if entries.len() > limits.max_sort_fields {
         errors.push(ErrorDetail::validation(
             "sort",
-            format!("too many sort fields: {} given, at most {} allowed", entries.len(), limits.max_sort_fields),
+            format!(
+                "too many sort fields: {} given, at most {} allowed",
+                entries.len(),
+                limits.max_sort_fields
+            ),
         ));
         return Vec::new();
     }
@@ -503,7 +596,10 @@ fn parse_sort(
             None => (false, entry.as_str()),
         };
         if name.is_empty() {
-            errors.push(ErrorDetail::validation(at, "empty sort field; write a field name, `-` first for descending"));
+            errors.push(ErrorDetail::validation(
+                at,
+                "empty sort field; write a field name, `-` first for descending",
+            ));
             continue;
         }
         if let Some(message) = path_too_deep(name, limits) {
@@ -511,26 +607,41 @@ fn parse_sort(
             continue;
         }
         let Some(field) = fields.lookup(name) else {
-            errors.push(ErrorDetail::validation(at, unknown_field_message(name, name, fields)));
+            errors.push(ErrorDetail::validation(
+                at,
+                unknown_field_message(name, name, fields),
+            ));
             continue;
         };
         if field.ty == FieldType::Other {
             errors.push(ErrorDetail::validation(
                 at,
-                format!("cannot sort by `{}`: objects, arrays and untyped values have no order", field.name),
+                format!(
+                    "cannot sort by `{}`: objects, arrays and untyped values have no order",
+                    field.name
+                ),
             ));
             continue;
         }
         if keys.iter().any(|k| k.field.source == field.source) {
-            errors.push(ErrorDetail::validation(at, format!("`{}` is sorted by more than once", field.name)));
+            errors.push(ErrorDetail::validation(
+                at,
+                format!("`{}` is sorted by more than once", field.name),
+            ));
             continue;
         }
-        keys.push(SortKey { field: field.clone(), descending });
+        keys.push(SortKey {
+            field: field.clone(),
+            descending,
+        });
     }
     if !keys.iter().any(|k| k.field.source == FieldSource::Id) {
         let descending = keys.last().is_some_and(|k| k.descending);
         if let Some(id) = fields.lookup("id") {
-            keys.push(SortKey { field: id.clone(), descending });
+            keys.push(SortKey {
+                field: id.clone(),
+                descending,
+            });
         }
     }
     keys
@@ -543,16 +654,26 @@ fn query_hash(topic: &str, filters: &[Filter], sort: &[SortKey]) -> [u8; 32] {
         .iter()
         .map(|f| {
             let operands: Vec<Value> = match &f.op {
-                FilterOp::Eq(v) | FilterOp::Ne(v) | FilterOp::Gt(v) | FilterOp::Gte(v) | FilterOp::Lt(v) | FilterOp::Lte(v) => {
+                FilterOp::Eq(v)
+                | FilterOp::Ne(v)
+                | FilterOp::Gt(v)
+                | FilterOp::Gte(v)
+                | FilterOp::Lt(v)
+                | FilterOp::Lte(v) => {
                     vec![cursor::encode_scalar(v)]
                 }
                 FilterOp::IsNull => vec![Value::Null],
                 FilterOp::In { values, or_null } => {
-                    let mut vs: Vec<String> = values.iter().map(|v| cursor::encode_scalar(v).to_string()).collect();
+                    let mut vs: Vec<String> = values
+                        .iter()
+                        .map(|v| cursor::encode_scalar(v).to_string())
+                        .collect();
                     vs.sort();
                     vec![json!(vs), json!(or_null)]
                 }
-                FilterOp::Between(lo, hi) => vec![cursor::encode_value(lo), cursor::encode_value(hi)],
+                FilterOp::Between(lo, hi) => {
+                    vec![cursor::encode_value(lo), cursor::encode_value(hi)]
+                }
                 FilterOp::Exists(b) => vec![json!(b)],
                 FilterOp::Contains(s) => vec![json!(s.to_ascii_lowercase())],
             };
@@ -560,8 +681,16 @@ fn query_hash(topic: &str, filters: &[Filter], sort: &[SortKey]) -> [u8; 32] {
         })
         .collect();
     canonical_filters.sort();
-    let canonical_sort: Vec<Value> = sort.iter().map(|k| json!([k.field.name, k.descending])).collect();
-    let canonical = json!(["eventgate-query-v1", topic, canonical_filters, canonical_sort]);
+    let canonical_sort: Vec<Value> = sort
+        .iter()
+        .map(|k| json!([k.field.name, k.descending]))
+        .collect();
+    let canonical = json!([
+        "eventgate-query-v1",
+        topic,
+        canonical_filters,
+        canonical_sort
+    ]);
     Sha256::digest(canonical.to_string().as_bytes()).into()
 }
 
@@ -581,7 +710,11 @@ fn decode_cursor(
         // The signature is fine; whether it fits the query cannot be told while the query is invalid.
         return Ok(Vec::new());
     }
-    let expected: String = query_hash.iter().take(cursor::QUERY_HASH_LEN).map(|b| format!("{b:02x}")).collect();
+    let expected: String = query_hash
+        .iter()
+        .take(cursor::QUERY_HASH_LEN)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if hash != expected {
         return Err("cursor belongs to a different query: keep filter and sort unchanged while paging, or drop the cursor to start over");
     }
@@ -595,7 +728,10 @@ fn decode_cursor(
             (None, _) => !key.field.is_envelope(),
             (Some(Scalar::Uuid(_)), FieldType::Uuid) => true,
             (Some(Scalar::Text(_)), FieldType::String) => true,
-            (Some(Scalar::Number(_)), FieldType::Integer | FieldType::Number | FieldType::EpochMillis) => true,
+            (
+                Some(Scalar::Number(_)),
+                FieldType::Integer | FieldType::Number | FieldType::EpochMillis,
+            ) => true,
             (Some(Scalar::Bool(_)), FieldType::Boolean) => true,
             (Some(Scalar::Instant(_)), FieldType::DateTime) => true,
             _ => false,

@@ -58,7 +58,7 @@ impl Default for QueryLimits {
             max_path_depth: 8,
             default_limit: 50,
             max_limit: 1000,
-            max_cursor_len: 16 * 1024,
+            max_cursor_len: 64 * 1024,
         }
     }
 }
@@ -117,9 +117,14 @@ impl Operator {
 
 /// How a filter key resolved against the catalogue.
 pub(crate) enum KeyResolution<'a> {
-    Found { field: &'a FieldDef, op: Operator },
+    Found {
+        field: &'a FieldDef,
+        op: Operator,
+    },
     /// No field by that name (after trying operator suffixes); `name` is the field name that was looked up.
-    Unknown { name: String },
+    Unknown {
+        name: String,
+    },
 }
 
 /// A key is first looked up as a field name; failing that, a known operator suffix is stripped and the
@@ -127,18 +132,28 @@ pub(crate) enum KeyResolution<'a> {
 /// `x_in_in`.
 pub(crate) fn resolve_key<'a>(key: &str, fields: &'a FieldCatalogue) -> KeyResolution<'a> {
     if let Some(field) = fields.lookup(key) {
-        return KeyResolution::Found { field, op: Operator::Eq };
+        return KeyResolution::Found {
+            field,
+            op: Operator::Eq,
+        };
     }
     for op in Operator::SUFFIXED {
         if let Some(base) = key.strip_suffix(op.suffix()) {
             return match fields.lookup(base) {
                 Some(field) => KeyResolution::Found { field, op },
-                None => KeyResolution::Unknown { name: base.to_owned() },
+                None => KeyResolution::Unknown {
+                    name: base.to_owned(),
+                },
             };
         }
     }
-    KeyResolution::Unknown { name: key.to_owned() }
+    KeyResolution::Unknown {
+        name: key.to_owned(),
+    }
 }
+
+/// A test of the JSON shape of one top-level body member.
+type ShapeCheck = fn(&Value) -> bool;
 
 /// Query-string keys that are not filters.
 pub const RESERVED_QUERY_KEYS: [&str; 3] = ["sort", "cursor", "limit"];
@@ -159,15 +174,27 @@ impl QueryRequest {
                 ));
             }
         }
-        let checks: [(&str, fn(&Value) -> bool, &str); 4] = [
-            ("filter", |v| v.is_object() || v.is_null(), "must be an object of filters"),
+        let checks: [(&str, ShapeCheck, &str); 4] = [
+            (
+                "filter",
+                |v| v.is_object() || v.is_null(),
+                "must be an object of filters",
+            ),
             (
                 "sort",
                 |v| v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
                 "must be a list of field names",
             ),
-            ("cursor", |v| v.is_null() || v.is_string(), "must be a string (the `next_cursor` of the previous page)"),
-            ("limit", |v| v.is_null() || v.is_u64(), "must be a positive integer"),
+            (
+                "cursor",
+                |v| v.is_null() || v.is_string(),
+                "must be a string (the `next_cursor` of the previous page)",
+            ),
+            (
+                "limit",
+                |v| v.is_null() || v.is_u64(),
+                "must be a positive integer",
+            ),
         ];
         for (key, ok, message) in checks {
             if let Some(value) = object.get(key) {
@@ -184,9 +211,17 @@ impl QueryRequest {
             request.filter = filter.clone();
         }
         if let Some(Value::Array(sort)) = object.get("sort") {
-            request.sort = Some(sort.iter().filter_map(Value::as_str).map(str::to_owned).collect());
+            request.sort = Some(
+                sort.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+            );
         }
-        request.cursor = object.get("cursor").and_then(Value::as_str).map(str::to_owned);
+        request.cursor = object
+            .get("cursor")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         request.limit = object.get("limit").and_then(Value::as_u64);
         Ok(request)
     }
@@ -201,7 +236,10 @@ impl QueryRequest {
     /// empty `_between` bound is open): a value containing a comma can only be sent with POST. A value
     /// that does not convert is passed on as a string and reported by [`super::plan`] as a wrong type.
     /// Fails only for what cannot be carried: a repeated key or a non-numeric `limit`.
-    pub fn from_query_pairs(pairs: &[(String, String)], fields: &FieldCatalogue) -> Result<QueryRequest, ApiError> {
+    pub fn from_query_pairs(
+        pairs: &[(String, String)],
+        fields: &FieldCatalogue,
+    ) -> Result<QueryRequest, ApiError> {
         let mut details = Vec::new();
         let mut request = QueryRequest::default();
         let mut seen: Vec<&str> = Vec::new();
@@ -225,11 +263,16 @@ impl QueryRequest {
                 "cursor" => request.cursor = (!raw.is_empty()).then(|| raw.clone()),
                 "limit" => match raw.parse::<u64>() {
                     Ok(limit) => request.limit = Some(limit),
-                    Err(_) => details.push(ErrorDetail::validation("limit", "must be a positive integer")),
+                    Err(_) => details.push(ErrorDetail::validation(
+                        "limit",
+                        "must be a positive integer",
+                    )),
                 },
                 _ => {
                     let value = match resolve_key(key, fields) {
-                        KeyResolution::Found { field, op } => convert_query_value(raw, field.ty, op),
+                        KeyResolution::Found { field, op } => {
+                            convert_query_value(raw, field.ty, op)
+                        }
                         KeyResolution::Unknown { .. } => Value::String(raw.clone()),
                     };
                     request.filter.insert(key.clone(), value);
@@ -246,8 +289,16 @@ impl QueryRequest {
 
 fn convert_query_value(raw: &str, ty: FieldType, op: Operator) -> Value {
     match op {
-        Operator::In => Value::Array(raw.split(',').map(|part| convert_scalar(part, ty, false)).collect()),
-        Operator::Between => Value::Array(raw.split(',').map(|part| convert_scalar(part, ty, true)).collect()),
+        Operator::In => Value::Array(
+            raw.split(',')
+                .map(|part| convert_scalar(part, ty, false))
+                .collect(),
+        ),
+        Operator::Between => Value::Array(
+            raw.split(',')
+                .map(|part| convert_scalar(part, ty, true))
+                .collect(),
+        ),
         Operator::Exists => match raw {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
@@ -276,7 +327,9 @@ fn convert_scalar(raw: &str, ty: FieldType, empty_is_null: bool) -> Value {
         FieldType::DateTime | FieldType::EpochMillis => {
             let digits = raw.strip_prefix('-').unwrap_or(raw);
             match raw.parse::<i64>() {
-                Ok(ms) if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) => Value::from(ms),
+                Ok(ms) if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) => {
+                    Value::from(ms)
+                }
                 _ => as_string(),
             }
         }

@@ -39,7 +39,11 @@ const MAX_DECIMAL_EXPONENT: i64 = 100_000;
 
 impl Decimal {
     pub fn zero() -> Decimal {
-        Decimal { negative: false, digits: String::new(), exponent: 0 }
+        Decimal {
+            negative: false,
+            digits: String::new(),
+            exponent: 0,
+        }
     }
 
     /// Parses a JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`; leading zeros are tolerated).
@@ -102,7 +106,11 @@ impl Decimal {
         if digits.is_empty() {
             return Some(Decimal::zero());
         }
-        Some(Decimal { negative, digits: digits.to_owned(), exponent: point - leading_zeros })
+        Some(Decimal {
+            negative,
+            digits: digits.to_owned(),
+            exponent: point - leading_zeros,
+        })
     }
 
     pub fn from_i64(value: i64) -> Decimal {
@@ -117,7 +125,11 @@ impl Decimal {
         if digits.is_empty() {
             return Decimal::zero();
         }
-        Decimal { negative: mantissa < 0, digits: digits.to_owned(), exponent: point }
+        Decimal {
+            negative: mantissa < 0,
+            digits: digits.to_owned(),
+            exponent: point,
+        }
     }
 
     /// Milliseconds (as an exact decimal) of an instant in microseconds.
@@ -164,7 +176,12 @@ impl fmt::Display for Decimal {
             let (int, frac) = self.digits.split_at(self.exponent as usize);
             write!(f, "{int}.{frac}")
         } else if shift < 0 && self.exponent > -30 {
-            write!(f, "0.{}{}", "0".repeat((-self.exponent) as usize), self.digits)
+            write!(
+                f,
+                "0.{}{}",
+                "0".repeat((-self.exponent) as usize),
+                self.digits
+            )
         } else {
             write!(f, "{}e{}", self.digits, shift)
         }
@@ -186,7 +203,10 @@ impl Ord for Decimal {
         if a != b || a == 0 {
             return a.cmp(&b);
         }
-        let magnitude = self.exponent.cmp(&other.exponent).then_with(|| self.digits.cmp(&other.digits));
+        let magnitude = self
+            .exponent
+            .cmp(&other.exponent)
+            .then_with(|| self.digits.cmp(&other.digits));
         if a < 0 {
             magnitude.reverse()
         } else {
@@ -291,8 +311,8 @@ pub fn parse_stored_time(text: &str) -> Option<Micros> {
 }
 
 /// A client-given instant in a string: `YYYY-MM-DD` (midnight UTC) or an RFC 3339 date-time with an
-/// offset (`T`, `t` or a space between date and time; `Z`/`z` or `±HH:MM`); sub-microsecond digits are
-/// truncated.
+/// offset (`T`, `t` or a space between date and time; `Z`/`z` or `±HH:MM`, where a space may stand for
+/// `+` as an unencoded `+` in a query string becomes one); sub-microsecond digits are truncated.
 pub fn parse_client_time_text(text: &str) -> Option<Micros> {
     parse_iso(text, TimeSyntax::Client)
 }
@@ -302,7 +322,10 @@ fn parse_iso(text: &str, syntax: TimeSyntax) -> Option<Micros> {
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let part = b.get(range)?;
         if part.iter().all(u8::is_ascii_digit) {
-            Some(part.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
+            Some(
+                part.iter()
+                    .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')),
+            )
         } else {
             None
         }
@@ -363,7 +386,10 @@ fn parse_iso(text: &str, syntax: TimeSyntax) -> Option<Micros> {
     let offset_secs = match rest {
         [b'Z'] => 0,
         [b'z'] if syntax == TimeSyntax::Client => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+        // A space for `+`: what a `+` in an unencoded query string turns into.
+        [sign @ (b'+' | b'-' | b' '), h1, h2, b':', m1, m2]
+            if *sign != b' ' || syntax == TimeSyntax::Client =>
+        {
             let digits = [*h1, *h2, *m1, *m2];
             if !digits.iter().all(u8::is_ascii_digit) {
                 return None;
@@ -383,7 +409,8 @@ fn parse_iso(text: &str, syntax: TimeSyntax) -> Option<Micros> {
         }
         _ => return None,
     };
-    let local = date_micros + (hour * 3600 + minute * 60 + second) * MICROS_PER_SEC + fraction_micros;
+    let local =
+        date_micros + (hour * 3600 + minute * 60 + second) * MICROS_PER_SEC + fraction_micros;
     Some(local - offset_secs * MICROS_PER_SEC)
 }
 
@@ -397,7 +424,11 @@ pub fn parse_client_time(value: &Value) -> Result<Micros, String> {
     let micros = match value {
         Value::Number(n) => match n.as_i64() {
             Some(ms) => ms.checked_mul(1000),
-            None => return Err(format!("{TIME_EXPECTED}; epoch milliseconds must be an integer")),
+            None => {
+                return Err(format!(
+                    "{TIME_EXPECTED}; epoch milliseconds must be an integer"
+                ))
+            }
         },
         Value::String(s) => {
             let digits = s.strip_prefix('-').unwrap_or(s);
@@ -412,7 +443,9 @@ pub fn parse_client_time(value: &Value) -> Result<Micros, String> {
                             shorten(s, 64)
                         ))
                     }
-                    None => return Err(format!("{TIME_EXPECTED}; `{}` is not one", shorten(s, 64))),
+                    None => {
+                        return Err(format!("{TIME_EXPECTED}; `{}` is not one", shorten(s, 64)))
+                    }
                 }
             }
         }
@@ -458,7 +491,12 @@ pub fn format_micros(micros: Micros) -> String {
     let (y, m, d) = civil_from_days(days);
     let secs = in_day / MICROS_PER_SEC;
     let frac = in_day % MICROS_PER_SEC;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
