@@ -41,10 +41,17 @@ enum Command {
         #[arg(long)]
         audience: Option<String>,
     },
-    /// Apply pending database migrations.
+    /// Apply pending database migrations, then create the expression indexes the topics declare.
     Migrate {
         #[arg(long, env = "EVENTGATE_WRITER__DATABASE_URL")]
         database_url: String,
+        /// The topic schemas whose `x-eventgate.indexed_fields` get expression indexes.
+        #[arg(
+            long,
+            env = "EVENTGATE_CATALOGUE__TOPICS_DIR",
+            default_value = "config/topics"
+        )]
+        topics_dir: PathBuf,
     },
 }
 
@@ -61,13 +68,22 @@ fn main() -> anyhow::Result<()> {
             println!("{}", token(&key, &sub, ttl_secs, issuer, audience)?);
             Ok(())
         }
-        Command::Migrate { database_url } => {
+        Command::Migrate {
+            database_url,
+            topics_dir,
+        } => {
+            let catalogue = eventgate_core::catalogue::Catalogue::load_dir(&topics_dir)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let applied =
                 runtime.block_on(eventgate_core::schema::run_migrations(&database_url))?;
             eprintln!("applied {applied} migration(s)");
+            let created = runtime.block_on(eventgate_core::schema::ensure_field_indexes(
+                &database_url,
+                &catalogue,
+            ))?;
+            eprintln!("created {created} field index(es)");
             Ok(())
         }
     }

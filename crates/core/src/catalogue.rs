@@ -5,6 +5,8 @@
 //! `x-eventgate` object at its root with per-topic settings:
 //! `{"key_field": "run_id"}` — the payload field whose value becomes the Kafka message key (events with
 //! the same key stay in order on one partition); without it the event id is the key.
+//! `{"indexed_fields": ["source_app"]}` — payload fields queried often enough to deserve an expression
+//! index of their own (the GIN index already serves equality on every field).
 //! A property may be marked `"x-eventgate-type": "epoch-ms"` to be queried as a point in time.
 
 use std::collections::BTreeMap;
@@ -55,6 +57,9 @@ pub enum CatalogueError {
 #[serde(default, deny_unknown_fields)]
 pub struct TopicSettings {
     pub key_field: Option<String>,
+    /// Payload fields analysts filter and sort by often: each gets an expression index
+    /// `(topic, <typed value>, id)`, created by `eventgate migrate` and the writer at start-up.
+    pub indexed_fields: Vec<String>,
 }
 
 pub struct Topic {
@@ -91,7 +96,8 @@ impl Topic {
             .should_validate_formats(true)
             .build(&schema)
             .map_err(|e| e.to_string())?;
-        let fields = FieldCatalogue::from_schema(&schema);
+        let mut fields = FieldCatalogue::from_schema(&schema);
+        fields.mark_indexed(&settings.indexed_fields)?;
         Ok(Topic {
             name: name.to_owned(),
             schema,

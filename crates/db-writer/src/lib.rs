@@ -86,6 +86,10 @@ impl Writer {
                 .await
                 .context("applying migrations")?;
             tracing::info!(applied, "migrations up to date");
+            let created = eventgate_core::schema::ensure_field_indexes(url, &catalogue)
+                .await
+                .context("creating field indexes")?;
+            tracing::info!(created, "field indexes up to date");
         }
         let pool = eventgate_core::schema::build_pool(url, config.writer.pool_size).await?;
         if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &catalogue).await {

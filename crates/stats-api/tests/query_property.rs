@@ -356,7 +356,14 @@ async fn setup() -> Ctx {
     Ctx {
         writer: build_pool(&db.writer_url, 1).await.expect("writer pool"),
         reader: build_pool(&db.reader_url, 1).await.expect("reader pool"),
-        fields: FieldCatalogue::from_schema(&schema()),
+        fields: {
+            // Some fields declared indexed: their SQL names the path literally (the index expression);
+            // the walk must mean exactly the same as with bound paths.
+            let mut fields = FieldCatalogue::from_schema(&schema());
+            let indexed = ["source_app", "score", "ok", "ts_ms", "info.region"].map(str::to_owned);
+            fields.mark_indexed(&indexed).expect("indexable fields");
+            fields
+        },
         key: CursorKey::new(b"property-test-secret"),
     }
 }

@@ -97,6 +97,9 @@ pub struct FieldDef {
     pub name: String,
     pub source: FieldSource,
     pub ty: FieldType,
+    /// Declared frequently queried by the topic (`x-eventgate.indexed_fields`): an expression index
+    /// exists for it and the SQL names its path literally so the planner can use that index.
+    pub indexed: bool,
 }
 
 impl FieldDef {
@@ -139,16 +142,19 @@ impl FieldCatalogue {
                 name: "id".into(),
                 source: FieldSource::Id,
                 ty: FieldType::Uuid,
+                indexed: false,
             },
             FieldDef {
                 name: "timestamp".into(),
                 source: FieldSource::Timestamp,
                 ty: FieldType::DateTime,
+                indexed: false,
             },
             FieldDef {
                 name: "producer".into(),
                 source: FieldSource::Producer,
                 ty: FieldType::String,
+                indexed: false,
             },
         ];
         let mut walker = Walker {
@@ -163,6 +169,7 @@ impl FieldCatalogue {
                 name: String::new(),
                 source: FieldSource::Payload(path),
                 ty,
+                indexed: false,
             });
         }
         let mut catalogue = FieldCatalogue { payload, envelope };
@@ -180,6 +187,46 @@ impl FieldCatalogue {
             }
         }
         catalogue
+    }
+
+    /// Marks the named payload fields as indexed (see [`FieldDef::indexed`]). Only scalar payload fields
+    /// whose path parts are plain identifiers can be: their path is written into SQL and DDL literally.
+    pub fn mark_indexed(&mut self, names: &[String]) -> Result<(), String> {
+        for name in names {
+            let key = match self.lookup(name) {
+                Some(FieldDef {
+                    source: FieldSource::Payload(path),
+                    ty,
+                    ..
+                }) => {
+                    if !path.iter().all(|part| is_plain_identifier(part)) {
+                        return Err(format!(
+                            "indexed field {name:?}: path parts must be letters, digits and '_'"
+                        ));
+                    }
+                    if matches!(ty, FieldType::Other | FieldType::DateTime | FieldType::Uuid) {
+                        return Err(format!(
+                            "indexed field {name:?}: only string, integer, number, boolean and epoch-ms fields can be indexed"
+                        ));
+                    }
+                    path.join(".")
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "indexed field {name:?}: envelope fields are always indexed"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "indexed field {name:?} is not a property of the schema"
+                    ))
+                }
+            };
+            if let Some(def) = self.payload.get_mut(&key) {
+                def.indexed = true;
+            }
+        }
+        Ok(())
     }
 
     /// Finds a field by name: an envelope name, `payload.<path>`, or a bare payload path.
@@ -457,4 +504,13 @@ fn refine(ty: FieldType, format: Option<&str>, x_type: Option<&str>) -> FieldTyp
         }
         other => other,
     }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]{0,62}`: safe to write inside a SQL string literal and never read by `#>` as an
+/// array index.
+pub fn is_plain_identifier(part: &str) -> bool {
+    let mut chars = part.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && part.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
