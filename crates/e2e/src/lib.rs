@@ -135,6 +135,18 @@ impl System {
         }
     }
 
+    /// Starts another stats-api on this system's database with a changed configuration and points
+    /// `stats_url` at it.
+    pub async fn restart_stats_api(&mut self, change: impl FnOnce(&mut Config)) {
+        let mut config = self.config.clone();
+        change(&mut config);
+        let stats = eventgate_stats_api::Application::build(config)
+            .await
+            .expect("stats-api starts");
+        self.stats_url = format!("http://127.0.0.1:{}", stats.port());
+        tokio::spawn(stats.run_until_stopped());
+    }
+
     /// POSTs `body` to a topic as `user`; returns the status and the JSON answer.
     pub async fn post(&self, topic: &str, user: &str, body: &Value) -> (u16, Value) {
         let response = self
