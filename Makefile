@@ -11,12 +11,13 @@ PG_PORT ?= 55432
 KAFKA_PORT ?= 19092
 SUB ?= dev
 TTL ?=
+BENCH_ARGS ?=
 export PG_PORT KAFKA_PORT
 
-.PHONY: help run token keys test migrate build lint fmt clean stop
+.PHONY: help run token keys test migrate build lint fmt clean stop bench bench-quick
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 run: ## Start PostgreSQL, tansu and the three services in the foreground (Ctrl-C stops all)
 	@bash scripts/run-local.sh run
@@ -29,6 +30,12 @@ keys: ## Create the dev key pair in .data/keys unless it exists (docker compose 
 
 test: ## fmt check, clippy and every test against a private PostgreSQL + tansu (installs what is missing)
 	@bash scripts/test.sh
+
+bench: ## Measured speed of ingest, writer, queries on release builds (~15 min; BENCH_ARGS=… for more flags)
+	@bash scripts/bench.sh $(BENCH_ARGS)
+
+bench-quick: ## The same with small sizes (about a minute): proves the tool works
+	@bash scripts/bench.sh --quick $(BENCH_ARGS)
 
 migrate: ## Apply the migrations to the local database of `make run` (which must be running)
 	@bash scripts/run-local.sh migrate

@@ -32,7 +32,9 @@ WRITER_LISTEN=${EVENTGATE_WRITER__LISTEN:-127.0.0.1:8082}
 
 say() { printf '[run] %s\n' "$*" >&2; }
 
+# The schema owner (migrations) and the writer's own login role (INSERT/SELECT only).
 writer_url() { printf 'postgres://eventgate@127.0.0.1:%s/eventgate' "$PG_PORT"; }
+writer_role_url() { printf 'postgres://eventgate_writer@127.0.0.1:%s/eventgate' "$PG_PORT"; }
 
 # Builds the CLI without a word on stdout.
 build_cli() {
@@ -159,8 +161,9 @@ cmd_run() {
     "$CLI" migrate --database-url "$(writer_url)"
 
     export EVENTGATE_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
-    export EVENTGATE_WRITER__DATABASE_URL
-    EVENTGATE_WRITER__DATABASE_URL=$(writer_url)
+    export EVENTGATE_WRITER__DATABASE_URL EVENTGATE_WRITER__MIGRATION_DATABASE_URL
+    EVENTGATE_WRITER__DATABASE_URL=$(writer_role_url)
+    EVENTGATE_WRITER__MIGRATION_DATABASE_URL=$(writer_url)
     export EVENTGATE_STATS__DATABASE_URL="postgres://eventgate_stats@127.0.0.1:$PG_PORT/eventgate"
     export EVENTGATE_AUTH__PUBLIC_KEYS="[\"$KEYS/public.pem\"]"
     export EVENTGATE_STATS__CURSOR_SECRET

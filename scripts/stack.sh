@@ -221,7 +221,10 @@ stack_start_postgres() {
         fi
     fi
 
-    # Roles and the app database, idempotently. The migrations grant SELECT on the tables to eventgate_read.
+    # Roles and the app database, idempotently. eventgate (CREATEDB, no CREATEROLE) owns the database and
+    # runs the migrations, which grant table privileges to the NOLOGIN group roles created here:
+    # eventgate_read (the stats-api's eventgate_stats is a member) and eventgate_write (the db-writer's
+    # eventgate_writer is a member: INSERT/SELECT only, it cannot ALTER or DROP).
     stack_pg_psql "$bindir" "$port" -d postgres >/dev/null <<'SQL'
 DO $$
 BEGIN
@@ -231,12 +234,19 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventgate_read') THEN
         CREATE ROLE eventgate_read NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventgate_write') THEN
+        CREATE ROLE eventgate_write NOLOGIN;
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventgate_stats') THEN
         CREATE ROLE eventgate_stats LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventgate_writer') THEN
+        CREATE ROLE eventgate_writer LOGIN;
     END IF;
 END
 $$;
 GRANT eventgate_read TO eventgate_stats;
+GRANT eventgate_write TO eventgate_writer;
 ALTER ROLE eventgate_stats SET default_transaction_read_only = on;
 SELECT 'CREATE DATABASE eventgate OWNER eventgate'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'eventgate')

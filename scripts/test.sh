@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: everything CI checks, on a fresh machine too.
 #
-# Installs what is missing (PostgreSQL from Debian, tansu into $TOOLS_DIR, cargo-nextest), starts a private
+# Installs what is missing (PostgreSQL and Chromium from Debian, tansu into $TOOLS_DIR, cargo-nextest), starts a private
 # PostgreSQL cluster (target/test-stack/make-test/postgres) and a tansu broker on free ports, creates and
 # migrates the template database eventgate_template, then runs
 #   cargo fmt --all --check; cargo clippy --workspace --all-targets -- -D warnings; cargo nextest run --workspace
+# and the benchmark tool once in its quick mode (`make bench-quick` sizes, debug binaries, no figure checked),
 # with the stack exported to the tests (crates/test-support reads these):
 #   EVENTGATE_TEST_PG_URL         postgres://postgres@127.0.0.1:PORT   (superuser, no database)
 #   EVENTGATE_TEST_PG_DATADIR     the cluster's data directory        (lets tests stop/start it)
@@ -47,6 +48,14 @@ export PG_BINDIR
 TANSU_BIN=$(stack_ensure_tansu)
 export TANSU_BIN
 stack_log "postgres: $PG_BINDIR; tansu: $TANSU_BIN"
+
+# The explorer page's browser test (crates/stats-api/tests/explorer_browser.rs) drives Debian's Chromium.
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    step "installing chromium and chromium-driver (apt-get)"
+    stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 \
+        chromium chromium-driver >&2
+fi
 
 stack_clean_dir "$STACK_DIR" # leftovers of an interrupted run
 mkdir -p "$STACK_DIR"
@@ -107,5 +116,16 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     step "cargo test --no-fail-fast ${args[*]}"
     cargo test --no-fail-fast "${args[@]}" || status=$?
+fi
+
+# The benchmark tool once, with its quick sizes, the debug binaries and this stack: proves that it runs
+# end to end against the real services. No figure is checked (debug builds, a shared machine). Only in a
+# whole-workspace run; SKIP_BENCH=1 skips it.
+if (($# == 0)) && [[ ${SKIP_BENCH:-} != 1 ]]; then
+    step "eventgate-bench --quick (the tool works; figures not checked)"
+    cargo build -p eventgate-bench -p eventgate-ingest-api -p eventgate-db-writer -p eventgate-stats-api --bins
+    BENCH_PG_URL=$EVENTGATE_TEST_PG_URL BENCH_KAFKA_BROKERS=$EVENTGATE_TEST_KAFKA_BROKERS \
+        target/debug/eventgate-bench --quick --bin-dir target/debug --out target/bench/ci-results.json ||
+        status=$?
 fi
 exit "$status"

@@ -1,35 +1,113 @@
 //! Bearer-token verification. Tokens are JWTs signed with RS256 or ES256 by an identity provider whose
-//! public keys are configured; several keys may be configured at once so keys can be rotated without
-//! downtime. The authenticated user is the token's `sub`.
+//! public keys are configured: PEM files (several at once, so keys can be rotated without downtime)
+//! and/or a JWKS document (a file or a URL) whose keys are chosen by the token's `kid`.
+//!
+//! What a token must satisfy (each failure is a 401 `auth` whose message says why, never echoing the
+//! token):
+//! - `Authorization: Bearer <token>`, the scheme matched case-insensitively; no other place or scheme;
+//! - its header's `alg` is one of `auth.algorithms` (RS256, ES256): `none`, HS256 (e.g. "signed" with the
+//!   public key as an HMAC secret) and every other algorithm are refused before any key is looked at;
+//! - its signature verifies with a configured key of that algorithm;
+//! - `exp` is present and not past, `nbf` (if present) is not in the future, both with `leeway_secs`;
+//! - `iss` equals `auth.issuer` and `aud` contains `auth.audience`, when those are configured;
+//! - `sub` is a non-empty string: it is the user every access rule and rate limit is about.
+//!
+//! The user's groups come from the claim named by `auth.groups_claim` (see [`Principal`]).
+//!
+//! Keys are held behind a lock and swapped whole: [`JwtVerifier::reload_files`] re-reads the PEM files
+//! and the JWKS file (on SIGHUP), and with the `reload` feature the JWKS URL is fetched and refreshed in
+//! the background, never in a request's path.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
 use crate::error::{ApiError, ErrorKind};
 
+/// Longest token looked at; anything longer is refused before it is decoded.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Largest JWKS document accepted (a real one is a few kilobytes).
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The token's `sub`.
     pub user: String,
+    /// The strings of the groups claim (`auth.groups_claim`): an array of strings or a single string.
+    pub groups: BTreeSet<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: Option<String>,
+impl Principal {
+    /// A user without groups.
+    pub fn user(name: impl Into<String>) -> Principal {
+        Principal {
+            user: name.into(),
+            groups: BTreeSet::new(),
+        }
+    }
+
+    pub fn with_groups<I, S>(mut self, groups: I) -> Principal
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.groups.extend(groups.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.contains(group)
+    }
 }
 
+/// One public key and the one algorithm it verifies.
+#[derive(Clone)]
 struct VerificationKey {
     algorithm: Algorithm,
+    /// The JWKS `kid`; PEM keys have none.
+    kid: Option<String>,
     key: DecodingKey,
 }
 
+/// Every key in use, from all sources; replaced whole on reload.
+#[derive(Clone, Default)]
+struct KeySet {
+    pem: Vec<VerificationKey>,
+    jwks_file: Vec<VerificationKey>,
+    jwks_url: Vec<VerificationKey>,
+}
+
+impl KeySet {
+    fn all(&self) -> impl Iterator<Item = &VerificationKey> {
+        self.pem
+            .iter()
+            .chain(self.jwks_file.iter())
+            .chain(self.jwks_url.iter())
+    }
+}
+
 pub struct JwtVerifier {
-    keys: Vec<VerificationKey>,
+    keys: RwLock<Arc<KeySet>>,
+    pem_paths: Vec<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    refresh_secs: u64,
+    algorithms: Vec<Algorithm>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway_secs: u64,
+    groups_claim: String,
+    /// A token named a `kid` no key has: the JWKS URL should be fetched again soon.
+    unknown_kid_seen: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,23 +119,42 @@ pub enum KeyError {
     },
     #[error("public key {path} is neither an RSA nor an EC P-256 PEM key")]
     Format { path: String },
-    #[error("no public keys configured (auth.public_keys): every request would be refused")]
+    #[error("public key {path} is {kind}, but {algorithm} is not in auth.algorithms")]
+    Unusable {
+        path: String,
+        kind: &'static str,
+        algorithm: &'static str,
+    },
+    #[error("JWKS {source_name}: {message}")]
+    Jwks {
+        source_name: String,
+        message: String,
+    },
+    #[error("auth.algorithms: {0:?} is not supported (RS256 and ES256 are)")]
+    Algorithm(String),
+    #[error("auth.algorithms is empty: every token would be refused")]
+    NoAlgorithms,
+    #[error(
+        "no token keys configured (auth.public_keys, auth.jwks_file or auth.jwks_url): every request \
+         would be refused"
+    )]
     None,
 }
 
 impl JwtVerifier {
+    /// Reads the PEM files and the JWKS file. A JWKS URL is not fetched here (see
+    /// [`JwtVerifier::fetch_jwks_url`], feature `reload`).
     pub fn from_config(config: &AuthConfig) -> Result<JwtVerifier, KeyError> {
-        let mut pems = Vec::new();
-        for path in &config.public_keys {
-            let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            pems.push((path.as_path(), pem));
+        let verifier = JwtVerifier::empty(config)?;
+        if config.public_keys.is_empty() && config.jwks_file.is_none() && config.jwks_url.is_none()
+        {
+            return Err(KeyError::None);
         }
-        JwtVerifier::from_pems(&pems, config)
+        verifier.reload_files()?;
+        Ok(verifier)
     }
 
+    /// A verifier with the PEM keys given in memory (tests, tools) instead of files.
     pub fn from_pems(
         pems: &[(&Path, Vec<u8>)],
         config: &AuthConfig,
@@ -65,32 +162,126 @@ impl JwtVerifier {
         if pems.is_empty() {
             return Err(KeyError::None);
         }
-        let keys = pems
+        let verifier = JwtVerifier::empty(config)?;
+        let pem = pems
             .iter()
-            .map(|(path, pem)| {
-                if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-                    Ok(VerificationKey {
-                        algorithm: Algorithm::RS256,
-                        key,
-                    })
-                } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-                    Ok(VerificationKey {
-                        algorithm: Algorithm::ES256,
-                        key,
-                    })
-                } else {
-                    Err(KeyError::Format {
-                        path: path.display().to_string(),
-                    })
-                }
-            })
+            .map(|(path, bytes)| pem_key(path, bytes, &verifier.algorithms))
             .collect::<Result<Vec<_>, _>>()?;
+        verifier.swap(|old| KeySet {
+            pem,
+            jwks_file: Vec::new(),
+            jwks_url: old.jwks_url.clone(),
+        });
+        Ok(verifier)
+    }
+
+    fn empty(config: &AuthConfig) -> Result<JwtVerifier, KeyError> {
+        let mut algorithms = Vec::new();
+        for name in &config.algorithms {
+            let algorithm = match name.as_str() {
+                "RS256" => Algorithm::RS256,
+                "ES256" => Algorithm::ES256,
+                other => return Err(KeyError::Algorithm(other.to_owned())),
+            };
+            if !algorithms.contains(&algorithm) {
+                algorithms.push(algorithm);
+            }
+        }
+        if algorithms.is_empty() {
+            return Err(KeyError::NoAlgorithms);
+        }
         Ok(JwtVerifier {
-            keys,
+            keys: RwLock::new(Arc::new(KeySet::default())),
+            pem_paths: config.public_keys.clone(),
+            jwks_file: config.jwks_file.clone(),
+            jwks_url: config.jwks_url.clone().filter(|url| !url.trim().is_empty()),
+            refresh_secs: config.jwks_refresh_secs.max(1),
+            algorithms,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway_secs: config.leeway_secs,
+            groups_claim: config.groups_claim.clone(),
+            unknown_kid_seen: AtomicBool::new(false),
         })
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the key set with `build(old)`; a request sees the old set or the new one, never a mix.
+    fn swap(&self, build: impl FnOnce(&KeySet) -> KeySet) {
+        let mut guard = self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let next = build(&guard);
+        *guard = Arc::new(next);
+    }
+
+    /// Re-reads the PEM files and the JWKS file. On any error nothing changes (the keys in use stay).
+    pub fn reload_files(&self) -> Result<(), KeyError> {
+        let mut pem = Vec::new();
+        for path in &self.pem_paths {
+            let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            pem.push(pem_key(path, &bytes, &self.algorithms)?);
+        }
+        let jwks_file = match &self.jwks_file {
+            None => Vec::new(),
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read(path).map_err(|source| KeyError::Read {
+                    path: name.clone(),
+                    source,
+                })?;
+                parse_jwks(&text, &name, &self.algorithms)?
+            }
+        };
+        self.swap(|old| KeySet {
+            pem,
+            jwks_file,
+            jwks_url: old.jwks_url.clone(),
+        });
+        Ok(())
+    }
+
+    /// Replaces the keys that came from the JWKS URL with the keys of `document`.
+    pub fn install_jwks_url_keys(&self, document: &[u8]) -> Result<usize, KeyError> {
+        let name = self.jwks_url.clone().unwrap_or_else(|| "URL".to_owned());
+        let keys = parse_jwks(document, &name, &self.algorithms)?;
+        let count = keys.len();
+        self.swap(|old| KeySet {
+            pem: old.pem.clone(),
+            jwks_file: old.jwks_file.clone(),
+            jwks_url: keys,
+        });
+        self.unknown_kid_seen.store(false, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.jwks_url.as_deref()
+    }
+
+    /// How often the JWKS sources are re-read.
+    pub fn refresh_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.refresh_secs)
+    }
+
+    /// Whether the JWKS file or URL should be re-read (periodically).
+    pub fn has_jwks(&self) -> bool {
+        self.jwks_file.is_some() || self.jwks_url.is_some()
+    }
+
+    /// Whether a token with an unknown `kid` arrived since the last fetch of the JWKS URL.
+    pub fn unknown_kid_seen(&self) -> bool {
+        self.unknown_kid_seen.load(Ordering::Relaxed)
     }
 
     /// Verifies the value of an `Authorization` header. Every failure is a 401 whose message says why,
@@ -103,39 +294,66 @@ impl JwtVerifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| unauthorized("token is not a valid JWT"))?;
-        let candidates: Vec<&VerificationKey> = self
-            .keys
-            .iter()
-            .filter(|k| k.algorithm == header.alg)
-            .collect();
-        if candidates.is_empty() {
-            return Err(unauthorized(format!(
-                "token algorithm {:?} is not accepted",
-                header.alg
-            )));
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(unauthorized("token is too long"));
         }
-        let mut last_error = unauthorized("token signature does not match any configured key");
-        for candidate in candidates {
-            let mut validation = Validation::new(candidate.algorithm);
-            validation.leeway = self.leeway_secs;
-            validation.validate_nbf = true;
-            validation.set_required_spec_claims(&["exp", "sub"]);
-            if let Some(issuer) = &self.issuer {
-                validation.set_issuer(&[issuer]);
-            }
-            match &self.audience {
-                Some(audience) => validation.set_audience(&[audience]),
-                None => validation.validate_aud = false,
-            }
-            match jsonwebtoken::decode::<Claims>(token, &candidate.key, &validation) {
-                Ok(data) => {
-                    return match data.claims.sub {
-                        Some(user) if !user.is_empty() => Ok(Principal { user }),
-                        _ => Err(unauthorized("token has no subject (sub)")),
-                    };
+        let (alg_name, kid) = token_header(token)?;
+        let Some(algorithm) = self
+            .algorithms
+            .iter()
+            .copied()
+            .find(|a| algorithm_name(*a) == alg_name)
+        else {
+            let accepted: Vec<&str> = self.algorithms.iter().map(|a| algorithm_name(*a)).collect();
+            return Err(unauthorized(format!(
+                "token algorithm {:?} is not accepted (accepted: {})",
+                crate::query::value::shorten(&alg_name, 20),
+                accepted.join(", ")
+            )));
+        };
+        let keys = self.current();
+        let by_algorithm = || keys.all().filter(|k| k.algorithm == algorithm);
+        let candidates: Vec<&VerificationKey> = match &kid {
+            Some(kid) => {
+                let named: Vec<_> = by_algorithm()
+                    .filter(|k| k.kid.as_deref() == Some(kid.as_str()))
+                    .collect();
+                if named.is_empty() {
+                    // A key the identity provider published after our last fetch, or a forgery: the
+                    // refresher fetches the JWKS again soon. Meanwhile keys without a kid may verify it.
+                    self.unknown_kid_seen.store(true, Ordering::Relaxed);
+                    by_algorithm().filter(|k| k.kid.is_none()).collect()
+                } else {
+                    named
                 }
+            }
+            None => by_algorithm().collect(),
+        };
+        if candidates.is_empty() {
+            return Err(unauthorized(match kid {
+                Some(_) => "token key id (kid) is not one of the configured keys",
+                None => "no configured key verifies this token's algorithm",
+            }));
+        }
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            None => validation.validate_aud = false,
+        }
+        for candidate in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation) {
+                Ok(data) => return self.principal(&data.claims),
                 Err(error) => {
                     use jsonwebtoken::errors::ErrorKind as Jwt;
                     let reason = match error.kind() {
@@ -144,20 +362,168 @@ impl JwtVerifier {
                         Jwt::ImmatureSignature => "token is not valid yet (nbf)",
                         Jwt::InvalidIssuer => "token issuer is not accepted",
                         Jwt::InvalidAudience => "token audience is not accepted",
-                        Jwt::MissingRequiredClaim(claim) if claim == "exp" => {
-                            "token has no expiry (exp)"
-                        }
-                        Jwt::MissingRequiredClaim(claim) if claim == "sub" => {
-                            "token has no subject (sub)"
-                        }
+                        Jwt::MissingRequiredClaim(claim) => match claim.as_str() {
+                            "exp" => "token has no expiry (exp)",
+                            "sub" => "token has no subject (sub)",
+                            "iss" => "token has no issuer (iss)",
+                            "aud" => "token has no audience (aud)",
+                            _ => "token lacks a required claim",
+                        },
                         _ => "token is invalid",
                     };
-                    last_error = unauthorized(reason);
+                    // Claims are checked only once the signature verified: the reason is about this
+                    // very token, no other key will do better.
+                    return Err(unauthorized(reason));
                 }
             }
         }
-        Err(last_error)
+        Err(unauthorized(
+            "token signature does not match any configured key",
+        ))
     }
+
+    fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, ApiError> {
+        let user = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.trim().is_empty() => sub.clone(),
+            _ => return Err(unauthorized("token has no subject (sub)")),
+        };
+        let mut principal = Principal::user(user);
+        let groups = claims
+            .get(&self.groups_claim)
+            .or_else(|| claim_at_path(claims, &self.groups_claim));
+        match groups {
+            Some(Value::String(group)) => {
+                principal.groups.insert(group.clone());
+            }
+            Some(Value::Array(items)) => {
+                principal
+                    .groups
+                    .extend(items.iter().filter_map(Value::as_str).map(str::to_owned));
+            }
+            _ => {}
+        }
+        Ok(principal)
+    }
+}
+
+/// `realm_access.roles`: walks objects of the claims by dot path.
+fn claim_at_path<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let first = claims.get(parts.next()?)?;
+    parts.try_fold(first, |value, part| value.as_object()?.get(part))
+}
+
+/// The `alg` and `kid` of a token's header, read without trusting anything else in it.
+fn token_header(token: &str) -> Result<(String, Option<String>), ApiError> {
+    let invalid = || unauthorized("token is not a valid JWT");
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|_| invalid())?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let alg = match header.get("alg") {
+        Some(Value::String(alg)) => alg.clone(),
+        _ => return Err(unauthorized("token header has no algorithm (alg)")),
+    };
+    let kid = match header.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(invalid()),
+    };
+    Ok((alg, kid))
+}
+
+fn algorithm_name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        // Only the two above are ever configured (see `JwtVerifier::empty`).
+        _ => "unsupported",
+    }
+}
+
+fn pem_key(path: &Path, pem: &[u8], accepted: &[Algorithm]) -> Result<VerificationKey, KeyError> {
+    let (algorithm, key, kind) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        (Algorithm::RS256, key, "an RSA key")
+    } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        (Algorithm::ES256, key, "an EC key")
+    } else {
+        return Err(KeyError::Format {
+            path: path.display().to_string(),
+        });
+    };
+    if !accepted.contains(&algorithm) {
+        return Err(KeyError::Unusable {
+            path: path.display().to_string(),
+            kind,
+            algorithm: algorithm_name(algorithm),
+        });
+    }
+    Ok(VerificationKey {
+        algorithm,
+        kid: None,
+        key,
+    })
+}
+
+/// The usable keys of a JWKS document: RSA keys for RS256 and EC P-256 keys for ES256 (when accepted),
+/// meant for signatures. Other keys (encryption keys, other curves and algorithms) are skipped; a
+/// document with no usable key at all is an error, so a broken document never replaces a good one.
+fn parse_jwks(
+    document: &[u8],
+    source_name: &str,
+    accepted: &[Algorithm],
+) -> Result<Vec<VerificationKey>, KeyError> {
+    let error = |message: String| KeyError::Jwks {
+        source_name: source_name.to_owned(),
+        message,
+    };
+    if document.len() > MAX_JWKS_BYTES {
+        return Err(error(format!("larger than {MAX_JWKS_BYTES} bytes")));
+    }
+    let value: Value =
+        serde_json::from_slice(document).map_err(|e| error(format!("not JSON: {e}")))?;
+    let Some(items) = value.get("keys").and_then(Value::as_array) else {
+        return Err(error("no \"keys\" array".to_owned()));
+    };
+    let mut keys = Vec::new();
+    for item in items {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(item.clone()) else {
+            continue;
+        };
+        if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+            continue;
+        }
+        let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
+            (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+            (AlgorithmParameters::EllipticCurve(p), None | Some(KeyAlgorithm::ES256))
+                if p.curve == EllipticCurve::P256 =>
+            {
+                Algorithm::ES256
+            }
+            _ => continue,
+        };
+        if !accepted.contains(&algorithm) {
+            continue;
+        }
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        keys.push(VerificationKey {
+            algorithm,
+            kid: jwk.common.key_id.clone(),
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(error("no usable RS256/ES256 signing key".to_owned()));
+    }
+    Ok(keys)
 }
 
 /// `Bearer <token>`, the scheme matched case-insensitively as RFC 7235 requires.
@@ -171,6 +537,90 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Auth, message)
 }
 
+/// Fetching and refreshing the JWKS URL, and re-reading the key files (feature `reload`).
+#[cfg(feature = "reload")]
+mod refresh {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{JwtVerifier, KeyError, MAX_JWKS_BYTES};
+
+    /// An unknown `kid` makes the URL be fetched again, but not more often than this: a client sending
+    /// made-up key ids cannot make us hammer the identity provider.
+    const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(30);
+    const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+    impl JwtVerifier {
+        /// Fetches the JWKS URL (if configured) and installs its keys; returns how many.
+        pub async fn fetch_jwks_url(&self) -> Result<usize, KeyError> {
+            let Some(url) = self.jwks_url.clone() else {
+                return Ok(0);
+            };
+            let error = |message: String| KeyError::Jwks {
+                source_name: url.clone(),
+                message,
+            };
+            let client = reqwest::Client::builder()
+                .timeout(FETCH_TIMEOUT)
+                .build()
+                .map_err(|e| error(e.to_string()))?;
+            let mut response = client
+                .get(&url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| error(e.to_string()))?;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| error(e.to_string()))? {
+                if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                    return Err(error(format!("larger than {MAX_JWKS_BYTES} bytes")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            self.install_jwks_url_keys(&body)
+        }
+
+        /// Re-reads every key source; failures are logged and the keys in use stay.
+        pub async fn refresh_all(&self) {
+            if let Err(error) = self.reload_files() {
+                tracing::error!(%error, "token keys not reloaded; the previous keys stay in use");
+            }
+            if self.jwks_url.is_some() {
+                match self.fetch_jwks_url().await {
+                    Ok(keys) => tracing::debug!(keys, "JWKS fetched"),
+                    Err(error) => {
+                        tracing::error!(%error, "JWKS not fetched; the previous keys stay in use")
+                    }
+                }
+            }
+        }
+
+        /// Re-reads the JWKS file and URL every `jwks_refresh_secs`, and the URL early when a token named
+        /// an unknown `kid`. Does nothing (returns `None`) without a JWKS source.
+        pub fn spawn_jwks_refresh(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+            if !self.has_jwks() {
+                return None;
+            }
+            let verifier = Arc::clone(self);
+            Some(tokio::spawn(async move {
+                let mut last = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let due = last.elapsed() >= verifier.refresh_interval();
+                    let wanted = verifier.jwks_url.is_some()
+                        && verifier.unknown_kid_seen()
+                        && last.elapsed() >= MIN_FETCH_INTERVAL;
+                    if due || wanted {
+                        verifier.refresh_all().await;
+                        last = Instant::now();
+                    }
+                }
+            }))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,14 +629,20 @@ mod tests {
     fn bearer_scheme_is_case_insensitive() {
         assert_eq!(bearer_token("Bearer abc"), Some("abc"));
         assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 
     #[test]
     fn no_keys_is_a_configuration_error() {
         assert!(matches!(
             JwtVerifier::from_pems(&[], &AuthConfig::default()),
+            Err(KeyError::None)
+        ));
+        assert!(matches!(
+            JwtVerifier::from_config(&AuthConfig::default()),
             Err(KeyError::None)
         ));
     }
@@ -198,5 +654,66 @@ mod tests {
             &AuthConfig::default(),
         );
         assert!(matches!(result, Err(KeyError::Format { .. })));
+    }
+
+    #[test]
+    fn only_rs256_and_es256_can_be_configured() {
+        for bad in ["HS256", "none", "RS384", "rs256"] {
+            let config = AuthConfig {
+                algorithms: vec![bad.into()],
+                ..AuthConfig::default()
+            };
+            assert!(
+                matches!(JwtVerifier::empty(&config), Err(KeyError::Algorithm(_))),
+                "{bad}"
+            );
+        }
+        let config = AuthConfig {
+            algorithms: Vec::new(),
+            ..AuthConfig::default()
+        };
+        assert!(matches!(
+            JwtVerifier::empty(&config),
+            Err(KeyError::NoAlgorithms)
+        ));
+    }
+
+    #[test]
+    fn header_is_read_without_trusting_it() {
+        let header = |json: &str| format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(json));
+        assert_eq!(
+            token_header(&header(r#"{"alg":"none"}"#)).unwrap(),
+            ("none".into(), None)
+        );
+        assert_eq!(
+            token_header(&header(r#"{"alg":"RS256","kid":"k1"}"#)).unwrap(),
+            ("RS256".into(), Some("k1".into()))
+        );
+        assert!(token_header(&header(r#"{"typ":"JWT"}"#)).is_err());
+        assert!(token_header(&header(r#"{"alg":"RS256","kid":5}"#)).is_err());
+        assert!(token_header("a.b").is_err());
+        assert!(token_header("a.b.c.d").is_err());
+        assert!(token_header("!!!.b.c").is_err());
+    }
+
+    #[test]
+    fn groups_claim_may_be_a_dot_path() {
+        let verifier = JwtVerifier::empty(&AuthConfig {
+            groups_claim: "realm_access.roles".into(),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let claims =
+            serde_json::json!({"sub": "alice", "realm_access": {"roles": ["ops", 5, "dev"]}});
+        let principal = verifier.principal(claims.as_object().unwrap()).unwrap();
+        assert_eq!(
+            principal,
+            Principal::user("alice").with_groups(["ops", "dev"])
+        );
+        let claims = serde_json::json!({"sub": "bob", "realm_access.roles": "admins"});
+        let principal = verifier.principal(claims.as_object().unwrap()).unwrap();
+        assert!(principal.in_group("admins"));
+        let claims = serde_json::json!({"sub": " "});
+        assert!(verifier.principal(claims.as_object().unwrap()).is_err());
     }
 }

@@ -26,6 +26,11 @@ pub struct Config {
     pub writer: WriterConfig,
     pub stats: StatsConfig,
     pub telemetry: TelemetryConfig,
+    pub shutdown: ShutdownConfig,
+    pub limits: LimitsConfig,
+    pub ratelimit: RateLimitConfig,
+    pub smtp: SmtpConfig,
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,23 +55,41 @@ impl Default for CatalogueConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// PEM files with the public keys tokens may be signed with (RSA for RS256, EC P-256 for ES256).
-    /// Several keys allow rotation: a token verified by any of them is accepted.
+    /// Several keys allow rotation: a token verified by any of them is accepted. Re-read on SIGHUP.
     pub public_keys: Vec<PathBuf>,
+    /// A JWKS document (`{"keys": [...]}`) on disk; its keys are selected by the token's `kid`.
+    /// Re-read every `jwks_refresh_secs` and on SIGHUP.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS document served by the identity provider (http or https), fetched at start-up and every
+    /// `jwks_refresh_secs`, and early (at most every 30 s) when a token names an unknown `kid`.
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_secs: u64,
+    /// The signature algorithms accepted; only `RS256` and `ES256` are supported.
+    pub algorithms: Vec<String>,
     /// When set, a token's `iss` must equal it.
     pub issuer: Option<String>,
     /// When set, a token's `aud` must contain it.
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// The claim holding the user's groups (an array of strings, or one string), used by `group:` entries
+    /// of the access file. A name that is not a top-level claim is tried as a dot path
+    /// (`realm_access.roles`).
+    pub groups_claim: String,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             public_keys: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            algorithms: vec!["RS256".into(), "ES256".into()],
             issuer: None,
             audience: None,
             leeway_secs: 30,
+            groups_claim: "groups".into(),
         }
     }
 }
@@ -92,6 +115,16 @@ impl Default for KafkaConfig {
             create_topics: true,
             partitions: 3,
             replication_factor: 1,
+        }
+    }
+}
+
+impl WriterConfig {
+    /// The connection migrations are applied with.
+    pub fn migration_url(&self) -> &str {
+        match self.migration_database_url.expose() {
+            "" => self.database_url.expose(),
+            url => url,
         }
     }
 }
@@ -134,8 +167,12 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WriterConfig {
-    /// The writer's connection: it owns the schema and applies migrations.
+    /// The writer's connection: a role that may only INSERT and SELECT events and dead letters (a member
+    /// of `eventgate_write`), so a compromised writer cannot drop or alter anything.
     pub database_url: Secret,
+    /// The schema owner's connection, used only to apply migrations (`run_migrations`, `eventgate
+    /// migrate`). Empty: `database_url` (which then must be the owner).
+    pub migration_database_url: Secret,
     pub pool_size: u32,
     pub group_id: String,
     /// Flush a batch when it holds this many events...
@@ -149,12 +186,16 @@ pub struct WriterConfig {
     pub retry_max_ms: u64,
     /// Listens for `/health` and `/metrics`.
     pub listen: String,
+    /// Kafka `session.timeout.ms`: how long the group waits for a silent (killed) writer before its
+    /// partitions go to the others.
+    pub session_timeout_ms: u64,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
-            database_url: Secret::new("postgres://eventgate@127.0.0.1:5432/eventgate"),
+            database_url: Secret::new("postgres://eventgate_writer@127.0.0.1:5432/eventgate"),
+            migration_database_url: Secret::new("postgres://eventgate@127.0.0.1:5432/eventgate"),
             pool_size: 4,
             group_id: "eventgate-db-writer".into(),
             batch_size: 1000,
@@ -163,6 +204,89 @@ impl Default for WriterConfig {
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             listen: "127.0.0.1:8082".into(),
+            session_timeout_ms: 45_000,
+        }
+    }
+}
+
+/// The mail server failure emails go through (see [`AlertsConfig`] for who gets them and when).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    /// `none` (plain text: a local relay only), `starttls` (upgrade required) or `tls` (TLS from the first
+    /// byte, usually port 465).
+    pub tls: SmtpTls,
+    /// Unset: no authentication.
+    pub username: Option<Secret>,
+    pub password: Option<Secret>,
+    /// The `From` of failure emails, `Name <address>` or a bare address.
+    pub from: String,
+    /// Bound on one delivery attempt (connect, TLS, SMTP dialogue).
+    pub timeout_ms: u64,
+    /// A failed delivery is retried after `retry_initial_ms`, doubling, at most `max_attempts` times in all.
+    pub retry_initial_ms: u64,
+    pub max_attempts: u32,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            host: "localhost".into(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password: None,
+            from: "eventgate <eventgate@localhost>".into(),
+            timeout_ms: 10_000,
+            retry_initial_ms: 2_000,
+            max_attempts: 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+/// When the writers email the maintainers (rules: `eventgate_core::alerting`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Who gets failure emails. Empty: failures are only logged.
+    pub maintainers: Vec<String>,
+    /// At most one email per kind of failure per window (plus a "recovered" email when it clears).
+    pub window_ms: u64,
+    /// A burst of dead letters is gathered this long before the first email, so it makes one email.
+    pub group_wait_ms: u64,
+    /// How many examples an email lists.
+    pub max_examples: usize,
+    /// The database must stay unreachable this long before an email (a restart is not worth one).
+    pub database_after_ms: u64,
+    /// The broker must stay unreachable this long before an email.
+    pub broker_after_ms: u64,
+    /// Writer crashes (starts that ended without a clean stop) within one window that make a crash loop.
+    pub crash_loop_crashes: u32,
+    /// How often a writer checks the database and the broker and records that it is alive.
+    pub probe_interval_ms: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            maintainers: Vec::new(),
+            window_ms: 15 * 60 * 1000,
+            group_wait_ms: 30_000,
+            max_examples: 5,
+            database_after_ms: 60_000,
+            broker_after_ms: 60_000,
+            crash_loop_crashes: 3,
+            probe_interval_ms: 5_000,
         }
     }
 }
@@ -194,6 +318,60 @@ impl Default for StatsConfig {
     }
 }
 
+/// Bounds on what one request may cost, for both APIs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Deepest nesting of objects and arrays in one event or one query body (400 beyond). A batch's own
+    /// array does not count.
+    pub max_json_depth: usize,
+    /// Largest `POST /stats/{topic}` body, in bytes (413 beyond).
+    pub query_max_body_bytes: usize,
+    /// A client must send the request head within this time, else 408 and the connection is closed.
+    pub request_head_timeout_ms: u64,
+    /// A client must send the whole body within this time (408 beyond): a slow sender cannot hold a
+    /// worker.
+    pub body_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this many seconds (0: no keep-alive).
+    pub keep_alive_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_json_depth: 32,
+            query_max_body_bytes: 64 * 1024,
+            request_head_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            keep_alive_secs: 30,
+        }
+    }
+}
+
+/// Token buckets per user (the token's `sub`): a user may send `*_per_second` requests per second on
+/// average and `*_burst` at once. Beyond: 429 with `Retry-After`. 0 per second turns a limit off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Write requests (`POST /topics/{topic}`, one request whatever the batch size).
+    pub writes_per_second: u32,
+    pub writes_burst: u32,
+    /// Query requests (`/stats/...`).
+    pub queries_per_second: u32,
+    pub queries_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            writes_per_second: 100,
+            writes_burst: 200,
+            queries_per_second: 20,
+            queries_burst: 40,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -201,6 +379,15 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info,eventgate=debug`. `RUST_LOG` overrides it.
     pub log_filter: String,
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver (`http://collector:4318`); traces are
+    /// sent to `<endpoint>/v1/traces`. Unset: no traces are recorded or exported.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans; unset, each service uses its own binary name.
+    pub service_name: Option<String>,
+    /// Share of new traces recorded (0.0–1.0). A trace started upstream keeps its caller's decision.
+    pub sampling_ratio: f64,
+    /// How often librdkafka reports its statistics (consumer lag per partition), in ms; 0 turns it off.
+    pub kafka_stats_interval_ms: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -208,6 +395,31 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
+            otlp_endpoint: None,
+            service_name: None,
+            sampling_ratio: 1.0,
+            kafka_stats_interval_ms: 5000,
+        }
+    }
+}
+
+/// How a service stops on SIGTERM/SIGINT: readiness answers 503 at once, the listener stays open for
+/// `drain_ms` (so load balancers stop sending), then in-flight work finishes within what is left of
+/// `timeout_ms` (requests answered, producer flushed, the writer's last batch written and committed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// The whole stop must fit in this; keep it below the orchestrator's grace period.
+    pub timeout_ms: u64,
+    /// Time between readiness turning 503 and the listener closing.
+    pub drain_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout_ms: 20_000,
+            drain_ms: 0,
         }
     }
 }
@@ -262,7 +474,10 @@ impl Config {
             .merge(
                 // EVENTGATE_CONFIG names the file; EVENTGATE_TEST_* belong to the test harness.
                 Env::prefixed("EVENTGATE_")
-                    .filter(|key| key != "config" && !key.as_str().starts_with("test_"))
+                    .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
+                        key != "config" && !key.starts_with("test_")
+                    })
                     .split("__"),
             )
     }
@@ -296,11 +511,49 @@ mod tests {
     }
 
     #[test]
+    fn harness_and_file_variables_are_not_config_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EVENTGATE_TEST_KAFKA_BROKERS", "127.0.0.1:1");
+            jail.set_env("EVENTGATE_CONFIG", "elsewhere.toml");
+            let config: Config = Config::figment(Path::new("missing.toml")).extract()?;
+            assert_eq!(config, Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("EVENTGATE_KAFKA__BROKRES", "typo:9092");
             let result: Result<Config, _> = Config::figment(Path::new("missing.toml")).extract();
             assert!(result.is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn maintainer_email_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "EVENTGATE_ALERTS__MAINTAINERS",
+                "[ops@example.com,oncall@example.com]",
+            );
+            jail.set_env("EVENTGATE_SMTP__TLS", "none");
+            jail.set_env("EVENTGATE_SMTP__USERNAME", "mailer");
+            // A password of digits only stays a string.
+            jail.set_env("EVENTGATE_SMTP__PASSWORD", "123456");
+            let config: Config = Config::figment(Path::new("missing.toml")).extract()?;
+            assert_eq!(
+                config.alerts.maintainers,
+                vec![
+                    "ops@example.com".to_owned(),
+                    "oncall@example.com".to_owned()
+                ]
+            );
+            assert_eq!(config.smtp.tls, SmtpTls::None);
+            assert_eq!(config.smtp.username, Some(Secret::new("mailer")));
+            assert_eq!(config.smtp.password, Some(Secret::new("123456")));
+            assert!(!format!("{config:?}").contains("123456"));
             Ok(())
         });
     }

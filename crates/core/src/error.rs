@@ -23,6 +23,8 @@ pub enum ErrorKind {
     NotFound,
     /// The body is larger than the configured limit: 413.
     TooLarge,
+    /// The client did not send its request (head or body) within the configured time: 408.
+    Timeout,
     /// The client sends too fast: 429 with Retry-After.
     RateLimit,
     /// The broker did not acknowledge in time; nothing was accepted: 503 with Retry-After.
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::Permission => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::TooLarge => 413,
+            ErrorKind::Timeout => 408,
             ErrorKind::RateLimit => 429,
             // 503 rather than 500: the failure is transient and the client should retry later.
             ErrorKind::Queue | ErrorKind::Database => 503,
@@ -65,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Permission => "permission",
             ErrorKind::NotFound => "not_found",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::Timeout => "timeout",
             ErrorKind::RateLimit => "rate_limit",
             ErrorKind::Queue => "queue",
             ErrorKind::Database => "database",

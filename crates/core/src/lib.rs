@@ -3,30 +3,45 @@
 //! Module map:
 //! - [`config`]: typed configuration, layered defaults < `config/eventgate.toml` < `EVENTGATE_*` env vars.
 //! - [`catalogue`]: the topics, one JSON Schema each, loaded from `config/topics/`; validation of events.
-//! - [`access`]: who may write and read each topic (`config/access.json`).
-//! - [`auth`]: JWT verification (RS256/ES256, several keys for rotation).
+//! - [`access`]: who may write and read each topic, users and groups, topic families, field
+//!   restrictions (`config/access.json`), swappable at run time ([`access::SharedAccess`]).
+//! - [`auth`]: JWT verification (RS256/ES256 only; PEM keys and JWKS, several keys for rotation).
+//! - [`limits`]: JSON nesting depth of request bodies; [`ratelimit`]: token buckets per user.
+//! - [`reload`] (feature `reload`): SIGHUP reloads the access file and token keys.
 //! - [`ingest`]: the rules of accepting a write: body shape, schema validation, ids.
 //! - [`envelope`]: the event as it travels through Kafka and is stored and returned.
 //! - [`query`]: the analysts' query language (AST, parser, field catalogue, cursor codec); pure code.
 //! - [`error`]: the one error envelope and the mapping of failures to HTTP statuses.
-//! - [`metrics`], [`telemetry`]: Prometheus registry and tracing set-up shared by the services.
+//! - [`alerting`]: when failures are emailed to the maintainers (throttling, grouping) and what the email
+//!   says; the writer sends them.
+//! - [`metrics`], [`telemetry`]: Prometheus collectors and the log/trace set-up shared by the services.
+//! - [`health`]: the body of the liveness and readiness probes; [`shutdown`] (feature `http`): the
+//!   graceful stop (readiness 503 → drain → in-flight requests finish, within a deadline).
 //!
 //! Invariant: without features this crate does no I/O beyond reading its configuration files; diesel
 //! table definitions come in behind the `db` feature.
 
 pub mod access;
+pub mod alerting;
 pub mod auth;
 pub mod catalogue;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod ingest;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
 pub mod query;
+pub mod ratelimit;
+#[cfg(all(unix, feature = "reload"))]
+pub mod reload;
 #[cfg(feature = "db")]
 pub mod schema;
+#[cfg(feature = "http")]
+pub mod shutdown;
 pub mod telemetry;

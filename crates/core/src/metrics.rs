@@ -1,7 +1,14 @@
 //! Prometheus metrics shared by the services: each service owns a [`prometheus::Registry`], registers its
 //! own collectors there and serves [`render`] on `GET /metrics`.
+//!
+//! Naming: `eventgate_<area>_<what>_<unit>`, counters end in `_total`, durations are `_seconds`
+//! histograms. Label values come from bounded sets only (route patterns, topic names of the catalogue,
+//! error kinds, status codes), never from raw client input, so a scan of random paths cannot blow up
+//! the number of series. Every metric is listed in `docs/OPERATIONS.md`.
 
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The Prometheus text exposition of everything registered in `registry`.
 pub fn render(registry: &Registry) -> String {
@@ -12,6 +19,213 @@ pub fn render(registry: &Registry) -> String {
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Buckets for request and query durations: 1 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Registers a labelled counter. The definitions are static, so a failure is a programming error.
+pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("metric registered once");
+    counter
+}
+
+/// Registers a labelled histogram.
+pub fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let histogram = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("static metric definition");
+    registry
+        .register(Box::new(histogram.clone()))
+        .expect("metric registered once");
+    histogram
+}
+
+/// Registers a labelled gauge.
+pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(gauge.clone()))
+        .expect("metric registered once");
+    gauge
+}
+
+/// `eventgate_build_info{service, version} 1`: which build answers, for dashboards and alerts.
+pub fn register_build_info(registry: &Registry, service: &str) {
+    gauge_vec(
+        registry,
+        "eventgate_build_info",
+        "Always 1; labels name the service and its version",
+        &["service", "version"],
+    )
+    .with_label_values(&[service, env!("CARGO_PKG_VERSION")])
+    .set(1);
+}
+
+/// The HTTP side of every service: one counter and one latency histogram, by route pattern, method and
+/// status. Recorded by [`crate::http::RequestTelemetry`].
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+}
+
+impl HttpMetrics {
+    pub fn new(registry: &Registry) -> HttpMetrics {
+        HttpMetrics {
+            requests: counter_vec(
+                registry,
+                "eventgate_http_requests_total",
+                "HTTP requests answered, by route pattern, method and status",
+                &["route", "method", "status"],
+            ),
+            duration: histogram_vec(
+                registry,
+                "eventgate_http_request_duration_seconds",
+                "Time from request received to response ready, by route pattern, method and status",
+                &["route", "method", "status"],
+                LATENCY_BUCKETS,
+            ),
+        }
+    }
+
+    pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.requests.with_label_values(&labels).inc();
+        self.duration.with_label_values(&labels).observe(seconds);
+    }
+}
+
+/// Connection pool usage (feature `db`), read from bb8 at scrape time rather than updated on every
+/// checkout: `eventgate_db_pool_connections{pool, state}` (idle / in_use), `..._max_connections`, and
+/// counters of checkouts that had to wait or timed out, and of the time spent waiting.
+#[cfg(feature = "db")]
+pub struct PoolCollector {
+    pool: crate::schema::PgPool,
+    name: String,
+    max_size: u32,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+#[cfg(feature = "db")]
+impl PoolCollector {
+    pub fn register(registry: &Registry, name: &str, pool: crate::schema::PgPool, max_size: u32) {
+        let desc = |metric: &str, help: &str, labels: &[&str]| {
+            prometheus::core::Desc::new(
+                metric.into(),
+                help.into(),
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+                Default::default(),
+            )
+            .expect("static metric definition")
+        };
+        let descs = vec![
+            desc(
+                "eventgate_db_pool_connections",
+                "Open connections of the pool, by state (idle, in_use)",
+                &["pool", "state"],
+            ),
+            desc(
+                "eventgate_db_pool_max_connections",
+                "Configured size of the pool",
+                &["pool"],
+            ),
+            desc(
+                "eventgate_db_pool_waits_total",
+                "Checkouts that had to wait for a free connection",
+                &["pool"],
+            ),
+            desc(
+                "eventgate_db_pool_timeouts_total",
+                "Checkouts that gave up waiting for a connection",
+                &["pool"],
+            ),
+            desc(
+                "eventgate_db_pool_wait_seconds_total",
+                "Time spent waiting for a connection",
+                &["pool"],
+            ),
+        ];
+        let collector = PoolCollector {
+            pool,
+            name: name.to_owned(),
+            max_size,
+            descs,
+        };
+        registry
+            .register(Box::new(collector))
+            .expect("metric registered once");
+    }
+}
+
+#[cfg(feature = "db")]
+impl prometheus::core::Collector for PoolCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::core::Desc;
+        use prometheus::{Counter, Gauge, IntCounter};
+        let state = self.pool.state();
+        let stats = &state.statistics;
+        let with_desc = |desc: &Desc, labels: &[(&str, &str)]| {
+            let mut opts = Opts::new(desc.fq_name.clone(), desc.help.clone());
+            for (name, value) in labels {
+                opts = opts.const_label(*name, *value);
+            }
+            opts
+        };
+        let pool = ("pool", self.name.as_str());
+        let in_use = state.connections.saturating_sub(state.idle_connections);
+        let mut families = Vec::new();
+        let mut connections = Vec::new();
+        for (label, value) in [("idle", state.idle_connections), ("in_use", in_use)] {
+            let gauge = Gauge::with_opts(with_desc(&self.descs[0], &[pool, ("state", label)]))
+                .expect("static metric definition");
+            gauge.set(f64::from(value));
+            connections.extend(gauge.collect());
+        }
+        // Two series of one family: merge them so the exposition has one HELP/TYPE header.
+        if let Some(mut family) = connections.first().cloned() {
+            let metrics = connections
+                .iter()
+                .flat_map(|f| f.get_metric().iter().cloned())
+                .collect::<Vec<_>>();
+            family.set_metric(metrics);
+            families.push(family);
+        }
+        let max = Gauge::with_opts(with_desc(&self.descs[1], &[pool])).expect("static");
+        max.set(f64::from(self.max_size));
+        families.extend(max.collect());
+        for (desc, value) in [
+            (&self.descs[2], stats.get_waited),
+            (&self.descs[3], stats.get_timed_out),
+        ] {
+            let counter = IntCounter::with_opts(with_desc(desc, &[pool])).expect("static");
+            counter.inc_by(value);
+            families.extend(counter.collect());
+        }
+        let waited = Counter::with_opts(with_desc(&self.descs[4], &[pool])).expect("static");
+        waited.inc_by(stats.get_wait_time.as_secs_f64());
+        families.extend(waited.collect());
+        families
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -25,5 +239,35 @@ mod tests {
         registry.register(Box::new(counter.clone())).unwrap();
         counter.inc_by(3);
         assert!(render(&registry).contains("eventgate_test_total 3"));
+    }
+
+    #[test]
+    fn http_metrics_count_by_route_method_status() {
+        let registry = Registry::new();
+        let http = HttpMetrics::new(&registry);
+        http.observe("/topics/{topic}", "POST", 202, 0.004);
+        http.observe("/topics/{topic}", "POST", 202, 0.006);
+        http.observe("/topics/{topic}", "POST", 401, 0.001);
+        let text = render(&registry);
+        assert!(
+            text.contains(
+                r#"eventgate_http_requests_total{method="POST",route="/topics/{topic}",status="202"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"eventgate_http_request_duration_seconds_count{method="POST",route="/topics/{topic}",status="401"} 1"#
+        ));
+    }
+
+    #[test]
+    fn build_info_names_service_and_version() {
+        let registry = Registry::new();
+        register_build_info(&registry, "ingest-api");
+        let text = render(&registry);
+        assert!(text.contains(&format!(
+            r#"eventgate_build_info{{service="ingest-api",version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        )));
     }
 }

@@ -10,10 +10,16 @@
 //! - A database outage never drops a batch: the writer keeps it and retries with capped backoff.
 //! - A message the database will never accept goes to `dead_letters` and its offset is committed, so it
 //!   cannot block its partition.
+//! - Failure emails (`notify`) never hold up the loop: the loop only signals, background tasks decide
+//!   (`eventgate_core::alerting`) and send. `monitor` probes Postgres and the broker and keeps this run's
+//!   row in `writer_runs` fresh for the crash-loop check (`runs`).
 
 mod batch;
 pub mod health;
 pub mod metrics;
+mod monitor;
+pub mod notify;
+pub mod runs;
 pub mod store;
 
 use std::sync::Arc;
@@ -27,25 +33,33 @@ use rdkafka::consumer::{
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use eventgate_core::alerting::AlertKind;
 use eventgate_core::catalogue::Catalogue;
-use eventgate_core::config::{Config, KafkaConfig, WriterConfig};
+use eventgate_core::config::{AlertsConfig, Config, KafkaConfig, WriterConfig};
 use eventgate_core::envelope::Event;
 use eventgate_core::schema::PgPool;
 
 use crate::batch::{Batch, Consumed};
+use crate::monitor::Monitor;
+use crate::notify::{AlertTasks, Alerts};
 use crate::store::{DeadLetter, Written};
 
 pub use crate::metrics::WriterMetrics;
 
-/// How long a stopping writer keeps trying to write the batch in hand.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping writer lets queued failure emails go out.
+const ALERTS_GRACE: Duration = Duration::from_secs(5);
 
 /// Hooks into librdkafka's rebalance events to log them and keep the assignment gauge true.
 pub struct WriterContext {
     metrics: Arc<WriterMetrics>,
 }
 
-impl ClientContext for WriterContext {}
+impl ClientContext for WriterContext {
+    /// librdkafka's statistics (every `telemetry.kafka_stats_interval_ms`): the consumer lag gauges.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.record_statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for WriterContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -73,6 +87,14 @@ pub struct Writer {
     config: WriterConfig,
     kafka: KafkaConfig,
     pub metrics: Arc<WriterMetrics>,
+    /// How long a stopping writer keeps trying to write the batch in hand (`shutdown.timeout_ms`).
+    shutdown_grace: Duration,
+    /// Trace contexts of the batch being collected (one insert span per traced event).
+    traces: std::sync::Mutex<eventgate_core::telemetry::kafka_context::BatchTraces>,
+    alerts: Alerts,
+    alert_tasks: AlertTasks,
+    alerts_config: AlertsConfig,
+    instance: String,
 }
 
 impl Writer {
@@ -82,11 +104,13 @@ impl Writer {
             Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
         let url = config.writer.database_url.expose();
         if config.writer.run_migrations {
-            let applied = eventgate_core::schema::run_migrations(url)
+            // As the schema owner: the writer's own role may only insert and read.
+            let owner_url = config.writer.migration_url();
+            let applied = eventgate_core::schema::run_migrations(owner_url)
                 .await
                 .context("applying migrations")?;
             tracing::info!(applied, "migrations up to date");
-            let created = eventgate_core::schema::ensure_field_indexes(url, &catalogue)
+            let created = eventgate_core::schema::ensure_field_indexes(owner_url, &catalogue)
                 .await
                 .context("creating field indexes")?;
             tracing::info!(created, "field indexes up to date");
@@ -96,6 +120,14 @@ impl Writer {
             tracing::warn!(%error, "could not ensure Kafka topics exist");
         }
         let metrics = Arc::new(WriterMetrics::new());
+        metrics.register_pool(&pool, config.writer.pool_size);
+        let instance = runs::instance_name();
+        let (alerts, alert_tasks) = Alerts::start(
+            config,
+            format!("db-writer {instance}, group {}", config.writer.group_id),
+        )
+        .context("setting up failure emails")?;
+        let session_timeout_ms = config.writer.session_timeout_ms;
         let consumer: WriterConsumer = eventgate_core::kafka::client_config(&config.kafka)
             .set("group.id", &config.writer.group_id)
             // Offsets are committed by hand, after the rows are committed.
@@ -105,6 +137,17 @@ impl Writer {
             .set("auto.offset.reset", "earliest")
             // Pick up partitions of topics created after start-up quickly.
             .set("topic.metadata.refresh.interval.ms", "5000")
+            // Statistics feed the consumer lag gauges (0 turns them off).
+            .set(
+                "statistics.interval.ms",
+                config.telemetry.kafka_stats_interval_ms.to_string(),
+            )
+            // A killed writer's partitions move to the others after this long.
+            .set("session.timeout.ms", session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (session_timeout_ms / 3).clamp(1, 3000).to_string(),
+            )
             .create_with_context(WriterContext {
                 metrics: metrics.clone(),
             })
@@ -121,6 +164,12 @@ impl Writer {
             config: config.writer.clone(),
             kafka: config.kafka.clone(),
             metrics,
+            shutdown_grace: Duration::from_millis(config.shutdown.timeout_ms),
+            traces: Default::default(),
+            alerts,
+            alert_tasks,
+            alerts_config: config.alerts.clone(),
+            instance,
         })
     }
 
@@ -128,9 +177,37 @@ impl Writer {
         &self.pool
     }
 
+    /// What the readiness probe checks: the pool, and the broker through the consumer's client.
+    pub fn readiness(&self) -> health::Readiness {
+        health::Readiness::new(self.pool.clone(), self.consumer.clone())
+    }
+
+    fn lock_traces(
+        &self,
+    ) -> std::sync::MutexGuard<'_, eventgate_core::telemetry::kafka_context::BatchTraces> {
+        // Poisoned only if a push panicked; the contexts are still usable.
+        self.traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Consumes and writes until `shutdown` is cancelled, then writes and commits the batch in hand and
     /// leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let monitor_stop = CancellationToken::new();
+        let monitor = tokio::spawn(
+            Monitor {
+                pool: self.pool.clone(),
+                consumer: self.consumer.clone(),
+                alerts: self.alerts.clone(),
+                group_id: self.config.group_id.clone(),
+                instance: self.instance.clone(),
+                run_id: None,
+                interval: Duration::from_millis(self.alerts_config.probe_interval_ms.max(1)),
+                crash_loop_crashes: self.alerts_config.crash_loop_crashes,
+            }
+            .run(monitor_stop.clone()),
+        );
         let timeout = Duration::from_millis(self.config.batch_timeout_ms);
         let mut batch = Batch::default();
         loop {
@@ -140,8 +217,12 @@ impl Writer {
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_or_forever(deadline) => {}
                 received = self.consumer.recv() => match received {
-                    Ok(message) => batch.push(Consumed::from_message(&message, &self.kafka.topic_prefix)),
+                    Ok(message) => {
+                        self.lock_traces().push(&message);
+                        batch.push(Consumed::from_message(&message, &self.kafka.topic_prefix));
+                    }
                     Err(error) => {
+                        self.metrics.consumer_errors.inc();
                         tracing::warn!(%error, "consumer error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -158,8 +239,9 @@ impl Writer {
             // stay uncommitted and the group reads the batch again.
             let grace = CancellationToken::new();
             let cancel_grace = grace.clone();
+            let grace_period = self.shutdown_grace;
             let timer = tokio::spawn(async move {
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                tokio::time::sleep(grace_period).await;
                 cancel_grace.cancel();
             });
             if !self.flush(&mut batch, &grace).await {
@@ -171,6 +253,20 @@ impl Writer {
             timer.abort();
         }
         self.consumer.unsubscribe();
+        monitor_stop.cancel();
+        if let Ok(Some(run_id)) = monitor.await {
+            // A clean stop is not a crash: it must not count towards a crash loop.
+            let recorded = tokio::time::timeout(ALERTS_GRACE, async {
+                let mut conn = self.pool.get().await?;
+                runs::record_clean_stop(&mut conn, run_id).await?;
+                anyhow::Ok(())
+            })
+            .await;
+            if !matches!(recorded, Ok(Ok(()))) {
+                tracing::warn!("could not record the clean stop; it may count as a crash");
+            }
+        }
+        self.alert_tasks.stop(ALERTS_GRACE).await;
         tracing::info!("writer stopped");
         Ok(())
     }
@@ -179,6 +275,8 @@ impl Writer {
     /// then commits its offsets. Returns false when abandoned because of shutdown.
     async fn flush(&self, batch: &mut Batch, shutdown: &CancellationToken) -> bool {
         let started = std::time::Instant::now();
+        // Ended (dropped) when this function returns: after the commit, or when abandoned.
+        let _insert_spans = self.lock_traces().open_insert_spans(batch.len());
         let mut events: Vec<&Event> = Vec::with_capacity(batch.len());
         let mut dead_letters: Vec<DeadLetter> = Vec::new();
         for message in &batch.messages {
@@ -188,10 +286,14 @@ impl Writer {
             }
         }
         let mut backoff = Duration::from_millis(self.config.retry_initial_ms);
-        let written = loop {
+        let mut failed = false;
+        let (written, parked) = loop {
             match self.try_write(batch, &events, &dead_letters).await {
                 Ok(written) => break written,
                 Err(error) => {
+                    failed = true;
+                    self.alerts
+                        .down(AlertKind::DatabaseUnreachable, format!("{error:#}"));
                     self.metrics.write_retries.inc();
                     tracing::warn!(error = %error, retry.in_ms = backoff.as_millis() as u64, batch.size = batch.len(), "batch not written, will retry");
                     tokio::select! {
@@ -202,6 +304,15 @@ impl Writer {
                 }
             }
         };
+        if failed {
+            self.alerts.up(AlertKind::DatabaseUnreachable);
+        }
+        // Only the messages parked by this write: a replayed poison message was reported already.
+        let newly_parked: Vec<DeadLetter> = parked
+            .into_iter()
+            .filter(|dead| written.parked.binary_search(&dead.key()).is_ok())
+            .collect();
+        self.alerts.dead_letters(&newly_parked);
         self.metrics
             .record_flush(batch.len(), written, started.elapsed());
         self.commit(batch).await;
@@ -216,10 +327,13 @@ impl Writer {
         batch: &Batch,
         events: &[&Event],
         dead_letters: &[DeadLetter],
-    ) -> anyhow::Result<Written> {
+    ) -> anyhow::Result<(Written, Vec<DeadLetter>)> {
         let mut conn = self.pool.get().await.context("no database connection")?;
         let error = match store::write_batch(&mut conn, events, dead_letters).await {
-            Ok(written) => return Ok(written),
+            Ok(mut written) => {
+                written.parked.sort();
+                return Ok((written, dead_letters.to_vec()));
+            }
             Err(error) => error,
         };
         if !store::ping(&mut conn).await {
@@ -250,7 +364,8 @@ impl Writer {
         // The good rows are already in; writing them again is a no-op, and keeps the count honest.
         let mut written = store::write_batch(&mut conn, &good, &parked).await?;
         written.events = good.len();
-        Ok(written)
+        written.parked.sort();
+        Ok((written, parked))
     }
 
     async fn commit(&self, batch: &Batch) {
@@ -271,6 +386,7 @@ impl Writer {
             // After a rebalance another member owns the partition and reads it again from its last
             // committed offset; the rows are already written, so the replay is harmless.
             Ok(Err(error)) => {
+                self.metrics.commit_failures.inc();
                 tracing::warn!(%error, "offset commit failed; the batch may be read again")
             }
             Err(error) => tracing::error!(%error, "offset commit task failed"),

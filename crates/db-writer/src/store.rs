@@ -4,6 +4,7 @@
 use diesel::sql_types::{
     Array, BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
+use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use eventgate_core::envelope::Event;
@@ -20,10 +21,34 @@ pub struct DeadLetter {
 }
 
 /// How many rows a write actually added (the rest were already there).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     pub events: usize,
     pub dead_letters: usize,
+    /// Kafka coordinates of the dead letters this write parked; a replayed poison message that was
+    /// parked before is not among them, so it is not reported twice.
+    pub parked: Vec<ParkedKey>,
+}
+
+/// Where a parked message came from: (Kafka topic, partition, offset), unique in `dead_letters`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, QueryableByName)]
+pub struct ParkedKey {
+    #[diesel(sql_type = Text)]
+    pub kafka_topic: String,
+    #[diesel(sql_type = Integer)]
+    pub kafka_partition: i32,
+    #[diesel(sql_type = BigInt)]
+    pub kafka_offset: i64,
+}
+
+impl DeadLetter {
+    pub fn key(&self) -> ParkedKey {
+        ParkedKey {
+            kafka_topic: self.kafka_topic.clone(),
+            kafka_partition: self.partition,
+            kafka_offset: self.offset,
+        }
+    }
 }
 
 const INSERT_EVENTS: &str = "INSERT INTO events (id, topic, received_at, producer, payload) \
@@ -32,7 +57,8 @@ const INSERT_EVENTS: &str = "INSERT INTO events (id, topic, received_at, produce
 
 const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (topic, kafka_topic, kafka_partition, kafka_offset, raw, error) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bytea[], $6::text[]) \
-     ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING";
+     ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING \
+     RETURNING kafka_topic, kafka_partition, kafka_offset";
 
 /// Inserts events and dead letters in one transaction.
 pub async fn write_batch(
@@ -60,7 +86,7 @@ pub async fn write_batch(
                 .await?;
         }
         if !dead_letters.is_empty() {
-            written.dead_letters = diesel::sql_query(INSERT_DEAD_LETTERS)
+            written.parked = diesel::sql_query(INSERT_DEAD_LETTERS)
                 .bind::<Array<Nullable<Text>>, _>(
                     dead_letters
                         .iter()
@@ -89,8 +115,9 @@ pub async fn write_batch(
                         .map(|d| d.error.as_str())
                         .collect::<Vec<_>>(),
                 )
-                .execute(conn)
+                .load::<ParkedKey>(conn)
                 .await?;
+            written.dead_letters = written.parked.len();
         }
         Ok(written)
     })

@@ -61,7 +61,16 @@ mod tempdir {
 impl System {
     /// Starts ingest-api, `writers` db-writers and stats-api on a fresh database and fresh Kafka topics.
     pub async fn start(writers: usize) -> System {
-        let stack = stack().await;
+        System::start_with(stack().await, writers, |_| {}).await
+    }
+
+    /// Like [`System::start`], on `stack` (a `private_stack()` for tests that stop and start servers),
+    /// with the configuration adjusted by `configure` before anything starts.
+    pub async fn start_with(
+        stack: &Stack,
+        writers: usize,
+        configure: impl FnOnce(&mut Config),
+    ) -> System {
         let database = stack.fresh_database().await;
         let config = test_config(stack, &database);
         let dir = std::env::temp_dir().join(format!("eventgate-e2e-{}", database.name));
@@ -69,6 +78,7 @@ impl System {
         std::fs::write(dir.join("access.json"), TEST_ACCESS).expect("access file");
         let mut config = config;
         config.catalogue.access_file = dir.join("access.json");
+        configure(&mut config);
 
         let ingest = eventgate_ingest_api::Application::build(config.clone())
             .await
@@ -172,6 +182,44 @@ impl System {
         read(response).await
     }
 
+    /// `GET /stats/{topic}/dead-letters` with query parameters, as `user`.
+    pub async fn dead_letters(
+        &self,
+        topic: &str,
+        user: &str,
+        params: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}/stats/{topic}/dead-letters", self.stats_url))
+            .bearer_auth(token(user))
+            .query(params)
+            .send()
+            .await
+            .expect("stats-api answers");
+        read(response).await
+    }
+
+    /// Produces `payload` with `key` straight into the Kafka topic of `topic`, past the ingest-api (a
+    /// poison message, say); returns its partition and offset.
+    pub async fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = eventgate_core::kafka::client_config(&self.config.kafka)
+            .set("message.timeout.ms", "10000")
+            .create()
+            .expect("producer");
+        let kafka_topic = self.config.kafka.kafka_topic(topic);
+        producer
+            .send(
+                FutureRecord::to(&kafka_topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map(|delivery| (delivery.partition, delivery.offset))
+            .map_err(|(error, _)| error)
+            .expect("the broker takes the raw message")
+    }
+
     pub async fn count_events(&self) -> i64 {
         self.database
             .count("SELECT count(*) FROM events")
@@ -262,10 +310,15 @@ pub fn test_config(stack: &Stack, database: &TestDatabase) -> Config {
     config.stats.workers = Some(2);
     config.stats.database_url = Secret::new(database.reader_url.clone());
     config.stats.cursor_secret = Secret::new("a-test-cursor-secret-of-enough-length");
-    config.writer.database_url = Secret::new(database.writer_url.clone());
+    // The writer runs as its least-privileged role (INSERT/SELECT only), as in production.
+    config.writer.database_url = Secret::new(database.writer_role_url.clone());
+    config.writer.migration_database_url = Secret::new(database.writer_url.clone());
     config.writer.group_id = stack.unique_name("group");
     config.writer.batch_timeout_ms = 50;
     // The template is migrated already.
     config.writer.run_migrations = false;
+    // Tests send bursts far above a person's rate; tests/security.rs turns the limits on where it tests them.
+    config.ratelimit.writes_per_second = 0;
+    config.ratelimit.queries_per_second = 0;
     config
 }

@@ -17,29 +17,36 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
-use eventgate_core::access::AccessRules;
+use eventgate_core::access::SharedAccess;
 use eventgate_core::auth::JwtVerifier;
 use eventgate_core::catalogue::Catalogue;
-use eventgate_core::config::Config;
+use eventgate_core::config::{Config, LimitsConfig, ShutdownConfig};
 use eventgate_core::ingest::IngestRules;
+use eventgate_core::shutdown::Lifecycle;
 
 use crate::publisher::Publisher;
 
 /// Everything a request handler needs, shared by all workers.
 pub struct AppState {
     pub catalogue: Catalogue,
-    pub access: AccessRules,
-    pub verifier: JwtVerifier,
+    /// Swapped whole on SIGHUP.
+    pub access: Arc<SharedAccess>,
+    pub verifier: Arc<JwtVerifier>,
+    pub rate_limits: eventgate_core::ratelimit::RateLimits,
+    pub limits: LimitsConfig,
     pub rules: IngestRules,
     pub publisher: Publisher,
     pub max_body_bytes: usize,
     pub metrics: metrics::IngestMetrics,
+    /// Readiness answers 503 once a shutdown started.
+    pub lifecycle: Lifecycle,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
     state: Arc<AppState>,
+    shutdown: ShutdownConfig,
 }
 
 impl Application {
@@ -48,12 +55,18 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let catalogue =
             Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
-        let access =
-            AccessRules::load(&config.catalogue.access_file).context("loading access rules")?;
-        let verifier = JwtVerifier::from_config(&config.auth).context("loading token keys")?;
+        let access = Arc::new(
+            SharedAccess::load(&config.catalogue.access_file).context("loading access rules")?,
+        );
+        let verifier =
+            Arc::new(JwtVerifier::from_config(&config.auth).context("loading token keys")?);
+        eventgate_core::reload::start_reloading(access.clone(), verifier.clone())
+            .await
+            .context("installing the SIGHUP handler")?;
         let timeout = Duration::from_millis(config.ingest.publish_timeout_ms);
+        let metrics = metrics::IngestMetrics::new();
         let publisher =
-            Publisher::new(&config.kafka, timeout).context("creating Kafka producer")?;
+            Publisher::new(&config.kafka, timeout, &metrics).context("creating Kafka producer")?;
         if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &catalogue).await {
             // Not fatal: the broker may come up later, and ops may own topic creation.
             tracing::warn!(%error, "could not ensure Kafka topics exist");
@@ -62,24 +75,42 @@ impl Application {
             catalogue,
             access,
             verifier,
+            rate_limits: eventgate_core::ratelimit::RateLimits::from_config(&config.ratelimit),
+            limits: config.limits.clone(),
             rules: IngestRules {
                 id_field: config.ingest.id_field.clone(),
                 max_batch_events: config.ingest.max_batch_events,
             },
             publisher,
             max_body_bytes: config.ingest.max_body_bytes,
-            metrics: metrics::IngestMetrics::new(),
+            metrics,
+            lifecycle: Lifecycle::new(),
         });
         let listener = TcpListener::bind(&config.ingest.listen)
             .with_context(|| format!("binding {}", config.ingest.listen))?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(state.clone());
+        let telemetry = eventgate_core::http::RequestTelemetry::new(state.metrics.http.clone());
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .configure(routes::configure)
                 .default_service(web::to(eventgate_core::http::not_found))
+                // Registered last, so it is the outermost layer: every response gets its request id,
+                // log line and count, whatever an inner layer answered.
+                .wrap(telemetry.clone())
         })
+        // Shutdown is driven by `run_until`, not by actix's own signal handlers.
+        .disable_signals()
+        .shutdown_timeout(eventgate_core::shutdown::request_grace_secs(
+            &config.shutdown,
+        ))
+        // A slow client cannot hold a connection: the head must arrive in time, idle ones are closed.
+        .client_request_timeout(Duration::from_millis(config.limits.request_head_timeout_ms))
+        .keep_alive(
+            (config.limits.keep_alive_secs > 0)
+                .then(|| Duration::from_secs(config.limits.keep_alive_secs)),
+        )
         .listen(listener)?;
         if let Some(workers) = config.ingest.workers {
             server = server.workers(workers);
@@ -89,6 +120,7 @@ impl Application {
             port,
             server: server.run(),
             state,
+            shutdown: config.shutdown.clone(),
         })
     }
 
@@ -96,12 +128,33 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM), then flushes the producer.
+    /// The access rules in use (reloaded on SIGHUP), e.g. to see that a reload happened.
+    pub fn access(&self) -> Arc<SharedAccess> {
+        self.state.access.clone()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops gracefully (see [`Application::run_until`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        self.run_until(eventgate_core::shutdown::signal()).await
+    }
+
+    /// Serves until `stop` resolves, then: readiness 503, drain, in-flight requests answered (each still
+    /// waits for its acknowledgement), and the producer flushed with what is left of the deadline.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let deadline = eventgate_core::shutdown::serve_until(
+            self.server,
+            stop,
+            &self.state.lifecycle,
+            &self.shutdown,
+        )
+        .await?;
         let state = self.state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.publisher.flush(Duration::from_secs(10)))
-            .await;
-        result
+        let budget = deadline.remaining();
+        let _ = tokio::task::spawn_blocking(move || state.publisher.flush(budget)).await;
+        tracing::info!("ingest-api stopped");
+        Ok(())
     }
 }

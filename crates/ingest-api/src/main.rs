@@ -4,10 +4,11 @@ use eventgate_ingest_api::Application;
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load()?;
-    eventgate_core::telemetry::init(&config.telemetry);
-    Application::build(config)
-        .await?
-        .run_until_stopped()
-        .await?;
-    Ok(())
+    let telemetry = eventgate_core::telemetry::init(&config.telemetry, "eventgate-ingest-api");
+    let result = match Application::build(config).await {
+        Ok(application) => application.run_until_stopped().await.map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    telemetry.shutdown();
+    result
 }

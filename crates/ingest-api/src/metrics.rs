@@ -1,28 +1,86 @@
-//! The ingest-api's Prometheus collectors.
+//! The ingest-api's Prometheus collectors (all listed in `docs/OPERATIONS.md`).
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, Registry};
+
+use eventgate_core::error::ErrorKind;
+use eventgate_core::ingest::EventOutcome;
+use eventgate_core::metrics::{counter_vec, histogram_vec, HttpMetrics, LATENCY_BUCKETS};
 
 pub struct IngestMetrics {
     pub registry: Registry,
-    /// Events by topic and outcome (`accepted`, `rejected`, `failed` = not acknowledged by the broker).
-    pub events: IntCounterVec,
+    pub http: HttpMetrics,
+    /// Events acknowledged by the broker (the ids of a 202/207), by topic.
+    pub events_accepted: IntCounterVec,
+    /// Events refused, by topic and reason: the error kind of the event (`validation`), or `queue` when
+    /// the broker did not acknowledge them (the client got a 503 and should retry).
+    pub events_rejected: IntCounterVec,
+    /// Time from handing a message to the producer to the broker's acknowledgement, by topic.
+    pub produce_duration: HistogramVec,
+    /// Messages the broker did not acknowledge, by topic and librdkafka error code.
+    pub produce_errors: IntCounterVec,
 }
 
 impl IngestMetrics {
     pub fn new() -> IngestMetrics {
         let registry = Registry::new();
-        let events = IntCounterVec::new(
-            Opts::new(
-                "eventgate_ingest_events_total",
-                "Events received, by topic and outcome",
+        eventgate_core::metrics::register_build_info(&registry, "ingest-api");
+        IngestMetrics {
+            http: HttpMetrics::new(&registry),
+            events_accepted: counter_vec(
+                &registry,
+                "eventgate_ingest_events_accepted_total",
+                "Events acknowledged by Kafka and answered 202, by topic",
+                &["topic"],
             ),
-            &["topic", "outcome"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(events.clone()))
-            .expect("metric registered once");
-        IngestMetrics { registry, events }
+            events_rejected: counter_vec(
+                &registry,
+                "eventgate_ingest_events_rejected_total",
+                "Events refused (validation) or not acknowledged by Kafka (queue), by topic and reason",
+                &["topic", "reason"],
+            ),
+            produce_duration: histogram_vec(
+                &registry,
+                "eventgate_kafka_produce_duration_seconds",
+                "Time from produce to the broker's acknowledgement (or failure), by topic",
+                &["topic"],
+                LATENCY_BUCKETS,
+            ),
+            produce_errors: counter_vec(
+                &registry,
+                "eventgate_kafka_produce_errors_total",
+                "Messages the broker did not acknowledge, by topic and librdkafka error",
+                &["topic", "error"],
+            ),
+            registry,
+        }
+    }
+
+    pub fn accepted(&self, topic: &str, events: usize) {
+        if events > 0 {
+            self.events_accepted
+                .with_label_values(&[topic])
+                .inc_by(events as u64);
+        }
+    }
+
+    /// Counts the refused events of a prepared body, each under the kind of its first error.
+    pub fn rejected_events(&self, topic: &str, outcomes: &[EventOutcome]) {
+        for outcome in outcomes {
+            if let EventOutcome::Rejected(errors) = outcome {
+                let reason = errors
+                    .first()
+                    .map_or(ErrorKind::Validation, |error| error.kind);
+                self.rejected(topic, reason.as_str(), 1);
+            }
+        }
+    }
+
+    pub fn rejected(&self, topic: &str, reason: &str, events: usize) {
+        if events > 0 {
+            self.events_rejected
+                .with_label_values(&[topic, reason])
+                .inc_by(events as u64);
+        }
     }
 }
 

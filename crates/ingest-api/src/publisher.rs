@@ -1,28 +1,39 @@
 //! Publishing accepted events to Kafka. A request is answered 202 only after the broker acknowledged
 //! every one of its events (acks=all, idempotent producer): an acknowledged event is durable in Kafka and
-//! will reach Postgres through the writers.
+//! will reach Postgres through the writers. Each message carries the request's trace context in a
+//! `traceparent` header, so the writer's insert joins the trace of the request that published it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use eventgate_core::catalogue::Topic;
 use eventgate_core::config::KafkaConfig;
 use eventgate_core::envelope::Event;
 use eventgate_core::error::{ApiError, ErrorKind};
 
+use crate::metrics::IngestMetrics;
+
 pub struct Publisher {
     producer: FutureProducer,
     kafka: KafkaConfig,
     timeout: Duration,
+    produce_duration: prometheus::HistogramVec,
+    produce_errors: prometheus::IntCounterVec,
 }
 
 impl Publisher {
-    pub fn new(kafka: &KafkaConfig, timeout: Duration) -> Result<Publisher, KafkaError> {
+    pub fn new(
+        kafka: &KafkaConfig,
+        timeout: Duration,
+        metrics: &IngestMetrics,
+    ) -> Result<Publisher, KafkaError> {
         let timeout_ms = timeout.as_millis().max(1).to_string();
         let producer: FutureProducer = eventgate_core::kafka::client_config(kafka)
             // Durability: the leader waits for all in-sync replicas; retries cannot reorder or duplicate.
@@ -37,13 +48,38 @@ impl Publisher {
             producer,
             kafka: kafka.clone(),
             timeout,
+            produce_duration: metrics.produce_duration.clone(),
+            produce_errors: metrics.produce_errors.clone(),
         })
     }
 
     /// Publishes the events and waits for the broker's acknowledgement of every one of them.
     /// Any failure (broker down, queue full, timeout) is a 503 of type `queue`.
     pub async fn publish(&self, topic: &Topic, events: &[&Event]) -> Result<(), ApiError> {
+        let span = tracing::info_span!(
+            "kafka.publish",
+            otel.name = %format_args!("publish {}", topic.name),
+            otel.kind = "producer",
+            kafka.topic = %self.kafka.kafka_topic(&topic.name),
+            batch.size = events.len(),
+        );
+        self.publish_traced(topic, events, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn publish_traced(
+        &self,
+        topic: &Topic,
+        events: &[&Event],
+        span: &tracing::Span,
+    ) -> Result<(), ApiError> {
         let kafka_topic = self.kafka.kafka_topic(&topic.name);
+        let headers = if eventgate_core::telemetry::tracing_enabled() {
+            eventgate_core::telemetry::kafka_context::inject(OwnedHeaders::new(), &span.context())
+        } else {
+            OwnedHeaders::new()
+        };
         let messages: Vec<(String, Vec<u8>)> = events
             .iter()
             .map(|event| {
@@ -57,15 +93,33 @@ impl Publisher {
             let record = FutureRecord::to(&kafka_topic)
                 .key(key)
                 .payload(payload)
-                .headers(OwnedHeaders::new());
+                .headers(headers.clone());
+            let started = Instant::now();
             // Waiting for room in a full local queue counts against the same budget as the delivery.
-            self.producer.send(record, Timeout::After(self.timeout))
+            let delivery = self.producer.send(record, Timeout::After(self.timeout));
+            async move {
+                let result = delivery.await;
+                self.produce_duration
+                    .with_label_values(&[topic.name.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                if let Err((error, _)) = &result {
+                    self.produce_errors
+                        .with_label_values(&[topic.name.as_str(), &error_label(error)])
+                        .inc();
+                }
+                result
+            }
         });
         // librdkafka's message.timeout.ms already bounds each delivery; the outer timeout is a backstop.
         let results =
             tokio::time::timeout(self.timeout + Duration::from_secs(1), join_all(deliveries))
                 .await
-                .map_err(|_| queue_unavailable("the broker did not acknowledge in time"))?;
+                .map_err(|_| {
+                    self.produce_errors
+                        .with_label_values(&[topic.name.as_str(), "timeout"])
+                        .inc_by(messages.len() as u64);
+                    queue_unavailable("the broker did not acknowledge in time")
+                })?;
         for result in results {
             if let Err((error, _message)) = result {
                 tracing::warn!(kafka.topic = %kafka_topic, %error, "publish failed");
@@ -78,16 +132,17 @@ impl Publisher {
     }
 
     /// Whether the broker answers a metadata request, for readiness.
-    pub async fn broker_reachable(&self) -> bool {
+    pub async fn check_broker(&self) -> Result<(), String> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(None, Duration::from_secs(2))
-                .is_ok()
+                .map(|_| ())
+                .map_err(|error| error.to_string())
         })
         .await
-        .unwrap_or(false)
+        .map_err(|error| error.to_string())?
     }
 
     /// Waits for queued messages to be delivered, at shutdown.
@@ -96,6 +151,14 @@ impl Publisher {
             tracing::warn!(%error, "producer flush at shutdown did not complete");
         }
     }
+}
+
+/// A bounded label for a produce error: librdkafka's error code name (`MessageTimedOut`, `QueueFull`…).
+fn error_label(error: &KafkaError) -> String {
+    error
+        .rdkafka_error_code()
+        .map(|code| format!("{code:?}"))
+        .unwrap_or_else(|| "other".to_owned())
 }
 
 fn queue_unavailable(message: &str) -> ApiError {

@@ -5,10 +5,16 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use eventgate_core::error::{ApiError, ErrorKind};
+use eventgate_core::health::HealthReport;
 use eventgate_core::http::{authorization, metrics_response, read_body};
 use eventgate_core::ingest::{self, EventOutcome};
+use eventgate_core::limits;
 
 use crate::AppState;
+
+const SERVICE: &str = "ingest-api";
+/// A readiness probe answers within this even when the broker hangs.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/topics", web::get().to(list_topics))
@@ -27,6 +33,7 @@ async fn post_events(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let principal = state.verifier.authenticate(authorization(&request))?;
+    state.rate_limits.check_write(&principal.user)?;
     let topic_name = path.into_inner();
     let topic = state.catalogue.get(&topic_name).ok_or_else(|| {
         ApiError::new(
@@ -35,17 +42,15 @@ async fn post_events(
         )
         .with_field("topic")
     })?;
-    if !state.access.can_write(&principal.user, &topic.name) {
-        return Err(ApiError::new(
-            ErrorKind::Permission,
-            format!(
-                "user {:?} may not write to topic {:?}",
-                principal.user, topic.name
-            ),
-        )
-        .with_field("topic"));
-    }
-    let body = read_body(payload, state.max_body_bytes).await?;
+    let restrictions = state
+        .access
+        .rules()
+        .authorize_write(&principal, &topic.name)?;
+    let body_timeout = std::time::Duration::from_millis(state.limits.body_timeout_ms);
+    let body = tokio::time::timeout(body_timeout, read_body(payload, state.max_body_bytes))
+        .await
+        .map_err(|_| limits::body_timeout(body_timeout))??;
+    limits::check_json_depth(&body, state.limits.max_json_depth, true)?;
     let prepared = ingest::prepare(
         &body,
         topic,
@@ -53,23 +58,22 @@ async fn post_events(
         &state.rules,
         OffsetDateTime::now_utc(),
     )?;
-    let counter = |outcome: &str, n: usize| {
-        state
-            .metrics
-            .events
-            .with_label_values(&[topic.name.as_str(), outcome])
-            .inc_by(n as u64);
-    };
-    counter("rejected", prepared.rejected_count());
+    // Field restrictions (403) are checked on the events that would be published, before anything is.
+    restrictions.check_write(&prepared, &principal.user)?;
+    state
+        .metrics
+        .rejected_events(&topic.name, &prepared.outcomes);
     if let Some(error) = prepared.all_rejected_error() {
         return Err(error);
     }
     let accepted: Vec<_> = prepared.accepted().collect();
     if let Err(error) = state.publisher.publish(topic, &accepted).await {
-        counter("failed", accepted.len());
+        state
+            .metrics
+            .rejected(&topic.name, error.kind().as_str(), accepted.len());
         return Err(error);
     }
-    counter("accepted", accepted.len());
+    state.metrics.accepted(&topic.name, accepted.len());
     let ids: Vec<String> = accepted.iter().map(|e| e.id.to_string()).collect();
     tracing::info!(topic = %topic.name, producer = %principal.user, batch.size = accepted.len(), "events accepted");
     if prepared.rejected_count() == 0 {
@@ -119,17 +123,19 @@ async fn get_topic(
 }
 
 async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    eventgate_core::http::liveness_response(SERVICE)
 }
 
+/// Ready when the broker answers a metadata request; 503 when it does not or a shutdown started.
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let broker = state.publisher.broker_reachable().await;
-    let body = json!({"status": if broker { "ok" } else { "degraded" }, "dependencies": {"kafka": if broker { "ok" } else { "unreachable" }}});
-    if broker {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    let kafka =
+        eventgate_core::http::check_dependency(READY_TIMEOUT, state.publisher.check_broker()).await;
+    let report = HealthReport::ready(
+        SERVICE,
+        state.lifecycle.is_stopping(),
+        [("kafka".to_owned(), kafka)],
+    );
+    eventgate_core::http::health_response(&report)
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

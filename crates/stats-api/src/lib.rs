@@ -6,46 +6,67 @@
 //! Invariant: this service never writes. It connects as a role that can only SELECT, with
 //! `default_transaction_read_only` on (a read replica in production).
 
+mod aggregate;
+pub mod aggregate_sql;
+pub mod dead_letters;
+mod explorer;
+pub mod export;
+pub mod metrics;
 pub mod query_sql;
 mod routes;
 pub mod store;
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 
-use eventgate_core::access::AccessRules;
+use eventgate_core::access::SharedAccess;
 use eventgate_core::auth::JwtVerifier;
 use eventgate_core::catalogue::Catalogue;
-use eventgate_core::config::Config;
+use eventgate_core::config::{Config, LimitsConfig, ShutdownConfig};
 use eventgate_core::query::{CursorKey, QueryLimits};
 use eventgate_core::schema::PgPool;
+use eventgate_core::shutdown::Lifecycle;
 
 pub struct AppState {
     pub catalogue: Catalogue,
-    pub access: AccessRules,
-    pub verifier: JwtVerifier,
+    /// Swapped whole on SIGHUP.
+    pub access: Arc<SharedAccess>,
+    pub verifier: Arc<JwtVerifier>,
+    pub rate_limits: eventgate_core::ratelimit::RateLimits,
+    /// Body size, nesting and timeouts of a request (the query's own bounds are `limits`).
+    pub request_limits: LimitsConfig,
     pub pool: PgPool,
     pub cursor_key: CursorKey,
     pub limits: QueryLimits,
-    pub registry: prometheus::Registry,
+    pub metrics: metrics::StatsMetrics,
+    /// Readiness answers 503 once a shutdown started.
+    pub lifecycle: Lifecycle,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
+    lifecycle: Lifecycle,
+    shutdown: ShutdownConfig,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let catalogue =
             Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
-        let access =
-            AccessRules::load(&config.catalogue.access_file).context("loading access rules")?;
-        let verifier = JwtVerifier::from_config(&config.auth).context("loading token keys")?;
+        let access = Arc::new(
+            SharedAccess::load(&config.catalogue.access_file).context("loading access rules")?,
+        );
+        let verifier =
+            Arc::new(JwtVerifier::from_config(&config.auth).context("loading token keys")?);
+        eventgate_core::reload::start_reloading(access.clone(), verifier.clone())
+            .await
+            .context("installing the SIGHUP handler")?;
         let secret = config.stats.cursor_secret.expose();
         if secret.len() < 16 {
             bail!("stats.cursor_secret must be set to at least 16 characters (EVENTGATE_STATS__CURSOR_SECRET)");
@@ -55,25 +76,45 @@ impl Application {
             config.stats.statement_timeout_ms,
         );
         let pool = eventgate_core::schema::build_pool(&url, config.stats.pool_size).await?;
+        let metrics = metrics::StatsMetrics::new(&pool, config.stats.pool_size);
+        let lifecycle = Lifecycle::new();
         let state = Arc::new(AppState {
             catalogue,
             access,
             verifier,
+            rate_limits: eventgate_core::ratelimit::RateLimits::from_config(&config.ratelimit),
+            request_limits: config.limits.clone(),
             pool,
             cursor_key: CursorKey::new(secret.as_bytes()),
             limits: QueryLimits::default(),
-            registry: prometheus::Registry::new(),
+            metrics,
+            lifecycle: lifecycle.clone(),
         });
         let listener = TcpListener::bind(&config.stats.listen)
             .with_context(|| format!("binding {}", config.stats.listen))?;
         let port = listener.local_addr()?.port();
+        let telemetry = eventgate_core::http::RequestTelemetry::new(state.metrics.http.clone());
         let data = web::Data::from(state);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .configure(routes::configure)
                 .default_service(web::to(eventgate_core::http::not_found))
+                // Registered last, so it is the outermost layer: every response gets its request id,
+                // log line and count, whatever an inner layer answered.
+                .wrap(telemetry.clone())
         })
+        // Shutdown is driven by `run_until`, not by actix's own signal handlers.
+        .disable_signals()
+        .shutdown_timeout(eventgate_core::shutdown::request_grace_secs(
+            &config.shutdown,
+        ))
+        // A slow client cannot hold a connection: the head must arrive in time, idle ones are closed.
+        .client_request_timeout(Duration::from_millis(config.limits.request_head_timeout_ms))
+        .keep_alive(
+            (config.limits.keep_alive_secs > 0)
+                .then(|| Duration::from_secs(config.limits.keep_alive_secs)),
+        )
         .listen(listener)?;
         if let Some(workers) = config.stats.workers {
             server = server.workers(workers);
@@ -82,6 +123,8 @@ impl Application {
         Ok(Application {
             port,
             server: server.run(),
+            lifecycle,
+            shutdown: config.shutdown.clone(),
         })
     }
 
@@ -89,7 +132,20 @@ impl Application {
         self.port
     }
 
+    /// Serves until SIGTERM or SIGINT, then stops gracefully (see [`Application::run_until`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        self.run_until(eventgate_core::shutdown::signal()).await
+    }
+
+    /// Serves until `stop` resolves, then: readiness 503, drain, in-flight queries answered, within
+    /// `shutdown.timeout_ms`.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        eventgate_core::shutdown::serve_until(self.server, stop, &self.lifecycle, &self.shutdown)
+            .await?;
+        tracing::info!("stats-api stopped");
+        Ok(())
     }
 }

@@ -110,9 +110,9 @@ pub fn into_diesel(parts: SqlParts) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
     query
 }
 
-/// Builds SQL text from static fragments and placeholders only.
+/// Builds SQL text from static fragments and placeholders only (also used by `aggregate_sql`).
 #[derive(Default)]
-struct SqlBuilder {
+pub(crate) struct SqlBuilder {
     sql: String,
     binds: Vec<Bind>,
     /// Field paths already bound, with their parameter numbers (a path is bound once and reused).
@@ -121,7 +121,15 @@ struct SqlBuilder {
 }
 
 impl SqlBuilder {
-    fn push(&mut self, fragment: &'static str) {
+    /// The statement built so far.
+    pub(crate) fn finish(self) -> SqlParts {
+        SqlParts {
+            sql: self.sql,
+            binds: self.binds,
+        }
+    }
+
+    pub(crate) fn push(&mut self, fragment: &'static str) {
         self.sql.push_str(fragment);
     }
 
@@ -139,7 +147,7 @@ impl SqlBuilder {
     }
 
     /// Adds a parameter and writes its placeholder; returns its number.
-    fn bind(&mut self, bind: Bind, cast: &'static str) -> usize {
+    pub(crate) fn bind(&mut self, bind: Bind, cast: &'static str) -> usize {
         self.binds.push(bind);
         let n = self.binds.len();
         self.placeholder(n, cast);
@@ -208,7 +216,7 @@ impl SqlBuilder {
     }
 
     /// The typed value of a field: a column, or a payload value of the field's type, else NULL.
-    fn typed(&mut self, field: &FieldDef) {
+    pub(crate) fn typed(&mut self, field: &FieldDef) {
         let path = match &field.source {
             FieldSource::Id => return self.push("id"),
             FieldSource::Timestamp => return self.push("received_at"),
@@ -295,7 +303,7 @@ impl SqlBuilder {
         self.push(")");
     }
 
-    fn filter(&mut self, filter: &Filter) {
+    pub(crate) fn filter(&mut self, filter: &Filter) {
         let field = &filter.field;
         match &filter.op {
             FilterOp::Exists(wanted) => self.presence(field, *wanted),

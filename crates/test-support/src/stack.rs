@@ -63,8 +63,11 @@ struct BrokerControl {
 #[derive(Debug, Clone)]
 pub struct TestDatabase {
     pub name: String,
-    /// As `eventgate`, the owner (what the db-writer and migrations use).
+    /// As `eventgate`, the owner (what migrations use; may also ANALYZE, create indexes, …).
     pub writer_url: String,
+    /// As `eventgate_writer`, a member of `eventgate_write`: INSERT and SELECT on the event history only
+    /// (what the db-writer connects as).
+    pub writer_role_url: String,
     /// As `eventgate_stats`, read-only (what the stats-api uses).
     pub reader_url: String,
     /// As `postgres`, the superuser.
@@ -291,6 +294,7 @@ impl Stack {
         }
         Ok(TestDatabase {
             writer_url: self.database_url("eventgate", &name),
+            writer_role_url: self.database_url("eventgate_writer", &name),
             reader_url: self.database_url("eventgate_stats", &name),
             admin_url: self.database_url("postgres", &name),
             name,

@@ -14,6 +14,7 @@
 //! - Sorting: "no value" is greater than every value (last ascending, first descending); `id` is always
 //!   the last key, so the order is total.
 
+pub mod aggregate;
 pub mod cursor;
 pub mod fields;
 pub mod request;
@@ -257,6 +258,21 @@ pub fn plan(
     limits: &QueryLimits,
     key: &CursorKey,
 ) -> Result<QueryPlan, ApiError> {
+    plan_restricted(topic, req, fields, limits, key, &[])
+}
+
+/// [`plan`] for a reader whose access is restricted: the `restrictions` (built by [`restriction`]) are
+/// ANDed to the client's filters, whatever those are, and are part of the query hash, so a cursor of
+/// another query (or of the same query under other restrictions) is refused. They do not count against
+/// `max_filters` and never produce errors.
+pub fn plan_restricted(
+    topic: &str,
+    req: &QueryRequest,
+    fields: &FieldCatalogue,
+    limits: &QueryLimits,
+    key: &CursorKey,
+    restrictions: &[Filter],
+) -> Result<QueryPlan, ApiError> {
     let mut errors: Vec<ErrorDetail> = Vec::new();
 
     if req.filter.len() > limits.max_filters {
@@ -297,6 +313,7 @@ pub fn plan(
         Some(n) => u32::try_from(n).unwrap_or(limits.max_limit),
     };
 
+    filters.extend(restrictions.iter().cloned());
     let query_hash = query_hash(topic, &filters, &sort);
     let after = match &req.cursor {
         None => None,
@@ -326,6 +343,42 @@ pub fn plan(
         after,
         limit,
         query_hash,
+    })
+}
+
+/// The mandatory filter `name_in: values` of a restricted reader, typed like a client's filter. Fails
+/// (with a message for the log) when the topic has no such field or a value does not fit its type: the
+/// caller must then refuse the read, never run it unrestricted.
+pub fn restriction(
+    fields: &FieldCatalogue,
+    name: &str,
+    values: &[Value],
+) -> Result<Filter, String> {
+    let field = fields
+        .lookup(name)
+        .ok_or_else(|| format!("the topic has no field `{}`", shorten(name, 200)))?;
+    if field.ty == FieldType::Other {
+        return Err(format!("`{}` has no comparable values", field.name));
+    }
+    if values.is_empty() {
+        return Err(format!("no allowed values for `{}`", field.name));
+    }
+    // Values come from the access file, not from a client: no length limit applies.
+    let limits = QueryLimits {
+        max_value_len: usize::MAX,
+        ..QueryLimits::default()
+    };
+    let values = values
+        .iter()
+        .map(|value| parse_operand(field, value, &limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Filter {
+        key: format!("{}{}", field.name, Operator::In.suffix()),
+        field: field.clone(),
+        op: FilterOp::In {
+            values,
+            or_null: false,
+        },
     })
 }
 

@@ -1,0 +1,395 @@
+//! Phase 4: queries on a large history. The history is generated straight into `events` (`INSERT ...
+//! SELECT generate_series` in chunks of a million, with the secondary indexes dropped during the load and
+//! rebuilt after it, then `VACUUM (ANALYZE)` so no autovacuum runs under the measurements): pipeline runs
+//! of `public.cps.za.runs`, one every 250 ms of `received_at`, ending now.
+//!
+//! Then, through the stats API, one request at a time: the first page; a page at depth ≥ 1M with a cursor
+//! (built for the row at that depth found with SQL, with `eventgate_core::query` and the stats-api's
+//! secret: walking a million rows page by page would take longer than the whole run); a selective
+//! payload-field equality; a range on a time field; an `_in` filter; a two-field sort. And, for
+//! comparison, the same deep page with OFFSET, as raw SQL (no HTTP: its cost is all in the database).
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use eventgate_core::envelope::Event;
+use eventgate_core::query::{CursorKey, QueryLimits, QueryRequest};
+
+use crate::cpu::{self, Usage};
+use crate::db;
+use crate::load::{ms, post_for_json, round2, Latency};
+use crate::services::{Bench, Kind, DATABASE, USER};
+use crate::Sizes;
+
+pub const RUNS: &str = "public.cps.za.runs";
+const PHASE: &str = "queries";
+const CHUNK: u64 = 1_000_000;
+/// Spacing of the generated events in `received_at`.
+const SPACING_MS: i64 = 250;
+const PAGE: u64 = 50;
+/// Distinct tenants (equality filter: history / TENANTS events each) and applications.
+const TENANTS: u64 = 10_000;
+const APPS: u64 = 1_000;
+/// Deep pages start at depth, depth + 1000, … (that many cursors, used in turn).
+const DEEP_CURSORS: u64 = 10;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResults {
+    pub history_rows: u64,
+    pub deep_depth: u64,
+    pub generate_s: f64,
+    pub table_mb: f64,
+    pub indexes_mb: f64,
+    pub first_page: Latency,
+    pub deep_page: Latency,
+    pub offset_deep: Latency,
+    pub equality: Latency,
+    pub time_range: Latency,
+    pub in_filter: Latency,
+    pub two_field_sort: Latency,
+    /// deep page p99 ÷ first page p99.
+    pub deep_first_ratio: f64,
+    pub cpu: Usage,
+}
+
+pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<QueryResults> {
+    let owner = db::connect(&bench.owner_url()).await?;
+    let started = Instant::now();
+    let base_ms = generate_history(&owner, sizes.history_rows).await?;
+    let generate_s = round2(started.elapsed().as_secs_f64());
+    let sizes_row = owner
+        .query_one(
+            "SELECT pg_table_size('events')::float8 / 1048576, pg_indexes_size('events')::float8 / 1048576",
+            &[],
+        )
+        .await?;
+    let (table_mb, indexes_mb): (f64, f64) = (sizes_row.get(0), sizes_row.get(1));
+
+    let stats = bench.spawn(Kind::Stats, PHASE).await?;
+    let outcome = measure(bench, sizes, &stats.url, base_ms, &bench.watched(&[&stats])).await;
+    bench.stop(stats).await?;
+    let mut results = outcome?;
+    results.generate_s = generate_s;
+    results.table_mb = table_mb.round();
+    results.indexes_mb = indexes_mb.round();
+    Ok(results)
+}
+
+/// Fills `events` with `rows` generated runs; returns the epoch-ms of event 0.
+async fn generate_history(client: &tokio_postgres::Client, rows: u64) -> anyhow::Result<i64> {
+    client
+        .batch_execute("TRUNCATE events, dead_letters")
+        .await
+        .context("emptying the events table")?;
+    // Secondary indexes (not the primary key) are rebuilt after the load: much faster than maintaining
+    // them row by row. Their definitions are read back from the catalogue, so they stay the migrations'.
+    let indexes: Vec<(String, String)> = client
+        .query(
+            "SELECT c.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
+             JOIN pg_class c ON c.oid = x.indexrelid \
+             WHERE x.indrelid = 'events'::regclass \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid)",
+            &[],
+        )
+        .await
+        .context("reading the index definitions")?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    for (name, _) in &indexes {
+        client
+            .batch_execute(&format!("DROP INDEX \"{name}\""))
+            .await
+            .with_context(|| format!("dropping index {name}"))?;
+    }
+    let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let base_ms = i64::try_from(now_ms)? - rows as i64 * SPACING_MS;
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO events (id, topic, received_at, producer, payload) \
+             SELECT g.id, '{RUNS}', to_timestamp(g.ms / 1000.0), '{USER}', jsonb_build_object( \
+                 'event_id', g.id::text, \
+                 'run_id', g.i, \
+                 'tenant_id', 'tenant-' || (g.i * 13) % {TENANTS}, \
+                 'source_app', 'app-' || lpad(((g.i * 7) % {APPS})::text, 4, '0'), \
+                 'source_app_version', '1.' || g.i % 20, \
+                 'environment', (ARRAY['dev', 'uat', 'preprod', 'prod'])[1 + g.i % 4], \
+                 'timestamp_start', g.ts, \
+                 'timestamp_end', g.ts + 1000 + g.i % 60000, \
+                 'jobs', jsonb_build_array(jsonb_build_object( \
+                     'catalog_id', 'job-' || g.i % 50, \
+                     'status', (ARRAY['succeeded', 'failed', 'killed', 'skipped'])[1 + g.i % 4], \
+                     'timestamp_start', g.ts, \
+                     'timestamp_end', g.ts + 500)), \
+                 'additional_info', jsonb_build_object( \
+                     'region', (ARRAY['eu', 'us', 'ap'])[1 + g.i % 3], \
+                     'owner', 'team-' || g.i % 40)) \
+             FROM ( \
+                 SELECT s.i, s.ms, s.ms - 5000 - (s.i * 7919) % 600000 AS ts, \
+                        (lpad(to_hex(s.ms), 12, '0') || '7' || lpad(to_hex(s.i % 4096), 3, '0') \
+                         || '8' || lpad(to_hex(s.i), 15, '0'))::uuid AS id \
+                 FROM (SELECT i, $1::bigint + i * {SPACING_MS} AS ms \
+                       FROM generate_series($2::bigint, $3::bigint) AS i) AS s \
+             ) AS g"
+        ))
+        .await
+        .context("preparing the history insert")?;
+    let started = Instant::now();
+    let mut lo = 0u64;
+    while lo < rows {
+        let hi = (lo + CHUNK).min(rows) - 1;
+        client
+            .execute(&insert, &[&base_ms, &(lo as i64), &(hi as i64)])
+            .await
+            .with_context(|| format!("generating events {lo}..={hi}"))?;
+        lo = hi + 1;
+        eprintln!(
+            "bench: queries: {lo} of {rows} events generated ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    client
+        .batch_execute("SET maintenance_work_mem = '1GB'")
+        .await?;
+    for (name, definition) in &indexes {
+        let t = Instant::now();
+        client
+            .batch_execute(definition)
+            .await
+            .with_context(|| format!("rebuilding index {name}"))?;
+        eprintln!(
+            "bench: queries: index {name} rebuilt in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let t = Instant::now();
+    client
+        .batch_execute("VACUUM (ANALYZE) events")
+        .await
+        .context("VACUUM (ANALYZE) events")?;
+    eprintln!(
+        "bench: queries: VACUUM (ANALYZE) in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(base_ms)
+}
+
+async fn measure(
+    bench: &Bench,
+    sizes: &Sizes,
+    stats_url: &str,
+    base_ms: i64,
+    watched: &[cpu::Watched],
+) -> anyhow::Result<QueryResults> {
+    let url = format!("{stats_url}/stats/{RUNS}");
+    let token = eventgate_test_support::token(USER);
+    let n = sizes.query_iterations;
+    let (cursors, expected_first) = deep_cursors(bench, sizes.deep_depth).await?;
+    let span_ms = sizes.history_rows as i64 * SPACING_MS;
+
+    let before = cpu::snapshot(watched);
+    let first_page = time_queries(
+        bench,
+        &url,
+        &token,
+        n,
+        "first page",
+        |_| json!({"limit": PAGE}),
+    )
+    .await?;
+    // The deep page must be the page that follows the row at depth, or the figure means nothing.
+    let (status, answer) = post_for_json(
+        &bench.http,
+        &url,
+        &token,
+        Bytes::from(json!({"limit": PAGE, "cursor": cursors[0]}).to_string()),
+    )
+    .await?;
+    anyhow::ensure!(
+        status == 200 && answer["data"][0]["id"].as_str() == Some(expected_first.as_str()),
+        "the deep page does not start after the row at depth {}: {status}, first id {} (expected {expected_first})",
+        sizes.deep_depth,
+        answer["data"][0]["id"]
+    );
+    let deep_page = time_queries(
+        bench,
+        &url,
+        &token,
+        n,
+        "deep page (cursor)",
+        |i| json!({"limit": PAGE, "cursor": cursors[i % cursors.len()]}),
+    )
+    .await?;
+    let equality = time_queries(bench, &url, &token, n, "equality", |i| {
+        json!({"filter": {"tenant_id": format!("tenant-{}", (i as u64 * 37) % TENANTS)}, "limit": PAGE})
+    })
+    .await?;
+    let time_range = time_queries(bench, &url, &token, n, "time range", |i| {
+        // One hour of runs, somewhere in the history.
+        let from = base_ms + (i as i64 * 7_919_000) % (span_ms - 3_600_000).max(1);
+        json!({"filter": {"timestamp_start_between": [from, from + 3_600_000]}, "sort": ["-timestamp_start"], "limit": PAGE})
+    })
+    .await?;
+    let in_filter = time_queries(bench, &url, &token, n, "_in", |i| {
+        let apps: Vec<String> = (0..5)
+            .map(|k| format!("app-{:04}", (i as u64 * 5 + k * 199) % APPS))
+            .collect();
+        json!({"filter": {"source_app_in": apps}, "limit": PAGE})
+    })
+    .await?;
+    let two_field_sort = time_queries(
+        bench,
+        &url,
+        &token,
+        n,
+        "two-field sort",
+        |_| json!({"sort": ["source_app", "-timestamp_start"], "limit": PAGE}),
+    )
+    .await?;
+    let after = cpu::snapshot(watched);
+    let offset_deep = offset_pages(bench, sizes).await?;
+
+    Ok(QueryResults {
+        history_rows: sizes.history_rows,
+        deep_depth: sizes.deep_depth,
+        generate_s: 0.0,
+        table_mb: 0.0,
+        indexes_mb: 0.0,
+        deep_first_ratio: round2(deep_page.p99_ms / first_page.p99_ms.max(0.01)),
+        first_page,
+        deep_page,
+        offset_deep,
+        equality,
+        time_range,
+        in_filter,
+        two_field_sort,
+        cpu: cpu::usage(&before, &after),
+    })
+}
+
+/// Cursors for the pages after the rows at depth, depth + 1000, …, and the id the first of those pages
+/// must start with.
+async fn deep_cursors(bench: &Bench, depth: u64) -> anyhow::Result<(Vec<String>, String)> {
+    let client = db::connect(&bench.owner_url()).await?;
+    // Row `depth` (1-based) of the default order is at OFFSET depth - 1.
+    let rows = client
+        .query(
+            "SELECT id::text, (extract(epoch FROM received_at) * 1000000)::bigint FROM events \
+             WHERE topic = $1 ORDER BY received_at DESC, id DESC OFFSET $2 LIMIT $3",
+            &[
+                &RUNS,
+                &(depth as i64 - 1),
+                &((DEEP_CURSORS - 1) as i64 * 1000 + 2),
+            ],
+        )
+        .await
+        .context("finding the rows at depth")?;
+    anyhow::ensure!(
+        rows.len() as u64 > (DEEP_CURSORS - 1) * 1000 + 1,
+        "the history is too short for depth {depth}"
+    );
+    let topic = bench
+        .catalogue
+        .get(RUNS)
+        .with_context(|| format!("topic {RUNS} is not in config/topics"))?;
+    let key = CursorKey::new(bench.cursor_secret.as_bytes());
+    // The cursor belongs to the query it is sent with: no filter, the default sort.
+    let request = QueryRequest {
+        limit: Some(PAGE),
+        ..QueryRequest::default()
+    };
+    let plan =
+        eventgate_core::query::plan(RUNS, &request, &topic.fields, &QueryLimits::default(), &key)
+            .map_err(|e| anyhow!("planning the deep-page query: {e}"))?;
+    let mut cursors = Vec::new();
+    for k in 0..DEEP_CURSORS as usize {
+        let row = &rows[k * 1000];
+        let id: String = row.get(0);
+        let micros: i64 = row.get(1);
+        let last = Event {
+            id: uuid::Uuid::parse_str(&id)?,
+            topic: RUNS.to_owned(),
+            timestamp: OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)?,
+            producer: USER.to_owned(),
+            payload: Value::Null,
+        };
+        cursors.push(plan.next_cursor(&last, &key));
+    }
+    let expected_first: String = rows[1].get(0);
+    Ok((cursors, expected_first))
+}
+
+/// Sends `n` queries one after the other (plus a few unmeasured ones first) and returns the latencies.
+async fn time_queries(
+    bench: &Bench,
+    url: &str,
+    token: &str,
+    n: usize,
+    what: &str,
+    body: impl Fn(usize) -> Value,
+) -> anyhow::Result<Latency> {
+    let mut samples = Vec::with_capacity(n);
+    let mut empty = 0;
+    for i in 0..n + 3 {
+        let request = Bytes::from(body(i).to_string());
+        let sent = Instant::now();
+        let (status, answer) = post_for_json(&bench.http, url, token, request).await?;
+        let elapsed = sent.elapsed();
+        anyhow::ensure!(status == 200, "query {what} answered {status}: {answer}");
+        if answer["data"].as_array().is_none_or(Vec::is_empty) {
+            empty += 1;
+        }
+        if i >= 3 {
+            samples.push(ms(elapsed));
+        }
+    }
+    let latency = Latency::of(samples);
+    eprintln!(
+        "bench: queries: {what}: p50 {:.2} ms, p99 {:.2} ms{}",
+        latency.p50_ms,
+        latency.p99_ms,
+        if empty > 0 {
+            format!(" ({empty} empty pages)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(latency)
+}
+
+/// The page after the row at depth with `OFFSET`, as the stats-api's role, straight in SQL.
+async fn offset_pages(bench: &Bench, sizes: &Sizes) -> anyhow::Result<Latency> {
+    let client = db::connect(&bench.url("eventgate_stats", DATABASE)).await?;
+    client.batch_execute("SET statement_timeout = 0").await?;
+    let statement = client
+        .prepare(
+            "SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1 \
+             ORDER BY received_at DESC, id DESC OFFSET $2 LIMIT $3",
+        )
+        .await?;
+    let mut samples = Vec::new();
+    for i in 0..sizes.offset_iterations + 1 {
+        let offset = (sizes.deep_depth + (i as u64 % DEEP_CURSORS) * 1000) as i64;
+        let sent = Instant::now();
+        let rows = client
+            .query(&statement, &[&RUNS, &offset, &(PAGE as i64 + 1)])
+            .await
+            .context("OFFSET page")?;
+        let elapsed = sent.elapsed();
+        anyhow::ensure!(!rows.is_empty(), "the OFFSET page is empty");
+        if i > 0 {
+            samples.push(ms(elapsed));
+        }
+    }
+    let latency = Latency::of(samples);
+    eprintln!(
+        "bench: queries: OFFSET {}: p50 {:.1} ms, p99 {:.1} ms",
+        sizes.deep_depth, latency.p50_ms, latency.p99_ms
+    );
+    Ok(latency)
+}

@@ -1,0 +1,452 @@
+//! The results of a run: the Markdown table printed at the end and `target/bench/results.json`, whose
+//! top-level keys are the figures (`null` for a phase that did not run), with the details beside them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::cpu;
+use crate::e2e::E2eResults;
+use crate::ingest::IngestResults;
+use crate::load::Latency;
+use crate::queries::QueryResults;
+use crate::writer::WriterResults;
+use crate::{Phase, Sizes};
+
+/// The targets of the full mode on a 2-core machine (issue "make bench").
+pub const TARGET_BATCH_EVENTS_PER_S: f64 = 50_000.0;
+pub const TARGET_E2E_P99_MS: f64 = 1_000.0;
+pub const TARGET_WRITER_COPY_RATIO: f64 = 0.70;
+pub const TARGET_DEEP_P99_MS: f64 = 20.0;
+pub const TARGET_DEEP_FIRST_RATIO: f64 = 2.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gb: f64,
+    pub kernel: String,
+    pub load_average_1m: f64,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map_or_else(|| "unknown CPU".to_owned(), |m| m.trim().to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kb: f64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            memory_gb: (memory_kb / 1048576.0 * 10.0).round() / 10.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            load_average_1m: cpu::load_average(),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{} CPUs ({}), {:.0} GB RAM, Linux {}, load average {:.1} at start",
+            self.cpus, self.cpu_model, self.memory_gb, self.kernel, self.load_average_1m
+        )
+    }
+}
+
+pub struct Results {
+    pub sizes: Sizes,
+    pub phases: Vec<Phase>,
+    pub machine: Machine,
+    pub started_at: String,
+    started: Instant,
+    pub duration_s: f64,
+    pub ingest: Option<IngestResults>,
+    pub e2e: Option<E2eResults>,
+    pub writer: Option<WriterResults>,
+    pub queries: Option<QueryResults>,
+    pub peak_rss_mb: BTreeMap<String, f64>,
+}
+
+impl Results {
+    pub fn new(sizes: &Sizes, phases: &[Phase]) -> Results {
+        let now = time::OffsetDateTime::now_utc();
+        Results {
+            sizes: sizes.clone(),
+            phases: phases.to_vec(),
+            machine: Machine::read(),
+            started_at: now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            started: Instant::now(),
+            duration_s: 0.0,
+            ingest: None,
+            e2e: None,
+            writer: None,
+            queries: None,
+            peak_rss_mb: BTreeMap::new(),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.duration_s = self.started.elapsed().as_secs_f64().round();
+    }
+
+    /// The JSON document: the figures at the top level, then the details.
+    pub fn to_json(&self) -> Value {
+        let ingest = self.ingest.as_ref();
+        let e2e = self.e2e.as_ref();
+        let writer = self.writer.as_ref();
+        let queries = self.queries.as_ref();
+        json!({
+            "mode": self.sizes.mode,
+            "phases": self.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
+            "ingest_single_events_per_s": ingest.map(|i| i.single.events_per_s),
+            "ingest_single_p50_ms": ingest.map(|i| i.single.latency.p50_ms),
+            "ingest_single_p99_ms": ingest.map(|i| i.single.latency.p99_ms),
+            "ingest_batch_events_per_s": ingest.map(|i| i.batch.events_per_s),
+            "ingest_batch_p50_ms": ingest.map(|i| i.batch.latency.p50_ms),
+            "ingest_batch_p99_ms": ingest.map(|i| i.batch.latency.p99_ms),
+            "e2e_offered_events_per_s": e2e.map(|e| e.offered_events_per_s),
+            "e2e_p50_ms": e2e.map(|e| e.visible.p50_ms),
+            "e2e_p99_ms": e2e.map(|e| e.visible.p99_ms),
+            "writer_rows_per_s": writer.map(|w| w.writer_rows_per_s),
+            "copy_rows_per_s": writer.map(|w| w.copy_rows_per_s),
+            "writer_copy_ratio": writer.map(|w| w.writer_copy_ratio),
+            "history_rows": queries.map(|q| q.history_rows),
+            "query_deep_depth": queries.map(|q| q.deep_depth),
+            "query_first_page_p50_ms": queries.map(|q| q.first_page.p50_ms),
+            "query_first_page_p99_ms": queries.map(|q| q.first_page.p99_ms),
+            "query_deep_page_p50_ms": queries.map(|q| q.deep_page.p50_ms),
+            "query_deep_page_p99_ms": queries.map(|q| q.deep_page.p99_ms),
+            "query_offset_deep_p50_ms": queries.map(|q| q.offset_deep.p50_ms),
+            "query_offset_deep_p99_ms": queries.map(|q| q.offset_deep.p99_ms),
+            "deep_first_ratio": queries.map(|q| q.deep_first_ratio),
+            "query_equality_p99_ms": queries.map(|q| q.equality.p99_ms),
+            "query_time_range_p99_ms": queries.map(|q| q.time_range.p99_ms),
+            "query_in_p99_ms": queries.map(|q| q.in_filter.p99_ms),
+            "query_two_field_sort_p99_ms": queries.map(|q| q.two_field_sort.p99_ms),
+            "peak_rss_mb": self.peak_rss_mb,
+            "targets": {
+                "ingest_batch_events_per_s": TARGET_BATCH_EVENTS_PER_S,
+                "e2e_p99_ms": TARGET_E2E_P99_MS,
+                "writer_copy_ratio": TARGET_WRITER_COPY_RATIO,
+                "query_deep_page_p99_ms": TARGET_DEEP_P99_MS,
+                "deep_first_ratio": TARGET_DEEP_FIRST_RATIO,
+            },
+            "started_at": self.started_at,
+            "duration_s": self.duration_s,
+            "machine": self.machine,
+            "sizes": self.sizes,
+            "details": {
+                "ingest": self.ingest,
+                "e2e": self.e2e,
+                "writer": self.writer,
+                "queries": self.queries,
+            },
+        })
+    }
+}
+
+pub fn write_json(results: &Results, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&results.to_json())?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// `12,345` (thousands separated, no decimals).
+pub fn thousands(x: f64) -> String {
+    let n = x.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn millis(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0} ms")
+    } else if x >= 10.0 {
+        format!("{x:.1} ms")
+    } else {
+        format!("{x:.2} ms")
+    }
+}
+
+fn percentiles(l: &Latency) -> String {
+    format!("p50 {} · p99 {}", millis(l.p50_ms), millis(l.p99_ms))
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The table printed at the end of a run (and pasted into docs/PERFORMANCE.md).
+pub fn markdown(results: &Results) -> String {
+    let s = &results.sizes;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### eventgate bench, {} mode ({}, {} s)\n",
+        s.mode, results.started_at, results.duration_s
+    );
+    let _ = writeln!(out, "Machine: {}.", results.machine.summary());
+    if s.mode == "quick" {
+        let _ = writeln!(
+            out,
+            "\nQuick sizes prove the tool works; the targets apply to the full mode only."
+        );
+    }
+    let _ = writeln!(out, "\n| figure | value | target | |\n|---|---|---|---|");
+    let mut row = |figure: String, value: String, target: &str, status: &str| {
+        let _ = writeln!(out, "| {figure} | {value} | {target} | {status} |");
+    };
+    if let Some(i) = &results.ingest {
+        row(
+            format!("Ingest, single events ({} clients)", i.single.clients),
+            format!(
+                "{} events/s · {}",
+                thousands(i.single.events_per_s),
+                percentiles(&i.single.latency)
+            ),
+            "as high as actix + rdkafka allow",
+            "",
+        );
+        row(
+            format!(
+                "Ingest, batches of {} ({} clients)",
+                i.batch.events_per_request, i.batch.clients
+            ),
+            format!(
+                "{} events/s · {}",
+                thousands(i.batch.events_per_s),
+                percentiles(&i.batch.latency)
+            ),
+            "≥ 50,000 events/s",
+            verdict(i.batch.events_per_s >= TARGET_BATCH_EVENTS_PER_S),
+        );
+    }
+    if let Some(e) = &results.e2e {
+        let mut value = format!("{} ({} probes)", percentiles(&e.visible), e.visible.samples);
+        if e.probes_missing > 0 || e.failed_requests > 0 || e.skipped_requests > 0 {
+            let _ = write!(
+                value,
+                "; {} probes never seen, {} requests failed, {} skipped",
+                e.probes_missing, e.failed_requests, e.skipped_requests
+            );
+        }
+        row(
+            format!(
+                "End to end, 202 → returned by the stats API, {} events/s offered ({} per request)",
+                thousands(e.offered_events_per_s),
+                e.events_per_request
+            ),
+            value,
+            "p99 ≤ 1,000 ms at 10,000 events/s",
+            verdict(
+                e.visible.p99_ms <= TARGET_E2E_P99_MS
+                    && e.probes_missing == 0
+                    && e.offered_events_per_s >= 10_000.0,
+            ),
+        );
+    }
+    if let Some(w) = &results.writer {
+        row(
+            format!(
+                "Writer, {} rows from a pre-filled topic",
+                thousands(w.rows as f64)
+            ),
+            format!("{} rows/s", thousands(w.writer_rows_per_s)),
+            "",
+            "",
+        );
+        row(
+            "Raw `COPY` of the same rows, identical table".to_owned(),
+            format!("{} rows/s", thousands(w.copy_rows_per_s)),
+            "",
+            "",
+        );
+        row(
+            "Writer ÷ COPY".to_owned(),
+            format!("{:.2}", w.writer_copy_ratio),
+            "≥ 0.70",
+            verdict(w.writer_copy_ratio >= TARGET_WRITER_COPY_RATIO),
+        );
+    }
+    if let Some(q) = &results.queries {
+        row(
+            "History".to_owned(),
+            format!(
+                "{} events (table {} MB, indexes {} MB; generated in {:.0} s)",
+                thousands(q.history_rows as f64),
+                thousands(q.table_mb),
+                thousands(q.indexes_mb),
+                q.generate_s
+            ),
+            "≥ 10,000,000",
+            verdict(q.history_rows >= 10_000_000),
+        );
+        row(
+            "First page (50 events, newest first)".to_owned(),
+            percentiles(&q.first_page),
+            "",
+            "",
+        );
+        row(
+            format!("Page at depth {} (cursor)", thousands(q.deep_depth as f64)),
+            percentiles(&q.deep_page),
+            "p99 ≤ 20 ms, depth ≥ 1,000,000",
+            verdict(q.deep_page.p99_ms <= TARGET_DEEP_P99_MS && q.deep_depth >= 1_000_000),
+        );
+        row(
+            "Deep ÷ first page (p99)".to_owned(),
+            format!("{:.2}", q.deep_first_ratio),
+            "≤ 2",
+            verdict(q.deep_first_ratio <= TARGET_DEEP_FIRST_RATIO),
+        );
+        row(
+            "Same depth with OFFSET (raw SQL, for comparison)".to_owned(),
+            percentiles(&q.offset_deep),
+            "",
+            "",
+        );
+        row(
+            "Equality on a payload field (`tenant_id`, 0.01 %)".to_owned(),
+            percentiles(&q.equality),
+            "",
+            "",
+        );
+        row(
+            "Range on a time field (`timestamp_start`, one hour, sorted by it)".to_owned(),
+            percentiles(&q.time_range),
+            "",
+            "",
+        );
+        row(
+            "`_in` filter (`source_app_in`, 5 of 1,000 values)".to_owned(),
+            percentiles(&q.in_filter),
+            "",
+            "",
+        );
+        row(
+            "Two-field sort (`source_app`, `-timestamp_start`)".to_owned(),
+            percentiles(&q.two_field_sort),
+            "",
+            "",
+        );
+    }
+    if !results.peak_rss_mb.is_empty() {
+        let value = results
+            .peak_rss_mb
+            .iter()
+            .map(|(name, mb)| format!("{name} {mb:.0} MB"))
+            .collect::<Vec<_>>()
+            .join(" · ");
+        row("Peak RSS".to_owned(), value, "", "");
+    }
+
+    let mut cpu_rows: Vec<(String, &cpu::Usage)> = Vec::new();
+    if let Some(i) = &results.ingest {
+        cpu_rows.push(("Ingest, single events".into(), &i.single.cpu));
+        cpu_rows.push(("Ingest, batches".into(), &i.batch.cpu));
+    }
+    if let Some(e) = &results.e2e {
+        cpu_rows.push(("End to end".into(), &e.cpu));
+    }
+    if let Some(w) = &results.writer {
+        cpu_rows.push(("Writer".into(), &w.writer_cpu));
+        cpu_rows.push(("COPY".into(), &w.copy_cpu));
+    }
+    if let Some(q) = &results.queries {
+        cpu_rows.push(("Queries".into(), &q.cpu));
+    }
+    if !cpu_rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nWhere the CPU went (cores used on average; `bench` is the load generator):\n\n| measurement | cores |\n|---|---|"
+        );
+        for (name, usage) in cpu_rows {
+            let _ = writeln!(out, "| {name} | {} |", usage.summary());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(10_000_000.0), "10,000,000");
+        assert_eq!(thousands(-12345.0), "-12,345");
+    }
+
+    #[test]
+    fn json_has_every_figure_key_even_when_a_phase_did_not_run() {
+        let cli = <crate::Cli as clap::Parser>::parse_from([
+            "eventgate-bench",
+            "--quick",
+            "--pg-url",
+            "postgres://postgres@127.0.0.1:1",
+            "--kafka",
+            "127.0.0.1:2",
+        ]);
+        let sizes = Sizes::from_cli(&cli).unwrap();
+        let mut results = Results::new(&sizes, &cli.phases);
+        results.peak_rss_mb.insert("ingest-api".into(), 12.5);
+        let value = results.to_json();
+        for key in [
+            "ingest_single_events_per_s",
+            "ingest_batch_events_per_s",
+            "e2e_p50_ms",
+            "e2e_p99_ms",
+            "writer_rows_per_s",
+            "copy_rows_per_s",
+            "writer_copy_ratio",
+            "query_first_page_p99_ms",
+            "query_deep_page_p99_ms",
+            "query_offset_deep_p99_ms",
+            "deep_first_ratio",
+            "history_rows",
+            "peak_rss_mb",
+        ] {
+            assert!(value.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(value["peak_rss_mb"]["ingest-api"], 12.5);
+        assert_eq!(value["mode"], "quick");
+        assert!(markdown(&results).contains("| figure | value | target |"));
+    }
+}

@@ -1,0 +1,213 @@
+//! Phase 3: the writer against the physical limit. A topic is pre-filled with N envelopes (as the
+//! ingest-api would have produced them), a db-writer drains it into the empty, indexed `events` table,
+//! and then the very same rows are loaded with one raw `COPY` into an identical table (`LIKE events
+//! INCLUDING ALL`: same columns, primary key and indexes). writer rows/s ÷ COPY rows/s is the figure.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::{pin_mut, SinkExt};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+
+use eventgate_core::envelope::Event;
+
+use crate::cpu::{self, Usage};
+use crate::db;
+use crate::e2e::writer_metric;
+use crate::ingest::{event, TOPIC};
+use crate::load::round2;
+use crate::services::{Bench, Kind, USER};
+use crate::Sizes;
+
+const PHASE: &str = "writer";
+const ROWS_METRIC: &str = "eventgate_writer_rows_inserted_total";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WriterResults {
+    pub rows: u64,
+    pub writer_rows_per_s: f64,
+    pub copy_rows_per_s: f64,
+    pub writer_copy_ratio: f64,
+    /// Seconds from the writer's start to its first rows (joining the group, first fetch).
+    pub writer_startup_s: f64,
+    pub writer_cpu: Usage,
+    pub copy_cpu: Usage,
+}
+
+pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<WriterResults> {
+    let rows = sizes.writer_rows;
+    let client = db::connect(&bench.owner_url()).await?;
+    client
+        .batch_execute("TRUNCATE events, dead_letters; DROP TABLE IF EXISTS events_copy")
+        .await
+        .context("emptying the events table")?;
+    prefill(bench, rows).await?;
+
+    let started = Instant::now();
+    let writer = bench.spawn(Kind::Writer, PHASE).await?;
+    let watched = bench.watched(&[&writer]);
+    // Rows/s from the first rows seen to the last: the sustained rate, without the group join.
+    let mut first: Option<(Instant, f64, cpu::Snapshot)> = None;
+    let mut last_progress = Instant::now();
+    let mut last_value = 0.0;
+    let (finished, end_cpu) = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let value = writer_metric(bench, &writer, ROWS_METRIC)
+            .await
+            .unwrap_or(0.0);
+        let now = Instant::now();
+        if value > last_value {
+            last_value = value;
+            last_progress = now;
+        }
+        if first.is_none() && value > 0.0 {
+            first = Some((now, value, cpu::snapshot(&watched)));
+        }
+        if value >= rows as f64 {
+            break (now, cpu::snapshot(&watched));
+        }
+        if now.duration_since(last_progress) > Duration::from_secs(120) {
+            bench.stop(writer).await?;
+            bail!("the writer made no progress for 120 s at {value} of {rows} rows (see target/bench/logs/writer-db-writer.log)");
+        }
+    };
+    bench.stop(writer).await?;
+    bench.delete_topics(PHASE).await;
+    let Some((first_at, first_value, start_cpu)) = first else {
+        bail!("the writer wrote nothing");
+    };
+    let writer_secs = finished.duration_since(first_at).as_secs_f64().max(1e-3);
+    let writer_rows_per_s = (rows as f64 - first_value) / writer_secs;
+    let stored = db::count(&client, "SELECT count(*) FROM events").await?;
+    anyhow::ensure!(
+        stored == rows as i64,
+        "the writer reported {rows} rows but the table holds {stored}"
+    );
+
+    let (copy_rows_per_s, copy_cpu) = copy_same_rows(bench, &client, rows).await?;
+    Ok(WriterResults {
+        rows,
+        writer_rows_per_s: writer_rows_per_s.round(),
+        copy_rows_per_s: copy_rows_per_s.round(),
+        writer_copy_ratio: round2(writer_rows_per_s / copy_rows_per_s),
+        writer_startup_s: round2(first_at.duration_since(started).as_secs_f64()),
+        writer_cpu: cpu::usage(&start_cpu, &end_cpu),
+        copy_cpu,
+    })
+}
+
+/// Produces `rows` envelopes to the phase's `audit.logs` topic like the ingest-api does (key = id,
+/// idempotent, acks=all) and waits for every acknowledgement.
+async fn prefill(bench: &Bench, rows: u64) -> anyhow::Result<()> {
+    let kafka = bench.kafka_config(&bench.prefix(PHASE));
+    eventgate_core::kafka::ensure_topics(&kafka, &bench.catalogue)
+        .await
+        .context("creating the writer phase's topics")?;
+    let producer: FutureProducer = eventgate_core::kafka::client_config(&kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .context("creating the pre-fill producer")?;
+    let kafka_topic = kafka.kafka_topic(TOPIC);
+    eprintln!("bench: writer: pre-filling {kafka_topic} with {rows} events");
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    for n in 0..rows {
+        let envelope = Event {
+            id: uuid::Uuid::now_v7(),
+            topic: TOPIC.to_owned(),
+            timestamp: time::OffsetDateTime::now_utc(),
+            producer: USER.to_owned(),
+            payload: event(n),
+        };
+        let key = envelope.id.to_string();
+        let payload = envelope.to_json_bytes();
+        let producer = &producer;
+        let topic = kafka_topic.as_str();
+        pending.push(async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&payload),
+                    Timeout::After(Duration::from_secs(60)),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(error, _)| error)
+        });
+        while pending.len() >= 100_000 {
+            if let Some(result) = pending.next().await {
+                result.context("pre-filling the topic")?;
+            }
+        }
+    }
+    while let Some(result) = pending.next().await {
+        result.context("pre-filling the topic")?;
+    }
+    eprintln!(
+        "bench: writer: pre-filled in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Reads the rows the writer stored (`COPY events TO STDOUT`, into memory) and times one `COPY ... FROM
+/// STDIN` of them into a fresh identical table. Returns rows/s and the CPU it took.
+async fn copy_same_rows(
+    bench: &Bench,
+    client: &tokio_postgres::Client,
+    rows: u64,
+) -> anyhow::Result<(f64, Usage)> {
+    client
+        .batch_execute("CREATE TABLE events_copy (LIKE events INCLUDING ALL)")
+        .await
+        .context("creating events_copy")?;
+    let stream = client
+        .copy_out("COPY events TO STDOUT")
+        .await
+        .context("COPY events TO STDOUT")?;
+    pin_mut!(stream);
+    // Coalesced into 1 MiB chunks, as a client streaming a file would send them.
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut current = BytesMut::with_capacity(1 << 20);
+    while let Some(data) = stream.next().await {
+        current.extend_from_slice(&data.context("reading the rows")?);
+        if current.len() >= 1 << 20 {
+            chunks.push(current.split().freeze());
+        }
+    }
+    if !current.is_empty() {
+        chunks.push(current.freeze());
+    }
+    eprintln!(
+        "bench: writer: COPY of the same {rows} rows into events_copy ({:.0} MiB)",
+        chunks.iter().map(Bytes::len).sum::<usize>() as f64 / 1048576.0
+    );
+
+    let watched = bench.watched(&[]);
+    let before = cpu::snapshot(&watched);
+    let started = Instant::now();
+    let sink = client
+        .copy_in::<_, Bytes>("COPY events_copy FROM STDIN")
+        .await
+        .context("COPY events_copy FROM STDIN")?;
+    pin_mut!(sink);
+    for chunk in chunks {
+        sink.send(chunk).await.context("sending COPY data")?;
+    }
+    let copied = sink.as_mut().finish().await.context("finishing COPY")?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-3);
+    let after = cpu::snapshot(&watched);
+    anyhow::ensure!(copied == rows, "COPY loaded {copied} rows, expected {rows}");
+    client
+        .batch_execute("DROP TABLE events_copy")
+        .await
+        .context("dropping events_copy")?;
+    Ok((rows as f64 / seconds, cpu::usage(&before, &after)))
+}

@@ -1,0 +1,59 @@
+//! What the APIs change while running (feature `reload`): on SIGHUP the access file is read again and
+//! the token keys (PEM files, JWKS file and URL) are re-read; a JWKS source is also refreshed
+//! periodically ([`JwtVerifier::spawn_jwks_refresh`]).
+//!
+//! A reload swaps the rules or keys whole: requests in flight finish with what they started with, new
+//! requests see the new ones, none is refused or delayed by the reload. An unreadable or invalid file
+//! changes nothing and is logged.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
+
+use crate::access::SharedAccess;
+use crate::auth::JwtVerifier;
+
+/// Installs the SIGHUP handler now (so a SIGHUP that arrives once this returns never takes the default
+/// action, which would end the process) and spawns the task that reloads on each signal. Call it from
+/// within the runtime, before serving.
+pub fn reload_on_sighup(
+    access: Arc<SharedAccess>,
+    verifier: Arc<JwtVerifier>,
+) -> std::io::Result<JoinHandle<()>> {
+    let mut hangups = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            reload_now(&access, &verifier).await;
+        }
+    }))
+}
+
+/// One reload of everything, as on SIGHUP.
+pub async fn reload_now(access: &SharedAccess, verifier: &JwtVerifier) {
+    match access.reload() {
+        Ok(()) => tracing::info!(reloads = access.reloads(), "access rules reloaded"),
+        Err(error) => {
+            tracing::error!(%error, "access rules not reloaded; the previous rules stay in use")
+        }
+    }
+    verifier.refresh_all().await;
+}
+
+/// Everything an API does at start-up for run-time changes: fetches the JWKS URL once (a failure is
+/// logged, not fatal: the identity provider may be back before the first request, and the refresher
+/// keeps trying), starts the periodic JWKS refresh and installs the SIGHUP handler.
+pub async fn start_reloading(
+    access: Arc<SharedAccess>,
+    verifier: Arc<JwtVerifier>,
+) -> std::io::Result<()> {
+    if verifier.jwks_url().is_some() {
+        match verifier.fetch_jwks_url().await {
+            Ok(keys) => tracing::info!(keys, "JWKS fetched"),
+            Err(error) => tracing::error!(%error, "JWKS not fetched at start-up; retrying"),
+        }
+    }
+    verifier.spawn_jwks_refresh();
+    reload_on_sighup(access, verifier)?;
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! SIGTERM to the real `eventgate-ingest-api` binary while producers stream events: readiness turns 503
+//! at once while the listener keeps serving for the drain, in-flight requests are answered, the process
+//! exits 0, and every event answered 202 is in Kafka.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use eventgate_test_support::{free_port, stack, test_keys, token, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+const PARTITIONS: i32 = 2;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The service as operators run it: configured through `EVENTGATE_*` only, logs in JSON to a file.
+fn spawn_ingest(env: &[(&str, String)], log: &Path) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventgate-ingest-api"));
+    // Nothing from the developer's environment leaks in (the harness's own variables may stay).
+    for (key, _) in std::env::vars() {
+        if key.starts_with("EVENTGATE_") && !key.starts_with("EVENTGATE_TEST_") {
+            command.env_remove(key);
+        }
+    }
+    let log = std::fs::File::create(log).expect("log file");
+    command
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("EVENTGATE_CONFIG", "/nonexistent/eventgate.toml")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().expect("log file")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("the ingest-api binary starts")
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+async fn status_of(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
+    let response = http
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// Every event id the broker holds for `kafka_topic`, read up to the high watermarks (no waiting for
+/// messages that might not come).
+async fn ids_in_kafka(brokers: &str, kafka_topic: &str) -> HashSet<String> {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("shutdown-check-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    let mut expected = 0;
+    for partition in 0..PARTITIONS {
+        let (low, high) = consumer
+            .fetch_watermarks(kafka_topic, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        expected += high - low;
+        assignment
+            .add_partition_offset(kafka_topic, partition, Offset::Offset(low))
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut ids = HashSet::new();
+    for _ in 0..expected {
+        let message = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("the broker delivers what its watermarks count")
+            .expect("message");
+        let envelope: Value =
+            serde_json::from_slice(message.payload().expect("payload")).expect("envelope");
+        ids.insert(envelope["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_during_a_stream_loses_no_accepted_event() {
+    let stack = stack().await;
+    let dir = std::env::temp_dir().join(format!("eventgate-ingest-stop-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(
+        dir.join("access.json"),
+        r#"{"audit.logs": {"write": ["dev"], "read": ["dev"]}}"#,
+    )
+    .expect("access file");
+    let prefix = format!("{}.", stack.unique_name("stop"));
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env = [
+        (
+            "EVENTGATE_CATALOGUE__TOPICS_DIR",
+            repo_root().join("config/topics").display().to_string(),
+        ),
+        (
+            "EVENTGATE_CATALOGUE__ACCESS_FILE",
+            dir.join("access.json").display().to_string(),
+        ),
+        (
+            "EVENTGATE_AUTH__PUBLIC_KEYS",
+            format!("[\"{}\"]", test_keys().public_key_path.display()),
+        ),
+        ("EVENTGATE_KAFKA__BROKERS", stack.kafka_brokers.clone()),
+        ("EVENTGATE_KAFKA__TOPIC_PREFIX", prefix.clone()),
+        ("EVENTGATE_KAFKA__PARTITIONS", PARTITIONS.to_string()),
+        ("EVENTGATE_INGEST__LISTEN", format!("127.0.0.1:{port}")),
+        ("EVENTGATE_RATELIMIT__WRITES_PER_SECOND", "0".into()),
+        ("EVENTGATE_TELEMETRY__LOG_FORMAT", "json".into()),
+        // Long enough a drain to watch readiness say 503 while requests are still served.
+        ("EVENTGATE_SHUTDOWN__DRAIN_MS", "1500".into()),
+        ("EVENTGATE_SHUTDOWN__TIMEOUT_MS", "15000".into()),
+    ];
+    let log = dir.join("ingest.log");
+    let mut child = spawn_ingest(&env, &log);
+    let http = reqwest::Client::new();
+    let ready = format!("{base}/health/ready");
+    wait_until("the ingest-api to be ready", WAIT, || async {
+        matches!(status_of(&http, &ready).await, Some((200, _)))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+
+    // Four producers stream single events with their own ids until the server is gone.
+    let accepted = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let accepted_after_signal = Arc::new(AtomicUsize::new(0));
+    let other_answers = Arc::new(Mutex::new(Vec::<(u16, String)>::new()));
+    let signalled = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url) = (http.clone(), format!("{base}/topics/audit.logs"));
+            let (accepted, after, others, signalled) = (
+                accepted.clone(),
+                accepted_after_signal.clone(),
+                other_answers.clone(),
+                signalled.clone(),
+            );
+            tokio::spawn(async move {
+                let bearer = token("dev");
+                loop {
+                    let sent_after_signal = signalled.load(Ordering::SeqCst);
+                    let response = http
+                        .post(&url)
+                        .bearer_auth(&bearer)
+                        .json(&json!({"event_name": "stream", "description": "sigterm test",
+                                      "customer_id": 1}))
+                        .send()
+                        .await;
+                    match response {
+                        Ok(response) if response.status() == 202 => {
+                            let answer: Value = response.json().await.expect("202 body");
+                            let id = answer["ids"][0].as_str().expect("the event's id");
+                            accepted.lock().unwrap().insert(id.to_owned());
+                            if sent_after_signal {
+                                after.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let body = response.text().await.unwrap_or_default();
+                            others.lock().unwrap().push((status, body));
+                        }
+                        // Refused or closed: the server is gone (or closing this connection).
+                        Err(_) if signalled.load(Ordering::SeqCst) => {
+                            if reqwest::get(&url).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => panic!("a request failed before any signal: {error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("a stream under way", WAIT, || async {
+        accepted.lock().unwrap().len() >= 40
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}: other answers {:?}", other_answers.lock().unwrap().first()));
+
+    signalled.store(true, Ordering::SeqCst);
+    sigterm(&child);
+    // Readiness says 503 `stopping` while the drain keeps serving (the process is alive and answers).
+    wait_until("readiness to answer 503", WAIT, || async {
+        matches!(status_of(&http, &ready).await, Some((503, body)) if body["status"] == "stopping")
+    })
+    .await
+    .unwrap();
+    let live = status_of(&http, &format!("{base}/health/live")).await;
+    assert!(matches!(live, Some((200, _))), "{live:?}");
+
+    let exit = wait_until("the process to exit", WAIT, || {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        async move { exited }
+    })
+    .await;
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    exit.unwrap_or_else(|e| panic!("{e:#}\n{log_text}"));
+    let status = child.wait().expect("exit status");
+    assert!(status.success(), "{status:?}\n{log_text}");
+    assert!(log_text.contains("shutdown started"), "{log_text}");
+    assert!(log_text.contains("ingest-api stopped"), "{log_text}");
+    for producer in producers {
+        producer.await.expect("producer task");
+    }
+
+    // Requests during the drain were served; every 202 is in Kafka, and nothing else is.
+    assert!(
+        accepted_after_signal.load(Ordering::SeqCst) > 0,
+        "no request was served after SIGTERM"
+    );
+    let others = other_answers.lock().unwrap().clone();
+    assert!(others.is_empty(), "answers other than 202: {others:?}");
+    let accepted = accepted.lock().unwrap().clone();
+    let in_kafka = ids_in_kafka(&stack.kafka_brokers, &format!("{prefix}audit.logs")).await;
+    let again = ids_in_kafka(&stack.kafka_brokers, &format!("{prefix}audit.logs")).await;
+    eprintln!("DEBUG accepted {} in_kafka {} again {} after {}", accepted.len(), in_kafka.len(), again.len(), accepted_after_signal.load(Ordering::SeqCst));
+    let mut sorted: Vec<_> = accepted.iter().collect(); sorted.sort();
+    eprintln!("DEBUG last accepted {:?}", &sorted[sorted.len()-5..]);
+    let mut k: Vec<_> = in_kafka.iter().collect(); k.sort();
+    eprintln!("DEBUG last kafka {:?}", &k[k.len()-5..]);
+    let missing: Vec<_> = accepted.difference(&in_kafka).collect();
+    assert!(missing.is_empty(), "accepted but not in Kafka: {missing:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

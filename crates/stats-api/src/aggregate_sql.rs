@@ -1,0 +1,437 @@
+//! Translation of an [`AggregatePlan`] into one parameterised SQL statement over `events`, and decoding
+//! of its rows.
+//!
+//! The statement has three layers:
+//! 1. `selected`: the topic's events that pass the filters (the same fragments as the page query, from
+//!    [`SqlBuilder::filter`]), with each group key (`k0`…) and each metric argument (`a0`…) computed once as
+//!    the field's typed value ([`SqlBuilder::typed`]); a bucket is `date_trunc(unit, instant, $zone)`.
+//! 2. `grouped`: `GROUP BY GROUPING SETS ((k0, …), ())`, so one scan yields the groups and the totals row
+//!    (`GROUPING(…) <> 0`).
+//! 3. The answer: the totals row first, then the groups in the plan's order (`NULLS LAST` both ways), at
+//!    most `limit`, each with `count(*) OVER ()` (computed before the limit: the number of groups in all).
+//!
+//! Every cell is returned as text in one `text[]` (instants as epoch microseconds, numbers as Postgres
+//! writes `numeric`, exactly), so one row type decodes any plan. As in `query_sql`, no client text enters
+//! the SQL: aliases, units and operators are this file's static fragments; the time zone, the topic and
+//! every filter value are bind parameters.
+
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
+use diesel::QueryableByName;
+
+use eventgate_core::query::aggregate::{
+    AggregatePlan, AggregateResult, GroupRow, MetricKind, MetricValue, SortTarget, TimeUnit,
+};
+use eventgate_core::query::{Decimal, FieldDef, FieldSource, FieldType, Scalar, SortValue};
+
+use crate::query_sql::{into_diesel, Bind, SqlBuilder, SqlParts};
+
+const KEYS: [&str; 8] = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
+const METRICS: [&str; 16] = [
+    "m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11", "m12", "m13", "m14",
+    "m15",
+];
+const ARGUMENTS: [&str; 16] = [
+    "a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10", "a11", "a12", "a13", "a14",
+    "a15",
+];
+
+/// One row of the statement.
+#[derive(Debug, QueryableByName)]
+pub struct AggregateRow {
+    /// Group keys then metrics, as text.
+    #[diesel(sql_type = Array<Nullable<Text>>)]
+    pub cells: Vec<Option<String>>,
+    /// The totals row (over every selected event).
+    #[diesel(sql_type = Bool)]
+    pub is_total: bool,
+    /// Rows in all, the totals row included.
+    #[diesel(sql_type = BigInt)]
+    pub total_rows: i64,
+}
+
+/// What kind of value a group key holds, for decoding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KeyKind {
+    Uuid,
+    Text,
+    Number,
+    Bool,
+    Instant,
+}
+
+fn key_kind(field: &FieldDef) -> KeyKind {
+    match field.ty {
+        FieldType::Uuid => KeyKind::Uuid,
+        FieldType::Integer | FieldType::Number | FieldType::EpochMillis => KeyKind::Number,
+        FieldType::Boolean => KeyKind::Bool,
+        FieldType::DateTime => KeyKind::Instant,
+        // Other-typed fields cannot be grouped by (the planner refuses them).
+        FieldType::String | FieldType::Other => KeyKind::Text,
+    }
+}
+
+fn key_kinds(plan: &AggregatePlan) -> Vec<KeyKind> {
+    let mut kinds: Vec<KeyKind> = plan.group_by.iter().map(key_kind).collect();
+    if plan.interval.is_some() {
+        kinds.push(KeyKind::Instant);
+    }
+    kinds
+}
+
+/// The statement for `plan` over `topic`; `Err` only when the plan has more keys or metrics than this
+/// file has aliases for (the planner's limits are well below).
+pub fn aggregate_sql(topic: &str, plan: &AggregatePlan) -> Result<SqlParts, &'static str> {
+    let kinds = key_kinds(plan);
+    if kinds.len() > KEYS.len() || plan.metrics.len() > METRICS.len() {
+        return Err("too many group keys or metrics for the SQL translation");
+    }
+    let mut b = SqlBuilder::default();
+    b.push("SELECT ARRAY[");
+    let mut first = true;
+    let mut comma = |b: &mut SqlBuilder| {
+        if !std::mem::take(&mut first) {
+            b.push(", ");
+        }
+    };
+    for (i, kind) in kinds.iter().enumerate() {
+        comma(&mut b);
+        if *kind == KeyKind::Instant {
+            b.push("(extract(epoch FROM ");
+            b.push(KEYS[i]);
+            b.push(") * 1000000)::bigint::text");
+        } else {
+            b.push(KEYS[i]);
+            b.push("::text");
+        }
+    }
+    for alias in METRICS.iter().take(plan.metrics.len()) {
+        comma(&mut b);
+        b.push(alias);
+        b.push("::text");
+    }
+    if kinds.is_empty() {
+        b.push("]::text[] AS cells, TRUE AS is_total, 1::bigint AS total_rows FROM (SELECT ");
+        metric_columns(&mut b, plan);
+        b.push(" FROM (");
+        selected(&mut b, topic, plan);
+        b.push(") AS selected) AS grouped");
+        return Ok(b.finish());
+    }
+    b.push(
+        "]::text[] AS cells, grp <> 0 AS is_total, count(*) OVER () AS total_rows FROM (SELECT ",
+    );
+    for alias in KEYS.iter().take(kinds.len()) {
+        b.push(alias);
+        b.push(", ");
+    }
+    metric_columns(&mut b, plan);
+    b.push(", GROUPING(");
+    key_list(&mut b, kinds.len());
+    b.push(") AS grp FROM (");
+    selected(&mut b, topic, plan);
+    b.push(") AS selected GROUP BY GROUPING SETS ((");
+    key_list(&mut b, kinds.len());
+    b.push("), ())) AS grouped ORDER BY grp DESC");
+    for key in &plan.sort {
+        b.push(", ");
+        b.push(match key.target {
+            SortTarget::Key(i) => KEYS[i],
+            SortTarget::Metric(i) => METRICS[i],
+        });
+        b.push(if key.descending {
+            " DESC NULLS LAST"
+        } else {
+            " ASC NULLS LAST"
+        });
+    }
+    b.push(" LIMIT ");
+    // The totals row plus `limit` groups.
+    b.bind(Bind::BigInt(i64::from(plan.limit) + 1), "::bigint");
+    Ok(b.finish())
+}
+
+/// The statement handed to diesel.
+pub fn aggregate_query(
+    topic: &str,
+    plan: &AggregatePlan,
+) -> Result<BoxedSqlQuery<'static, Pg, SqlQuery>, &'static str> {
+    aggregate_sql(topic, plan).map(into_diesel)
+}
+
+fn key_list(b: &mut SqlBuilder, n: usize) {
+    for (i, alias) in KEYS.iter().take(n).enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.push(alias);
+    }
+}
+
+fn metric_columns(b: &mut SqlBuilder, plan: &AggregatePlan) {
+    for (i, metric) in plan.metrics.iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.push(match metric.kind {
+            MetricKind::Count => "count(*)",
+            MetricKind::CountDistinct => "count(DISTINCT ",
+            MetricKind::Min => "min(",
+            MetricKind::Max => "max(",
+            MetricKind::Sum => "sum(",
+            MetricKind::Avg => "avg(",
+        });
+        if metric.kind != MetricKind::Count {
+            b.push(ARGUMENTS[i]);
+            b.push(")");
+        }
+        b.push(" AS ");
+        b.push(METRICS[i]);
+    }
+}
+
+/// `SELECT <keys>, <metric arguments> FROM events WHERE topic = $1 AND <filters>`.
+fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan) {
+    b.push("SELECT ");
+    let mut columns = 0;
+    let mut next = |b: &mut SqlBuilder| {
+        if columns > 0 {
+            b.push(", ");
+        }
+        columns += 1;
+    };
+    for (i, field) in plan.group_by.iter().enumerate() {
+        next(b);
+        b.typed(field);
+        b.push(" AS ");
+        b.push(KEYS[i]);
+    }
+    if let Some(bucketing) = &plan.interval {
+        next(b);
+        b.push(match bucketing.unit {
+            TimeUnit::Minute => "date_trunc('minute', ",
+            TimeUnit::Hour => "date_trunc('hour', ",
+            TimeUnit::Day => "date_trunc('day', ",
+            TimeUnit::Week => "date_trunc('week', ",
+            TimeUnit::Month => "date_trunc('month', ",
+            TimeUnit::Quarter => "date_trunc('quarter', ",
+            TimeUnit::Year => "date_trunc('year', ",
+        });
+        instant(b, &bucketing.field);
+        b.push(", ");
+        b.bind(Bind::Text(bucketing.time_zone.clone()), "::text");
+        b.push(") AS ");
+        b.push(KEYS[plan.group_by.len()]);
+    }
+    for (i, metric) in plan.metrics.iter().enumerate() {
+        if let Some(field) = &metric.field {
+            next(b);
+            b.typed(field);
+            b.push(" AS ");
+            b.push(ARGUMENTS[i]);
+        }
+    }
+    if columns == 0 {
+        // `count` alone needs no column.
+        b.push("1 AS one");
+    }
+    b.push(" FROM events WHERE topic = ");
+    b.bind(Bind::Text(topic.to_owned()), "::text");
+    for filter in &plan.filters {
+        b.push(" AND ");
+        b.filter(filter);
+    }
+}
+
+/// The instant of a time field as `timestamptz`; an epoch-ms value only within years 0001–9999 (beyond,
+/// `to_timestamp` could fail the whole statement), as `eventgate_core::query::aggregate::epoch_ms_instant`.
+fn instant(b: &mut SqlBuilder, field: &FieldDef) {
+    if field.source == FieldSource::Timestamp || field.ty != FieldType::EpochMillis {
+        return b.typed(field);
+    }
+    b.push("(CASE WHEN ");
+    b.typed(field);
+    b.push(" >= -62135596800000 AND ");
+    b.typed(field);
+    b.push(" < 253402300800000 THEN to_timestamp(");
+    b.typed(field);
+    // Multiplying a numeric by 0.001 is exact; to_timestamp then takes the nearest double.
+    b.push(" * 0.001) END)");
+}
+
+/// Decodes the rows of [`aggregate_sql`] into the answer; `Err` describes a cell that does not decode
+/// (a bug, never the client's fault).
+pub fn decode(plan: &AggregatePlan, rows: Vec<AggregateRow>) -> Result<AggregateResult, String> {
+    let kinds = key_kinds(plan);
+    let mut totals = None;
+    let mut groups = Vec::new();
+    let mut total_rows = 0;
+    for row in rows {
+        total_rows = row.total_rows;
+        if row.cells.len() != kinds.len() + plan.metrics.len() {
+            return Err(format!("row has {} cells", row.cells.len()));
+        }
+        let (key_cells, metric_cells) = row.cells.split_at(kinds.len());
+        let metrics = plan
+            .metrics
+            .iter()
+            .zip(metric_cells)
+            .map(|(m, cell)| decode_metric(m.kind, cell.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if row.is_total {
+            totals = Some(metrics);
+            continue;
+        }
+        let keys = kinds
+            .iter()
+            .zip(key_cells)
+            .map(|(kind, cell)| decode_key(*kind, cell.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        groups.push(GroupRow { keys, metrics });
+    }
+    let totals = totals.ok_or("no totals row")?;
+    let total_groups = if kinds.is_empty() {
+        0
+    } else {
+        u64::try_from(total_rows - 1).unwrap_or(0)
+    };
+    Ok(AggregateResult {
+        groups,
+        total_groups,
+        totals,
+    })
+}
+
+fn decode_key(kind: KeyKind, cell: Option<&str>) -> Result<SortValue, String> {
+    let Some(text) = cell else { return Ok(None) };
+    let bad = || format!("cannot decode group key {text:?} as {kind:?}");
+    let scalar = match kind {
+        KeyKind::Uuid => Scalar::Uuid(uuid::Uuid::parse_str(text).map_err(|_| bad())?),
+        KeyKind::Text => Scalar::Text(text.to_owned()),
+        KeyKind::Number => Scalar::Number(Decimal::parse(text).ok_or_else(bad)?),
+        KeyKind::Bool => Scalar::Bool(match text {
+            "true" => true,
+            "false" => false,
+            _ => return Err(bad()),
+        }),
+        KeyKind::Instant => Scalar::Instant(text.parse().map_err(|_| bad())?),
+    };
+    Ok(Some(scalar))
+}
+
+fn decode_metric(kind: MetricKind, cell: Option<&str>) -> Result<MetricValue, String> {
+    let bad = |text: &str| format!("cannot decode metric {text:?} of {kind:?}");
+    Ok(match (kind, cell) {
+        (MetricKind::Count | MetricKind::CountDistinct, Some(text)) => {
+            MetricValue::Count(text.parse().map_err(|_| bad(text))?)
+        }
+        (MetricKind::Count | MetricKind::CountDistinct, None) => MetricValue::Count(0),
+        (MetricKind::Avg, Some(text)) => {
+            MetricValue::Average(Some(text.parse().map_err(|_| bad(text))?))
+        }
+        (MetricKind::Avg, None) => MetricValue::Average(None),
+        (_, Some(text)) => {
+            MetricValue::Number(Some(Decimal::parse(text).ok_or_else(|| bad(text))?))
+        }
+        (_, None) => MetricValue::Number(None),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventgate_core::query::aggregate::{plan_aggregate, AggregateLimits, AggregateRequest};
+    use eventgate_core::query::{FieldCatalogue, QueryLimits};
+    use serde_json::{json, Value};
+
+    fn sql_for(body: Value) -> SqlParts {
+        let fields = FieldCatalogue::from_schema(&json!({
+            "type": "object",
+            "properties": {
+                "source_app": {"type": "string"},
+                "score": {"type": "number"},
+                "ts_ms": {"type": "integer", "x-eventgate-type": "epoch-ms"},
+                "x'; DROP TABLE events; --": {"type": "integer"},
+            }
+        }));
+        let req = AggregateRequest::from_json(&body).expect("body");
+        let plan = plan_aggregate(
+            "jobs",
+            &req,
+            &fields,
+            &QueryLimits::default(),
+            &AggregateLimits::default(),
+            &[],
+        )
+        .expect("plan");
+        aggregate_sql("jobs", &plan).expect("sql")
+    }
+
+    #[test]
+    fn count_alone_is_one_row_without_grouping() {
+        let parts = sql_for(json!({}));
+        assert_eq!(
+            parts.sql,
+            "SELECT ARRAY[m0::text]::text[] AS cells, TRUE AS is_total, 1::bigint AS total_rows FROM \
+             (SELECT count(*) AS m0 FROM (SELECT 1 AS one FROM events WHERE topic = $1::text) AS selected) AS grouped"
+        );
+        assert_eq!(parts.binds, vec![Bind::Text("jobs".into())]);
+    }
+
+    #[test]
+    fn groups_buckets_and_metrics_are_one_statement_of_static_fragments() {
+        let evil = "x'; DROP TABLE events; --";
+        let parts = sql_for(json!({
+            "filter": {"source_app_contains": "'; DELETE"},
+            "group_by": ["source_app"],
+            "interval": {"unit": "week", "field": "ts_ms", "time_zone": "Europe/Berlin"},
+            "metrics": ["count", format!("sum({evil})"), "avg(score)"],
+            "sort": ["-count"],
+            "limit": 5
+        }));
+        for text in [evil, "DELETE", "Berlin", "jobs"] {
+            assert!(!parts.sql.contains(text), "{text} in {}", parts.sql);
+        }
+        assert!(
+            parts.sql.contains("date_trunc('week', (CASE WHEN"),
+            "{}",
+            parts.sql
+        );
+        assert!(
+            parts.sql.contains("GROUP BY GROUPING SETS ((k0, k1), ())"),
+            "{}",
+            parts.sql
+        );
+        assert!(
+            parts.sql.ends_with("ORDER BY grp DESC, m0 DESC NULLS LAST, k0 ASC NULLS LAST, k1 ASC NULLS LAST LIMIT $8::bigint"),
+            "{}",
+            parts.sql
+        );
+        assert!(parts.binds.contains(&Bind::Text("Europe/Berlin".into())));
+        assert!(parts.binds.contains(&Bind::TextArray(vec![evil.into()])));
+        assert_eq!(parts.binds.last(), Some(&Bind::BigInt(6)));
+    }
+
+    #[test]
+    fn cells_decode_by_kind() {
+        assert_eq!(
+            decode_key(KeyKind::Number, Some("1.50")).expect("number"),
+            Some(Scalar::Number(Decimal::parse("1.5").expect("decimal")))
+        );
+        assert_eq!(
+            decode_key(KeyKind::Instant, Some("-1")).expect("instant"),
+            Some(Scalar::Instant(-1))
+        );
+        assert_eq!(decode_key(KeyKind::Bool, None).expect("null"), None);
+        assert!(decode_key(KeyKind::Bool, Some("t")).is_err());
+        assert_eq!(
+            decode_metric(MetricKind::Sum, None).expect("sum"),
+            MetricValue::Number(None)
+        );
+        assert_eq!(
+            decode_metric(MetricKind::Avg, Some("0.33333333333333333333")).expect("avg"),
+            MetricValue::Average(Some(1.0 / 3.0))
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! `GET /stats/{topic}/dead-letters`: the messages of a topic the writers could never store, newest
+//! first, keyset-paginated by `(created_at, id)` with a signed cursor.
+//!
+//! Same checks as queries, in the same order: token (401) → topic exists (404) → may read the topic
+//! (403). Parameters: `limit` (1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]) and `cursor` (the
+//! `pagination.cursor` of the previous page); anything else is a 400.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use eventgate_core::error::{ApiError, ErrorDetail, ErrorKind};
+use eventgate_core::query::CursorKey;
+use eventgate_core::schema::PgPool;
+
+use crate::routes::readable_dead_letters;
+use crate::AppState;
+
+pub const DEFAULT_LIMIT: i64 = 20;
+/// Raw messages can be up to a Kafka message each (1 MB by default): pages stay small.
+pub const MAX_LIMIT: i64 = 100;
+/// Cursors of this listing are signed for this purpose only: a query cursor is not accepted here.
+const CURSOR_PURPOSE: &str = "dead-letters";
+
+/// The position after the last row of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct After {
+    pub created_at_micros: i64,
+    pub id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub limit: i64,
+    pub after: Option<After>,
+}
+
+/// Reads `limit` and `cursor`; every problem is reported at once, each naming its parameter.
+pub fn parse_listing(
+    pairs: &[(String, String)],
+    topic: &str,
+    key: &CursorKey,
+) -> Result<Listing, ApiError> {
+    let mut errors = Vec::new();
+    let mut listing = Listing {
+        limit: DEFAULT_LIMIT,
+        after: None,
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "limit" => match value.parse::<i64>() {
+                Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => listing.limit = limit,
+                _ => errors.push(ErrorDetail::validation(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+                )),
+            },
+            "cursor" if value.is_empty() => {}
+            "cursor" => match decode_cursor(value, topic, key) {
+                Some(after) => listing.after = Some(after),
+                None => errors.push(ErrorDetail::validation(
+                    "cursor",
+                    "invalid cursor: pass the `pagination.cursor` of the previous page of this topic unchanged",
+                )),
+            },
+            other => errors.push(ErrorDetail::validation(
+                other,
+                format!("unknown parameter {other:?}; dead letters take `limit` and `cursor`"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(listing)
+    } else {
+        Err(ApiError::from_details(errors))
+    }
+}
+
+/// The cursor carries the topic, so a cursor of one topic cannot walk another.
+pub fn encode_cursor(after: After, topic: &str, key: &CursorKey) -> String {
+    key.sign_json(
+        CURSOR_PURPOSE,
+        &json!({"topic": topic, "c": after.created_at_micros, "i": after.id}),
+    )
+}
+
+fn decode_cursor(token: &str, topic: &str, key: &CursorKey) -> Option<After> {
+    let body = key.verify_json(CURSOR_PURPOSE, token).ok()?;
+    if body.get("topic").and_then(Value::as_str) != Some(topic) {
+        return None;
+    }
+    Some(After {
+        created_at_micros: body.get("c").and_then(Value::as_i64)?,
+        id: body.get("i").and_then(Value::as_i64)?,
+    })
+}
+
+#[derive(Debug, QueryableByName)]
+struct DeadLetterRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    topic: Option<String>,
+    #[diesel(sql_type = Text)]
+    kafka_topic: String,
+    #[diesel(sql_type = Integer)]
+    kafka_partition: i32,
+    #[diesel(sql_type = BigInt)]
+    kafka_offset: i64,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Bytea>)]
+    raw: Option<Vec<u8>>,
+    #[diesel(sql_type = Text)]
+    error: String,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: OffsetDateTime,
+}
+
+impl DeadLetterRow {
+    fn after(&self) -> After {
+        After {
+            created_at_micros: micros(self.created_at),
+            id: self.id,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "topic": self.topic,
+            "kafka_topic": self.kafka_topic,
+            "partition": self.kafka_partition,
+            "offset": self.kafka_offset,
+            "error": self.error,
+            "created_at": self.created_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok(),
+            // The exact bytes, and for convenience the text when they are UTF-8 (usually JSON).
+            "raw_base64": self.raw.as_deref().map(|raw| STANDARD.encode(raw)),
+            "raw": self.raw.as_deref().and_then(|raw| std::str::from_utf8(raw).ok()),
+        })
+    }
+}
+
+fn micros(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+fn from_micros(micros: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).ok()
+}
+
+const COLUMNS: &str =
+    "id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at";
+
+async fn fetch(
+    pool: &PgPool,
+    topic: &str,
+    listing: &Listing,
+) -> Result<Vec<DeadLetterRow>, ApiError> {
+    let mut conn = pool.get().await.map_err(|error| {
+        tracing::warn!(%error, "no database connection for dead letters");
+        ApiError::new(
+            ErrorKind::Database,
+            "the event store is unavailable, retry later",
+        )
+    })?;
+    // One row more than the page tells whether another page exists. Newest first, served by the index
+    // (topic, created_at, id) read backwards.
+    let rows = match listing
+        .after
+        .and_then(|a| Some((from_micros(a.created_at_micros)?, a.id)))
+    {
+        None => {
+            diesel::sql_query(format!(
+                "SELECT {COLUMNS} FROM dead_letters WHERE topic = $1 \
+                 ORDER BY created_at DESC, id DESC LIMIT $2"
+            ))
+            .bind::<Text, _>(topic)
+            .bind::<BigInt, _>(listing.limit + 1)
+            .load(&mut conn)
+            .await
+        }
+        Some((created_at, id)) => diesel::sql_query(format!(
+            "SELECT {COLUMNS} FROM dead_letters WHERE topic = $1 AND (created_at, id) < ($2, $3) \
+                 ORDER BY created_at DESC, id DESC LIMIT $4"
+        ))
+        .bind::<Text, _>(topic)
+        .bind::<Timestamptz, _>(created_at)
+        .bind::<BigInt, _>(id)
+        .bind::<BigInt, _>(listing.limit + 1)
+        .load(&mut conn)
+        .await,
+    };
+    rows.map_err(crate::store::database_error)
+}
+
+pub async fn list(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let topic = readable_dead_letters(&request, &state, &path)?;
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Malformed,
+                format!("query string is malformed: {e}"),
+            )
+        })?
+        .into_inner();
+    let listing = parse_listing(&pairs, &topic.name, &state.cursor_key)?;
+    let mut rows = fetch(&state.pool, &topic.name, &listing).await?;
+    let has_more = rows.len() as i64 > listing.limit;
+    rows.truncate(listing.limit as usize);
+    let cursor = match (has_more, rows.last()) {
+        (true, Some(last)) => Some(encode_cursor(last.after(), &topic.name, &state.cursor_key)),
+        _ => None,
+    };
+    let data: Vec<Value> = rows.iter().map(DeadLetterRow::to_json).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "statusCode": 200,
+        "data": data,
+        "pagination": {"cursor": cursor, "has_more": has_more, "limit": listing.limit},
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> CursorKey {
+        CursorKey::new(b"a-test-cursor-secret-of-enough-length")
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_limits() {
+        let listing = parse_listing(&[], "audit.logs", &key()).expect("defaults");
+        assert_eq!(
+            listing,
+            Listing {
+                limit: DEFAULT_LIMIT,
+                after: None
+            }
+        );
+        let listing = parse_listing(
+            &pairs(&[("limit", "100"), ("cursor", "")]),
+            "audit.logs",
+            &key(),
+        )
+        .expect("max");
+        assert_eq!(listing.limit, 100);
+        let error = parse_listing(
+            &pairs(&[("limit", "0"), ("limit", "x"), ("sort", "id")]),
+            "audit.logs",
+            &key(),
+        )
+        .expect_err("refused");
+        let fields: Vec<_> = error
+            .details
+            .iter()
+            .map(|d| d.field.as_deref().unwrap_or(""))
+            .collect();
+        assert_eq!(fields, vec!["limit", "limit", "sort"]);
+        assert_eq!(error.status(), 400);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_are_bound_to_their_topic() {
+        let after = After {
+            created_at_micros: 1_736_937_000_123_456,
+            id: 42,
+        };
+        let token = encode_cursor(after, "audit.logs", &key());
+        let listing = parse_listing(&pairs(&[("cursor", &token)]), "audit.logs", &key())
+            .expect("valid cursor");
+        assert_eq!(listing.after, Some(after));
+
+        let error = parse_listing(&pairs(&[("cursor", &token)]), "web.events", &key())
+            .expect_err("another topic's cursor");
+        assert_eq!(error.details[0].field.as_deref(), Some("cursor"));
+        assert!(parse_listing(&pairs(&[("cursor", "garbage")]), "audit.logs", &key()).is_err());
+    }
+
+    #[test]
+    fn micros_survive_the_round_trip() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_736_937_000_123_456_000).expect("t");
+        assert_eq!(from_micros(micros(t)), Some(t));
+    }
+}

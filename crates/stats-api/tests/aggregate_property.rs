@@ -1,0 +1,568 @@
+//! Aggregates against real Postgres: for random events, filters, groupings, time buckets (in UTC and in
+//! zones with daylight-saving changes, half-hour offsets and half-hour DST), metrics, orders and limits,
+//! the SQL of `aggregate_sql` answers exactly what `AggregatePlan::evaluate` computes in memory (averages
+//! to 12 significant digits: Postgres rounds its exact decimal average), with the number of groups and
+//! the totals.
+
+use std::cell::Cell;
+
+use diesel::Insertable;
+use diesel_async::RunQueryDsl;
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use eventgate_core::envelope::Event;
+use eventgate_core::query::aggregate::{
+    plan_aggregate, AggregateLimits, AggregatePlan, AggregateRequest, AggregateResult,
+    IntervalRequest, MetricValue, ZoneRules,
+};
+use eventgate_core::query::{FieldCatalogue, Micros, QueryLimits};
+use eventgate_core::schema::{build_pool, events, PgPool};
+use eventgate_stats_api::aggregate_sql::{aggregate_query, aggregate_sql, decode, AggregateRow};
+
+#[derive(Insertable)]
+#[diesel(table_name = events)]
+struct NewRow {
+    id: Uuid,
+    topic: String,
+    received_at: OffsetDateTime,
+    producer: String,
+    payload: Value,
+}
+
+fn schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "source_app": {"type": "string"},
+            "run_id": {"type": "integer"},
+            "score": {"type": ["number", "null"]},
+            "ok": {"type": "boolean"},
+            "ts_ms": {"type": "integer", "x-eventgate-type": "epoch-ms"},
+            "finished_at": {"type": "string", "format": "date-time"},
+            "info": {"type": "object", "properties": {"region": {"type": "string"}}}
+        }
+    })
+}
+
+/// Instants (µs) of daylight-saving changes in the test zones, and of a year boundary.
+const TRANSITIONS: &[i64] = &[
+    1_743_296_400_000_000, // 2025-03-30T01:00Z, Europe/Berlin springs forward
+    1_761_440_400_000_000, // 2025-10-26T01:00Z, Europe/Berlin falls back
+    1_741_503_600_000_000, // 2025-03-09T07:00Z, America/New_York springs forward
+    1_762_063_200_000_000, // 2025-11-02T06:00Z, America/New_York falls back
+    1_743_867_000_000_000, // 2025-04-05T15:30Z, Australia/Lord_Howe falls back half an hour
+    1_759_593_600_000_000, // 2025-10-04T16:00Z, Australia/Lord_Howe springs forward half an hour
+    1_735_689_600_000_000, // 2025-01-01T00:00Z
+];
+
+const ZONES: &[&str] = &[
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "Asia/Kolkata",
+    "Australia/Lord_Howe",
+];
+
+const STRINGS: &[&str] = &["a", "b", "B", "é", "", "unify"];
+
+const TIMES: &[&str] = &[
+    "2025-01-01",
+    "2025-01-01T00:00:00Z",
+    "2025-03-30T01:30:00+01:00",
+    "2025-10-26T02:30:00+02:00",
+    "2024-12-31T23:59:59.9999996Z",
+    "2025-11-02T01:30:00-04:00",
+    "2025-11-02T01:30:00-05:00",
+    "2023-02-29",
+    "2025-01-01T00:00:00",
+    "today",
+];
+
+/// An instant near a transition: up to two days either side, on quarter hours, sometimes off them.
+fn near_transition() -> impl Strategy<Value = i64> {
+    (
+        select(TRANSITIONS.to_vec()),
+        -192i64..192,
+        select(vec![0i64, 0, 1, 59_999_999]),
+    )
+        .prop_map(|(base, quarters, extra)| base + quarters * 15 * 60_000_000 + extra)
+}
+
+fn numbers() -> Vec<Value> {
+    vec![
+        json!(-1),
+        json!(0),
+        json!(1),
+        json!(1.0),
+        json!(2),
+        json!(0.5),
+        json!(-0.25),
+        json!(1e20),
+        json!(9_007_199_254_740_993_u64),
+    ]
+}
+
+/// Present, missing, null, or of the wrong type.
+fn maybe(values: BoxedStrategy<Value>, wrong: Value) -> BoxedStrategy<Option<Value>> {
+    prop_oneof![
+        6 => values.prop_map(Some),
+        2 => Just(None),
+        1 => Just(Some(Value::Null)),
+        1 => Just(Some(wrong)),
+    ]
+    .boxed()
+}
+
+fn arb_payload() -> impl Strategy<Value = Value> {
+    let strings = select(STRINGS.iter().map(|s| json!(s)).collect::<Vec<_>>()).boxed();
+    let millis = prop_oneof![
+        near_transition().prop_map(|us| json!(us / 1000)),
+        // (Instants beyond 9999-12-30 are out of jiff's range: `far_epoch_ms_values_in_utc` has them.)
+        select(vec![
+            json!(1_735_689_600_000.5_f64),
+            json!(1e20),
+            json!(-1),
+            json!(-62_135_596_800_001_i64)
+        ]),
+    ]
+    .boxed();
+    (
+        maybe(strings.clone(), json!(5)),
+        maybe(select(numbers()).boxed(), json!("1")),
+        maybe(select(numbers()).boxed(), json!("0.5")),
+        maybe(
+            select(vec![json!(true), json!(false)]).boxed(),
+            json!("true"),
+        ),
+        maybe(millis, json!("2025-01-01")),
+        maybe(
+            select(TIMES.iter().map(|s| json!(s)).collect::<Vec<_>>()).boxed(),
+            json!(1),
+        ),
+        maybe(strings, json!(5)),
+    )
+        .prop_map(
+            |(source_app, run_id, score, ok, ts_ms, finished_at, region)| {
+                let mut m = Map::new();
+                for (k, v) in [
+                    ("source_app", source_app),
+                    ("run_id", run_id),
+                    ("score", score),
+                    ("ok", ok),
+                    ("ts_ms", ts_ms),
+                    ("finished_at", finished_at),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k.into(), v);
+                    }
+                }
+                if let Some(r) = region {
+                    m.insert("info".into(), json!({"region": r}));
+                }
+                Value::Object(m)
+            },
+        )
+}
+
+fn arb_event() -> impl Strategy<Value = (u128, i64, String, Value)> {
+    (
+        any::<u128>(),
+        near_transition(),
+        select(vec!["alice", "bob"]),
+        arb_payload(),
+    )
+        .prop_map(|(id, ts, producer, payload)| (id, ts, producer.to_owned(), payload))
+}
+
+fn arb_filter() -> BoxedStrategy<(String, Value)> {
+    prop_oneof![
+        select(STRINGS.to_vec()).prop_map(|s| ("source_app_ne".to_owned(), json!(s))),
+        select(numbers()).prop_map(|n| ("score_gte".to_owned(), n)),
+        any::<bool>().prop_map(|b| ("ok".to_owned(), json!(b))),
+        any::<bool>().prop_map(|b| ("score_exists".to_owned(), json!(b))),
+        select(vec!["2025-03-30", "2025-10-26", "2025-11-02"])
+            .prop_map(|d| ("timestamp_gte".to_owned(), json!(d))),
+    ]
+    .boxed()
+}
+
+const GROUP_FIELDS: &[&str] = &[
+    "source_app",
+    "run_id",
+    "score",
+    "ok",
+    "info.region",
+    "producer",
+    "finished_at",
+    "ts_ms",
+];
+const METRICS: &[&str] = &[
+    "count",
+    "count_distinct(source_app)",
+    "count_distinct(run_id)",
+    "count_distinct(finished_at)",
+    "min(score)",
+    "max(run_id)",
+    "min(ts_ms)",
+    "sum(score)",
+    "sum(run_id)",
+    "avg(score)",
+];
+
+fn arb_interval() -> impl Strategy<Value = Option<IntervalRequest>> {
+    prop::option::weighted(
+        0.7,
+        (
+            select(vec![
+                "minute", "hour", "day", "week", "month", "quarter", "year",
+            ]),
+            select(vec!["timestamp", "timestamp", "ts_ms", "finished_at"]),
+            select(ZONES.to_vec()),
+        )
+            .prop_map(|(unit, field, zone)| IntervalRequest {
+                field: Some(field.to_owned()),
+                unit: unit.to_owned(),
+                time_zone: Some(zone.to_owned()),
+            }),
+    )
+}
+
+fn arb_request() -> impl Strategy<Value = AggregateRequest> {
+    (
+        prop::collection::vec(arb_filter(), 0..3),
+        prop::sample::subsequence(GROUP_FIELDS.to_vec(), 0..3),
+        arb_interval(),
+        prop::sample::subsequence(METRICS.to_vec(), 1..4),
+        prop::collection::vec((0usize..6, any::<bool>()), 0..3),
+        1u64..8,
+    )
+        .prop_map(|(filters, group_by, interval, metrics, sort, limit)| {
+            // Sort by metrics (averages excepted: Postgres orders its rounded decimal), group fields or
+            // the bucket.
+            let mut candidates: Vec<String> = metrics
+                .iter()
+                .filter(|m| !m.starts_with("avg"))
+                .map(|m| (*m).to_owned())
+                .collect();
+            candidates.extend(group_by.iter().map(|g| (*g).to_owned()));
+            if interval.is_some() {
+                candidates.push("bucket".to_owned());
+            }
+            let mut entries: Vec<String> = Vec::new();
+            for (pick, descending) in sort {
+                if candidates.is_empty() {
+                    break;
+                }
+                let name = candidates[pick % candidates.len()].clone();
+                if !entries.iter().any(|e| e.trim_start_matches('-') == name) {
+                    entries.push(if descending { format!("-{name}") } else { name });
+                }
+            }
+            // Without a sort on an exact metric or key, the default (first metric descending) might be an
+            // average: put an exact metric first.
+            let mut metrics: Vec<String> = metrics.iter().map(|m| (*m).to_owned()).collect();
+            if metrics[0].starts_with("avg") {
+                metrics.insert(0, "count".to_owned());
+            }
+            AggregateRequest {
+                filter: filters.into_iter().collect(),
+                group_by: group_by.iter().map(|g| (*g).to_owned()).collect(),
+                interval,
+                metrics,
+                sort: Some(entries),
+                limit: Some(limit),
+            }
+        })
+}
+
+/// A tz database zone, read by jiff from the same system tz files Debian's Postgres uses.
+struct Zone(jiff::tz::TimeZone);
+
+impl ZoneRules for Zone {
+    fn to_local(&self, instant: Micros) -> Micros {
+        let timestamp = jiff::Timestamp::from_microsecond(instant).expect("instant in range");
+        instant + i64::from(self.0.to_offset(timestamp).seconds()) * 1_000_000
+    }
+
+    fn instant_of_local(&self, local: Micros) -> Micros {
+        let wall = jiff::tz::TimeZone::UTC
+            .to_datetime(jiff::Timestamp::from_microsecond(local).expect("wall time in range"));
+        // Postgres: a gap takes the offset before it, a fold the offset after it; jiff's "later" is that.
+        self.0
+            .to_ambiguous_timestamp(wall)
+            .later()
+            .expect("resolvable")
+            .as_microsecond()
+    }
+}
+
+struct Ctx {
+    writer: PgPool,
+    reader: PgPool,
+    fields: FieldCatalogue,
+}
+
+async fn setup() -> Ctx {
+    let db = eventgate_test_support::stack().await.fresh_database().await;
+    let mut fields = FieldCatalogue::from_schema(&schema());
+    // Declared-indexed fields have their own SQL expression: it must group the same way.
+    fields
+        .mark_indexed(&["source_app".to_owned(), "ts_ms".to_owned()])
+        .expect("indexable");
+    Ctx {
+        writer: build_pool(&db.writer_url, 1).await.expect("writer pool"),
+        reader: build_pool(&db.reader_url, 1).await.expect("reader pool"),
+        fields,
+    }
+}
+
+async fn insert(ctx: &Ctx, topic: &str, raw: &[(u128, i64, String, Value)]) -> Vec<Event> {
+    let salt = Uuid::new_v4().as_u128();
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<Event> = raw
+        .iter()
+        .filter(|(id, ..)| seen.insert(*id))
+        .map(|(id, ts, producer, payload)| Event {
+            id: Uuid::from_u128(*id ^ salt),
+            topic: topic.to_owned(),
+            timestamp: OffsetDateTime::from_unix_timestamp_nanos(i128::from(*ts) * 1000)
+                .expect("timestamp"),
+            producer: producer.clone(),
+            payload: payload.clone(),
+        })
+        .collect();
+    let rows: Vec<NewRow> = events
+        .iter()
+        .map(|e| NewRow {
+            id: e.id,
+            topic: e.topic.clone(),
+            received_at: e.timestamp,
+            producer: e.producer.clone(),
+            payload: e.payload.clone(),
+        })
+        .collect();
+    if !rows.is_empty() {
+        let mut conn = ctx.writer.get().await.expect("writer connection");
+        diesel::insert_into(events::table)
+            .values(&rows)
+            .execute(&mut *conn)
+            .await
+            .expect("insert");
+    }
+    events
+}
+
+async fn run_sql(ctx: &Ctx, topic: &str, plan: &AggregatePlan) -> Result<AggregateResult, String> {
+    let query = aggregate_query(topic, plan).map_err(str::to_owned)?;
+    let mut reader = ctx.reader.get().await.map_err(|e| e.to_string())?;
+    let rows: Vec<AggregateRow> = query.load(&mut *reader).await.map_err(|e| {
+        format!(
+            "SQL failed: {e}\n{:?}",
+            aggregate_sql(topic, plan).map(|p| p.sql)
+        )
+    })?;
+    decode(plan, rows)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-12 * a.abs().max(b.abs())
+}
+
+fn same_metrics(a: &[MetricValue], b: &[MetricValue]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|pair| match pair {
+            (MetricValue::Average(Some(x)), MetricValue::Average(Some(y))) => close(*x, *y),
+            (x, y) => x == y,
+        })
+}
+
+fn same(a: &AggregateResult, b: &AggregateResult) -> bool {
+    a.total_groups == b.total_groups
+        && same_metrics(&a.totals, &b.totals)
+        && a.groups.len() == b.groups.len()
+        && a.groups
+            .iter()
+            .zip(&b.groups)
+            .all(|(x, y)| x.keys == y.keys && same_metrics(&x.metrics, &y.metrics))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn aggregates_equal_the_in_memory_computation() {
+    let rt = runtime();
+    let ctx = rt.block_on(setup());
+    let cases: u32 = std::env::var("AGGREGATE_PROPERTY_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(96);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (prop::collection::vec(arb_event(), 0..40), arb_request());
+    let planned = Cell::new(0u32);
+    let several_groups = Cell::new(0u32);
+    let result = runner.run(&strategy, |(raw, request)| {
+        let topic = format!("agg-{}", Uuid::new_v4().simple());
+        let plan = plan_aggregate(
+            &topic,
+            &request,
+            &ctx.fields,
+            &QueryLimits::default(),
+            &AggregateLimits::default(),
+            &[],
+        )
+        .map_err(|e| TestCaseError::fail(format!("{request:?}: {}", e.summary())))?;
+        planned.set(planned.get() + 1);
+        let zone_name = plan
+            .interval
+            .as_ref()
+            .map_or("UTC", |b| b.time_zone.as_str())
+            .to_owned();
+        let zone = Zone(jiff::tz::TimeZone::get(&zone_name).expect("zone in the tz database"));
+        rt.block_on(async {
+            let events = insert(&ctx, &topic, &raw).await;
+            // Events of another topic never count.
+            insert(&ctx, &format!("{topic}-other"), &raw).await;
+            let want = plan.evaluate(&events, &zone);
+            if want.groups.len() > 1 {
+                several_groups.set(several_groups.get() + 1);
+            }
+            let got = run_sql(&ctx, &topic, &plan)
+                .await
+                .map_err(TestCaseError::fail)?;
+            if !same(&want, &got) {
+                return Err(TestCaseError::fail(format!(
+                    "request {request:?}\nSQL {:?}\nexpected {want:#?}\ngot {got:#?}\nevents {:#?}",
+                    aggregate_sql(&topic, &plan).map(|p| p.sql),
+                    events
+                        .iter()
+                        .map(|e| format!("{} {} {}", e.timestamp, e.producer, e.payload))
+                        .collect::<Vec<_>>()
+                )));
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert_eq!(planned.get(), cases, "every generated request is valid");
+    assert!(
+        several_groups.get() * 3 >= cases,
+        "too few cases with several groups: {} of {cases}",
+        several_groups.get()
+    );
+}
+
+#[test]
+fn bucket_boundaries_follow_postgres_in_each_zone() {
+    // Every quarter hour across each transition, bucketed by hour and day in each zone: the in-memory
+    // buckets (jiff + the core's truncation) equal date_trunc's.
+    let rt = runtime();
+    let ctx = rt.block_on(setup());
+    rt.block_on(async {
+        let topic = format!("agg-zones-{}", Uuid::new_v4().simple());
+        let raw: Vec<(u128, i64, String, Value)> = TRANSITIONS
+            .iter()
+            .flat_map(|base| (-16i64..16).map(move |q| base + q * 15 * 60_000_000))
+            .enumerate()
+            .map(|(i, ts)| (i as u128 + 1, ts, "p".to_owned(), json!({})))
+            .collect();
+        let events = insert(&ctx, &topic, &raw).await;
+        for zone_name in ZONES {
+            for unit in ["minute", "hour", "day", "week"] {
+                let request = AggregateRequest {
+                    interval: Some(IntervalRequest {
+                        field: None,
+                        unit: unit.to_owned(),
+                        time_zone: Some((*zone_name).to_owned()),
+                    }),
+                    limit: Some(10_000),
+                    ..AggregateRequest::default()
+                };
+                let plan = plan_aggregate(
+                    &topic,
+                    &request,
+                    &ctx.fields,
+                    &QueryLimits::default(),
+                    &AggregateLimits::default(),
+                    &[],
+                )
+                .expect("plan");
+                let zone = Zone(jiff::tz::TimeZone::get(zone_name).expect("zone"));
+                let want = plan.evaluate(&events, &zone);
+                let got = run_sql(&ctx, &topic, &plan).await.expect("sql");
+                assert!(want.total_groups > 1);
+                assert_eq!(want, got, "{zone_name} {unit}");
+            }
+        }
+    });
+}
+
+#[test]
+fn far_epoch_ms_values_in_utc() {
+    // The ends of the epoch-ms range, where a double no longer holds every microsecond and where
+    // `to_timestamp` would fail beyond: the same buckets in SQL and in memory, and no error.
+    let rt = runtime();
+    let ctx = rt.block_on(setup());
+    rt.block_on(async {
+        let topic = format!("agg-far-{}", Uuid::new_v4().simple());
+        let values = [
+            json!(253_402_300_799_999_i64),
+            json!(253_402_300_800_000_i64),
+            json!(1e20),
+            json!(-62_135_596_800_000_i64),
+            json!(-62_135_596_800_001_i64),
+            json!(1_735_689_599_999.9995),
+            json!(1_735_689_600_000.5),
+        ];
+        let raw: Vec<(u128, i64, String, Value)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u128 + 1, 0, "p".to_owned(), json!({"ts_ms": v})))
+            .collect();
+        let events = insert(&ctx, &topic, &raw).await;
+        for unit in ["minute", "year"] {
+            let request = AggregateRequest {
+                interval: Some(IntervalRequest {
+                    field: Some("ts_ms".to_owned()),
+                    unit: unit.to_owned(),
+                    time_zone: None,
+                }),
+                ..AggregateRequest::default()
+            };
+            let plan = plan_aggregate(
+                &topic,
+                &request,
+                &ctx.fields,
+                &QueryLimits::default(),
+                &AggregateLimits::default(),
+                &[],
+            )
+            .expect("plan");
+            let want = plan.evaluate(&events, &eventgate_core::query::aggregate::Utc);
+            let got = run_sql(&ctx, &topic, &plan).await.expect("sql");
+            assert_eq!(want, got, "{unit}");
+            // Out of range: one "no value" bucket of three.
+            let none = want.groups.iter().find(|g| g.keys[0].is_none());
+            assert_eq!(
+                none.map(|g| g.metrics.clone()),
+                Some(vec![MetricValue::Count(3)])
+            );
+        }
+    });
+}
