@@ -11,6 +11,7 @@ PG_PORT ?= 55432
 KAFKA_PORT ?= 19092
 SUB ?= dev
 TTL ?=
+GROUPS ?=
 BENCH_ARGS ?=
 export PG_PORT KAFKA_PORT
 
@@ -22,8 +23,8 @@ help: ## List the targets
 run: ## Start PostgreSQL, tansu and the three services in the foreground (Ctrl-C stops all)
 	@bash scripts/run-local.sh run
 
-token: ## Print a dev JWT alone on stdout: make -s token SUB=dev [TTL=3600]
-	@bash scripts/run-local.sh token "$(SUB)" "$(TTL)"
+token: ## Print a dev JWT alone on stdout: make -s token SUB=dev [TTL=3600] [GROUPS=a,b]
+	@bash scripts/run-local.sh token "$(SUB)" "$(TTL)" "$(GROUPS)"
 
 keys: ## Create the dev key pair in .data/keys unless it exists (docker compose mounts public.pem)
 	@bash scripts/run-local.sh keys

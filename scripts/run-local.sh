@@ -64,14 +64,13 @@ healthy() {
 }
 
 cmd_token() {
-    local sub=${1:-dev} ttl=${2:-}
+    local sub=${1:-dev} ttl=${2:-} groups=${3:-}
+    local args=(token --key "$KEYS/private.pem" --sub "$sub")
+    [[ -n $ttl ]] && args+=(--ttl-secs "$ttl")
+    [[ -n $groups ]] && args+=(--groups "$groups")
     build_cli
     ensure_keys
-    if [[ -n $ttl ]]; then
-        "$CLI" token --key "$KEYS/private.pem" --sub "$sub" --ttl-secs "$ttl"
-    else
-        "$CLI" token --key "$KEYS/private.pem" --sub "$sub"
-    fi
+    "$CLI" "${args[@]}"
 }
 
 cmd_migrate() {
@@ -220,7 +219,7 @@ EOF
 
 case "${1:-run}" in
     run) cmd_run ;;
-    token) cmd_token "${2:-}" "${3:-}" ;;
+    token) cmd_token "${2:-}" "${3:-}" "${4:-}" ;;
     keys)
         build_cli
         ensure_keys

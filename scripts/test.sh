@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: everything CI checks, on a fresh machine too.
 #
-# Installs what is missing (PostgreSQL and Chromium from Debian, tansu into $TOOLS_DIR, cargo-nextest), starts a private
-# PostgreSQL cluster (target/test-stack/make-test/postgres) and a tansu broker on free ports, creates and
-# migrates the template database eventgate_template, then runs
+# Installs what is missing (PostgreSQL and Chromium from Debian, tansu into $TOOLS_DIR, cargo-nextest),
+# starts a private PostgreSQL cluster (target/test-stack/make-test/postgres) and a tansu broker on free
+# ports, creates and migrates the template database eventgate_template, then runs
 #   cargo fmt --all --check; cargo clippy --workspace --all-targets -- -D warnings; cargo nextest run --workspace
 # and the benchmark tool once in its quick mode (`make bench-quick` sizes, debug binaries, no figure checked),
 # with the stack exported to the tests (crates/test-support reads these):

@@ -285,7 +285,13 @@ pub fn markdown(results: &Results) -> String {
                 "Writer, {} rows from a pre-filled topic",
                 thousands(w.rows as f64)
             ),
-            format!("{} rows/s", thousands(w.writer_rows_per_s)),
+            format!(
+                "{} rows/s (batches of {}, {} per write, writing {:.0} % of the time)",
+                thousands(w.writer_rows_per_s),
+                thousands(w.mean_batch_rows),
+                millis(w.mean_write_ms),
+                w.write_share * 100.0
+            ),
             "",
             "",
         );

@@ -34,6 +34,12 @@ pub struct WriterResults {
     pub writer_copy_ratio: f64,
     /// Seconds from the writer's start to its first rows (joining the group, first fetch).
     pub writer_startup_s: f64,
+    /// Rows per written batch, and the time one batch's write took (the writer's own metrics).
+    pub mean_batch_rows: f64,
+    pub mean_write_ms: f64,
+    /// Share of the writer's time spent waiting for its batch writes: what is left is consuming,
+    /// decoding, committing offsets — the room pipelining would win.
+    pub write_share: f64,
     pub writer_cpu: Usage,
     pub copy_cpu: Usage,
 }
@@ -70,11 +76,16 @@ pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<WriterResults> 
         if value >= rows as f64 {
             break (now, cpu::snapshot(&watched));
         }
+
         if now.duration_since(last_progress) > Duration::from_secs(120) {
             bench.stop(writer).await?;
             bail!("the writer made no progress for 120 s at {value} of {rows} rows (see target/bench/logs/writer-db-writer.log)");
         }
     };
+    let metric = |name: &'static str| writer_metric(bench, &writer, name);
+    let flush_sum = metric("eventgate_writer_flush_seconds_sum").await.unwrap_or(0.0);
+    let flush_count = metric("eventgate_writer_flush_seconds_count").await.unwrap_or(0.0);
+    let batch_rows = metric("eventgate_writer_batch_size_sum").await.unwrap_or(0.0);
     bench.stop(writer).await?;
     bench.delete_topics(PHASE).await;
     let Some((first_at, first_value, start_cpu)) = first else {
@@ -95,6 +106,12 @@ pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<WriterResults> 
         copy_rows_per_s: copy_rows_per_s.round(),
         writer_copy_ratio: round2(writer_rows_per_s / copy_rows_per_s),
         writer_startup_s: round2(first_at.duration_since(started).as_secs_f64()),
+        mean_batch_rows: (batch_rows / flush_count.max(1.0)).round(),
+        mean_write_ms: round2(flush_sum * 1000.0 / flush_count.max(1.0)),
+        // The first batch was written before the window opened: count the window's share only.
+        write_share: round2(
+            (flush_sum * (rows as f64 - first_value) / rows as f64 / writer_secs).min(1.0),
+        ),
         writer_cpu: cpu::usage(&start_cpu, &end_cpu),
         copy_cpu,
     })

@@ -40,6 +40,9 @@ enum Command {
         /// Optional `aud` claim.
         #[arg(long)]
         audience: Option<String>,
+        /// Groups for the `groups` claim, comma-separated (access rules may grant `group:<name>`).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
     },
     /// Apply pending database migrations, then create the expression indexes the topics declare.
     Migrate {
@@ -64,8 +67,16 @@ fn main() -> anyhow::Result<()> {
             ttl_secs,
             issuer,
             audience,
+            groups,
         } => {
-            println!("{}", token(&key, &sub, ttl_secs, issuer, audience)?);
+            let claims = TokenClaims {
+                sub,
+                ttl_secs,
+                issuer,
+                audience,
+                groups,
+            };
+            println!("{}", token(&key, claims)?);
             Ok(())
         }
         Command::Migrate {
@@ -133,13 +144,23 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
-fn token(
-    key: &Path,
-    sub: &str,
+/// What a development token says about its bearer.
+struct TokenClaims {
+    sub: String,
     ttl_secs: i64,
     issuer: Option<String>,
     audience: Option<String>,
-) -> anyhow::Result<String> {
+    groups: Vec<String>,
+}
+
+fn token(key: &Path, wanted: TokenClaims) -> anyhow::Result<String> {
+    let TokenClaims {
+        sub,
+        ttl_secs,
+        issuer,
+        audience,
+        groups,
+    } = wanted;
     if sub.is_empty() {
         bail!("--sub must not be empty");
     }
@@ -158,6 +179,9 @@ fn token(
     }
     if let Some(audience) = audience {
         claims["aud"] = audience.into();
+    }
+    if !groups.is_empty() {
+        claims["groups"] = groups.into();
     }
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::RS256),

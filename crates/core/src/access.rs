@@ -590,9 +590,11 @@ fn parse_field_rule(
                     .map_err(|e| format!("{at}: regex does not compile: {e}"))?;
                 Allowed::Pattern(regex)
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{at}: must be a list of values, {{\"values\": [...]}} or {{\"regex\": \"...\"}}"
-            )),
+            ))
+            }
         },
         _ => {
             return Err(format!(

@@ -18,10 +18,10 @@
 //! and the JWKS file (on SIGHUP), and with the `reload` feature the JWKS URL is fetched and refreshed in
 //! the background, never in a request's path.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -108,6 +108,8 @@ pub struct JwtVerifier {
     groups_claim: String,
     /// A token named a `kid` no key has: the JWKS URL should be fetched again soon.
     unknown_kid_seen: AtomicBool,
+    /// Tokens that verified with the current keys (see [`VerifiedTokens`]).
+    verified: VerifiedTokens,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +148,7 @@ impl JwtVerifier {
     /// [`JwtVerifier::fetch_jwks_url`], feature `reload`).
     pub fn from_config(config: &AuthConfig) -> Result<JwtVerifier, KeyError> {
         let verifier = JwtVerifier::empty(config)?;
-        if config.public_keys.is_empty() && config.jwks_file.is_none() && config.jwks_url.is_none()
-        {
+        if verifier.pem_paths.is_empty() && !verifier.has_jwks() {
             return Err(KeyError::None);
         }
         verifier.reload_files()?;
@@ -202,6 +203,7 @@ impl JwtVerifier {
             leeway_secs: config.leeway_secs,
             groups_claim: config.groups_claim.clone(),
             unknown_kid_seen: AtomicBool::new(false),
+            verified: VerifiedTokens::default(),
         })
     }
 
@@ -220,6 +222,9 @@ impl JwtVerifier {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let next = build(&guard);
         *guard = Arc::new(next);
+        // Under the write lock: a verification that read the old keys cannot cache its verdict for the
+        // new ones (it tagged it with the old generation).
+        self.verified.invalidate();
     }
 
     /// Re-reads the PEM files and the JWKS file. On any error nothing changes (the keys in use stay).
@@ -297,6 +302,12 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(unauthorized("token is too long"));
         }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // Read before the keys: a verdict is cached under the generation of the keys it was reached with.
+        let generation = self.verified.generation();
+        if let Some(principal) = self.verified.get(token, generation, now, self.leeway_secs) {
+            return Ok(principal);
+        }
         let (alg_name, kid) = token_header(token)?;
         let Some(algorithm) = self
             .algorithms
@@ -353,7 +364,12 @@ impl JwtVerifier {
         }
         for candidate in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation) {
-                Ok(data) => return self.principal(&data.claims),
+                Ok(data) => {
+                    let principal = self.principal(&data.claims)?;
+                    self.verified
+                        .insert(token, generation, &principal, &data.claims);
+                    return Ok(principal);
+                }
                 Err(error) => {
                     use jsonwebtoken::errors::ErrorKind as Jwt;
                     let reason = match error.kind() {
@@ -411,6 +427,91 @@ fn claim_at_path<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a V
     let mut parts = path.split('.');
     let first = claims.get(parts.next()?)?;
     parts.try_fold(first, |value, part| value.as_object()?.get(part))
+}
+
+/// Most tokens kept in [`VerifiedTokens`]; beyond, it starts over empty.
+const MAX_VERIFIED_TOKENS: usize = 4096;
+
+/// The tokens that verified recently, by their exact text. A producer sends the same token with every
+/// request, and checking an RS256 signature costs about 0.1 ms of CPU, most of a one-event request (see
+/// docs/PERFORMANCE.md). A hit skips only the signature and the claims already checked: `exp` and `nbf`
+/// are checked again against the clock, every key change (reload, JWKS refresh) starts a new generation
+/// whose cache is empty, and failures are never cached.
+#[derive(Default)]
+struct VerifiedTokens {
+    generation: AtomicU64,
+    tokens: Mutex<HashMap<String, VerifiedToken>>,
+}
+
+struct VerifiedToken {
+    generation: u64,
+    principal: Principal,
+    exp: i64,
+    nbf: Option<i64>,
+}
+
+impl VerifiedTokens {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VerifiedToken>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The principal of a token verified under `generation` that is still within its validity window
+    /// (the same leeway as the full check); `None` sends the token through the full check, which also
+    /// words the refusal.
+    fn get(&self, token: &str, generation: u64, now: i64, leeway_secs: u64) -> Option<Principal> {
+        let leeway = i64::try_from(leeway_secs).unwrap_or(i64::MAX);
+        let tokens = self.lock();
+        let entry = tokens.get(token)?;
+        let current = entry.generation == generation
+            && entry.exp >= now.saturating_sub(leeway)
+            && entry
+                .nbf
+                .is_none_or(|nbf| nbf <= now.saturating_add(leeway));
+        current.then(|| entry.principal.clone())
+    }
+
+    fn insert(
+        &self,
+        token: &str,
+        generation: u64,
+        principal: &Principal,
+        claims: &Map<String, Value>,
+    ) {
+        let seconds = |claim: &str| {
+            let value = claims.get(claim)?;
+            value.as_i64().or_else(|| value.as_f64().map(|f| f as i64))
+        };
+        // `exp` is a required claim; a token that verified without a readable one is not cached.
+        let Some(exp) = seconds("exp") else {
+            return;
+        };
+        let mut tokens = self.lock();
+        if tokens.len() >= MAX_VERIFIED_TOKENS {
+            tokens.clear();
+        }
+        tokens.insert(
+            token.to_owned(),
+            VerifiedToken {
+                generation,
+                principal: principal.clone(),
+                exp,
+                nbf: seconds("nbf"),
+            },
+        );
+    }
+
+    /// The keys changed: what was verified with the old ones no longer counts.
+    fn invalidate(&self) {
+        let mut tokens = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tokens.clear();
+    }
 }
 
 /// The `alg` and `kid` of a token's header, read without trusting anything else in it.
@@ -645,6 +746,14 @@ mod tests {
             JwtVerifier::from_config(&AuthConfig::default()),
             Err(KeyError::None)
         ));
+        let blank_url = AuthConfig {
+            jwks_url: Some(" ".into()),
+            ..AuthConfig::default()
+        };
+        assert!(matches!(
+            JwtVerifier::from_config(&blank_url),
+            Err(KeyError::None)
+        ));
     }
 
     #[test]
@@ -694,6 +803,157 @@ mod tests {
         assert!(token_header("a.b").is_err());
         assert!(token_header("a.b.c.d").is_err());
         assert!(token_header("!!!.b.c").is_err());
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/keys")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    fn es256_token(kid: Option<&str>) -> String {
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(&fixture("es256-private.pem")).unwrap();
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_owned);
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"sub": "alice", "exp": exp}),
+            &key,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verified_tokens_count_until_they_expire_or_the_keys_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, fixture("es256-public.pem")).unwrap();
+        let verifier = JwtVerifier::from_config(&AuthConfig {
+            public_keys: vec![path.clone()],
+            leeway_secs: 0,
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let token = es256_token(None);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let generation = verifier.verified.generation();
+        assert!(verifier.verified.get(&token, generation, now, 0).is_none());
+        assert_eq!(verifier.verify(&token).unwrap().user, "alice");
+        let cached = |at: i64| {
+            let generation = verifier.verified.generation();
+            verifier
+                .verified
+                .get(&token, generation, at, 0)
+                .map(|p| p.user)
+        };
+        assert_eq!(cached(now), Some("alice".to_owned()));
+        assert_eq!(verifier.verify(&token).unwrap().user, "alice");
+        // The token expires 600 s from now: then the cached verdict no longer counts.
+        assert_eq!(cached(now + 601), None);
+        // New keys: nothing verified with the old ones counts, and the token no longer verifies.
+        std::fs::write(&path, fixture("rsa-other-public.pem")).unwrap();
+        verifier.reload_files().unwrap();
+        assert_eq!(cached(now), None);
+        assert!(verifier.verified.get(&token, generation, now, 0).is_none());
+        assert_eq!(verifier.verify(&token).unwrap_err().status(), 401);
+    }
+
+    #[test]
+    fn the_verified_token_cache_is_bounded() {
+        let cache = VerifiedTokens::default();
+        let claims = serde_json::json!({"sub": "a", "exp": 100, "nbf": 50});
+        let claims = claims.as_object().unwrap();
+        for i in 0..=MAX_VERIFIED_TOKENS {
+            cache.insert(&format!("t{i}"), 0, &Principal::user("a"), claims);
+        }
+        assert!(cache.lock().len() <= MAX_VERIFIED_TOKENS);
+        let last = format!("t{MAX_VERIFIED_TOKENS}");
+        assert!(cache.get(&last, 0, 60, 0).is_some());
+        assert!(cache.get(&last, 0, 40, 0).is_none(), "before nbf");
+        assert!(cache.get(&last, 0, 40, 10).is_some(), "within the leeway");
+        assert!(cache.get(&last, 1, 60, 0).is_none(), "another generation");
+    }
+
+    #[test]
+    fn reload_keeps_the_keys_when_a_file_breaks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, fixture("es256-public.pem")).unwrap();
+        let verifier = JwtVerifier::from_config(&AuthConfig {
+            public_keys: vec![path.clone()],
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        assert_eq!(verifier.verify(&es256_token(None)).unwrap().user, "alice");
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(verifier.reload_files().is_err());
+        assert!(
+            verifier.verify(&es256_token(None)).is_ok(),
+            "old key still in use"
+        );
+        std::fs::write(&path, fixture("rsa-other-public.pem")).unwrap();
+        verifier.reload_files().unwrap();
+        assert_eq!(
+            verifier.verify(&es256_token(None)).unwrap_err().status(),
+            401
+        );
+    }
+
+    #[test]
+    fn jwks_keys_are_chosen_by_kid_and_unusable_ones_skipped() {
+        let public = DecodingKey::from_ec_pem(&fixture("es256-public.pem")).unwrap();
+        let mut jwk = Jwk::from_decoding_key(&public, Some(Algorithm::ES256)).unwrap();
+        jwk.common.key_id = Some("k1".into());
+        let mut encryption = jwk.clone();
+        encryption.common.key_id = Some("enc".into());
+        encryption.common.public_key_use = Some(PublicKeyUse::Encryption);
+        let document = serde_json::json!({"keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac", "alg": "HS256"},
+            {"kty": "XYZ", "kid": "unknown"},
+            encryption,
+            jwk,
+        ]});
+        let algorithms = [Algorithm::RS256, Algorithm::ES256];
+        let keys = parse_jwks(document.to_string().as_bytes(), "test", &algorithms).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("k1"));
+        assert!(parse_jwks(
+            br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
+            "t",
+            &algorithms
+        )
+        .is_err());
+        assert!(parse_jwks(b"[]", "t", &algorithms).is_err());
+        assert!(parse_jwks(document.to_string().as_bytes(), "t", &[Algorithm::RS256]).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, document.to_string()).unwrap();
+        let verifier = JwtVerifier::from_config(&AuthConfig {
+            jwks_file: Some(path),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        assert!(verifier.verify(&es256_token(Some("k1"))).is_ok());
+        assert!(
+            verifier.verify(&es256_token(None)).is_ok(),
+            "no kid: every key of the algorithm"
+        );
+        assert_eq!(
+            verifier
+                .verify(&es256_token(Some("enc")))
+                .unwrap_err()
+                .status(),
+            401
+        );
+        assert!(
+            verifier.unknown_kid_seen(),
+            "an unknown kid asks for a JWKS refresh"
+        );
     }
 
     #[test]

@@ -432,9 +432,32 @@ pub enum LogFormat {
 }
 
 /// A string that must not appear in logs.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Serialize, PartialEq, Eq, Default)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Environment values are parsed: a password of digits (or `true`) arrives as a number (or a
+        // boolean) and is a secret all the same. (Leading zeros are lost that way: quote such a value.)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Unsigned(u64),
+            Signed(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        Ok(Secret(match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => text,
+            Raw::Unsigned(n) => n.to_string(),
+            Raw::Signed(n) => n.to_string(),
+            Raw::Float(n) => n.to_string(),
+            Raw::Bool(b) => b.to_string(),
+        }))
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {

@@ -7,6 +7,7 @@ use prometheus::{
 };
 use rdkafka::statistics::Statistics;
 
+use eventgate_core::alerting::AlertKind;
 use eventgate_core::metrics::{counter_vec, gauge_vec, HttpMetrics, PoolCollector};
 use eventgate_core::schema::PgPool;
 
@@ -28,7 +29,8 @@ pub struct WriterMetrics {
     pub consumer_errors: IntCounter,
     /// Offset commits that failed after a batch was written (the batch is read again; harmless).
     pub commit_failures: IntCounter,
-    /// Failure emails sent to the maintainers, by kind (`notify.rs` increments them).
+    /// Failure emails sent to the maintainers, by kind (`AlertKind::as_str`; `notify.rs` counts them,
+    /// see [`WriterMetrics::email`]).
     pub emails_sent: IntCounterVec,
     /// Failure emails that could not be sent, by kind.
     pub emails_failed: IntCounterVec,
@@ -109,6 +111,11 @@ impl WriterMetrics {
             "Failure emails that could not be sent, by kind",
             &["kind"],
         );
+        // Every kind starts at 0, so `increase()` in an alert sees the first email too.
+        for kind in AlertKind::ALL {
+            emails_sent.with_label_values(&[kind.as_str()]);
+            emails_failed.with_label_values(&[kind.as_str()]);
+        }
         WriterMetrics {
             http: HttpMetrics::new(&registry),
             assigned_partitions,
@@ -124,6 +131,16 @@ impl WriterMetrics {
             emails_sent,
             emails_failed,
         }
+    }
+
+    /// Counts one failure email of `kind` (`AlertKind::as_str`), sent or given up on.
+    pub fn email(&self, kind: &str, sent: bool) {
+        let counter = if sent {
+            &self.emails_sent
+        } else {
+            &self.emails_failed
+        };
+        counter.with_label_values(&[kind]).inc();
     }
 
     /// Adds the pool's usage (`eventgate_db_pool_*{pool="writer"}`), read at scrape time.
@@ -168,16 +185,18 @@ fn owned(fetch_state: &str) -> bool {
     !matches!(fetch_state, "none" | "stopped" | "stopping")
 }
 
-/// librdkafka's own figure when it has one (`consumer_lag` is -1 until something was committed); a
-/// group that never committed on this partition (it starts from the earliest offset) lags by everything
-/// the partition holds.
+/// librdkafka's own figure when it has one. It has none (-1) before the group's first commit on the
+/// partition (the group starts from the earliest offset, so it lags by everything the partition holds),
+/// nor when the high watermark it last saw trails the committed offset (caught up: 0).
 fn partition_lag(consumer_lag: i64, hi: i64, lo: i64, committed: i64) -> Option<i64> {
     if consumer_lag >= 0 {
         Some(consumer_lag)
-    } else if hi >= 0 && committed < 0 {
+    } else if hi < 0 {
+        None
+    } else if committed < 0 {
         Some((hi - lo.max(0)).max(0))
     } else {
-        None
+        Some((hi - committed).max(0))
     }
 }
 
@@ -196,6 +215,7 @@ mod tests {
         assert_eq!(partition_lag(7, 100, 0, 93), Some(7));
         assert_eq!(partition_lag(-1, 100, 20, -1001), Some(80));
         assert_eq!(partition_lag(-1, -1, -1, -1001), None);
+        assert_eq!(partition_lag(-1, 90, 0, 93), Some(0));
         assert!(owned("active"));
         assert!(!owned("none"));
     }

@@ -72,7 +72,7 @@ async fn scrape(http: &reqwest::Client, base: &str) -> Samples {
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()
-        .unwrap()
+        .expect("text header")
         .to_owned();
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),

@@ -707,6 +707,30 @@ async fn access_rules_users_groups_families_and_field_restrictions() {
     );
     // No rule for web.events: closed.
     assert_eq!(system.post("web.events", "writer", &json!({})).await.0, 403);
+    // Topic names and schemas only for those with a right to the topic.
+    let topics = |auth: Option<String>, path: &str| {
+        let url = format!("{}{path}", system.ingest_url);
+        let system = &system;
+        async move {
+            let (status, answer, _) = send(system, "GET", url, auth, None).await;
+            (status, answer)
+        }
+    };
+    let bearer = |user: &str| Some(format!("Bearer {}", token(user)));
+    assert_eq!(topics(None, "/topics").await.0, 401);
+    assert_eq!(topics(None, "/topics/audit.logs").await.0, 401);
+    let (status, answer) = topics(bearer("reader"), "/topics").await;
+    assert_eq!(
+        (status, answer["topics"].clone()),
+        (200, json!(["audit.logs"])),
+        "{answer}"
+    );
+    assert_eq!(topics(bearer("writer"), "/topics/audit.logs").await.0, 200);
+    assert_eq!(topics(bearer("nobody"), "/topics/audit.logs").await.0, 403);
+    assert_eq!(
+        topics(bearer("nobody"), "/topics").await.1["topics"],
+        json!([])
+    );
 
     // Groups, through the topic family `public.cps.za.*`.
     let producer = member("alice", &["cps-producers"]);

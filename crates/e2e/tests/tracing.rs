@@ -59,7 +59,7 @@ async fn trace_of(
         request_span().is_some()
     })
     .await
-    .unwrap();
+    .expect("the request span is exported");
     let request = request_span().expect("request span");
     let trace_id = request.span_context.trace_id();
     let insert = || {

@@ -3,9 +3,11 @@
 //! will reach Postgres through the writers. Each message carries the request's trace context in a
 //! `traceparent` header, so the writer's insert joins the trace of the request that published it.
 
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -21,7 +23,10 @@ use eventgate_core::error::{ApiError, ErrorKind};
 use crate::metrics::IngestMetrics;
 
 pub struct Publisher {
-    producer: FutureProducer,
+    /// The producer and its generation; replaced after a failed publish (see `replace_after_failure`).
+    producer: RwLock<(u64, FutureProducer)>,
+    client_config: ClientConfig,
+    replaced_at: Mutex<Instant>,
     kafka: KafkaConfig,
     timeout: Duration,
     produce_duration: prometheus::HistogramVec,
@@ -35,17 +40,20 @@ impl Publisher {
         metrics: &IngestMetrics,
     ) -> Result<Publisher, KafkaError> {
         let timeout_ms = timeout.as_millis().max(1).to_string();
-        let producer: FutureProducer = eventgate_core::kafka::client_config(kafka)
+        let mut client_config = eventgate_core::kafka::client_config(kafka);
+        client_config
             // Durability: the leader waits for all in-sync replicas; retries cannot reorder or duplicate.
             .set("enable.idempotence", "true")
             .set("acks", "all")
             // A message not acknowledged within the request's budget fails instead of hanging the request.
             .set("message.timeout.ms", &timeout_ms)
             // Small batching window: concurrent requests share produce requests.
-            .set("linger.ms", "5")
-            .create()?;
+            .set("linger.ms", "5");
+        let producer: FutureProducer = client_config.create()?;
         Ok(Publisher {
-            producer,
+            producer: RwLock::new((0, producer)),
+            client_config,
+            replaced_at: Mutex::new(Instant::now()),
             kafka: kafka.clone(),
             timeout,
             produce_duration: metrics.produce_duration.clone(),
@@ -75,6 +83,7 @@ impl Publisher {
         span: &tracing::Span,
     ) -> Result<(), ApiError> {
         let kafka_topic = self.kafka.kafka_topic(&topic.name);
+        let (generation, producer) = self.producer();
         let headers = if eventgate_core::telemetry::tracing_enabled() {
             eventgate_core::telemetry::kafka_context::inject(OwnedHeaders::new(), &span.context())
         } else {
@@ -96,7 +105,7 @@ impl Publisher {
                 .headers(headers.clone());
             let started = Instant::now();
             // Waiting for room in a full local queue counts against the same budget as the delivery.
-            let delivery = self.producer.send(record, Timeout::After(self.timeout));
+            let delivery = producer.send(record, Timeout::After(self.timeout));
             async move {
                 let result = delivery.await;
                 self.produce_duration
@@ -118,11 +127,13 @@ impl Publisher {
                     self.produce_errors
                         .with_label_values(&[topic.name.as_str(), "timeout"])
                         .inc_by(messages.len() as u64);
+                    self.replace_after_failure(generation);
                     queue_unavailable("the broker did not acknowledge in time")
                 })?;
         for result in results {
             if let Err((error, _message)) = result {
                 tracing::warn!(kafka.topic = %kafka_topic, %error, "publish failed");
+                self.replace_after_failure(generation);
                 return Err(queue_unavailable(&format!(
                     "the broker did not acknowledge: {error}"
                 )));
@@ -131,9 +142,55 @@ impl Publisher {
         Ok(())
     }
 
+    fn producer(&self) -> (u64, FutureProducer) {
+        self.producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// An idempotent producer can stay wedged after a broker outage: the broker fences the epoch it
+    /// bumped after its timeouts, or (a broker that lost its state) no longer knows its producer id, and
+    /// every later message fails while the broker is fine. So after a failed publish the producer is
+    /// replaced by a fresh one (a new producer id), at most once per publish timeout: during an outage
+    /// that is cheap, and after it the next request goes through. Requests in flight finish on the
+    /// producer they started with; none of their events is answered 202 without an acknowledgement.
+    fn replace_after_failure(&self, failed_generation: u64) {
+        let mut replaced_at = self
+            .replaced_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if replaced_at.elapsed() < self.timeout {
+            return;
+        }
+        let fresh: FutureProducer = match self.client_config.create() {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(%error, "cannot create a new Kafka producer");
+                return;
+            }
+        };
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.0 != failed_generation {
+            return; // Another request replaced it already.
+        }
+        let old = std::mem::replace(&mut *current, (failed_generation + 1, fresh));
+        drop(current);
+        *replaced_at = Instant::now();
+        tracing::warn!(
+            producer.generation = failed_generation + 1,
+            "Kafka producer replaced after a failed publish"
+        );
+        // Destroying a librdkafka client joins its threads: not on an async worker.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
+
     /// Whether the broker answers a metadata request, for readiness.
     pub async fn check_broker(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let (_, producer) = self.producer();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -147,7 +204,7 @@ impl Publisher {
 
     /// Waits for queued messages to be delivered, at shutdown.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(timeout) {
+        if let Err(error) = self.producer().1.flush(timeout) {
             tracing::warn!(%error, "producer flush at shutdown did not complete");
         }
     }

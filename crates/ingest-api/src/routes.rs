@@ -100,15 +100,31 @@ async fn post_events(
     )
 }
 
-async fn list_topics(state: web::Data<AppState>) -> HttpResponse {
-    let names: Vec<&str> = state.catalogue.names().collect();
-    HttpResponse::Ok().json(json!({"success": true, "statusCode": 200, "topics": names}))
+/// The topics the caller may write or read: topic names and schemas are not for anonymous eyes.
+async fn list_topics(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = state.verifier.authenticate(authorization(&request))?;
+    let rules = state.access.rules();
+    let names: Vec<&str> = state
+        .catalogue
+        .names()
+        .filter(|name| {
+            rules.write_access(&principal, name).is_some()
+                || rules.read_access(&principal, name).is_some()
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"success": true, "statusCode": 200, "topics": names})))
 }
 
+/// A topic's schema, for those who may write or read it: 401 → 404 → 403.
 async fn get_topic(
+    request: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = state.verifier.authenticate(authorization(&request))?;
     let name = path.into_inner();
     let topic = state.catalogue.get(&name).ok_or_else(|| {
         ApiError::new(
@@ -117,6 +133,10 @@ async fn get_topic(
         )
         .with_field("topic")
     })?;
+    let rules = state.access.rules();
+    if rules.write_access(&principal, &topic.name).is_none() {
+        rules.authorize_read(&principal, &topic.name)?;
+    }
     Ok(HttpResponse::Ok().json(
         json!({"success": true, "statusCode": 200, "topic": topic.name, "schema": topic.schema}),
     ))

@@ -185,16 +185,18 @@ async fn fetch(
             .load(&mut conn)
             .await
         }
-        Some((created_at, id)) => diesel::sql_query(format!(
+        Some((created_at, id)) => {
+            diesel::sql_query(format!(
             "SELECT {COLUMNS} FROM dead_letters WHERE topic = $1 AND (created_at, id) < ($2, $3) \
                  ORDER BY created_at DESC, id DESC LIMIT $4"
         ))
-        .bind::<Text, _>(topic)
-        .bind::<Timestamptz, _>(created_at)
-        .bind::<BigInt, _>(id)
-        .bind::<BigInt, _>(listing.limit + 1)
-        .load(&mut conn)
-        .await,
+            .bind::<Text, _>(topic)
+            .bind::<Timestamptz, _>(created_at)
+            .bind::<BigInt, _>(id)
+            .bind::<BigInt, _>(listing.limit + 1)
+            .load(&mut conn)
+            .await
+        }
     };
     rows.map_err(crate::store::database_error)
 }

@@ -3,6 +3,10 @@
 //! `POST /stats/{topic}` (or the equivalent `GET` with query parameters) → authenticate (401) → topic
 //! exists (404) → may read (403) → plan the query with the core query language (400 on any mistake) →
 //! one parameterised SQL statement (`query_sql`) → a page of events with an opaque, signed cursor.
+//! The same path, restrictions included, serves `POST /stats/{topic}/aggregate` (`aggregate`,
+//! `aggregate_sql`: groups, time buckets, metrics) and `GET /stats/{topic}/export` (`export`: every
+//! matching event streamed as NDJSON or CSV in keyset batches); `GET /` is the explorer page (`explorer`,
+//! static assets from `assets/` embedded in the binary).
 //! Invariant: this service never writes. It connects as a role that can only SELECT, with
 //! `default_transaction_read_only` on (a read replica in production).
 

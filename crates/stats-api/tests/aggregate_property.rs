@@ -527,7 +527,7 @@ fn far_epoch_ms_values_in_utc() {
             json!(1e20),
             json!(-62_135_596_800_000_i64),
             json!(-62_135_596_800_001_i64),
-            json!(1_735_689_599_999.9995),
+            json!(1_735_689_599_999.999_5),
             json!(1_735_689_600_000.5),
         ];
         let raw: Vec<(u128, i64, String, Value)> = values

@@ -360,6 +360,30 @@ impl Stack {
         .unwrap_or_else(|e| panic!("cannot start postgres: {e:#}"));
     }
 
+    /// Freezes the broker (SIGSTOP): it keeps its sockets and its state but answers nothing, like a
+    /// broker behind a network partition. [`Stack::resume_broker`] lets it go on where it stopped, with
+    /// its topics, offsets and producer ids (which a stop and start of the memory-only broker loses).
+    pub fn pause_broker(&self) {
+        self.signal_broker("-STOP");
+    }
+
+    /// Lets a broker frozen by [`Stack::pause_broker`] run again (SIGCONT).
+    pub fn resume_broker(&self) {
+        self.signal_broker("-CONT");
+    }
+
+    fn signal_broker(&self, signal: &str) {
+        let broker = self.broker();
+        let pid = std::fs::read_to_string(&broker.pidfile)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", broker.pidfile.display()));
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.trim())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(status.success(), "kill {signal} {} failed", pid.trim());
+    }
+
     /// Stops the broker. tansu keeps topics and messages in memory: a restarted broker is empty.
     pub fn stop_broker(&self) {
         let broker = self.broker();

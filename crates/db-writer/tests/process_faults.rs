@@ -1,0 +1,355 @@
+//! Writers as processes, killed for real: the `eventgate-db-writer` binary under SIGKILL, in a group that
+//! loses and gains members while events stream in, and crash-looping. The ingest-api and the stats-api
+//! run in-process (`eventgate_e2e::System`); every event answered 202 must be in Postgres exactly once.
+//! (SIGTERM: `tests/shutdown.rs`.)
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use serde_json::{json, Value};
+
+use eventgate_e2e::System;
+use eventgate_test_support::{free_port, stack, wait_until, ReceivedMail, SmtpSink};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A writer process, killed when dropped so that a failing test leaves nothing behind.
+struct WriterProcess {
+    name: String,
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl WriterProcess {
+    /// The binary as operators run it: configured by `EVENTGATE_*` variables only.
+    fn spawn(system: &System, name: &str, extra: &[(&str, String)]) -> WriterProcess {
+        let config = &system.config;
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("eventgate-writers-{}", system.database.name));
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{name}.log"));
+        let mut env: Vec<(&str, String)> = vec![
+            (
+                "EVENTGATE_CATALOGUE__TOPICS_DIR",
+                config.catalogue.topics_dir.display().to_string(),
+            ),
+            ("EVENTGATE_KAFKA__BROKERS", config.kafka.brokers.clone()),
+            ("EVENTGATE_KAFKA__TOPIC_PREFIX", config.kafka.topic_prefix.clone()),
+            ("EVENTGATE_KAFKA__PARTITIONS", config.kafka.partitions.to_string()),
+            (
+                "EVENTGATE_WRITER__DATABASE_URL",
+                config.writer.database_url.expose().to_owned(),
+            ),
+            ("EVENTGATE_WRITER__RUN_MIGRATIONS", "false".into()),
+            ("EVENTGATE_WRITER__GROUP_ID", config.writer.group_id.clone()),
+            ("EVENTGATE_WRITER__LISTEN", format!("127.0.0.1:{port}")),
+            ("EVENTGATE_WRITER__BATCH_TIMEOUT_MS", "50".into()),
+            ("EVENTGATE_WRITER__RETRY_MAX_MS", "500".into()),
+            // A killed member's partitions move on after 6 s (the broker's minimum), not 45.
+            ("EVENTGATE_WRITER__SESSION_TIMEOUT_MS", "6000".into()),
+            ("EVENTGATE_TELEMETRY__LOG_FORMAT", "json".into()),
+        ];
+        env.extend(extra.iter().cloned());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_eventgate-db-writer"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("EVENTGATE_") && !key.starts_with("EVENTGATE_TEST_") {
+                command.env_remove(key);
+            }
+        }
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = command
+            .envs(env)
+            // No configuration file: the variables are the whole configuration.
+            .env("EVENTGATE_CONFIG", dir.join("no-such-file.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("the db-writer binary starts");
+        WriterProcess {
+            name: name.to_owned(),
+            child,
+            port,
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        format!("--- log of writer {}:\n{text}", self.name)
+    }
+
+    /// SIGKILL: no batch written, nothing committed, no goodbye to the group.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, and the exit status once it is gone.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exited = wait_until("the writer to exit", WAIT, || {
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            async move { exited }
+        })
+        .await;
+        exited.unwrap_or_else(|e| panic!("{e:#}\n{}", self.log()));
+        self.child.wait().expect("exit status")
+    }
+
+    /// Partitions this writer owns, from its metrics; 0 while it is not up yet.
+    async fn owned_partitions(&self, http: &reqwest::Client) -> i64 {
+        let Ok(response) = http
+            .get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|line| line.strip_prefix("eventgate_writer_assigned_partitions "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |owned| owned as i64)
+    }
+}
+
+impl Drop for WriterProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn audit(n: usize) -> Value {
+    json!({"event_name": format!("event-{n}"), "description": "writer fault test", "customer_id": n})
+}
+
+/// POSTs a batch of `size` events; they must all be accepted. Returns their ids.
+async fn post_batch(system: &System, first: usize, size: usize) -> Vec<String> {
+    let batch: Vec<Value> = (first..first + size).map(audit).collect();
+    let (status, answer) = system.post("audit.logs", "dev", &json!(batch)).await;
+    assert_eq!(status, 202, "{answer}");
+    ids(&answer)
+}
+
+fn ids(answer: &Value) -> Vec<String> {
+    answer["ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every id is stored, exactly once, and the table holds nothing else.
+async fn assert_exactly_once(system: &System, accepted: &[String], writers: &[&WriterProcess]) {
+    let present = format!(
+        "SELECT count(*) FROM events WHERE id = ANY('{{{}}}'::uuid[])",
+        accepted.join(",")
+    );
+    let expected = accepted.len() as i64;
+    let stored = wait_until("every accepted event in Postgres", WAIT, || async {
+        system.database.count(&present).await.unwrap_or(0) >= expected
+    })
+    .await;
+    if let Err(error) = stored {
+        let logs: Vec<String> = writers.iter().map(|w| w.log()).collect();
+        panic!(
+            "{error:#}: {} of {expected} stored\n{}",
+            system.database.count(&present).await.unwrap_or(-1),
+            logs.join("\n")
+        );
+    }
+    assert_eq!(system.count_events().await, expected, "nothing twice, nothing else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_mid_batch_loses_and_duplicates_nothing() {
+    let system = System::start_with(stack().await, 0, |_| {}).await;
+    let first = WriterProcess::spawn(&system, "first", &[]);
+    let mut accepted = post_batch(&system, 0, 5).await;
+    assert_exactly_once(&system, &accepted, &[&first]).await;
+
+    // Hold the next batch in the middle of its transaction: a lock that lets the test read the table
+    // but makes the writer's INSERT wait. Its messages are consumed and not committed.
+    let mut lock = AsyncPgConnection::establish(&system.database.admin_url)
+        .await
+        .expect("admin connection");
+    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
+        .await
+        .expect("lock");
+    accepted.extend(post_batch(&system, 5, 50).await);
+    system
+        .wait_for(
+            "the writer's INSERT to wait on the lock",
+            WAIT,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO events%'",
+        )
+        .await;
+    first.kill();
+    lock.batch_execute("ROLLBACK").await.expect("unlock");
+
+    // Events keep coming while no writer runs; a new one takes over from the last committed offsets.
+    accepted.extend(post_batch(&system, 55, 50).await);
+    let second = WriterProcess::spawn(&system, "second", &[]);
+    accepted.extend(post_batch(&system, 105, 50).await);
+    assert_exactly_once(&system, &accepted, &[&second]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_writers_one_killed_one_added_while_events_stream_in() {
+    let system = Arc::new(System::start_with(stack().await, 0, |_| {}).await);
+    let http = reqwest::Client::new();
+    let writers: Vec<WriterProcess> = (1..=3)
+        .map(|n| WriterProcess::spawn(&system, &format!("w{n}"), &[]))
+        .collect();
+    wait_until("three writers sharing the partitions", WAIT, || async {
+        let mut all = true;
+        for writer in &writers {
+            all &= writer.owned_partitions(&http).await > 0;
+        }
+        all
+    })
+    .await
+    .expect("a balanced group");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let streaming = {
+        let (system, stop) = (system.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                accepted.extend(post_batch(&system, n, 5).await);
+                n += 5;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            accepted
+        })
+    };
+    system.wait_for_rows(30, WAIT).await;
+    let mut writers = writers.into_iter();
+    let (w1, w2, w3) = (
+        writers.next().expect("w1"),
+        writers.next().expect("w2"),
+        writers.next().expect("w3"),
+    );
+    w2.kill();
+    let rows = system.count_events().await;
+    system.wait_for_rows(rows + 30, WAIT).await;
+    let w4 = WriterProcess::spawn(&system, "w4", &[]);
+    wait_until("the new writer to get partitions", WAIT, || async {
+        w4.owned_partitions(&http).await > 0
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", w4.log()));
+    let rows = system.count_events().await;
+    system.wait_for_rows(rows + 30, WAIT).await;
+    stop.store(true, Ordering::SeqCst);
+    let accepted = streaming.await.expect("streaming task");
+    assert_exactly_once(&system, &accepted, &[&w1, &w3, &w4]).await;
+}
+
+fn words(mail: &ReceivedMail) -> String {
+    mail.body().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_is_emailed_once_and_its_end_too() {
+    let sink = SmtpSink::start();
+    let system = System::start_with(stack().await, 0, |_| {}).await;
+    let alerts = [
+        ("EVENTGATE_SMTP__HOST", "127.0.0.1".to_owned()),
+        ("EVENTGATE_SMTP__PORT", sink.port.to_string()),
+        ("EVENTGATE_SMTP__TLS", "none".to_owned()),
+        ("EVENTGATE_SMTP__FROM", "alerts@eventgate.test".to_owned()),
+        ("EVENTGATE_ALERTS__MAINTAINERS", "[ops@example.test]".to_owned()),
+        ("EVENTGATE_ALERTS__CRASH_LOOP_CRASHES", "2".to_owned()),
+        ("EVENTGATE_ALERTS__WINDOW_MS", "8000".to_owned()),
+        ("EVENTGATE_ALERTS__PROBE_INTERVAL_MS", "200".to_owned()),
+    ];
+    let runs = |n: i64| {
+        let system = &system;
+        async move {
+            system
+                .database
+                .count("SELECT count(*) FROM writer_runs")
+                .await
+                .unwrap_or(0)
+                >= n
+        }
+    };
+    // Two writers die without a clean stop, soon after they started.
+    let mut crashed = Vec::new();
+    for n in 1..=2 {
+        let writer = WriterProcess::spawn(&system, &format!("crash{n}"), &alerts);
+        wait_until("the writer to record its start", WAIT, || runs(n))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", writer.log()));
+        crashed.push(writer.pid());
+        writer.kill();
+    }
+    // The third one sees the loop and tells the maintainer, once.
+    let third = WriterProcess::spawn(&system, "third", &alerts);
+    let mails = sink
+        .wait_for(1, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", third.log()));
+    let alert = &mails[0];
+    assert_eq!(alert.to, vec!["ops@example.test".to_owned()]);
+    assert_eq!(
+        alert.subject().as_deref(),
+        Some("[eventgate] ALERT: writer crash loop, 2 crashes within the window")
+    );
+    let body = words(alert);
+    for pid in &crashed {
+        assert!(body.contains(&format!("pid {pid}: started")), "{body}");
+    }
+    assert!(body.contains("no clean stop"), "{body}");
+    assert!(body.contains(&format!("pid {}", third.pid())), "reported by the third: {body}");
+
+    // The crashes age out of the window while the third keeps running: the loop is over.
+    let mails = sink
+        .wait_for(2, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", third.log()));
+    assert_eq!(
+        mails[1].subject().as_deref(),
+        Some("[eventgate] RECOVERED: writers stable again")
+    );
+    assert_eq!(sink.messages().len(), 2, "one alert, one recovered");
+
+    // A clean stop is recorded as such, so it never counts as a crash.
+    let log = third.log();
+    let status = third.terminate().await;
+    assert!(status.success(), "{status:?}\n{log}");
+    assert_eq!(
+        system
+            .database
+            .count("SELECT count(*) FROM writer_runs WHERE stopped_at IS NOT NULL")
+            .await
+            .expect("count"),
+        1
+    );
+}
