@@ -6,12 +6,9 @@ use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel_async::RunQueryDsl;
-use serde_json::json;
 use tokio::sync::OnceCell;
 
 use eventgate_core::error::{ApiError, ErrorDetail, ErrorKind};
-use eventgate_core::http::read_body;
-use eventgate_core::limits;
 use eventgate_core::query::aggregate::{
     plan_aggregate, AggregateLimits, AggregatePlan, AggregateRequest, AggregateResult,
 };
@@ -33,20 +30,7 @@ pub(crate) async fn post_aggregate(
     let started = std::time::Instant::now();
     let result = async {
         // The same bounds as a query body: size, time to send it, nesting.
-        let body_timeout = std::time::Duration::from_millis(state.request_limits.body_timeout_ms);
-        let max_body = state.request_limits.query_max_body_bytes;
-        let body = tokio::time::timeout(body_timeout, read_body(payload, max_body))
-            .await
-            .map_err(|_| limits::body_timeout(body_timeout))??;
-        limits::check_json_depth(&body, state.request_limits.max_json_depth, false)?;
-        let body: serde_json::Value = if body.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice(&body).map_err(|e| {
-                ApiError::new(ErrorKind::Malformed, format!("body is not valid JSON: {e}"))
-                    .with_field("body")
-            })?
-        };
+        let body = crate::routes::read_json_body(&state, payload).await?;
         let aggregate_request = AggregateRequest::from_json(&body)?;
         let mut plan = plan_aggregate(
             &topic.name,

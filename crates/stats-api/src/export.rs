@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use eventgate_core::catalogue::Topic;
 use eventgate_core::envelope::Event;
-use eventgate_core::error::{ApiError, ErrorDetail, ErrorKind};
+use eventgate_core::error::{ApiError, ErrorDetail};
 use eventgate_core::query::fields::FieldSource;
 use eventgate_core::query::{self, payload_at, FieldCatalogue, FieldDef, QueryPlan, QueryRequest};
 use eventgate_core::schema::PgPool;
@@ -44,15 +44,7 @@ pub(crate) async fn export(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (topic, restrictions) = readable_topic_restricted(&request, &state, &path)?;
-    let pairs: Vec<(String, String)> =
-        web::Query::<Vec<(String, String)>>::from_query(request.query_string())
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Malformed,
-                    format!("query string is malformed: {e}"),
-                )
-            })?
-            .into_inner();
+    let pairs = crate::routes::query_pairs(&request)?;
     let (options, filter_pairs) = ExportOptions::from_pairs(pairs, &topic.fields)?;
     let query_request = QueryRequest::from_query_pairs(&filter_pairs, &topic.fields)?;
     let mut plan = query::plan_restricted(

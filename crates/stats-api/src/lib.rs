@@ -22,7 +22,6 @@ pub mod store;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -99,7 +98,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let telemetry = eventgate_core::http::RequestTelemetry::new(state.metrics.http.clone());
         let data = web::Data::from(state);
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .configure(routes::configure)
@@ -107,22 +106,10 @@ impl Application {
                 // Registered last, so it is the outermost layer: every response gets its request id,
                 // log line and count, whatever an inner layer answered.
                 .wrap(telemetry.clone())
-        })
-        // Shutdown is driven by `run_until`, not by actix's own signal handlers.
-        .disable_signals()
-        .shutdown_timeout(eventgate_core::shutdown::request_grace_secs(
-            &config.shutdown,
-        ))
-        // A slow client cannot hold a connection: the head must arrive in time, idle ones are closed.
-        .client_request_timeout(Duration::from_millis(config.limits.request_head_timeout_ms))
-        .keep_alive(
-            (config.limits.keep_alive_secs > 0)
-                .then(|| Duration::from_secs(config.limits.keep_alive_secs)),
-        )
-        .listen(listener)?;
-        if let Some(workers) = config.stats.workers {
-            server = server.workers(workers);
-        }
+        });
+        let server =
+            eventgate_core::http::with_common_settings(server, &config, config.stats.workers)
+                .listen(listener)?;
         tracing::info!(port, "stats-api listening");
         Ok(Application {
             port,

@@ -106,20 +106,18 @@ pub(crate) fn readable_dead_letters<'a>(
     Ok(topic)
 }
 
-async fn post_query(
-    request: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
+/// A JSON request body within the query limits: size, time to send it, nesting. An empty body is `{}`.
+pub(crate) async fn read_json_body(
+    state: &AppState,
     payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let (topic, restrictions) = readable_topic_restricted(&request, &state, &path)?;
+) -> Result<serde_json::Value, ApiError> {
     let body_timeout = std::time::Duration::from_millis(state.request_limits.body_timeout_ms);
     let max_body = state.request_limits.query_max_body_bytes;
     let body = tokio::time::timeout(body_timeout, read_body(payload, max_body))
         .await
         .map_err(|_| limits::body_timeout(body_timeout))??;
     limits::check_json_depth(&body, state.request_limits.max_json_depth, false)?;
-    let body: serde_json::Value = if body.is_empty() {
+    let body = if body.is_empty() {
         json!({})
     } else {
         serde_json::from_slice(&body).map_err(|e| {
@@ -127,6 +125,29 @@ async fn post_query(
                 .with_field("body")
         })?
     };
+    Ok(body)
+}
+
+/// The query string as ordered key/value pairs (the GET form of queries and exports).
+pub(crate) fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Malformed,
+                format!("query string is malformed: {e}"),
+            )
+        })
+}
+
+async fn post_query(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (topic, restrictions) = readable_topic_restricted(&request, &state, &path)?;
+    let body = read_json_body(&state, payload).await?;
     let query_request = QueryRequest::from_json(&body)?;
     answer(&state, topic, &query_request, &restrictions).await
 }
@@ -137,15 +158,7 @@ async fn get_query(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (topic, restrictions) = readable_topic_restricted(&request, &state, &path)?;
-    let pairs: Vec<(String, String)> =
-        web::Query::<Vec<(String, String)>>::from_query(request.query_string())
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Malformed,
-                    format!("query string is malformed: {e}"),
-                )
-            })?
-            .into_inner();
+    let pairs = query_pairs(&request)?;
     let query_request = QueryRequest::from_query_pairs(&pairs, &topic.fields)?;
     answer(&state, topic, &query_request, &restrictions).await
 }
