@@ -73,10 +73,11 @@ pub struct Cli {
     #[arg(long)]
     pub keep_database: bool,
 
-    /// Concurrent keep-alive clients sending single events [full 64, quick 16].
+    /// Concurrent keep-alive clients sending single events [full 256, quick 32]. Each request waits for
+    /// the broker's acknowledgement (linger included), so it takes hundreds to keep 2 cores busy.
     #[arg(long)]
     pub clients: Option<usize>,
-    /// Concurrent clients sending batches of 100 [full 16, quick 8].
+    /// Concurrent clients sending batches of 100 [full 32, quick 8].
     #[arg(long)]
     pub batch_clients: Option<usize>,
     /// Events per batch request.
@@ -100,6 +101,9 @@ pub struct Cli {
     /// Writer: messages pre-filled into the topic [full 1000000, quick 50000].
     #[arg(long)]
     pub writer_rows: Option<u64>,
+    /// Writer: db-writer processes in the consumer group (the topic has 3 partitions).
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
     /// Queries: events in the generated history [full 10000000, quick 200000].
     #[arg(long)]
     pub history_rows: Option<u64>,
@@ -135,6 +139,7 @@ pub struct Sizes {
     pub e2e_batch: usize,
     pub e2e_secs: f64,
     pub writer_rows: u64,
+    pub writers: usize,
     pub history_rows: u64,
     pub deep_depth: u64,
     pub query_iterations: usize,
@@ -163,10 +168,10 @@ impl Sizes {
         );
         Ok(Sizes {
             mode: if quick { "quick" } else { "full" },
-            clients: cli.clients.unwrap_or(if quick { 16 } else { 64 }).max(1),
+            clients: cli.clients.unwrap_or(if quick { 32 } else { 256 }).max(1),
             batch_clients: cli
                 .batch_clients
-                .unwrap_or(if quick { 8 } else { 16 })
+                .unwrap_or(if quick { 8 } else { 32 })
                 .max(1),
             batch_size: cli.batch_size,
             ingest_secs: pick(cli.ingest_secs, 20.0, 4.0),
@@ -177,6 +182,7 @@ impl Sizes {
             writer_rows: cli
                 .writer_rows
                 .unwrap_or(if quick { 50_000 } else { 1_000_000 }),
+            writers: cli.writers.clamp(1, 3),
             history_rows,
             deep_depth,
             query_iterations: cli

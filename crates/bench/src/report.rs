@@ -282,15 +282,20 @@ pub fn markdown(results: &Results) -> String {
     if let Some(w) = &results.writer {
         row(
             format!(
-                "Writer, {} rows from a pre-filled topic",
+                "Writer{}, {} rows from a pre-filled topic",
+                if w.writers > 1 {
+                    format!("s ({} in one group)", w.writers)
+                } else {
+                    String::new()
+                },
                 thousands(w.rows as f64)
             ),
             format!(
-                "{} rows/s (batches of {}, {} per write, writing {:.0} % of the time)",
+                "{} rows/s (batches of {}, {} per write, {:.1} writes in flight on average)",
                 thousands(w.writer_rows_per_s),
                 thousands(w.mean_batch_rows),
                 millis(w.mean_write_ms),
-                w.write_share * 100.0
+                w.writes_in_flight
             ),
             "",
             "",

@@ -223,9 +223,26 @@ impl Bench {
 
     /// Starts a service for a phase and waits until it answers its readiness probe.
     pub async fn spawn(&self, kind: Kind, phase: &str) -> anyhow::Result<Service> {
+        self.spawn_instance(kind, phase, 0).await
+    }
+
+    /// [`Bench::spawn`] for one of several instances of a service in a phase (writers of one group).
+    pub async fn spawn_instance(
+        &self,
+        kind: Kind,
+        phase: &str,
+        instance: usize,
+    ) -> anyhow::Result<Service> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let log = self.log_dir.join(format!("{phase}-{}.log", kind.name()));
+        let suffix = if instance == 0 {
+            String::new()
+        } else {
+            format!("-{instance}")
+        };
+        let log = self
+            .log_dir
+            .join(format!("{phase}-{}{suffix}.log", kind.name()));
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(self.bin_dir.join(kind.binary()));
@@ -323,19 +340,22 @@ impl Bench {
             .args(["-TERM", &service.pid.to_string()])
             .status()
             .await;
-        match tokio::time::timeout(Duration::from_secs(30), service.child.wait()).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => {
-                let _ = service.child.start_kill();
-                let _ = service.child.wait().await;
-                eprintln!(
-                    "bench: {} did not stop within 30 s of SIGTERM (log: {})",
-                    service.kind.name(),
-                    service.log.display()
-                );
-                Ok(())
-            }
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(30), service.child.wait()).await,
+            Ok(Ok(_))
+        ) {
+            let _ = service.child.start_kill();
+            let _ = service.child.wait().await;
+            eprintln!(
+                "bench: {} did not stop within 30 s of SIGTERM (log: {})",
+                service.kind.name(),
+                service.log.display()
+            );
         }
+        if let Err(error) = trim_log(&service.log) {
+            eprintln!("bench: cannot trim {}: {error}", service.log.display());
+        }
+        Ok(())
     }
 
     pub fn record_rss(&self, service: &Service) {
@@ -402,6 +422,29 @@ fn absolute(root: &Path, path: &Path) -> PathBuf {
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// A service logs a line or two per request (hundreds of MB in a full run): a log beyond 20 MiB keeps
+/// only its last 2 MiB.
+fn trim_log(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    const KEEP: u64 = 2 << 20;
+    let len = std::fs::metadata(path)?.len();
+    if len <= 20 << 20 {
+        return Ok(());
+    }
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(len - KEEP))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let start = tail.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut trimmed = format!(
+        "[eventgate-bench: the first {} bytes of this log were removed]\n",
+        len - (tail.len() - start) as u64
+    )
+    .into_bytes();
+    trimmed.extend_from_slice(&tail[start..]);
+    std::fs::write(path, trimmed)
 }
 
 /// The last lines of a log file.
@@ -477,4 +520,32 @@ fn listening_pid(port: u16) -> Option<u32> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_logs_keep_their_end_from_a_line_start() {
+        let path = std::env::temp_dir().join(format!("bench-trim-{}.log", std::process::id()));
+        let line = "x".repeat(99) + "\n";
+        std::fs::write(&path, line.repeat(210_000) + "last line\n").unwrap();
+        trim_log(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(text.len() <= (2 << 20) + 100, "{}", text.len());
+        assert!(text.starts_with("[eventgate-bench: the first "));
+        assert!(text.ends_with("last line\n"));
+        assert!(text
+            .lines()
+            .skip(1)
+            .all(|l| l.len() == 99 || l == "last line"));
+
+        let small = std::env::temp_dir().join(format!("bench-small-{}.log", std::process::id()));
+        std::fs::write(&small, "short\n").unwrap();
+        trim_log(&small).unwrap();
+        assert_eq!(std::fs::read_to_string(&small).unwrap(), "short\n");
+        std::fs::remove_file(&small).unwrap();
+    }
 }

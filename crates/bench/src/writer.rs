@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{pin_mut, SinkExt};
@@ -20,26 +20,29 @@ use crate::db;
 use crate::e2e::writer_metric;
 use crate::ingest::{event, TOPIC};
 use crate::load::round2;
-use crate::services::{Bench, Kind, USER};
+use crate::services::{Bench, Kind, Service, USER};
 use crate::Sizes;
 
 const PHASE: &str = "writer";
 const ROWS_METRIC: &str = "eventgate_writer_rows_inserted_total";
+const ASSIGNED_METRIC: &str = "eventgate_writer_assigned_partitions";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WriterResults {
     pub rows: u64,
+    /// Writer processes in the consumer group.
+    pub writers: usize,
     pub writer_rows_per_s: f64,
     pub copy_rows_per_s: f64,
     pub writer_copy_ratio: f64,
-    /// Seconds from the writer's start to its first rows (joining the group, first fetch).
-    pub writer_startup_s: f64,
+    /// Rows written in the measured window (from the end of the pre-fill to the last row).
+    pub drained_rows: u64,
     /// Rows per written batch, and the time one batch's write took (the writer's own metrics).
     pub mean_batch_rows: f64,
     pub mean_write_ms: f64,
-    /// Share of the writer's time spent waiting for its batch writes: what is left is consuming,
-    /// decoding, committing offsets — the room pipelining would win.
-    pub write_share: f64,
+    /// Batch writes in progress on average, per writer (the writer overlaps up to two): below 1, the
+    /// database waits for the writer (consuming, decoding, committing offsets).
+    pub writes_in_flight: f64,
     pub writer_cpu: Usage,
     pub copy_cpu: Usage,
 }
@@ -51,79 +54,129 @@ pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<WriterResults> 
         .batch_execute("TRUNCATE events, dead_letters; DROP TABLE IF EXISTS events_copy")
         .await
         .context("emptying the events table")?;
-    prefill(bench, rows).await?;
+    let kafka = bench.kafka_config(&bench.prefix(PHASE));
+    eventgate_core::kafka::ensure_topics(&kafka, &bench.catalogue)
+        .await
+        .context("creating the writer phase's topics")?;
 
-    let started = Instant::now();
-    let writer = bench.spawn(Kind::Writer, PHASE).await?;
-    let watched = bench.watched(&[&writer]);
-    // Rows/s from the first rows seen to the last: the sustained rate, without the group join.
-    let mut first: Option<(Instant, f64, cpu::Snapshot)> = None;
-    let mut last_progress = Instant::now();
-    let mut last_value = 0.0;
-    let (finished, end_cpu) = loop {
+    // The writers join their group before the topic fills: a rebalance while they drain it would
+    // resume partitions from committed offsets, which tansu (the local broker) serves wrongly when
+    // the offset falls inside a record batch (it skips to the next batch; docs/PERFORMANCE.md).
+    let mut writers = Vec::new();
+    for instance in 0..sizes.writers {
+        writers.push(bench.spawn_instance(Kind::Writer, PHASE, instance).await?);
+    }
+    let outcome = drain(bench, sizes, &writers).await;
+    for writer in writers {
+        bench.stop(writer).await?;
+    }
+    bench.delete_topics(PHASE).await;
+    let mut results = outcome?;
+    let stored = db::count(&client, "SELECT count(*) FROM events").await?;
+    anyhow::ensure!(
+        stored == rows as i64,
+        "the writers reported {rows} rows but the table holds {stored}"
+    );
+    let (copy_rows_per_s, copy_cpu) = copy_same_rows(bench, &client, rows).await?;
+    results.copy_rows_per_s = copy_rows_per_s.round();
+    results.writer_copy_ratio = round2(results.writer_rows_per_s / copy_rows_per_s);
+    results.copy_cpu = copy_cpu;
+    Ok(results)
+}
+
+/// Waits for the group to settle, pre-fills the topic, and measures the drain from the end of the
+/// pre-fill (the writers start on it while it is being filled, but the producer competes for the CPU
+/// then) to the last row.
+async fn drain(bench: &Bench, sizes: &Sizes, writers: &[Service]) -> anyhow::Result<WriterResults> {
+    let rows = sizes.writer_rows;
+    let partitions =
+        bench.catalogue.topics().count() as f64 * f64::from(bench.kafka_config("").partitions);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut owned = Vec::new();
+        for writer in writers {
+            owned.push(
+                writer_metric(bench, writer, ASSIGNED_METRIC)
+                    .await
+                    .unwrap_or(0.0),
+            );
+        }
+        if owned.iter().all(|&n| n > 0.0) && owned.iter().sum::<f64>() >= partitions {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the writers' group did not settle within 60 s (partitions owned: {owned:?})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let value = writer_metric(bench, &writer, ROWS_METRIC)
-            .await
-            .unwrap_or(0.0);
+    }
+
+    prefill(bench, rows).await?;
+    let watched = bench.watched(&writers.iter().collect::<Vec<_>>());
+    let metric = |name: &'static str| group_metric(bench, writers, name);
+    let start_cpu = cpu::snapshot(&watched);
+    let started = Instant::now();
+    let start_rows = metric(ROWS_METRIC).await;
+    let start_flush = metric("eventgate_writer_flush_seconds_sum").await;
+    let start_batches = metric("eventgate_writer_flush_seconds_count").await;
+    let start_batch_rows = metric("eventgate_writer_batch_size_sum").await;
+    if start_rows > rows as f64 * 0.5 {
+        eprintln!(
+            "bench: writer: {start_rows} of {rows} rows were written while the topic was filled: \
+             the measured drain is short, give more --writer-rows"
+        );
+    }
+    let mut last_progress = Instant::now();
+    let mut last_value = start_rows;
+    let finished = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let value = metric(ROWS_METRIC).await;
         let now = Instant::now();
         if value > last_value {
             last_value = value;
             last_progress = now;
         }
-        if first.is_none() && value > 0.0 {
-            first = Some((now, value, cpu::snapshot(&watched)));
-        }
         if value >= rows as f64 {
-            break (now, cpu::snapshot(&watched));
+            break now;
         }
-
-        if now.duration_since(last_progress) > Duration::from_secs(120) {
-            bench.stop(writer).await?;
-            bail!("the writer made no progress for 120 s at {value} of {rows} rows (see target/bench/logs/writer-db-writer.log)");
-        }
+        anyhow::ensure!(
+            now.duration_since(last_progress) < Duration::from_secs(120),
+            "the writers made no progress for 120 s at {value} of {rows} rows (see target/bench/logs/writer-db-writer*.log)"
+        );
     };
-    let metric = |name: &'static str| writer_metric(bench, &writer, name);
-    let flush_sum = metric("eventgate_writer_flush_seconds_sum").await.unwrap_or(0.0);
-    let flush_count = metric("eventgate_writer_flush_seconds_count").await.unwrap_or(0.0);
-    let batch_rows = metric("eventgate_writer_batch_size_sum").await.unwrap_or(0.0);
-    bench.stop(writer).await?;
-    bench.delete_topics(PHASE).await;
-    let Some((first_at, first_value, start_cpu)) = first else {
-        bail!("the writer wrote nothing");
-    };
-    let writer_secs = finished.duration_since(first_at).as_secs_f64().max(1e-3);
-    let writer_rows_per_s = (rows as f64 - first_value) / writer_secs;
-    let stored = db::count(&client, "SELECT count(*) FROM events").await?;
-    anyhow::ensure!(
-        stored == rows as i64,
-        "the writer reported {rows} rows but the table holds {stored}"
-    );
-
-    let (copy_rows_per_s, copy_cpu) = copy_same_rows(bench, &client, rows).await?;
+    let end_cpu = cpu::snapshot(&watched);
+    let seconds = finished.duration_since(started).as_secs_f64().max(1e-3);
+    let flush = metric("eventgate_writer_flush_seconds_sum").await - start_flush;
+    let batches = (metric("eventgate_writer_flush_seconds_count").await - start_batches).max(1.0);
+    let batch_rows = metric("eventgate_writer_batch_size_sum").await - start_batch_rows;
     Ok(WriterResults {
         rows,
-        writer_rows_per_s: writer_rows_per_s.round(),
-        copy_rows_per_s: copy_rows_per_s.round(),
-        writer_copy_ratio: round2(writer_rows_per_s / copy_rows_per_s),
-        writer_startup_s: round2(first_at.duration_since(started).as_secs_f64()),
-        mean_batch_rows: (batch_rows / flush_count.max(1.0)).round(),
-        mean_write_ms: round2(flush_sum * 1000.0 / flush_count.max(1.0)),
-        // The first batch was written before the window opened: count the window's share only.
-        write_share: round2(
-            (flush_sum * (rows as f64 - first_value) / rows as f64 / writer_secs).min(1.0),
-        ),
+        writers: writers.len(),
+        writer_rows_per_s: ((rows as f64 - start_rows) / seconds).round(),
+        copy_rows_per_s: 0.0,
+        writer_copy_ratio: 0.0,
+        drained_rows: (rows as f64 - start_rows) as u64,
+        mean_batch_rows: (batch_rows / batches).round(),
+        mean_write_ms: round2(flush * 1000.0 / batches),
+        writes_in_flight: round2(flush / seconds / writers.len() as f64),
         writer_cpu: cpu::usage(&start_cpu, &end_cpu),
-        copy_cpu,
+        copy_cpu: Usage::default(),
     })
+}
+
+/// A metric summed over the writers of the group (0 when none reports it).
+async fn group_metric(bench: &Bench, writers: &[Service], name: &str) -> f64 {
+    let mut total = 0.0;
+    for writer in writers {
+        total += writer_metric(bench, writer, name).await.unwrap_or(0.0);
+    }
+    total
 }
 
 /// Produces `rows` envelopes to the phase's `audit.logs` topic like the ingest-api does (key = id,
 /// idempotent, acks=all) and waits for every acknowledgement.
 async fn prefill(bench: &Bench, rows: u64) -> anyhow::Result<()> {
     let kafka = bench.kafka_config(&bench.prefix(PHASE));
-    eventgate_core::kafka::ensure_topics(&kafka, &bench.catalogue)
-        .await
-        .context("creating the writer phase's topics")?;
     let producer: FutureProducer = eventgate_core::kafka::client_config(&kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")

@@ -355,6 +355,40 @@ where
     }
 }
 
+/// The server settings both APIs share: shutdown driven by the application (not actix's own signal
+/// handlers), the grace period for requests in flight, the slow-client limits, the worker count.
+pub fn with_common_settings<F, I, S, B>(
+    server: actix_web::HttpServer<F, I, S, B>,
+    config: &crate::config::Config,
+    workers: Option<usize>,
+) -> actix_web::HttpServer<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
+        + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<actix_web::dev::Response<B>> + 'static,
+    <S::Service as Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let server = server
+        .disable_signals()
+        .shutdown_timeout(crate::shutdown::request_grace_secs(&config.shutdown))
+        // A slow client cannot hold a connection: the head must arrive in time, idle ones are closed.
+        .client_request_timeout(Duration::from_millis(config.limits.request_head_timeout_ms))
+        .keep_alive(
+            (config.limits.keep_alive_secs > 0)
+                .then(|| Duration::from_secs(config.limits.keep_alive_secs)),
+        );
+    match workers {
+        Some(workers) => server.workers(workers),
+        None => server,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -485,39 +519,5 @@ mod tests {
         assert!(text.contains(
             r#"eventgate_http_requests_total{method="GET",route="/things/{id}",status="200"} 1"#
         ));
-    }
-}
-
-/// The server settings both APIs share: shutdown driven by the application (not actix's own signal
-/// handlers), the grace period for requests in flight, the slow-client limits, the worker count.
-pub fn with_common_settings<F, I, S, B>(
-    server: actix_web::HttpServer<F, I, S, B>,
-    config: &crate::config::Config,
-    workers: Option<usize>,
-) -> actix_web::HttpServer<F, I, S, B>
-where
-    F: Fn() -> I + Send + Clone + 'static,
-    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
-    S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
-        + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: std::fmt::Debug,
-    S::Response: Into<actix_web::dev::Response<B>> + 'static,
-    <S::Service as Service<actix_http::Request>>::Future: 'static,
-    S::Service: 'static,
-    B: MessageBody + 'static,
-{
-    let server = server
-        .disable_signals()
-        .shutdown_timeout(crate::shutdown::request_grace_secs(&config.shutdown))
-        // A slow client cannot hold a connection: the head must arrive in time, idle ones are closed.
-        .client_request_timeout(Duration::from_millis(config.limits.request_head_timeout_ms))
-        .keep_alive(
-            (config.limits.keep_alive_secs > 0)
-                .then(|| Duration::from_secs(config.limits.keep_alive_secs)),
-        );
-    match workers {
-        Some(workers) => server.workers(workers),
-        None => server,
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! Run as many instances as there are partitions: the group shares the partitions among them.
 //! Loop: consume → batch (flush at `batch_size` events or `batch_timeout_ms`) → one transaction
-//! (`INSERT ... ON CONFLICT (id) DO NOTHING`, plus dead letters) → commit the batch's offsets.
+//! (`INSERT ... ON CONFLICT (id) DO NOTHING`, plus dead letters) → commit the batch's offsets. Up to
+//! [`WRITES_IN_FLIGHT`] batches are written at once (each on its own connection) while the next one is
+//! consumed; their offsets are committed in batch order, each only once it and every earlier batch are
+//! written.
 //!
 //! Invariants:
 //! - Offsets are committed only after the rows are committed. A writer that dies mid-batch leaves the
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -46,8 +50,21 @@ use crate::store::{DeadLetter, Written};
 
 pub use crate::metrics::WriterMetrics;
 
+/// Batches written at once, each on its own pool connection. Two keep Postgres busy while the writer
+/// consumes and decodes, and while the other write waits for its commit (WAL flush) — and on 2 cores two
+/// backends insert about 1.3× as fast as one (docs/PERFORMANCE.md, writer).
+pub const WRITES_IN_FLIGHT: usize = 2;
+
+/// A batch being written: gives back the batch, whether it was written (false: abandoned at shutdown),
+/// and the spans that end once it is committed.
+type WriteInFlight<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Batch, bool, Vec<tracing::Span>)> + Send + 'a>,
+>;
+
 /// How long a stopping writer lets queued failure emails go out.
 const ALERTS_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping writer waits for the group to take its partitions back.
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
 
 /// Hooks into librdkafka's rebalance events to log them and keep the assignment gauge true.
 pub struct WriterContext {
@@ -125,6 +142,7 @@ impl Writer {
         let (alerts, alert_tasks) = Alerts::start(
             config,
             format!("db-writer {instance}, group {}", config.writer.group_id),
+            metrics.clone(),
         )
         .context("setting up failure emails")?;
         let session_timeout_ms = config.writer.session_timeout_ms;
@@ -137,6 +155,10 @@ impl Writer {
             .set("auto.offset.reset", "earliest")
             // Pick up partitions of topics created after start-up quickly.
             .set("topic.metadata.refresh.interval.ms", "5000")
+            // How long a fetch may wait for data. Kafka answers as soon as there is some, but brokers that
+            // hold every fetch for the whole wait (tansu, the local stack's) would add up to this much
+            // to every event's way into Postgres (default 500 ms; docs/PERFORMANCE.md, end to end).
+            .set("fetch.wait.max.ms", "100")
             // Statistics feed the consumer lag gauges (0 turns them off).
             .set(
                 "statistics.interval.ms",
@@ -210,13 +232,29 @@ impl Writer {
         );
         let timeout = Duration::from_millis(self.config.batch_timeout_ms);
         let mut batch = Batch::default();
+        // The batches being written while the next one is collected, oldest first: they complete in
+        // this order, and each one's offsets are committed here, after its rows and every earlier
+        // batch's rows.
+        let mut writing: FuturesOrdered<WriteInFlight<'_>> = FuturesOrdered::new();
+        // Batches not (known to be) written and committed when the writer was told to stop.
+        let mut unwritten: Vec<Batch> = Vec::new();
         loop {
             let deadline = batch.started.map(|started| started + timeout);
+            let room = batch.len() < self.config.batch_size;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = sleep_until_or_forever(deadline) => {}
-                received = self.consumer.recv() => match received {
+                Some((done, written, spans)) = writing.next(), if !writing.is_empty() => {
+                    if !written {
+                        unwritten.push(done);
+                        break;
+                    }
+                    self.commit(&done).await;
+                    drop(spans);
+                }
+                // A batch that is due waits while the writes in progress are as many as allowed.
+                _ = sleep_until_or_forever(deadline), if writing.len() < WRITES_IN_FLIGHT => {}
+                received = self.consumer.recv(), if room => match received {
                     Ok(message) => {
                         self.lock_traces().push(&message);
                         batch.push(Consumed::from_message(&message, &self.kafka.topic_prefix));
@@ -230,13 +268,36 @@ impl Writer {
             }
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             let full = batch.len() >= self.config.batch_size || (due && !batch.is_empty());
-            if full && !self.flush(&mut batch, &shutdown).await {
-                break;
+            if full && writing.len() < WRITES_IN_FLIGHT {
+                let next = std::mem::take(&mut batch);
+                // Now, before more messages arrive: the spans are those of this batch's messages.
+                // They end once the batch is committed.
+                let spans = self.lock_traces().open_insert_spans(next.len());
+                let (writer, shutdown) = (&self, &shutdown);
+                writing.push_back(Box::pin(async move {
+                    let written = writer.write(&next, shutdown).await;
+                    (next, written, spans)
+                }));
             }
         }
-        if !batch.is_empty() {
-            // Shutting down: write what is in hand within a grace period; if that fails, the offsets
-            // stay uncommitted and the group reads the batch again.
+        // Stopping: the writes in progress end (a first attempt is not interrupted) and are committed in
+        // order, as long as every earlier batch was.
+        while let Some((done, written, spans)) = writing.next().await {
+            if written && unwritten.is_empty() {
+                self.commit(&done).await;
+            } else {
+                unwritten.push(done);
+            }
+            drop(spans);
+        }
+        drop(writing);
+        let in_hand: Vec<Batch> = unwritten
+            .into_iter()
+            .chain((!batch.is_empty()).then_some(batch))
+            .collect();
+        if !in_hand.is_empty() {
+            // Shutting down: write what is in hand, oldest first, within a grace period; if that fails,
+            // the offsets stay uncommitted and the group reads the batches again.
             let grace = CancellationToken::new();
             let cancel_grace = grace.clone();
             let grace_period = self.shutdown_grace;
@@ -244,15 +305,32 @@ impl Writer {
                 tokio::time::sleep(grace_period).await;
                 cancel_grace.cancel();
             });
-            if !self.flush(&mut batch, &grace).await {
-                tracing::warn!(
-                    batch.size = batch.len(),
-                    "batch abandoned at shutdown; it will be read again"
-                );
+            for mut batch in in_hand {
+                let spans = self.lock_traces().open_insert_spans(batch.len());
+                if !self.flush(&mut batch, spans, &grace).await {
+                    // A later batch must not commit past this one's offsets.
+                    tracing::warn!(
+                        batch.size = batch.len(),
+                        "batch abandoned at shutdown; it will be read again"
+                    );
+                    break;
+                }
             }
             timer.abort();
         }
         self.consumer.unsubscribe();
+        // Leaving the group takes the revocation, which librdkafka hands over on poll: poll until it
+        // happened (bounded), so that the partitions go to the other members now, not after the session
+        // timeout. Messages still arriving are dropped uncommitted; their next owner reads them.
+        let _ = tokio::time::timeout(LEAVE_GRACE, async {
+            while self.metrics.assigned_partitions.get() > 0 {
+                tokio::select! {
+                    _ = self.consumer.recv() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        })
+        .await;
         monitor_stop.cancel();
         if let Ok(Some(run_id)) = monitor.await {
             // A clean stop is not a crash: it must not count towards a crash loop.
@@ -272,11 +350,27 @@ impl Writer {
     }
 
     /// Writes the batch, retrying with capped backoff until it is written or `shutdown` is cancelled,
-    /// then commits its offsets. Returns false when abandoned because of shutdown.
-    async fn flush(&self, batch: &mut Batch, shutdown: &CancellationToken) -> bool {
+    /// then commits its offsets. Returns false when abandoned because of shutdown. `insert_spans` (of
+    /// the batch's traced messages) end when this returns: after the commit, or when abandoned.
+    async fn flush(
+        &self,
+        batch: &mut Batch,
+        insert_spans: Vec<tracing::Span>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let _insert_spans = insert_spans;
+        if !self.write(batch, shutdown).await {
+            return false;
+        }
+        self.commit(batch).await;
+        batch.clear();
+        true
+    }
+
+    /// Writes the batch, retrying with capped backoff until it is written or `shutdown` is cancelled
+    /// (then false), without committing its offsets.
+    async fn write(&self, batch: &Batch, shutdown: &CancellationToken) -> bool {
         let started = std::time::Instant::now();
-        // Ended (dropped) when this function returns: after the commit, or when abandoned.
-        let _insert_spans = self.lock_traces().open_insert_spans(batch.len());
         let mut events: Vec<&Event> = Vec::with_capacity(batch.len());
         let mut dead_letters: Vec<DeadLetter> = Vec::new();
         for message in &batch.messages {
@@ -315,8 +409,6 @@ impl Writer {
         self.alerts.dead_letters(&newly_parked);
         self.metrics
             .record_flush(batch.len(), written, started.elapsed());
-        self.commit(batch).await;
-        batch.clear();
         true
     }
 

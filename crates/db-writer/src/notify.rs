@@ -10,6 +10,7 @@
 //!
 //! Every notice is logged whether or not emails are configured (`alerts.maintainers` empty: logs only).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use eventgate_core::alerting::{AlertKind, AlertPolicy, Alerter, Notice, NoticeState};
 use eventgate_core::config::{Config, SmtpConfig, SmtpTls};
 
+use crate::metrics::WriterMetrics;
 use crate::store::DeadLetter;
 
 /// Signals waiting for the alert loop; beyond it they are dropped (the loop is far faster than that).
@@ -61,9 +63,13 @@ pub struct AlertTasks {
 
 impl Alerts {
     /// Starts the alert loop (and the mailer when maintainers are configured). `source` names the
-    /// reporter in every email. Fails on an invalid address or TLS set-up: better at start-up than at
-    /// the first failure.
-    pub fn start(config: &Config, source: String) -> anyhow::Result<(Alerts, AlertTasks)> {
+    /// reporter in every email; `metrics` counts the emails sent and failed. Fails on an invalid address
+    /// or TLS set-up: better at start-up than at the first failure.
+    pub fn start(
+        config: &Config,
+        source: String,
+        metrics: Arc<WriterMetrics>,
+    ) -> anyhow::Result<(Alerts, AlertTasks)> {
         let policy = AlertPolicy::from_config(&config.alerts);
         let mailer = if config.alerts.maintainers.is_empty() {
             tracing::info!("alerts.maintainers is empty: failures are logged, not emailed");
@@ -82,7 +88,7 @@ impl Alerts {
                 };
                 (
                     Some((mail_tx, mailer.envelope())),
-                    Some(tokio::spawn(mailer.run(mail_rx, retry))),
+                    Some(tokio::spawn(mailer.run(mail_rx, retry, metrics.clone()))),
                 )
             }
             None => (None, None),
@@ -94,6 +100,7 @@ impl Alerts {
                 source,
                 policy: policy.clone(),
                 mail: mail_tx,
+                metrics,
             },
             stop.clone(),
         ));
@@ -177,7 +184,8 @@ fn describe_dead_letter(dead: &DeadLetter) -> String {
 struct Delivery {
     source: String,
     policy: AlertPolicy,
-    mail: Option<(mpsc::Sender<Message>, MessageTemplate)>,
+    mail: Option<(mpsc::Sender<(AlertKind, Message)>, MessageTemplate)>,
+    metrics: Arc<WriterMetrics>,
 }
 
 impl Delivery {
@@ -200,11 +208,15 @@ impl Delivery {
         let body = notice.body(&self.source, &self.policy);
         match template.message(subject, body) {
             Ok(message) => {
-                if let Err(error) = queue.try_send(message) {
+                if let Err(error) = queue.try_send((notice.kind, message)) {
+                    self.metrics.email(notice.kind.as_str(), false);
                     tracing::error!(%error, alert.kind = notice.kind.as_str(), "failure email dropped: mail queue full");
                 }
             }
-            Err(error) => tracing::error!(%error, "cannot build the failure email"),
+            Err(error) => {
+                self.metrics.email(notice.kind.as_str(), false);
+                tracing::error!(%error, "cannot build the failure email");
+            }
         }
     }
 }
@@ -316,24 +328,31 @@ impl Mailer {
         self.template.clone()
     }
 
-    async fn run(self, mut queue: mpsc::Receiver<Message>, retry: RetryPolicy) {
-        while let Some(message) = queue.recv().await {
-            self.deliver(message, &retry).await;
+    async fn run(
+        self,
+        mut queue: mpsc::Receiver<(AlertKind, Message)>,
+        retry: RetryPolicy,
+        metrics: Arc<WriterMetrics>,
+    ) {
+        while let Some((kind, message)) = queue.recv().await {
+            let sent = self.deliver(message, &retry).await;
+            metrics.email(kind.as_str(), sent);
         }
     }
 
-    async fn deliver(&self, message: Message, retry: &RetryPolicy) {
+    /// Whether the message went out, after retries.
+    async fn deliver(&self, message: Message, retry: &RetryPolicy) -> bool {
         let mut delay = retry.initial;
         for attempt in 1..=retry.max_attempts {
             match self.transport.send(message.clone()).await {
                 Ok(_) => {
                     tracing::info!(attempt, "failure email sent");
-                    return;
+                    return true;
                 }
                 // 5xx: the server refuses this message for good (unknown recipient, relay denied).
                 Err(error) if error.is_permanent() => {
                     tracing::error!(%error, "failure email refused by the mail server; not retried");
-                    return;
+                    return false;
                 }
                 Err(error) if attempt < retry.max_attempts => {
                     tracing::warn!(%error, attempt, retry.in_ms = delay.as_millis() as u64, "failure email not sent; will retry");
@@ -345,6 +364,7 @@ impl Mailer {
                 }
             }
         }
+        false
     }
 }
 
@@ -405,8 +425,10 @@ mod tests {
     async fn a_failing_mail_server_is_retried_and_the_email_arrives() {
         let sink = SmtpSink::start();
         sink.fail_next(2);
+        let metrics = Arc::new(WriterMetrics::new());
         let (alerts, tasks) =
-            Alerts::start(&config(&sink), "db-writer test".into()).expect("alerts start");
+            Alerts::start(&config(&sink), "db-writer test".into(), metrics.clone())
+                .expect("alerts start");
         alerts.dead_letters(&[parked(7), parked(8)]);
         let mails = sink
             .wait_for(1, Duration::from_secs(20))
@@ -427,6 +449,15 @@ mod tests {
             mail.data
         );
         tasks.stop(Duration::from_secs(5)).await;
+        let sent = metrics
+            .emails_sent
+            .with_label_values(&["dead_letters"])
+            .get();
+        let failed = metrics
+            .emails_failed
+            .with_label_values(&["dead_letters"])
+            .get();
+        assert_eq!((sent, failed), (1, 0));
     }
 
     #[test]
@@ -438,7 +469,9 @@ mod tests {
             .build()
             .expect("runtime");
         let error = runtime
-            .block_on(async { Alerts::start(&config, "x".into()).map(|_| ()) })
+            .block_on(async {
+                Alerts::start(&config, "x".into(), Arc::new(WriterMetrics::new())).map(|_| ())
+            })
             .expect_err("refused");
         assert!(error.to_string().contains("alerts.maintainers"), "{error}");
     }

@@ -213,14 +213,21 @@ async fn broker_unreachable_answers_503_fast_then_202_again_and_loses_nothing() 
     tokio::task::block_in_place(|| stack.pause_broker());
     let (status, answer) = post_bounded(&system, publish_timeout, 100_000).await;
     assert_eq!(status, 503, "{answer}");
-    let mails = sink.wait_for(1, WAIT).await.expect("an email about the broker");
+    let mails = sink
+        .wait_for(1, WAIT)
+        .await
+        .expect("an email about the broker");
     assert_sent_to_maintainers(&mails[0]);
     let subject = mails[0].subject().unwrap_or_default();
     assert!(
         subject.starts_with("[eventgate] ALERT: Kafka broker unreachable for "),
         "{subject}"
     );
-    assert!(words(&mails[0]).contains("Kind: broker_unreachable"), "{}", mails[0].data);
+    assert!(
+        words(&mails[0]).contains("Kind: broker_unreachable"),
+        "{}",
+        mails[0].data
+    );
     tokio::task::block_in_place(|| stack.resume_broker());
 
     // The same ingest-api and writer carry on by themselves.
@@ -296,7 +303,12 @@ async fn broker_restarted_empty_answers_503_fast_then_202_again() {
     })
     .await
     .expect("the ingest-api recovers by itself");
-    let id = accepted.lock().expect("lock").first().expect("an id").clone();
+    let id = accepted
+        .lock()
+        .expect("lock")
+        .first()
+        .expect("an id")
+        .clone();
     system.add_writer().await;
     system
         .wait_for(
