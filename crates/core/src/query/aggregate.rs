@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Map, Value};
 
 use super::fields::{FieldCatalogue, FieldDef, FieldSource, FieldType};
-use super::value::{event_micros, shorten, Decimal, Micros, PG_EPOCH_MICROS};
+use super::value::{civil_from_days, event_micros, shorten, Decimal, Micros, PG_EPOCH_MICROS};
 use super::value::{MAX_CLIENT_MICROS, MIN_CLIENT_MICROS};
 use super::{field_value, plan_restricted, CursorKey, Filter, QueryLimits, QueryRequest};
 use super::{Scalar, SortValue};
@@ -818,20 +818,6 @@ pub fn truncate_local(local: Micros, unit: TimeUnit) -> Micros {
             super::value::days_from_civil(year, month, 1) * MICROS_PER_DAY
         }
     }
-}
-
-/// (year, month, day) of days since 1970-01-01, proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// The instant of an epoch-ms value as the SQL computes it (`to_timestamp(ms * 0.001)`): only within
