@@ -57,3 +57,39 @@ pub async fn start_reloading(
     reload_on_sighup(access, verifier)?;
     Ok(())
 }
+
+/// What both APIs load at start-up to decide who may do what: the topics, the access rules and the
+/// token keys, with their run-time reloading already started.
+pub struct Gatekeeping {
+    pub catalogue: crate::catalogue::Catalogue,
+    pub access: Arc<SharedAccess>,
+    pub verifier: Arc<JwtVerifier>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatekeepingError {
+    #[error("loading topics: {0}")]
+    Topics(#[from] crate::catalogue::CatalogueError),
+    #[error("loading access rules: {0}")]
+    Access(#[from] crate::access::AccessError),
+    #[error("loading token keys: {0}")]
+    Keys(#[from] crate::auth::KeyError),
+    #[error("installing the SIGHUP handler: {0}")]
+    Reload(#[from] std::io::Error),
+}
+
+/// Loads the catalogue, the access rules and the keys of `config`, and starts reloading the latter two
+/// (SIGHUP, JWKS refresh). Any broken file fails start-up: a service must not serve half configured.
+pub async fn load_gatekeeping(
+    config: &crate::config::Config,
+) -> Result<Gatekeeping, GatekeepingError> {
+    let catalogue = crate::catalogue::Catalogue::load_dir(&config.catalogue.topics_dir)?;
+    let access = Arc::new(SharedAccess::load(&config.catalogue.access_file)?);
+    let verifier = Arc::new(JwtVerifier::from_config(&config.auth)?);
+    start_reloading(access.clone(), verifier.clone()).await?;
+    Ok(Gatekeeping {
+        catalogue,
+        access,
+        verifier,
+    })
+}

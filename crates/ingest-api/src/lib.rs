@@ -53,16 +53,11 @@ impl Application {
     /// Loads topics, access rules and keys, connects the producer, binds the listener. Fails early on
     /// any configuration problem, so a broken deployment never starts serving.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let catalogue =
-            Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
-        let access = Arc::new(
-            SharedAccess::load(&config.catalogue.access_file).context("loading access rules")?,
-        );
-        let verifier =
-            Arc::new(JwtVerifier::from_config(&config.auth).context("loading token keys")?);
-        eventgate_core::reload::start_reloading(access.clone(), verifier.clone())
-            .await
-            .context("installing the SIGHUP handler")?;
+        let eventgate_core::reload::Gatekeeping {
+            catalogue,
+            access,
+            verifier,
+        } = eventgate_core::reload::load_gatekeeping(&config).await?;
         let timeout = Duration::from_millis(config.ingest.publish_timeout_ms);
         let metrics = metrics::IngestMetrics::new();
         let publisher =

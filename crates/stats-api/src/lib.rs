@@ -60,16 +60,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let catalogue =
-            Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
-        let access = Arc::new(
-            SharedAccess::load(&config.catalogue.access_file).context("loading access rules")?,
-        );
-        let verifier =
-            Arc::new(JwtVerifier::from_config(&config.auth).context("loading token keys")?);
-        eventgate_core::reload::start_reloading(access.clone(), verifier.clone())
-            .await
-            .context("installing the SIGHUP handler")?;
+        let eventgate_core::reload::Gatekeeping {
+            catalogue,
+            access,
+            verifier,
+        } = eventgate_core::reload::load_gatekeeping(&config).await?;
         let secret = config.stats.cursor_secret.expose();
         if secret.len() < 16 {
             bail!("stats.cursor_secret must be set to at least 16 characters (EVENTGATE_STATS__CURSOR_SECRET)");
