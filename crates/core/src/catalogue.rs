@@ -113,15 +113,7 @@ impl Topic {
         self.validator
             .iter_errors(payload)
             .map(|error| {
-                let path = pointer_to_path(&error.instance_path().to_string());
-                let field = match (prefix.is_empty(), path.is_empty()) {
-                    (true, _) => path,
-                    (false, true) => prefix.trim_end_matches('.').to_owned(),
-                    (false, false) if path.starts_with('[') => {
-                        format!("{}{path}", prefix.trim_end_matches('.'))
-                    }
-                    (false, false) => format!("{prefix}{path}"),
-                };
+                let field = field_name(prefix, &error.instance_path().to_string());
                 let detail =
                     ErrorDetail::new(crate::error::ErrorKind::Validation, error.to_string());
                 if field.is_empty() {
@@ -144,6 +136,20 @@ impl Topic {
                 other => other.to_string(),
             })
             .unwrap_or_else(|| id.to_string())
+    }
+}
+
+/// The field an error names: a JSON pointer inside an event, after the event's place in its batch
+/// (`prefix`: `""` for a single event, `"[3]."` for the fourth of a batch); `""` for the event itself.
+pub fn field_name(prefix: &str, pointer: &str) -> String {
+    let path = pointer_to_path(pointer);
+    match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path,
+        (false, true) => prefix.trim_end_matches('.').to_owned(),
+        (false, false) if path.starts_with('[') => {
+            format!("{}{path}", prefix.trim_end_matches('.'))
+        }
+        (false, false) => format!("{prefix}{path}"),
     }
 }
 

@@ -147,6 +147,12 @@ fn prepare_one(
         )]);
     }
     let mut errors = topic.validate(&payload, prefix);
+    if let Some(pointer) = nul_character_at(&payload, &mut String::new()) {
+        errors.push(ErrorDetail::validation(
+            crate::catalogue::field_name(prefix, &pointer),
+            "must not contain the NUL character (\\u0000), which the event history (PostgreSQL jsonb) cannot store",
+        ));
+    }
     let id = match payload.get(&rules.id_field) {
         None | Some(Value::Null) => Some(Uuid::now_v7()),
         Some(Value::String(text)) => match Uuid::parse_str(text) {
@@ -180,6 +186,36 @@ fn prepare_one(
             errors.dedup();
             EventOutcome::Rejected(errors)
         }
+    }
+}
+
+/// The JSON pointer of the first string or object key holding U+0000, which PostgreSQL's `jsonb` refuses:
+/// accepted, such an event could never be written and would end as a dead letter.
+fn nul_character_at(value: &Value, pointer: &mut String) -> Option<String> {
+    fn descend(pointer: &mut String, segment: &str, child: &Value) -> Option<String> {
+        let len = pointer.len();
+        pointer.push('/');
+        pointer.push_str(&segment.replace('~', "~0").replace('/', "~1"));
+        let found = nul_character_at(child, pointer);
+        pointer.truncate(len);
+        found
+    }
+    match value {
+        Value::String(text) if text.contains('\0') => Some(pointer.clone()),
+        Value::Object(fields) => fields.iter().find_map(|(key, child)| {
+            if key.contains('\0') {
+                let mut at = pointer.clone();
+                at.push('/');
+                at.push_str(&key.replace('\0', "\\u0000"));
+                return Some(at);
+            }
+            descend(pointer, key, child)
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, child)| descend(pointer, &index.to_string(), child)),
+        _ => None,
     }
 }
 
@@ -272,6 +308,49 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(prepared.all_rejected_error().is_none());
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_refused_and_named() {
+        let prepared = prepare(
+            br#"[{"event_name": "a\u0000b"}, {"event_name": "ok", "tags": [{"x": "y"}, {"x": "\u0000"}]}, {"event_name": "ok", "k\u0000": 1}, {"event_name": "fine"}]"#,
+            &topic(),
+            "a",
+            &IngestRules {
+                max_batch_events: 10,
+                ..rules()
+            },
+            now(),
+        )
+        .unwrap();
+        let fields: Vec<Option<&str>> = prepared.outcomes[..3]
+            .iter()
+            .map(|outcome| match outcome {
+                EventOutcome::Rejected(details) => details[0].field.as_deref(),
+                EventOutcome::Accepted(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                Some("[0].event_name"),
+                Some("[1].tags[1].x"),
+                Some("[2].k\\u0000")
+            ]
+        );
+        assert_eq!(prepared.accepted().count(), 1);
+        let single = prepare(
+            br#"{"event_name": "\u0000"}"#,
+            &topic(),
+            "a",
+            &rules(),
+            now(),
+        )
+        .unwrap()
+        .all_rejected_error()
+        .unwrap();
+        assert_eq!(single.status(), 400);
+        assert!(single.details[0].message.contains("NUL"), "{single:?}");
     }
 
     #[test]

@@ -122,6 +122,18 @@ async fn writes_are_checked_in_order_token_topic_permission_body() {
             "jobs": [{"catalog_id": "c", "status": "exploded", "timestamp_start": 0, "timestamp_end": 0}]}"#).await;
     assert_eq!(status, 400);
     assert_eq!(answer["errors"][0]["field"], "jobs[0].status", "{answer}");
+    // Valid for the schema, but Postgres' jsonb cannot hold a NUL character: refused here rather than
+    // accepted and parked as a dead letter by the writer.
+    let (status, answer) = raw_post(
+        &system,
+        "/topics/audit.logs",
+        bearer("writer"),
+        r#"{"event_name": "login", "description": "nul\u0000byte"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_envelope(&answer, 400, "validation");
+    assert_eq!(answer["errors"][0]["field"], "description", "{answer}");
 
     // 207: a batch with valid and invalid events publishes only the valid ones.
     let (status, answer) = raw_post(
