@@ -1,6 +1,7 @@
 //! HTTP glue shared by the services (feature `http`): the error envelope as an actix-web response, the
 //! bearer header, the request telemetry middleware ([`RequestTelemetry`]: request id, one log line and
-//! one span per request, HTTP metrics), and the metrics and health responses.
+//! one span per request, HTTP metrics), the metrics and health responses, and the server set-up both
+//! APIs share ([`start_server`]).
 
 use std::future::{ready, Future, Ready};
 use std::rc::Rc;
@@ -246,6 +247,9 @@ where
             http.path = %request.path(),
             http.status_code = Empty,
             trace_id = Empty,
+            enduser.id = Empty,
+            eventgate.topic = Empty,
+            eventgate.events = Empty,
         );
         if crate::telemetry::tracing_enabled() {
             let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
@@ -288,6 +292,20 @@ where
             Ok(response)
         })
     }
+}
+
+/// Adds who made the request and which topic it is about to the request's span (the `http.request` span
+/// of [`RequestTelemetry`]), so the one line logged per request, and its trace, carry them. Call it from
+/// a handler once the token is verified; what a refused request got that far is logged with it too.
+pub fn record_request_subject(user: &str, topic: &str) {
+    let span = tracing::Span::current();
+    span.record("enduser.id", user);
+    span.record("eventgate.topic", topic);
+}
+
+/// Adds the number of events a write published to the request's span (see [`record_request_subject`]).
+pub fn record_request_events(events: usize) {
+    tracing::Span::current().record("eventgate.events", events);
 }
 
 /// The one line per request. Server errors are warnings (503: a dependency is down) or errors (500: a
@@ -389,6 +407,34 @@ where
     }
 }
 
+/// Starts an API on `listener`: the routes `configure` adds, with `state` as app data, in every worker;
+/// unknown routes answer 404 in the envelope; every response goes through [`RequestTelemetry`] (the
+/// outermost layer); the settings are [`with_common_settings`]. The caller drives and stops the server.
+pub fn start_server<T: Send + Sync + 'static>(
+    listener: std::net::TcpListener,
+    state: std::sync::Arc<T>,
+    http_metrics: HttpMetrics,
+    configure: fn(&mut actix_web::web::ServiceConfig),
+    config: &crate::config::Config,
+    workers: Option<usize>,
+) -> std::io::Result<actix_web::dev::Server> {
+    use actix_web::{web, App, HttpServer};
+    let data = web::Data::from(state);
+    let telemetry = RequestTelemetry::new(http_metrics);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .configure(configure)
+            .default_service(web::to(not_found))
+            // Registered last, so it is the outermost layer: every response gets its request id, log
+            // line and count, whatever an inner layer answered.
+            .wrap(telemetry.clone())
+    });
+    Ok(with_common_settings(server, config, workers)
+        .listen(listener)?
+        .run())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -436,6 +482,8 @@ mod tests {
 
     async fn handler_that_logs() -> HttpResponse {
         tracing::info!("inside the handler");
+        record_request_subject("alice", "audit.logs");
+        record_request_events(3);
         HttpResponse::Ok().finish()
     }
 
@@ -507,6 +555,11 @@ mod tests {
         assert_eq!(finished.len(), 2, "{logs:?}");
         assert_eq!(finished[0]["http.status_code"], 200);
         assert_eq!(request_id(finished[0]), "caller-id-1");
+        // What the handler recorded is on the request's one line.
+        assert_eq!(finished[0]["spans"][0]["enduser.id"], "alice");
+        assert_eq!(finished[0]["spans"][0]["eventgate.topic"], "audit.logs");
+        assert_eq!(finished[0]["spans"][0]["eventgate.events"], 3);
+        assert!(finished[1]["spans"][0].get("enduser.id").is_none());
         assert_eq!(finished[1]["http.status_code"], 401);
         assert_eq!(finished[1]["error"], "no token");
         assert_eq!(request_id(finished[1]), generated.as_str());

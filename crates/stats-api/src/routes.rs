@@ -60,6 +60,7 @@ fn authorize_read<'a>(
         )
         .with_field("topic")
     })?;
+    eventgate_core::http::record_request_subject(&principal.user, &topic.name);
     let restrictions = state.access.authorize_read(&principal, &topic.name)?;
     Ok((principal, topic, restrictions))
 }
