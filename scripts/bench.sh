@@ -16,7 +16,7 @@
 # BENCH_SKIP_BUILD=1 skips the release build (the binaries must exist).
 
 set -euo pipefail
-# shellcheck disable=SC2317 # functions called through traps and start_with_free_port
+# shellcheck disable=SC2317 # functions called through traps and stack_start_with_free_port
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/stack.sh
@@ -41,20 +41,6 @@ on_exit() {
     exit "$status"
 }
 
-# A free port can be taken between the check and the bind: try a few.
-start_with_free_port() {
-    local what=$1 port attempt
-    shift
-    for attempt in 1 2 3; do
-        port=$(stack_free_port)
-        if ("$@" "$port") >&2; then
-            printf '%s\n' "$port"
-            return
-        fi
-        stack_log "$what did not start on port $port (attempt $attempt)"
-    done
-    stack_die "$what did not start"
-}
 # The server settings of `make run` (scripts/run-local.sh): Debian's defaults, durable.
 start_pg() { stack_start_postgres "$STACK_DIR/postgres" "$1"; }
 start_tansu() { stack_start_tansu "$1" "$STACK_DIR/tansu.log" "$STACK_DIR/tansu.pid"; }
@@ -72,8 +58,8 @@ else
     trap on_exit EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
-    PG_PORT=$(start_with_free_port postgres start_pg)
-    KAFKA_PORT=$(start_with_free_port tansu start_tansu)
+    PG_PORT=$(stack_start_with_free_port postgres start_pg)
+    KAFKA_PORT=$(stack_start_with_free_port tansu start_tansu)
     export BENCH_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT"
     export BENCH_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
     BENCH_BROKER_PID=$(<"$STACK_DIR/tansu.pid")

@@ -16,6 +16,8 @@
 #   stop-tansu [PIDFILE]                 stop the broker started with that pidfile (default .data/tansu.pid)
 #   wait-port PORT [TIMEOUT_SECS]        wait until 127.0.0.1:PORT accepts connections (default 30 s)
 #   free-port                            print a TCP port that is free on 127.0.0.1 right now
+#   start-with-free-port WHAT CMD [ARG…] run CMD ARG… PORT on a free PORT, up to 3 tries (a free port can be
+#                                        taken before CMD binds it); print PORT, CMD's output goes to stderr
 #   reap PID DIR                         wait until process PID exits, then clean-dir DIR (the test harness)
 #   clean-dir DIR                        stop the servers kept in DIR and DIR/*/ (postgres/, tansu.pid), rm DIR
 #
@@ -87,6 +89,21 @@ print(s.getsockname()[1])'
         fi
     done
     stack_die "no free port found"
+}
+
+stack_start_with_free_port() {
+    local what=${1:?usage: start-with-free-port WHAT CMD [ARG...]} port attempt
+    shift
+    (($# > 0)) || stack_die "usage: start-with-free-port WHAT CMD [ARG...]"
+    for attempt in 1 2 3; do
+        port=$(stack_free_port)
+        if ("$@" "$port") >&2; then
+            printf '%s\n' "$port"
+            return
+        fi
+        stack_log "$what did not start on port $port (attempt $attempt)"
+    done
+    stack_die "$what did not start"
 }
 
 # ---------------------------------------------------------------------------------------------- postgres
@@ -437,6 +454,7 @@ stack_main() {
         stop-tansu) stack_stop_tansu "$@" ;;
         wait-port) stack_wait_port "$@" ;;
         free-port) stack_free_port "$@" ;;
+        start-with-free-port) stack_start_with_free_port "$@" ;;
         reap) stack_reap "$@" ;;
         clean-dir) stack_clean_dir "$@" ;;
         help | -h | --help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;

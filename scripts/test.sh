@@ -14,8 +14,8 @@
 # The stack is stopped and removed on every exit. Arguments replace `--workspace` in the nextest (or cargo
 # test) command, e.g. `scripts/test.sh -p eventgate-db-writer`; SKIP_LINT=1 skips fmt and clippy.
 
+# shellcheck disable=SC2317 # functions called through traps and stack_start_with_free_port
 set -euo pipefail
-# shellcheck disable=SC2317 # functions called through traps and start_with_free_port
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/stack.sh
@@ -63,24 +63,10 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A free port can be taken between the check and the bind: try a few.
-start_with_free_port() {
-    local what=$1 port attempt
-    shift
-    for attempt in 1 2 3; do
-        port=$(stack_free_port)
-        if ("$@" "$port") >&2; then
-            printf '%s\n' "$port"
-            return
-        fi
-        stack_log "$what did not start on port $port (attempt $attempt)"
-    done
-    stack_die "$what did not start"
-}
 start_pg() { PG_EXTRA_OPTS="-c fsync=off -c max_connections=300" stack_start_postgres "$STACK_DIR/postgres" "$1"; }
 start_tansu() { stack_start_tansu "$1" "$STACK_DIR/tansu.log" "$STACK_DIR/tansu.pid"; }
-PG_PORT=$(start_with_free_port postgres start_pg)
-KAFKA_PORT=$(start_with_free_port tansu start_tansu)
+PG_PORT=$(stack_start_with_free_port postgres start_pg)
+KAFKA_PORT=$(stack_start_with_free_port tansu start_tansu)
 
 step "template database eventgate_template"
 cargo build -p eventgate-cli --bin eventgate

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
 use eventgate_core::access::SharedAccess;
@@ -84,24 +83,18 @@ impl Application {
         let listener = TcpListener::bind(&config.ingest.listen)
             .with_context(|| format!("binding {}", config.ingest.listen))?;
         let port = listener.local_addr()?.port();
-        let data = web::Data::from(state.clone());
-        let telemetry = eventgate_core::http::RequestTelemetry::new(state.metrics.http.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .configure(routes::configure)
-                .default_service(web::to(eventgate_core::http::not_found))
-                // Registered last, so it is the outermost layer: every response gets its request id,
-                // log line and count, whatever an inner layer answered.
-                .wrap(telemetry.clone())
-        });
-        let server =
-            eventgate_core::http::with_common_settings(server, &config, config.ingest.workers)
-                .listen(listener)?;
+        let server = eventgate_core::http::start_server(
+            listener,
+            state.clone(),
+            state.metrics.http.clone(),
+            routes::configure,
+            &config,
+            config.ingest.workers,
+        )?;
         tracing::info!(port, "ingest-api listening");
         Ok(Application {
             port,
-            server: server.run(),
+            server,
             state,
             shutdown: config.shutdown.clone(),
         })

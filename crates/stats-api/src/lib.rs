@@ -24,7 +24,6 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 
 use eventgate_core::access::SharedAccess;
@@ -91,24 +90,19 @@ impl Application {
         let listener = TcpListener::bind(&config.stats.listen)
             .with_context(|| format!("binding {}", config.stats.listen))?;
         let port = listener.local_addr()?.port();
-        let telemetry = eventgate_core::http::RequestTelemetry::new(state.metrics.http.clone());
-        let data = web::Data::from(state);
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .configure(routes::configure)
-                .default_service(web::to(eventgate_core::http::not_found))
-                // Registered last, so it is the outermost layer: every response gets its request id,
-                // log line and count, whatever an inner layer answered.
-                .wrap(telemetry.clone())
-        });
-        let server =
-            eventgate_core::http::with_common_settings(server, &config, config.stats.workers)
-                .listen(listener)?;
+        let http_metrics = state.metrics.http.clone();
+        let server = eventgate_core::http::start_server(
+            listener,
+            state,
+            http_metrics,
+            routes::configure,
+            &config,
+            config.stats.workers,
+        )?;
         tracing::info!(port, "stats-api listening");
         Ok(Application {
             port,
-            server: server.run(),
+            server,
             lifecycle,
             shutdown: config.shutdown.clone(),
         })

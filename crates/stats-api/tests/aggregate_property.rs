@@ -4,50 +4,26 @@
 //! to 12 significant digits: Postgres rounds its exact decimal average), with the number of groups and
 //! the totals.
 
+mod common;
+
 use std::cell::Cell;
 
-use diesel::Insertable;
 use diesel_async::RunQueryDsl;
 use proptest::prelude::*;
 use proptest::sample::select;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use serde_json::{json, Map, Value};
+use proptest::test_runner::TestCaseError;
+use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use eventgate_core::envelope::Event;
+use common::property::{self, check, insert, maybe, object_of, runtime, Db, RawEvent};
+use eventgate_core::error::ApiError;
 use eventgate_core::query::aggregate::{
     plan_aggregate, AggregateLimits, AggregatePlan, AggregateRequest, AggregateResult,
     IntervalRequest, MetricValue, ZoneRules,
 };
-use eventgate_core::query::{FieldCatalogue, Micros, QueryLimits};
-use eventgate_core::schema::{build_pool, events, PgPool};
+use eventgate_core::query::{Micros, QueryLimits};
 use eventgate_stats_api::aggregate_sql::{aggregate_query, aggregate_sql, decode, AggregateRow};
-
-#[derive(Insertable)]
-#[diesel(table_name = events)]
-struct NewRow {
-    id: Uuid,
-    topic: String,
-    received_at: OffsetDateTime,
-    producer: String,
-    payload: Value,
-}
-
-fn schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "source_app": {"type": "string"},
-            "run_id": {"type": "integer"},
-            "score": {"type": ["number", "null"]},
-            "ok": {"type": "boolean"},
-            "ts_ms": {"type": "integer", "x-eventgate-type": "epoch-ms"},
-            "finished_at": {"type": "string", "format": "date-time"},
-            "info": {"type": "object", "properties": {"region": {"type": "string"}}}
-        }
-    })
-}
 
 /// Instants (µs) of daylight-saving changes in the test zones, and of a year boundary.
 const TRANSITIONS: &[i64] = &[
@@ -94,28 +70,9 @@ fn near_transition() -> impl Strategy<Value = i64> {
 }
 
 fn numbers() -> Vec<Value> {
-    vec![
-        json!(-1),
-        json!(0),
-        json!(1),
-        json!(1.0),
-        json!(2),
-        json!(0.5),
-        json!(-0.25),
-        json!(1e20),
-        json!(9_007_199_254_740_993_u64),
-    ]
-}
-
-/// Present, missing, null, or of the wrong type.
-fn maybe(values: BoxedStrategy<Value>, wrong: Value) -> BoxedStrategy<Option<Value>> {
-    prop_oneof![
-        6 => values.prop_map(Some),
-        2 => Just(None),
-        1 => Just(Some(Value::Null)),
-        1 => Just(Some(wrong)),
-    ]
-    .boxed()
+    let mut numbers = property::numbers();
+    numbers.extend([json!(1e20), json!(9_007_199_254_740_993_u64)]);
+    numbers
 }
 
 fn arb_payload() -> impl Strategy<Value = Value> {
@@ -148,19 +105,14 @@ fn arb_payload() -> impl Strategy<Value = Value> {
     )
         .prop_map(
             |(source_app, run_id, score, ok, ts_ms, finished_at, region)| {
-                let mut m = Map::new();
-                for (k, v) in [
+                let mut m = object_of([
                     ("source_app", source_app),
                     ("run_id", run_id),
                     ("score", score),
                     ("ok", ok),
                     ("ts_ms", ts_ms),
                     ("finished_at", finished_at),
-                ] {
-                    if let Some(v) = v {
-                        m.insert(k.into(), v);
-                    }
-                }
+                ]);
                 if let Some(r) = region {
                     m.insert("info".into(), json!({"region": r}));
                 }
@@ -169,10 +121,14 @@ fn arb_payload() -> impl Strategy<Value = Value> {
         )
 }
 
-fn arb_event() -> impl Strategy<Value = (u128, i64, String, Value)> {
+fn instant(micros: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).expect("timestamp")
+}
+
+fn arb_event() -> impl Strategy<Value = RawEvent> {
     (
         any::<u128>(),
-        near_transition(),
+        near_transition().prop_map(instant),
         select(vec!["alice", "bob"]),
         arb_payload(),
     )
@@ -301,65 +257,29 @@ impl ZoneRules for Zone {
     }
 }
 
-struct Ctx {
-    writer: PgPool,
-    reader: PgPool,
-    fields: FieldCatalogue,
+/// Declared-indexed fields have their own SQL expression: it must group the same way.
+async fn setup() -> Db {
+    property::setup(&["source_app", "ts_ms"]).await
 }
 
-async fn setup() -> Ctx {
-    let db = eventgate_test_support::stack().await.fresh_database().await;
-    let mut fields = FieldCatalogue::from_schema(&schema());
-    // Declared-indexed fields have their own SQL expression: it must group the same way.
-    fields
-        .mark_indexed(&["source_app".to_owned(), "ts_ms".to_owned()])
-        .expect("indexable");
-    Ctx {
-        writer: build_pool(&db.writer_url, 1).await.expect("writer pool"),
-        reader: build_pool(&db.reader_url, 1).await.expect("reader pool"),
-        fields,
-    }
+fn aggregate_plan(
+    db: &Db,
+    topic: &str,
+    request: &AggregateRequest,
+) -> Result<AggregatePlan, ApiError> {
+    plan_aggregate(
+        topic,
+        request,
+        &db.fields,
+        &QueryLimits::default(),
+        &AggregateLimits::default(),
+        &[],
+    )
 }
 
-async fn insert(ctx: &Ctx, topic: &str, raw: &[(u128, i64, String, Value)]) -> Vec<Event> {
-    let salt = Uuid::new_v4().as_u128();
-    let mut seen = std::collections::HashSet::new();
-    let events: Vec<Event> = raw
-        .iter()
-        .filter(|(id, ..)| seen.insert(*id))
-        .map(|(id, ts, producer, payload)| Event {
-            id: Uuid::from_u128(*id ^ salt),
-            topic: topic.to_owned(),
-            timestamp: OffsetDateTime::from_unix_timestamp_nanos(i128::from(*ts) * 1000)
-                .expect("timestamp"),
-            producer: producer.clone(),
-            payload: payload.clone(),
-        })
-        .collect();
-    let rows: Vec<NewRow> = events
-        .iter()
-        .map(|e| NewRow {
-            id: e.id,
-            topic: e.topic.clone(),
-            received_at: e.timestamp,
-            producer: e.producer.clone(),
-            payload: e.payload.clone(),
-        })
-        .collect();
-    if !rows.is_empty() {
-        let mut conn = ctx.writer.get().await.expect("writer connection");
-        diesel::insert_into(events::table)
-            .values(&rows)
-            .execute(&mut *conn)
-            .await
-            .expect("insert");
-    }
-    events
-}
-
-async fn run_sql(ctx: &Ctx, topic: &str, plan: &AggregatePlan) -> Result<AggregateResult, String> {
+async fn run_sql(db: &Db, topic: &str, plan: &AggregatePlan) -> Result<AggregateResult, String> {
     let query = aggregate_query(topic, plan).map_err(str::to_owned)?;
-    let mut reader = ctx.reader.get().await.map_err(|e| e.to_string())?;
+    let mut reader = db.reader.get().await.map_err(|e| e.to_string())?;
     let rows: Vec<AggregateRow> = query.load(&mut *reader).await.map_err(|e| {
         format!(
             "SQL failed: {e}\n{:?}",
@@ -391,41 +311,18 @@ fn same(a: &AggregateResult, b: &AggregateResult) -> bool {
             .all(|(x, y)| x.keys == y.keys && same_metrics(&x.metrics, &y.metrics))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 #[test]
 fn aggregates_equal_the_in_memory_computation() {
     let rt = runtime();
-    let ctx = rt.block_on(setup());
-    let cases: u32 = std::env::var("AGGREGATE_PROPERTY_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(96);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let db = rt.block_on(setup());
+    let cases = property::cases_from_env("AGGREGATE_PROPERTY_CASES", 96);
     let strategy = (prop::collection::vec(arb_event(), 0..40), arb_request());
     let planned = Cell::new(0u32);
     let several_groups = Cell::new(0u32);
-    let result = runner.run(&strategy, |(raw, request)| {
+    check(cases, &strategy, |(raw, request)| {
         let topic = format!("agg-{}", Uuid::new_v4().simple());
-        let plan = plan_aggregate(
-            &topic,
-            &request,
-            &ctx.fields,
-            &QueryLimits::default(),
-            &AggregateLimits::default(),
-            &[],
-        )
-        .map_err(|e| TestCaseError::fail(format!("{request:?}: {}", e.summary())))?;
+        let plan = aggregate_plan(&db, &topic, &request)
+            .map_err(|e| TestCaseError::fail(format!("{request:?}: {}", e.summary())))?;
         planned.set(planned.get() + 1);
         let zone_name = plan
             .interval
@@ -434,14 +331,14 @@ fn aggregates_equal_the_in_memory_computation() {
             .to_owned();
         let zone = Zone(jiff::tz::TimeZone::get(&zone_name).expect("zone in the tz database"));
         rt.block_on(async {
-            let events = insert(&ctx, &topic, &raw).await;
+            let events = insert(&db, &topic, &raw).await;
             // Events of another topic never count.
-            insert(&ctx, &format!("{topic}-other"), &raw).await;
+            insert(&db, &format!("{topic}-other"), &raw).await;
             let want = plan.evaluate(&events, &zone);
             if want.groups.len() > 1 {
                 several_groups.set(several_groups.get() + 1);
             }
-            let got = run_sql(&ctx, &topic, &plan)
+            let got = run_sql(&db, &topic, &plan)
                 .await
                 .map_err(TestCaseError::fail)?;
             if !same(&want, &got) {
@@ -457,9 +354,6 @@ fn aggregates_equal_the_in_memory_computation() {
             Ok(())
         })
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
     assert_eq!(planned.get(), cases, "every generated request is valid");
     assert!(
         several_groups.get() * 3 >= cases,
@@ -473,16 +367,16 @@ fn bucket_boundaries_follow_postgres_in_each_zone() {
     // Every quarter hour across each transition, bucketed by hour and day in each zone: the in-memory
     // buckets (jiff + the core's truncation) equal date_trunc's.
     let rt = runtime();
-    let ctx = rt.block_on(setup());
+    let db = rt.block_on(setup());
     rt.block_on(async {
         let topic = format!("agg-zones-{}", Uuid::new_v4().simple());
-        let raw: Vec<(u128, i64, String, Value)> = TRANSITIONS
+        let raw: Vec<RawEvent> = TRANSITIONS
             .iter()
             .flat_map(|base| (-16i64..16).map(move |q| base + q * 15 * 60_000_000))
             .enumerate()
-            .map(|(i, ts)| (i as u128 + 1, ts, "p".to_owned(), json!({})))
+            .map(|(i, ts)| (i as u128 + 1, instant(ts), "p".to_owned(), json!({})))
             .collect();
-        let events = insert(&ctx, &topic, &raw).await;
+        let events = insert(&db, &topic, &raw).await;
         for zone_name in ZONES {
             for unit in ["minute", "hour", "day", "week"] {
                 let request = AggregateRequest {
@@ -494,18 +388,10 @@ fn bucket_boundaries_follow_postgres_in_each_zone() {
                     limit: Some(10_000),
                     ..AggregateRequest::default()
                 };
-                let plan = plan_aggregate(
-                    &topic,
-                    &request,
-                    &ctx.fields,
-                    &QueryLimits::default(),
-                    &AggregateLimits::default(),
-                    &[],
-                )
-                .expect("plan");
+                let plan = aggregate_plan(&db, &topic, &request).expect("plan");
                 let zone = Zone(jiff::tz::TimeZone::get(zone_name).expect("zone"));
                 let want = plan.evaluate(&events, &zone);
-                let got = run_sql(&ctx, &topic, &plan).await.expect("sql");
+                let got = run_sql(&db, &topic, &plan).await.expect("sql");
                 assert!(want.total_groups > 1);
                 assert_eq!(want, got, "{zone_name} {unit}");
             }
@@ -518,7 +404,7 @@ fn far_epoch_ms_values_in_utc() {
     // The ends of the epoch-ms range, where a double no longer holds every microsecond and where
     // `to_timestamp` would fail beyond: the same buckets in SQL and in memory, and no error.
     let rt = runtime();
-    let ctx = rt.block_on(setup());
+    let db = rt.block_on(setup());
     rt.block_on(async {
         let topic = format!("agg-far-{}", Uuid::new_v4().simple());
         let values = [
@@ -530,12 +416,19 @@ fn far_epoch_ms_values_in_utc() {
             json!(1_735_689_599_999.999_5),
             json!(1_735_689_600_000.5),
         ];
-        let raw: Vec<(u128, i64, String, Value)> = values
+        let raw: Vec<RawEvent> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| (i as u128 + 1, 0, "p".to_owned(), json!({"ts_ms": v})))
+            .map(|(i, v)| {
+                (
+                    i as u128 + 1,
+                    OffsetDateTime::UNIX_EPOCH,
+                    "p".to_owned(),
+                    json!({"ts_ms": v}),
+                )
+            })
             .collect();
-        let events = insert(&ctx, &topic, &raw).await;
+        let events = insert(&db, &topic, &raw).await;
         for unit in ["minute", "year"] {
             let request = AggregateRequest {
                 interval: Some(IntervalRequest {
@@ -545,17 +438,9 @@ fn far_epoch_ms_values_in_utc() {
                 }),
                 ..AggregateRequest::default()
             };
-            let plan = plan_aggregate(
-                &topic,
-                &request,
-                &ctx.fields,
-                &QueryLimits::default(),
-                &AggregateLimits::default(),
-                &[],
-            )
-            .expect("plan");
+            let plan = aggregate_plan(&db, &topic, &request).expect("plan");
             let want = plan.evaluate(&events, &eventgate_core::query::aggregate::Utc);
-            let got = run_sql(&ctx, &topic, &plan).await.expect("sql");
+            let got = run_sql(&db, &topic, &plan).await.expect("sql");
             assert_eq!(want, got, "{unit}");
             // Out of range: one "no value" bucket of three.
             let none = want.groups.iter().find(|g| g.keys[0].is_none());

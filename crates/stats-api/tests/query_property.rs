@@ -6,50 +6,26 @@
 //! date-time strings, numbers that are equal but written differently, byte-order traps like `B < a < é`)
 //! so that filters hit and sort keys collide.
 
+mod common;
+
 use std::cell::Cell;
 
 use diesel::sql_types::Text;
-use diesel::{Insertable, QueryableByName};
+use diesel::QueryableByName;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use proptest::prelude::*;
 use proptest::sample::select;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use common::property::{self, check, insert, maybe, object_of, runtime, RawEvent};
 use eventgate_core::envelope::Event;
-use eventgate_core::query::{
-    plan, CursorKey, FieldCatalogue, QueryLimits, QueryPlan, QueryRequest,
-};
-use eventgate_core::schema::{build_pool, events, EventRow, PgPool};
+use eventgate_core::error::ApiError;
+use eventgate_core::query::{plan, CursorKey, QueryLimits, QueryPlan, QueryRequest};
+use eventgate_core::schema::EventRow;
 use eventgate_stats_api::query_sql::{into_diesel, page_query, page_sql, SqlParts};
-
-#[derive(Insertable)]
-#[diesel(table_name = events)]
-struct NewRow {
-    id: Uuid,
-    topic: String,
-    received_at: OffsetDateTime,
-    producer: String,
-    payload: Value,
-}
-
-fn schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "source_app": {"type": "string"},
-            "run_id": {"type": "integer"},
-            "score": {"type": ["number", "null"]},
-            "ok": {"type": "boolean"},
-            "ts_ms": {"type": "integer", "x-eventgate-type": "epoch-ms"},
-            "finished_at": {"type": "string", "format": "date-time"},
-            "info": {"type": "object", "properties": {"region": {"type": "string"}, "0": {"type": "integer"}}},
-            "tags": {"type": "array"}
-        }
-    })
-}
 
 const STRINGS: &[&str] = &[
     "a", "b", "B", "ab", "é", "É", "a%b", "A_b", "", "unify", "Unify", "x\\y", "zz",
@@ -82,20 +58,15 @@ const TIMES: &[&str] = &[
 ];
 
 fn numbers() -> Vec<Value> {
-    vec![
-        json!(-1),
-        json!(0),
-        json!(1),
-        json!(1.0),
-        json!(2),
-        json!(0.5),
-        json!(-0.25),
+    let mut numbers = property::numbers();
+    numbers.extend([
         json!(1e-7),
         json!(1e20),
         json!(1.5e300),
         json!(9_007_199_254_740_993_u64),
         json!(-9_007_199_254_740_993_i64),
-    ]
+    ]);
+    numbers
 }
 
 fn millis() -> Vec<Value> {
@@ -127,24 +98,10 @@ fn times() -> BoxedStrategy<Value> {
     .boxed()
 }
 
-/// Present, missing, null, or of the wrong type.
-fn maybe(values: BoxedStrategy<Value>, wrong: Value) -> BoxedStrategy<Option<Value>> {
-    prop_oneof![
-        6 => values.prop_map(Some),
-        2 => Just(None),
-        1 => Just(Some(Value::Null)),
-        1 => Just(Some(wrong)),
-    ]
-    .boxed()
-}
-
 fn arb_payload() -> impl Strategy<Value = Value> {
     let info = prop_oneof![
         4 => (maybe(strings(), json!(5)), maybe(one_of(numbers()), json!("1"))).prop_map(|(region, zero)| {
-            let mut m = Map::new();
-            if let Some(r) = region { m.insert("region".into(), r); }
-            if let Some(z) = zero { m.insert("0".into(), z); }
-            Value::Object(m)
+            Value::Object(object_of([("region", region), ("0", zero)]))
         }),
         1 => one_of(vec![json!(["a", 1]), json!([1, "a"]), json!([2.5])]),
         1 => Just(json!("info")),
@@ -169,8 +126,7 @@ fn arb_payload() -> impl Strategy<Value = Value> {
     )
         .prop_map(
             |(source_app, run_id, score, ok, ts_ms, finished_at, info, tags)| {
-                let mut m = Map::new();
-                for (k, v) in [
+                Value::Object(object_of([
                     ("source_app", source_app),
                     ("run_id", run_id),
                     ("score", score),
@@ -179,12 +135,7 @@ fn arb_payload() -> impl Strategy<Value = Value> {
                     ("finished_at", finished_at),
                     ("info", info),
                     ("tags", tags),
-                ] {
-                    if let Some(v) = v {
-                        m.insert(k.into(), v);
-                    }
-                }
-                Value::Object(m)
+                ]))
             },
         )
 }
@@ -207,7 +158,7 @@ fn arb_timestamp() -> impl Strategy<Value = OffsetDateTime> {
         })
 }
 
-fn arb_event() -> impl Strategy<Value = (u128, OffsetDateTime, String, Value)> {
+fn arb_event() -> impl Strategy<Value = RawEvent> {
     (
         any::<u128>(),
         arb_timestamp(),
@@ -343,69 +294,27 @@ fn arb_sort() -> impl Strategy<Value = Vec<String>> {
 }
 
 struct Ctx {
-    /// As the owner: inserts rows directly.
-    writer: PgPool,
-    /// As the stats-api's read-only role: runs the generated queries.
-    reader: PgPool,
-    fields: FieldCatalogue,
+    db: property::Db,
     key: CursorKey,
 }
 
-async fn setup() -> Ctx {
-    let db = eventgate_test_support::stack().await.fresh_database().await;
-    Ctx {
-        writer: build_pool(&db.writer_url, 1).await.expect("writer pool"),
-        reader: build_pool(&db.reader_url, 1).await.expect("reader pool"),
-        fields: {
-            // Some fields declared indexed: their SQL names the path literally (the index expression);
-            // the walk must mean exactly the same as with bound paths.
-            let mut fields = FieldCatalogue::from_schema(&schema());
-            let indexed = ["source_app", "score", "ok", "ts_ms", "info.region"].map(str::to_owned);
-            fields.mark_indexed(&indexed).expect("indexable fields");
-            fields
-        },
-        key: CursorKey::new(b"property-test-secret"),
+impl Ctx {
+    async fn setup() -> Ctx {
+        Ctx {
+            db: property::setup(&["source_app", "score", "ok", "ts_ms", "info.region"]).await,
+            key: CursorKey::new(b"property-test-secret"),
+        }
     }
-}
 
-async fn insert(
-    ctx: &Ctx,
-    topic: &str,
-    events: &[(u128, OffsetDateTime, String, Value)],
-) -> Vec<Event> {
-    // Ids are a primary key across topics, and shrinking replays cases: salt them per call.
-    let salt = Uuid::new_v4().as_u128();
-    let mut seen = std::collections::HashSet::new();
-    let events: Vec<Event> = events
-        .iter()
-        .filter(|(id, ..)| seen.insert(*id))
-        .map(|(id, ts, producer, payload)| Event {
-            id: Uuid::from_u128(*id ^ salt),
-            topic: topic.to_owned(),
-            timestamp: *ts,
-            producer: producer.clone(),
-            payload: payload.clone(),
-        })
-        .collect();
-    let rows: Vec<NewRow> = events
-        .iter()
-        .map(|e| NewRow {
-            id: e.id,
-            topic: e.topic.clone(),
-            received_at: e.timestamp,
-            producer: e.producer.clone(),
-            payload: e.payload.clone(),
-        })
-        .collect();
-    if !rows.is_empty() {
-        let mut conn = ctx.writer.get().await.expect("writer connection");
-        diesel::insert_into(events::table)
-            .values(&rows)
-            .execute(&mut *conn)
-            .await
-            .expect("insert");
+    fn plan(&self, topic: &str, request: &QueryRequest) -> Result<QueryPlan, ApiError> {
+        plan(
+            topic,
+            request,
+            &self.db.fields,
+            &QueryLimits::default(),
+            &self.key,
+        )
     }
-    events
 }
 
 /// Walks every page; returns the ids in page order, or a description of what went wrong.
@@ -418,16 +327,12 @@ async fn walk(
     let mut request = request.clone();
     let mut ids = Vec::new();
     for _ in 0..max_pages {
-        let plan = plan(
-            topic,
-            &request,
-            &ctx.fields,
-            &QueryLimits::default(),
-            &ctx.key,
-        )
-        .map_err(|e| format!("page plan failed: {e:?}"))?;
+        let plan = ctx
+            .plan(topic, &request)
+            .map_err(|e| format!("page plan failed: {e:?}"))?;
         let rows: Vec<EventRow> = {
             let mut reader = ctx
+                .db
                 .reader
                 .get()
                 .await
@@ -455,27 +360,11 @@ fn expected(plan: &QueryPlan, events: &[Event]) -> Vec<Uuid> {
     hits.iter().map(|e| e.id).collect()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 #[test]
 fn pages_equal_the_in_memory_semantics() {
     let rt = runtime();
-    let ctx = rt.block_on(setup());
-    let cases: u32 = std::env::var("QUERY_PROPERTY_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(96);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let ctx = rt.block_on(Ctx::setup());
+    let cases = property::cases_from_env("QUERY_PROPERTY_CASES", 96);
     let strategy = (
         prop::collection::vec(arb_event(), 0..45),
         prop::collection::vec(arb_filter(), 0..4),
@@ -484,7 +373,7 @@ fn pages_equal_the_in_memory_semantics() {
     );
     let planned = Cell::new(0u32);
     let case_no = Cell::new(0u32);
-    let result = runner.run(&strategy, |(events, filters, sort, limit)| {
+    check(cases, &strategy, |(events, filters, sort, limit)| {
         case_no.set(case_no.get() + 1);
         let case_no = case_no.get();
         let topic = format!("t{case_no}-{}", Uuid::new_v4().simple());
@@ -495,21 +384,15 @@ fn pages_equal_the_in_memory_semantics() {
             cursor: None,
             limit: Some(limit),
         };
-        let Ok(first) = plan(
-            &topic,
-            &request,
-            &ctx.fields,
-            &QueryLimits::default(),
-            &ctx.key,
-        ) else {
+        let Ok(first) = ctx.plan(&topic, &request) else {
             return Ok(()); // e.g. a `_gt` on a boolean: nothing to compare
         };
         planned.set(planned.get() + 1);
         rt.block_on(async {
-            let inserted = insert(&ctx, &topic, &events).await;
+            let inserted = insert(&ctx.db, &topic, &events).await;
             // Noise in another topic must never show up.
             let other = format!("{topic}-other");
-            insert(&ctx, &other, &events).await;
+            insert(&ctx.db, &other, &events).await;
             let want = expected(&first, &inserted);
             let got = walk(&ctx, &topic, &request, inserted.len() + 2)
                 .await
@@ -531,9 +414,6 @@ fn pages_equal_the_in_memory_semantics() {
             Ok(())
         })
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
     let planned = planned.get();
     assert!(
         planned * 2 >= cases,
@@ -544,23 +424,18 @@ fn pages_equal_the_in_memory_semantics() {
 #[test]
 fn stored_date_times_agree_with_postgres() {
     let rt = runtime();
-    let ctx = rt.block_on(setup());
-    let mut runner = TestRunner::new(Config {
-        cases: 1,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let ctx = rt.block_on(Ctx::setup());
     let strategy = prop::collection::vec(times(), 300..400);
-    let result = runner.run(&strategy, |strings| {
+    check(1, &strategy, |strings| {
         rt.block_on(async {
             let topic = format!("times-{}", Uuid::new_v4().simple());
-            let events: Vec<(u128, OffsetDateTime, String, Value)> = strings
+            let events: Vec<RawEvent> = strings
                 .iter()
                 .chain(TIMES.iter().map(|s| json!(s)).collect::<Vec<_>>().iter())
                 .enumerate()
                 .map(|(i, s)| (i as u128 + 1, OffsetDateTime::UNIX_EPOCH, "p".to_owned(), json!({"finished_at": s})))
                 .collect();
-            let inserted = insert(&ctx, &topic, &events).await;
+            let inserted = insert(&ctx.db, &topic, &events).await;
             for body in [
                 json!({"sort": ["finished_at"], "limit": 1000}),
                 json!({"filter": {"finished_at_exists": true}, "sort": ["-finished_at"], "limit": 1000}),
@@ -568,7 +443,7 @@ fn stored_date_times_agree_with_postgres() {
                 json!({"filter": {"finished_at": "2025-01-01T00:00:00.000001Z"}, "limit": 1000}),
             ] {
                 let request = QueryRequest::from_json(&body).map_err(|e| TestCaseError::fail(e.summary()))?;
-                let first = plan(&topic, &request, &ctx.fields, &QueryLimits::default(), &ctx.key)
+                let first = ctx.plan(&topic, &request)
                     .map_err(|e| TestCaseError::fail(e.summary()))?;
                 let got = walk(&ctx, &topic, &request, 1000).await.map_err(TestCaseError::fail)?;
                 let want = expected(&first, &inserted);
@@ -585,9 +460,6 @@ fn stored_date_times_agree_with_postgres() {
             Ok(())
         })
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 #[derive(QueryableByName)]
@@ -600,7 +472,7 @@ struct PlanLine {
 #[test]
 fn default_order_is_served_by_the_btree() {
     let rt = runtime();
-    let ctx = rt.block_on(setup());
+    let ctx = rt.block_on(Ctx::setup());
     rt.block_on(async {
         let events: Vec<_> = (0..50_u128)
             .map(|i| {
@@ -612,33 +484,19 @@ fn default_order_is_served_by_the_btree() {
                 )
             })
             .collect();
-        let inserted = insert(&ctx, "btree", &events).await;
-        let first = plan(
-            "btree",
-            &QueryRequest::default(),
-            &ctx.fields,
-            &QueryLimits::default(),
-            &ctx.key,
-        )
-        .expect("plan");
+        let inserted = insert(&ctx.db, "btree", &events).await;
+        let first = ctx.plan("btree", &QueryRequest::default()).expect("plan");
         let request = QueryRequest {
             cursor: Some(first.next_cursor(&inserted[10], &ctx.key)),
             ..QueryRequest::default()
         };
-        let p = plan(
-            "btree",
-            &request,
-            &ctx.fields,
-            &QueryLimits::default(),
-            &ctx.key,
-        )
-        .expect("plan");
+        let p = ctx.plan("btree", &request).expect("plan");
         let parts = page_sql("btree", &p);
         let explain = SqlParts {
             sql: format!("EXPLAIN {}", parts.sql),
             binds: parts.binds,
         };
-        let mut reader = ctx.reader.get().await.expect("reader connection");
+        let mut reader = ctx.db.reader.get().await.expect("reader connection");
         reader
             .batch_execute("SET enable_seqscan = off")
             .await

@@ -31,6 +31,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Map, Value};
 
 use super::fields::{FieldCatalogue, FieldDef, FieldSource, FieldType};
+use super::planning::{
+    key_field, parse_limit, parse_list, sort_direction, unknown_field_message, KeyList,
+};
 use super::value::{civil_from_days, event_micros, shorten, Decimal, Micros, PG_EPOCH_MICROS};
 use super::value::{MAX_CLIENT_MICROS, MIN_CLIENT_MICROS};
 use super::{field_value, plan_restricted, CursorKey, Filter, QueryLimits, QueryRequest};
@@ -444,21 +447,12 @@ pub fn plan_aggregate(
         }
     }
 
-    let limit = match req.limit {
-        None => limits.default_limit,
-        Some(0) => {
-            errors.push(ErrorDetail::validation("limit", "must be at least 1"));
-            limits.default_limit
-        }
-        Some(n) if n > u64::from(limits.max_limit) => {
-            errors.push(ErrorDetail::validation(
-                "limit",
-                format!("must be at most {}", limits.max_limit),
-            ));
-            limits.default_limit
-        }
-        Some(n) => u32::try_from(n).unwrap_or(limits.max_limit),
-    };
+    let limit = parse_limit(
+        req.limit,
+        limits.default_limit,
+        limits.max_limit,
+        &mut errors,
+    );
 
     if !errors.is_empty() {
         return Err(ApiError::from_details(errors));
@@ -473,63 +467,20 @@ pub fn plan_aggregate(
     })
 }
 
-fn unknown_field(name: &str, fields: &FieldCatalogue) -> String {
-    let names = fields.names();
-    let mut listed: Vec<String> = names.iter().take(100).cloned().collect();
-    if names.len() > 100 {
-        listed.push(format!("… ({} more)", names.len() - 100));
-    }
-    format!(
-        "unknown field `{}`; valid fields: {}",
-        shorten(name, 200),
-        listed.join(", ")
-    )
-}
-
 fn parse_group_by(
     names: &[String],
     fields: &FieldCatalogue,
     limits: &AggregateLimits,
     errors: &mut Vec<ErrorDetail>,
 ) -> Vec<FieldDef> {
-    if names.len() > limits.max_group_by {
-        errors.push(ErrorDetail::validation(
-            "group_by",
-            format!(
-                "too many fields: {} given, at most {} allowed",
-                names.len(),
-                limits.max_group_by
-            ),
-        ));
-        return Vec::new();
-    }
-    let mut out: Vec<FieldDef> = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let at = format!("group_by[{i}]");
-        let Some(field) = fields.lookup(name) else {
-            errors.push(ErrorDetail::validation(at, unknown_field(name, fields)));
-            continue;
-        };
-        if field.ty == FieldType::Other {
-            errors.push(ErrorDetail::validation(
-                at,
-                format!(
-                    "cannot group by `{}`: objects, arrays and untyped values have no comparable value",
-                    field.name
-                ),
-            ));
-            continue;
-        }
-        if out.iter().any(|f| f.source == field.source) {
-            errors.push(ErrorDetail::validation(
-                at,
-                format!("`{}` is grouped by more than once", field.name),
-            ));
-            continue;
-        }
-        out.push(field.clone());
-    }
-    out
+    parse_list(
+        "group_by",
+        "fields",
+        names,
+        limits.max_group_by,
+        errors,
+        |name, chosen: &[FieldDef]| key_field(name, fields, chosen, KeyList::GroupBy).cloned(),
+    )
 }
 
 fn parse_interval(
@@ -555,7 +506,7 @@ fn parse_interval(
         None => {
             errors.push(ErrorDetail::validation(
                 "interval.field",
-                unknown_field(name, fields),
+                unknown_field_message(name, name, fields),
             ));
             None
         }
@@ -621,7 +572,7 @@ pub fn parse_metric(text: &str, fields: &FieldCatalogue) -> Result<Metric, Strin
     let name = argument.trim();
     let field = fields
         .lookup(name)
-        .ok_or_else(|| unknown_field(name, fields))?;
+        .ok_or_else(|| unknown_field_message(name, name, fields))?;
     let applies = match kind {
         MetricKind::CountDistinct => field.ty != FieldType::Other,
         // An epoch-ms value is a number: its least and greatest are the earliest and latest instant.
@@ -666,29 +617,20 @@ fn parse_metrics(
             field: None,
         }];
     }
-    if names.len() > limits.max_metrics {
-        errors.push(ErrorDetail::validation(
-            "metrics",
-            format!(
-                "too many metrics: {} given, at most {} allowed",
-                names.len(),
-                limits.max_metrics
-            ),
-        ));
-        return Vec::new();
-    }
-    let mut out: Vec<Metric> = Vec::new();
-    for (i, text) in names.iter().enumerate() {
-        let at = format!("metrics[{i}]");
-        match parse_metric(text, fields) {
-            Ok(metric) if out.iter().any(|m| m.name == metric.name) => errors.push(
-                ErrorDetail::validation(at, format!("`{}` is asked for twice", metric.name)),
-            ),
-            Ok(metric) => out.push(metric),
-            Err(message) => errors.push(ErrorDetail::validation(at, message)),
-        }
-    }
-    out
+    parse_list(
+        "metrics",
+        "metrics",
+        names,
+        limits.max_metrics,
+        errors,
+        |text, chosen: &[Metric]| {
+            let metric = parse_metric(text, fields)?;
+            if chosen.iter().any(|m| m.name == metric.name) {
+                return Err(format!("`{}` is asked for twice", metric.name));
+            }
+            Ok(metric)
+        },
+    )
 }
 
 fn parse_aggregate_sort(
@@ -728,10 +670,7 @@ fn parse_aggregate_sort(
     let mut keys: Vec<AggregateSortKey> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let at = format!("sort[{i}]");
-        let (descending, name) = match entry.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, entry.as_str()),
-        };
+        let (descending, name) = sort_direction(entry);
         let target = if name == "bucket" {
             if has_bucket {
                 Ok(SortTarget::Key(group_by.len()))
@@ -1280,6 +1219,10 @@ mod tests {
         )
     }
 
+    fn sort_key(target: SortTarget, descending: bool) -> AggregateSortKey {
+        AggregateSortKey { target, descending }
+    }
+
     fn fields_of(err: &ApiError) -> Vec<String> {
         err.details
             .iter()
@@ -1315,14 +1258,8 @@ mod tests {
         assert_eq!(
             plan.sort,
             vec![
-                AggregateSortKey {
-                    target: SortTarget::Key(1),
-                    descending: false
-                },
-                AggregateSortKey {
-                    target: SortTarget::Key(0),
-                    descending: false
-                },
+                sort_key(SortTarget::Key(1), false),
+                sort_key(SortTarget::Key(0), false),
             ]
         );
     }
@@ -1378,18 +1315,9 @@ mod tests {
         assert_eq!(
             plan.sort,
             vec![
-                AggregateSortKey {
-                    target: SortTarget::Metric(1),
-                    descending: true
-                },
-                AggregateSortKey {
-                    target: SortTarget::Key(1),
-                    descending: false
-                },
-                AggregateSortKey {
-                    target: SortTarget::Key(0),
-                    descending: false
-                },
+                sort_key(SortTarget::Metric(1), true),
+                sort_key(SortTarget::Key(1), false),
+                sort_key(SortTarget::Key(0), false),
             ]
         );
         let err = plan_of(json!({"group_by": ["source_app"], "sort": ["bucket", "max(score)", "run_id", "count", "-count"]}))

@@ -17,6 +17,7 @@
 pub mod aggregate;
 pub mod cursor;
 pub mod fields;
+mod planning;
 pub mod request;
 pub mod value;
 
@@ -36,6 +37,9 @@ pub use value::{Decimal, Micros, Scalar, SortValue};
 
 use crate::envelope::Event;
 use crate::error::{ApiError, ErrorDetail};
+use planning::{
+    key_field, parse_limit, parse_list, sort_direction, too_many, unknown_field_message, KeyList,
+};
 use request::{resolve_key, KeyResolution};
 use value::{
     cmp_nulls_last, event_micros, json_kind, parse_client_time, parse_stored_time, shorten,
@@ -43,8 +47,6 @@ use value::{
 
 /// At most this many error details are reported for one request.
 const MAX_ERROR_DETAILS: usize = 50;
-/// At most this many field names are listed in an "unknown field" message.
-const MAX_LISTED_NAMES: usize = 100;
 
 /// One validated filter.
 #[derive(Debug, Clone, PartialEq)]
@@ -276,14 +278,8 @@ pub fn plan_restricted(
     let mut errors: Vec<ErrorDetail> = Vec::new();
 
     if req.filter.len() > limits.max_filters {
-        errors.push(ErrorDetail::validation(
-            "filter",
-            format!(
-                "too many filters: {} given, at most {} allowed",
-                req.filter.len(),
-                limits.max_filters
-            ),
-        ));
+        let message = too_many("filters", req.filter.len(), limits.max_filters);
+        errors.push(ErrorDetail::validation("filter", message));
     }
     let mut filters = Vec::new();
     for (filter_key, value) in &req.filter {
@@ -297,21 +293,12 @@ pub fn plan_restricted(
     // Whether the cursor can be checked against the query: only when filters and sort are all valid.
     let query_ok = errors.is_empty();
 
-    let limit = match req.limit {
-        None => limits.default_limit,
-        Some(0) => {
-            errors.push(ErrorDetail::validation("limit", "must be at least 1"));
-            limits.default_limit
-        }
-        Some(n) if n > u64::from(limits.max_limit) => {
-            errors.push(ErrorDetail::validation(
-                "limit",
-                format!("must be at most {}", limits.max_limit),
-            ));
-            limits.default_limit
-        }
-        Some(n) => u32::try_from(n).unwrap_or(limits.max_limit),
-    };
+    let limit = parse_limit(
+        req.limit,
+        limits.default_limit,
+        limits.max_limit,
+        &mut errors,
+    );
 
     filters.extend(restrictions.iter().cloned());
     let query_hash = query_hash(topic, &filters, &sort);
@@ -380,28 +367,6 @@ pub fn restriction(
             or_null: false,
         },
     })
-}
-
-fn unknown_field_message(name: &str, key: &str, fields: &FieldCatalogue) -> String {
-    let names = fields.names();
-    let mut listed = names
-        .iter()
-        .take(MAX_LISTED_NAMES)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > MAX_LISTED_NAMES {
-        listed.push_str(&format!(", … ({} more)", names.len() - MAX_LISTED_NAMES));
-    }
-    let origin = if name == key {
-        String::new()
-    } else {
-        format!(" (in `{}`)", shorten(key, 200))
-    };
-    format!(
-        "unknown field `{}`{origin}; valid fields: {listed}",
-        shorten(name, 200)
-    )
 }
 
 fn path_too_deep(name: &str, limits: &QueryLimits) -> Option<String> {
@@ -475,11 +440,7 @@ fn parse_filter(
                 return Err("expected at least one value".to_owned());
             }
             if items.len() > limits.max_in_values {
-                return Err(format!(
-                    "too many values: {} given, at most {} allowed",
-                    items.len(),
-                    limits.max_in_values
-                ));
+                return Err(too_many("values", items.len(), limits.max_in_values));
             }
             let mut values = Vec::new();
             let mut or_null = false;
@@ -630,64 +591,29 @@ fn parse_sort(
         Some(list) if !list.is_empty() => list,
         _ => &default,
     };
-    if entries.len() > limits.max_sort_fields {
-        errors.push(ErrorDetail::validation(
-            "sort",
-            format!(
-                "too many sort fields: {} given, at most {} allowed",
-                entries.len(),
-                limits.max_sort_fields
-            ),
-        ));
-        return Vec::new();
-    }
-    let mut keys: Vec<SortKey> = Vec::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let at = format!("sort[{i}]");
-        let (descending, name) = match entry.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, entry.as_str()),
-        };
-        if name.is_empty() {
-            errors.push(ErrorDetail::validation(
-                at,
-                "empty sort field; write a field name, `-` first for descending",
-            ));
-            continue;
-        }
-        if let Some(message) = path_too_deep(name, limits) {
-            errors.push(ErrorDetail::validation(at, message));
-            continue;
-        }
-        let Some(field) = fields.lookup(name) else {
-            errors.push(ErrorDetail::validation(
-                at,
-                unknown_field_message(name, name, fields),
-            ));
-            continue;
-        };
-        if field.ty == FieldType::Other {
-            errors.push(ErrorDetail::validation(
-                at,
-                format!(
-                    "cannot sort by `{}`: objects, arrays and untyped values have no order",
-                    field.name
-                ),
-            ));
-            continue;
-        }
-        if keys.iter().any(|k| k.field.source == field.source) {
-            errors.push(ErrorDetail::validation(
-                at,
-                format!("`{}` is sorted by more than once", field.name),
-            ));
-            continue;
-        }
-        keys.push(SortKey {
-            field: field.clone(),
-            descending,
-        });
-    }
+    let mut keys = parse_list(
+        "sort",
+        "sort fields",
+        entries,
+        limits.max_sort_fields,
+        errors,
+        |entry, chosen: &[SortKey]| {
+            let (descending, name) = sort_direction(entry);
+            if name.is_empty() {
+                return Err(
+                    "empty sort field; write a field name, `-` first for descending".to_owned(),
+                );
+            }
+            if let Some(message) = path_too_deep(name, limits) {
+                return Err(message);
+            }
+            let field = key_field(name, fields, chosen.iter().map(|k| &k.field), KeyList::Sort)?;
+            Ok(SortKey {
+                field: field.clone(),
+                descending,
+            })
+        },
+    );
     if !keys.iter().any(|k| k.field.source == FieldSource::Id) {
         let descending = keys.last().is_some_and(|k| k.descending);
         if let Some(id) = fields.lookup("id") {

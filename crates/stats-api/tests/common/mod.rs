@@ -1,5 +1,11 @@
 //! A stats-api of its own on a fresh database of the shared test stack, for tests that talk HTTP to it
-//! (events are inserted straight into Postgres: no broker or writer is needed to read them back).
+//! (events are inserted straight into Postgres: no broker or writer is needed to read them back), and in
+//! `property` what the property tests against Postgres share.
+
+// Every test binary that says `mod common;` compiles all of it and uses a part.
+#![allow(dead_code)]
+
+pub mod property;
 
 use std::path::{Path, PathBuf};
 
