@@ -156,6 +156,18 @@ fn error_type(answer: &Value) -> &str {
     answer["errors"][0]["type"].as_str().unwrap_or("")
 }
 
+/// A 403 `permission` answer, naming `field` when given.
+fn assert_permission_refused(status: u16, answer: &Value, field: Option<&str>) {
+    assert_eq!(
+        (status, error_type(answer)),
+        (403, "permission"),
+        "{answer}"
+    );
+    if let Some(field) = field {
+        assert_eq!(answer["errors"][0]["field"], field, "{answer}");
+    }
+}
+
 /// A directory removed on drop, for access files and JWKS documents.
 struct TempDir(PathBuf);
 
@@ -690,17 +702,9 @@ async fn access_rules_users_groups_families_and_field_restrictions() {
     // Writer-not-reader and reader-not-writer.
     assert_eq!(system.post("audit.logs", "writer", &log).await.0, 202);
     let (status, answer) = system.query("audit.logs", "writer", &json!({})).await;
-    assert_eq!(
-        (status, error_type(&answer)),
-        (403, "permission"),
-        "{answer}"
-    );
+    assert_permission_refused(status, &answer, None);
     let (status, answer) = system.post("audit.logs", "reader", &log).await;
-    assert_eq!(
-        (status, error_type(&answer)),
-        (403, "permission"),
-        "{answer}"
-    );
+    assert_permission_refused(status, &answer, None);
     assert_eq!(
         system.query("audit.logs", "reader", &json!({})).await.0,
         200
@@ -763,12 +767,7 @@ async fn access_rules_users_groups_families_and_field_restrictions() {
         202
     );
     let (status, answer) = post_as(&system, RUNS, &dev_bot, &run("x", "prod", "a", 3)).await;
-    assert_eq!(
-        (status, error_type(&answer)),
-        (403, "permission"),
-        "{answer}"
-    );
-    assert_eq!(answer["errors"][0]["field"], "environment", "{answer}");
+    assert_permission_refused(status, &answer, Some("environment"));
     let published = system.published_messages(RUNS);
     let batch = json!([
         run("x", "dev", "a", 4),
@@ -776,12 +775,7 @@ async fn access_rules_users_groups_families_and_field_restrictions() {
         run("x", "dev", "a", 6)
     ]);
     let (status, answer) = post_as(&system, RUNS, &dev_bot, &batch).await;
-    assert_eq!(
-        (status, error_type(&answer)),
-        (403, "permission"),
-        "{answer}"
-    );
-    assert_eq!(answer["errors"][0]["field"], "[1].environment", "{answer}");
+    assert_permission_refused(status, &answer, Some("[1].environment"));
     assert_eq!(
         answer["errors"].as_array().map(Vec::len),
         Some(1),
@@ -795,12 +789,7 @@ async fn access_rules_users_groups_families_and_field_restrictions() {
         202
     );
     let (status, answer) = post_as(&system, RUNS, &app_bot, &run("x", "prod", "unifyetl", 8)).await;
-    assert_eq!(
-        (status, error_type(&answer)),
-        (403, "permission"),
-        "{answer}"
-    );
-    assert_eq!(answer["errors"][0]["field"], "source_app", "{answer}");
+    assert_permission_refused(status, &answer, Some("source_app"));
     // Sentinel: the next accepted event is the only one added since the refused batch.
     assert_eq!(
         post_as(&system, RUNS, &dev_bot, &run("x", "dev", "a", 9))
@@ -890,11 +879,7 @@ async fn access_rules_users_groups_families_and_field_restrictions() {
     assert_eq!(answer["errors"][0]["field"], "cursor", "{answer}");
     // Dead letters cannot be filtered by tenant: refused to a restricted reader.
     let (status, answer) = get_as(&system, &format!("/stats/{RUNS}/dead-letters"), &reader).await;
-    assert_eq!(
-        (status, error_type(&answer)),
-        (403, "permission"),
-        "{answer}"
-    );
+    assert_permission_refused(status, &answer, None);
     assert_eq!(
         get_as(&system, &format!("/stats/{RUNS}/dead-letters"), &analyst)
             .await
