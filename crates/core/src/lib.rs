@@ -32,6 +32,7 @@ pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod ingest;
+mod json_log;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod limits;

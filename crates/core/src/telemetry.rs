@@ -153,12 +153,11 @@ where
 {
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     match config.log_format {
-        // Every span from the root down, so a line logged deep inside a request still has request_id.
+        // Every span from the root down, so a line logged deep inside a request still has request_id;
+        // the stock JSON formatter's lines, written without re-parsing span fields (`json_log`).
         LogFormat::Json => layer
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
+            .fmt_fields(crate::json_log::SpanFieldsJson)
+            .event_format(crate::json_log::JsonLines)
             .with_filter(log_filter(config))
             .boxed(),
         LogFormat::Pretty => layer.compact().with_filter(log_filter(config)).boxed(),
