@@ -437,14 +437,12 @@ pub fn start_server<T: Send + Sync + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
     use actix_web::test::{call_service, init_service, TestRequest};
     use actix_web::{web, App};
 
     use super::*;
     use crate::config::{LogFormat, TelemetryConfig};
+    use crate::json_log::tests::Lines;
 
     #[test]
     fn request_ids_are_checked() {
@@ -454,30 +452,6 @@ mod tests {
         assert!(!valid_request_id("has space"));
         assert!(!valid_request_id("line\nbreak"));
         assert!(!valid_request_id(&"a".repeat(129)));
-    }
-
-    /// Collects the log lines written by the middleware.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Lines {
-        fn json(&self) -> Vec<serde_json::Value> {
-            String::from_utf8(self.0.lock().unwrap().clone())
-                .unwrap()
-                .lines()
-                .map(|line| serde_json::from_str(line).unwrap())
-                .collect()
-        }
     }
 
     async fn handler_that_logs() -> HttpResponse {
@@ -540,7 +514,7 @@ mod tests {
             .to_owned();
         assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
 
-        let logs = lines.json();
+        let logs = lines.parsed();
         let request_id = |line: &serde_json::Value| line["spans"][0]["request_id"].clone();
         let inside: Vec<_> = logs
             .iter()

@@ -194,7 +194,7 @@ fn write_json_str(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use serde_json::Value;
@@ -203,8 +203,9 @@ mod tests {
 
     use super::*;
 
+    /// Collects the log lines a test's subscriber writes (also used by `http`'s tests).
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Lines(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Lines {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -224,7 +225,7 @@ mod tests {
     }
 
     impl Lines {
-        fn parsed(&self) -> Vec<Value> {
+        pub(crate) fn parsed(&self) -> Vec<Value> {
             String::from_utf8(self.0.lock().unwrap().clone())
                 .unwrap()
                 .lines()
