@@ -1,6 +1,6 @@
 //! JSON log lines without re-parsing. tracing-subscriber's JSON formatter keeps each span's fields as a
 //! JSON object string, parses it back into a map for every line it writes, and parses and re-serialises
-//! it for every `span.record`: at one line and four records per request that cost ≈ 10 µs of the
+//! it for every `span.record`: at one line and four records per request that cost ≈ 16 µs of the
 //! ingest-api's ≈ 47 µs per single-event request (docs/PERFORMANCE.md). Here a span's fields are kept as
 //! the text of JSON object members (`"k":v,"k2":v2`), a record appends to it, and a line splices it in.
 //!
