@@ -39,6 +39,15 @@ fn rules() -> AccessRules {
     .expect("rules")
 }
 
+/// The filters the restricted reader `partner` gets on every query of `topic`.
+fn partner_read_filters(topic: &Topic) -> Vec<query::Filter> {
+    rules()
+        .read_access(&Principal::user("partner"), &topic.name)
+        .expect("partner reads")
+        .read_filters(&topic.fields, "partner", &topic.name)
+        .expect("expressible")
+}
+
 fn is_client_error(error: &ApiError) -> bool {
     (400..500).contains(&error.status())
         && !error.details.is_empty()
@@ -145,11 +154,7 @@ proptest! {
     #[test]
     fn query_bodies_are_planned_or_refused_with_a_4xx(body in query_body()) {
         let topic = runs();
-        let restrictions = rules()
-            .read_access(&Principal::user("partner"), &topic.name)
-            .expect("partner reads")
-            .read_filters(&topic.fields, "partner", &topic.name)
-            .expect("expressible");
+        let restrictions = partner_read_filters(topic);
         let text = body.to_string();
         let outcome = check_json_depth(text.as_bytes(), 32, false)
             .and_then(|()| QueryRequest::from_json(&body))
@@ -262,11 +267,7 @@ proptest! {
 fn restricted_plans_never_match_other_tenants() {
     use proptest::test_runner::{Config, TestRunner};
     let topic = runs();
-    let restrictions = rules()
-        .read_access(&Principal::user("partner"), &topic.name)
-        .expect("partner reads")
-        .read_filters(&topic.fields, "partner", &topic.name)
-        .expect("expressible");
+    let restrictions = partner_read_filters(topic);
     let event = |tenant: &str, region: &str| eventgate_core::envelope::Event {
         id: uuid::Uuid::now_v7(),
         topic: topic.name.clone(),

@@ -105,8 +105,7 @@ async fn send(
     (status, value, headers)
 }
 
-async fn post_as(system: &System, topic: &str, jwt: &str, body: &Value) -> (u16, Value) {
-    let url = format!("{}/topics/{topic}", system.ingest_url);
+async fn post_json_as(system: &System, url: String, jwt: &str, body: &Value) -> (u16, Value) {
     let (status, answer, _) = send(
         system,
         "POST",
@@ -118,17 +117,24 @@ async fn post_as(system: &System, topic: &str, jwt: &str, body: &Value) -> (u16,
     (status, answer)
 }
 
-async fn query_as(system: &System, topic: &str, jwt: &str, body: &Value) -> (u16, Value) {
-    let url = format!("{}/stats/{topic}", system.stats_url);
-    let (status, answer, _) = send(
+async fn post_as(system: &System, topic: &str, jwt: &str, body: &Value) -> (u16, Value) {
+    post_json_as(
         system,
-        "POST",
-        url,
-        Some(format!("Bearer {jwt}")),
-        Some(body.to_string()),
+        format!("{}/topics/{topic}", system.ingest_url),
+        jwt,
+        body,
     )
-    .await;
-    (status, answer)
+    .await
+}
+
+async fn query_as(system: &System, topic: &str, jwt: &str, body: &Value) -> (u16, Value) {
+    post_json_as(
+        system,
+        format!("{}/stats/{topic}", system.stats_url),
+        jwt,
+        body,
+    )
+    .await
 }
 
 async fn get_as(system: &System, path_and_query: &str, jwt: &str) -> (u16, Value) {
