@@ -181,10 +181,10 @@ impl Bench {
             });
         }
         let owner = bench.url("eventgate", DATABASE);
-        eventgate_core::schema::run_migrations(&owner)
+        eventgate_core::db::run_migrations(&owner)
             .await
             .context("migrating the bench database")?;
-        eventgate_core::schema::ensure_field_indexes(&owner, &bench.catalogue)
+        eventgate_core::db::ensure_field_indexes(&owner, &bench.catalogue)
             .await
             .context("creating the field indexes")?;
         Ok(bench)

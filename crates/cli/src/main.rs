@@ -88,9 +88,9 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let applied =
-                runtime.block_on(eventgate_core::schema::run_migrations(&database_url))?;
+                runtime.block_on(eventgate_core::db::run_migrations(&database_url))?;
             eprintln!("applied {applied} migration(s)");
-            let created = runtime.block_on(eventgate_core::schema::ensure_field_indexes(
+            let created = runtime.block_on(eventgate_core::db::ensure_field_indexes(
                 &database_url,
                 &catalogue,
             ))?;

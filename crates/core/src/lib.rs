@@ -18,14 +18,19 @@
 //! - [`health`]: the body of the liveness and readiness probes; [`shutdown`] (feature `http`): the
 //!   graceful stop (readiness 503 → drain → in-flight requests finish, within a deadline).
 //!
-//! Invariant: without features this crate does no I/O beyond reading its configuration files; diesel
-//! table definitions come in behind the `db` feature.
+//! - [`db`] (feature `db`): the database's one shared room: table definitions, pool, migrations, error
+//!   causes by SQLSTATE, the typed-value expression shared by field indexes and queries.
+//!
+//! Invariant: without features this crate does no I/O beyond reading its configuration files, and
+//! depends on no database, HTTP or Kafka crate (`make lint` checks it).
 
 pub mod access;
 pub mod alerting;
 pub mod auth;
 pub mod catalogue;
 pub mod config;
+#[cfg(feature = "db")]
+pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod health;
@@ -41,8 +46,6 @@ pub mod query;
 pub mod ratelimit;
 #[cfg(all(unix, feature = "reload"))]
 pub mod reload;
-#[cfg(feature = "db")]
-pub mod schema;
 #[cfg(feature = "http")]
 pub mod shutdown;
 pub mod telemetry;

@@ -115,7 +115,7 @@ impl HttpMetrics {
 /// counters of checkouts that had to wait or timed out, and of the time spent waiting.
 #[cfg(feature = "db")]
 pub struct PoolCollector {
-    pool: crate::schema::PgPool,
+    pool: crate::db::PgPool,
     name: String,
     max_size: u32,
     descs: Vec<prometheus::core::Desc>,
@@ -123,7 +123,7 @@ pub struct PoolCollector {
 
 #[cfg(feature = "db")]
 impl PoolCollector {
-    pub fn register(registry: &Registry, name: &str, pool: crate::schema::PgPool, max_size: u32) {
+    pub fn register(registry: &Registry, name: &str, pool: crate::db::PgPool, max_size: u32) {
         let desc = |metric: &str, help: &str, labels: &[&str]| {
             prometheus::core::Desc::new(
                 metric.into(),

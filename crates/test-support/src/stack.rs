@@ -252,7 +252,7 @@ impl Stack {
             "CREATE DATABASE {TEMPLATE_DATABASE} OWNER eventgate"
         ))
         .await?;
-        if let Err(e) = eventgate_core::schema::run_migrations(
+        if let Err(e) = eventgate_core::db::run_migrations(
             &self.database_url("eventgate", TEMPLATE_DATABASE),
         )
         .await

@@ -1,0 +1,53 @@
+//! The database, one room for everything the services share about it (feature `db`):
+//! - [`schema`]: the diesel definition of every table, checked against the migrations by a test;
+//! - [`pool`]: the connection pool the services run their statements on, and the row type of `events`;
+//! - [`error`]: why a statement failed, by SQLSTATE (never by message text, which follows `lc_messages`);
+//! - [`typed_value`]: the one SQL expression of a payload field's typed value, used by the field indexes
+//!   and by the stats-api's query builder alike, so the two cannot drift apart;
+//! - [`field_index`]: the expression indexes of the fields a topic declares indexed;
+//! - migrations, embedded in the binaries and applied by `eventgate migrate` and the writer.
+//!
+//! The services' own SQL lives in their `db` modules (`stats-api/src/db/`, `db-writer/src/db/`).
+
+pub mod error;
+pub mod field_index;
+pub mod pool;
+pub mod schema;
+pub mod typed_value;
+
+use diesel_async::AsyncPgConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+
+pub use error::{Cause, DbError};
+pub use field_index::{ensure_field_indexes, indexed_expression};
+pub use pool::{build_pool, ping, EventRow, PgPool};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
+
+/// Why migrations could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("cannot connect to the database to migrate it: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("migration failed: {0}")]
+    Apply(String),
+}
+
+/// Applies every pending migration and returns how many ran. Runs on a blocking thread: diesel's migration
+/// harness is synchronous and drives the async connection through `AsyncConnectionWrapper`.
+pub async fn run_migrations(database_url: &str) -> Result<usize, MigrationError> {
+    use diesel::Connection;
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+    use diesel_migrations::MigrationHarness;
+
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| MigrationError::Apply(e.to_string()))?;
+        Ok(applied.len())
+    })
+    .await
+    .map_err(|e| MigrationError::Apply(format!("migration task failed: {e}")))?
+}

@@ -1,0 +1,99 @@
+//! The pool the services run their statements on: bb8 over `tokio_postgres`. (diesel-async 0.9, the
+//! rest of the database layer, converts every server error into one it cannot tell apart by SQLSTATE;
+//! the services must tell a timeout from an outage from a refused row, see [`super::error`].)
+
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::NoTls;
+
+use super::DbError;
+use crate::envelope::Event;
+
+pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+/// How a pool connects and how long a caller waits for a connection.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_size: u32,
+    /// A server-side `statement_timeout` for every statement on the pool's connections, set at connect
+    /// time (libpq's `options`), so it costs no round trip per query.
+    pub statement_timeout_ms: Option<u64>,
+    /// How long a caller waits for a free connection before the pool gives up.
+    pub connection_timeout: Duration,
+}
+
+impl PoolSettings {
+    pub fn new(max_size: u32) -> PoolSettings {
+        PoolSettings {
+            max_size,
+            statement_timeout_ms: None,
+            // bb8's default.
+            connection_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds a pool. Connections are opened lazily, so a database that is down at start-up delays the first
+/// statement instead of failing the service; a malformed URL fails here.
+pub fn build_pool(database_url: &str, settings: &PoolSettings) -> Result<PgPool, DbError> {
+    let mut config: tokio_postgres::Config = database_url.parse()?;
+    if let Some(timeout_ms) = settings.statement_timeout_ms {
+        let options = match config.get_options() {
+            Some(existing) if !existing.is_empty() => {
+                format!("{existing} -c statement_timeout={timeout_ms}")
+            }
+            _ => format!("-c statement_timeout={timeout_ms}"),
+        };
+        config.options(&options);
+    }
+    let manager = PostgresConnectionManager::new(config, NoTls);
+    Ok(bb8::Pool::builder()
+        .max_size(settings.max_size)
+        .connection_timeout(settings.connection_timeout)
+        .build_unchecked(manager))
+}
+
+/// `SELECT 1` on a connection of the pool: the probe of readiness checks and monitors.
+pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
+    let conn = pool.get().await?;
+    conn.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+/// One row of `events` as the services select it: `id, topic, received_at, producer, payload`.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub id: uuid::Uuid,
+    pub topic: String,
+    pub received_at: time::OffsetDateTime,
+    pub producer: String,
+    pub payload: serde_json::Value,
+}
+
+impl EventRow {
+    /// The columns every statement that loads an `EventRow` selects, in this order.
+    pub const COLUMNS: &'static str = "id, topic, received_at, producer, payload";
+
+    pub fn from_row(row: &tokio_postgres::Row) -> Result<EventRow, tokio_postgres::Error> {
+        Ok(EventRow {
+            id: row.try_get(0)?,
+            topic: row.try_get(1)?,
+            received_at: row.try_get(2)?,
+            producer: row.try_get(3)?,
+            payload: row.try_get(4)?,
+        })
+    }
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Event {
+            id: row.id,
+            topic: row.topic,
+            timestamp: row.received_at,
+            producer: row.producer,
+            payload: row.payload,
+        }
+    }
+}

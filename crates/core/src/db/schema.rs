@@ -1,0 +1,53 @@
+//! The diesel definition of every table, written to match `migrations/` (the test
+//! `crates/core/tests/db_schema.rs` compares them with the migrated database's catalogue, column by
+//! column, so a migration that changes a table fails until this file follows).
+
+diesel::table! {
+    /// The event history: one row per accepted event.
+    events (id) {
+        id -> Uuid,
+        topic -> Text,
+        received_at -> Timestamptz,
+        producer -> Text,
+        payload -> Jsonb,
+    }
+}
+
+diesel::table! {
+    /// Messages a writer can never store, parked with their raw bytes and Kafka coordinates.
+    dead_letters (id) {
+        id -> BigInt,
+        topic -> Nullable<Text>,
+        kafka_topic -> Text,
+        kafka_partition -> Integer,
+        kafka_offset -> BigInt,
+        raw -> Nullable<Bytea>,
+        error -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Every start of a writer process (crash-loop detection).
+    writer_runs (id) {
+        id -> BigInt,
+        group_id -> Text,
+        instance -> Text,
+        started_at -> Timestamptz,
+        last_seen -> Timestamptz,
+        stopped_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    /// Alert state shared by the writers of a group.
+    alert_state (group_id, kind) {
+        group_id -> Text,
+        kind -> Text,
+        active -> Bool,
+        since -> Nullable<Timestamptz>,
+        last_alert -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(events, dead_letters, writer_runs, alert_state);
