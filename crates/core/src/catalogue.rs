@@ -174,7 +174,8 @@ pub fn pointer_to_path(pointer: &str) -> String {
 
 #[derive(Debug, Default)]
 pub struct Catalogue {
-    topics: BTreeMap<String, Topic>,
+    /// Shared, so that a request can hold its topic without borrowing the catalogue.
+    topics: BTreeMap<String, std::sync::Arc<Topic>>,
 }
 
 impl Catalogue {
@@ -213,7 +214,7 @@ impl Catalogue {
                     path: path.clone(),
                     message,
                 })?;
-            topics.insert(name, topic);
+            topics.insert(name, std::sync::Arc::new(topic));
         }
         if topics.is_empty() {
             return Err(CatalogueError::Empty(dir.to_owned()));
@@ -223,12 +224,20 @@ impl Catalogue {
 
     pub fn from_topics(topics: impl IntoIterator<Item = Topic>) -> Catalogue {
         Catalogue {
-            topics: topics.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            topics: topics
+                .into_iter()
+                .map(|t| (t.name.clone(), std::sync::Arc::new(t)))
+                .collect(),
         }
     }
 
     pub fn get(&self, name: &str) -> Option<&Topic> {
-        self.topics.get(name)
+        self.topics.get(name).map(|t| &**t)
+    }
+
+    /// The topic, shared: what a request keeps for its whole life.
+    pub fn shared(&self, name: &str) -> Option<std::sync::Arc<Topic>> {
+        self.topics.get(name).cloned()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -236,7 +245,7 @@ impl Catalogue {
     }
 
     pub fn topics(&self) -> impl Iterator<Item = &Topic> {
-        self.topics.values()
+        self.topics.values().map(|t| &**t)
     }
 }
 

@@ -6,14 +6,13 @@
 //! - [`access`]: who may write and read each topic, users and groups, topic families, field
 //!   restrictions (`config/access.json`), swappable at run time ([`access::SharedAccess`]).
 //! - [`auth`]: JWT verification (RS256/ES256 only; PEM keys and JWKS, several keys for rotation).
+//! - [`gate`]: the one gate of requests about a topic: token → rate → topic → permission.
 //! - [`limits`]: JSON nesting depth of request bodies; [`ratelimit`]: token buckets per user.
 //! - [`reload`] (feature `reload`): SIGHUP reloads the access file and token keys.
 //! - [`ingest`]: the rules of accepting a write: body shape, schema validation, ids.
 //! - [`envelope`]: the event as it travels through Kafka and is stored and returned.
 //! - [`query`]: the analysts' query language (AST, parser, field catalogue, cursor codec); pure code.
 //! - [`error`]: the one error envelope and the mapping of failures to HTTP statuses.
-//! - [`alerting`]: when failures are emailed to the maintainers (throttling, grouping) and what the email
-//!   says; the writer sends them.
 //! - [`metrics`], [`telemetry`]: Prometheus collectors and the log/trace set-up shared by the services.
 //! - [`health`]: the body of the liveness and readiness probes; [`shutdown`] (feature `http`): the
 //!   graceful stop (readiness 503 → drain → in-flight requests finish, within a deadline).
@@ -25,7 +24,6 @@
 //! depends on no database, HTTP or Kafka crate (`make lint` checks it).
 
 pub mod access;
-pub mod alerting;
 pub mod auth;
 pub mod catalogue;
 pub mod config;
@@ -33,6 +31,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod gate;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;

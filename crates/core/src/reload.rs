@@ -58,13 +58,7 @@ pub async fn start_reloading(
     Ok(())
 }
 
-/// What both APIs load at start-up to decide who may do what: the topics, the access rules and the
-/// token keys, with their run-time reloading already started.
-pub struct Gatekeeping {
-    pub catalogue: crate::catalogue::Catalogue,
-    pub access: Arc<SharedAccess>,
-    pub verifier: Arc<JwtVerifier>,
-}
+pub use crate::gate::Gatekeeping;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatekeepingError {
@@ -78,7 +72,7 @@ pub enum GatekeepingError {
     Reload(#[from] std::io::Error),
 }
 
-/// Loads the catalogue, the access rules and the keys of `config`, and starts reloading the latter two
+/// Loads the catalogue, the access rules, the keys and the rate limits of `config`, and starts reloading the latter two
 /// (SIGHUP, JWKS refresh). Any broken file fails start-up: a service must not serve half configured.
 pub async fn load_gatekeeping(
     config: &crate::config::Config,
@@ -91,5 +85,6 @@ pub async fn load_gatekeeping(
         catalogue,
         access,
         verifier,
+        rate_limits: crate::ratelimit::RateLimits::from_config(&config.ratelimit),
     })
 }

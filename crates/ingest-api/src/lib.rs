@@ -9,29 +9,23 @@ pub mod metrics;
 pub mod publisher;
 mod routes;
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
 use anyhow::Context;
 
 use eventgate_core::access::SharedAccess;
-use eventgate_core::auth::JwtVerifier;
-use eventgate_core::catalogue::Catalogue;
-use eventgate_core::config::{Config, LimitsConfig, ShutdownConfig};
+use eventgate_core::config::{Config, LimitsConfig};
+use eventgate_core::gate::Gatekeeping;
+use eventgate_core::http::{ApiServer, ApiServerSettings};
 use eventgate_core::ingest::IngestRules;
 use eventgate_core::shutdown::Lifecycle;
 
 use crate::publisher::Publisher;
 
-/// Everything a request handler needs, shared by all workers.
+/// What the handlers need besides the gate (token, rate, topic, permission: `eventgate_core::gate`,
+/// registered beside this state and passed by the `TopicWriter` extractor), shared by all workers.
 pub struct AppState {
-    pub catalogue: Catalogue,
-    /// Swapped whole on SIGHUP.
-    pub access: Arc<SharedAccess>,
-    pub verifier: Arc<JwtVerifier>,
-    pub rate_limits: eventgate_core::ratelimit::RateLimits,
     pub limits: LimitsConfig,
     pub rules: IngestRules,
     pub publisher: Publisher,
@@ -42,34 +36,27 @@ pub struct AppState {
 }
 
 pub struct Application {
-    port: u16,
-    server: Server,
+    server: ApiServer,
     state: Arc<AppState>,
-    shutdown: ShutdownConfig,
+    gate: Arc<Gatekeeping>,
 }
 
 impl Application {
     /// Loads topics, access rules and keys, connects the producer, binds the listener. Fails early on
     /// any configuration problem, so a broken deployment never starts serving.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let eventgate_core::reload::Gatekeeping {
-            catalogue,
-            access,
-            verifier,
-        } = eventgate_core::reload::load_gatekeeping(&config).await?;
+        let gate = Arc::new(eventgate_core::reload::load_gatekeeping(&config).await?);
         let timeout = Duration::from_millis(config.ingest.publish_timeout_ms);
         let metrics = metrics::IngestMetrics::new();
         let publisher =
             Publisher::new(&config.kafka, timeout, &metrics).context("creating Kafka producer")?;
-        if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &catalogue).await {
+        if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &gate.catalogue).await
+        {
             // Not fatal: the broker may come up later, and ops may own topic creation.
             tracing::warn!(%error, "could not ensure Kafka topics exist");
         }
+        let lifecycle = Lifecycle::new();
         let state = Arc::new(AppState {
-            catalogue,
-            access,
-            verifier,
-            rate_limits: eventgate_core::ratelimit::RateLimits::from_config(&config.ratelimit),
             limits: config.limits.clone(),
             rules: IngestRules {
                 id_field: config.ingest.id_field.clone(),
@@ -78,35 +65,35 @@ impl Application {
             publisher,
             max_body_bytes: config.ingest.max_body_bytes,
             metrics,
-            lifecycle: Lifecycle::new(),
+            lifecycle: lifecycle.clone(),
         });
-        let listener = TcpListener::bind(&config.ingest.listen)
-            .with_context(|| format!("binding {}", config.ingest.listen))?;
-        let port = listener.local_addr()?.port();
-        let server = eventgate_core::http::start_server(
-            listener,
+        let server = ApiServer::start(
+            ApiServerSettings {
+                service: "ingest-api",
+                listen: config.ingest.listen.clone(),
+                workers: config.ingest.workers,
+                routes: routes::configure,
+            },
             state.clone(),
+            gate.clone(),
             state.metrics.http.clone(),
-            routes::configure,
+            lifecycle,
             &config,
-            config.ingest.workers,
         )?;
-        tracing::info!(port, "ingest-api listening");
         Ok(Application {
-            port,
             server,
             state,
-            shutdown: config.shutdown.clone(),
+            gate,
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// The access rules in use (reloaded on SIGHUP), e.g. to see that a reload happened.
     pub fn access(&self) -> Arc<SharedAccess> {
-        self.state.access.clone()
+        self.gate.access.clone()
     }
 
     /// Serves until SIGTERM or SIGINT, then stops gracefully (see [`Application::run_until`]).
@@ -120,13 +107,7 @@ impl Application {
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let deadline = eventgate_core::shutdown::serve_until(
-            self.server,
-            stop,
-            &self.state.lifecycle,
-            &self.shutdown,
-        )
-        .await?;
+        let deadline = self.server.serve_until(stop).await?;
         let state = self.state.clone();
         let budget = deadline.remaining();
         let _ = tokio::task::spawn_blocking(move || state.publisher.flush(budget)).await;

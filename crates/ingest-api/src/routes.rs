@@ -4,10 +4,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use eventgate_core::error::{ApiError, ErrorKind};
+use eventgate_core::error::ApiError;
+use eventgate_core::gate::Gatekeeping;
 use eventgate_core::health::HealthReport;
 use eventgate_core::http::{
-    authorization, metrics_response, read_body, record_request_events, record_request_subject,
+    authorization, metrics_response, read_body, record_request_events, TopicWriter,
 };
 use eventgate_core::ingest::{self, EventOutcome};
 use eventgate_core::limits;
@@ -28,27 +29,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
+/// The gate (401 → 429 → 404 → 403) is the `TopicWriter` extractor.
 async fn post_events(
-    request: HttpRequest,
+    writer: TopicWriter,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = state.verifier.authenticate(authorization(&request))?;
-    state.rate_limits.check_write(&principal.user)?;
-    let topic_name = path.into_inner();
-    let topic = state.catalogue.get(&topic_name).ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::NotFound,
-            format!("topic {topic_name:?} does not exist"),
-        )
-        .with_field("topic")
-    })?;
-    record_request_subject(&principal.user, &topic.name);
-    let restrictions = state
-        .access
-        .rules()
-        .authorize_write(&principal, &topic.name)?;
+    let TopicWriter(eventgate_core::gate::Passed {
+        principal,
+        topic,
+        restrictions,
+    }) = writer;
+    let topic = &*topic;
     let body_timeout = std::time::Duration::from_millis(state.limits.body_timeout_ms);
     let body = tokio::time::timeout(body_timeout, read_body(payload, state.max_body_bytes))
         .await
@@ -108,11 +100,11 @@ async fn post_events(
 /// The topics the caller may write or read: topic names and schemas are not for anonymous eyes.
 async fn list_topics(
     request: HttpRequest,
-    state: web::Data<AppState>,
+    gate: web::Data<Gatekeeping>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = state.verifier.authenticate(authorization(&request))?;
-    let rules = state.access.rules();
-    let names: Vec<&str> = state
+    let principal = gate.verifier.authenticate(authorization(&request))?;
+    let rules = gate.access.rules();
+    let names: Vec<&str> = gate
         .catalogue
         .names()
         .filter(|name| {
@@ -126,19 +118,12 @@ async fn list_topics(
 /// A topic's schema, for those who may write or read it: 401 → 404 → 403.
 async fn get_topic(
     request: HttpRequest,
-    state: web::Data<AppState>,
+    gate: web::Data<Gatekeeping>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = state.verifier.authenticate(authorization(&request))?;
-    let name = path.into_inner();
-    let topic = state.catalogue.get(&name).ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::NotFound,
-            format!("topic {name:?} does not exist"),
-        )
-        .with_field("topic")
-    })?;
-    let rules = state.access.rules();
+    let principal = gate.verifier.authenticate(authorization(&request))?;
+    let topic = gate.topic(&path)?;
+    let rules = gate.access.rules();
     if rules.write_access(&principal, &topic.name).is_none() {
         rules.authorize_read(&principal, &topic.name)?;
     }

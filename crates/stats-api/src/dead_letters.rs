@@ -8,17 +8,14 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
-use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use eventgate_core::error::{ApiError, ErrorDetail, ErrorKind};
+use eventgate_core::error::{ApiError, ErrorDetail};
+use eventgate_core::http::TopicReader;
 use eventgate_core::query::CursorKey;
-use eventgate_core::schema::PgPool;
 
-use crate::routes::readable_dead_letters;
+use crate::db::dead_letters::DeadLetterRow;
 use crate::AppState;
 
 pub const DEFAULT_LIMIT: i64 = 20;
@@ -100,27 +97,13 @@ fn decode_cursor(token: &str, topic: &str, key: &CursorKey) -> Option<After> {
     })
 }
 
-#[derive(Debug, QueryableByName)]
-struct DeadLetterRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Nullable<Text>)]
-    topic: Option<String>,
-    #[diesel(sql_type = Text)]
-    kafka_topic: String,
-    #[diesel(sql_type = Integer)]
-    kafka_partition: i32,
-    #[diesel(sql_type = BigInt)]
-    kafka_offset: i64,
-    #[diesel(sql_type = Nullable<diesel::sql_types::Bytea>)]
-    raw: Option<Vec<u8>>,
-    #[diesel(sql_type = Text)]
-    error: String,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: OffsetDateTime,
+/// The listing's view of a row: its position and its JSON.
+trait Listed {
+    fn after(&self) -> After;
+    fn to_json(&self) -> Value;
 }
 
-impl DeadLetterRow {
+impl Listed for DeadLetterRow {
     fn after(&self) -> After {
         After {
             created_at_micros: micros(self.created_at),
@@ -154,76 +137,30 @@ fn from_micros(micros: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).ok()
 }
 
-const COLUMNS: &str =
-    "id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at";
-
-async fn fetch(
-    pool: &PgPool,
-    topic: &str,
-    listing: &Listing,
-) -> Result<Vec<DeadLetterRow>, ApiError> {
-    let mut conn = pool.get().await.map_err(|error| {
-        tracing::warn!(%error, "no database connection for dead letters");
-        ApiError::new(
-            ErrorKind::Database,
-            "the event store is unavailable, retry later",
-        )
-    })?;
-    // One row more than the page tells whether another page exists. Newest first, served by the index
-    // (topic, created_at, id) read backwards.
-    let rows = match listing
-        .after
-        .and_then(|a| Some((from_micros(a.created_at_micros)?, a.id)))
-    {
-        None => {
-            diesel::sql_query(format!(
-                "SELECT {COLUMNS} FROM dead_letters WHERE topic = $1 \
-                 ORDER BY created_at DESC, id DESC LIMIT $2"
-            ))
-            .bind::<Text, _>(topic)
-            .bind::<BigInt, _>(listing.limit + 1)
-            .load(&mut conn)
-            .await
-        }
-        Some((created_at, id)) => {
-            diesel::sql_query(format!(
-            "SELECT {COLUMNS} FROM dead_letters WHERE topic = $1 AND (created_at, id) < ($2, $3) \
-                 ORDER BY created_at DESC, id DESC LIMIT $4"
-        ))
-            .bind::<Text, _>(topic)
-            .bind::<Timestamptz, _>(created_at)
-            .bind::<BigInt, _>(id)
-            .bind::<BigInt, _>(listing.limit + 1)
-            .load(&mut conn)
-            .await
-        }
-    };
-    rows.map_err(crate::store::database_error)
-}
-
+/// Dead letters are raw messages no field restriction can filter: only an unrestricted reader of the
+/// topic may list them.
 pub async fn list(
+    reader: TopicReader,
     request: HttpRequest,
     state: web::Data<AppState>,
-    path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let topic = readable_dead_letters(&request, &state, &path)?;
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
-        .map_err(|e| {
-            ApiError::new(
-                ErrorKind::Malformed,
-                format!("query string is malformed: {e}"),
-            )
-        })?
-        .into_inner();
+    reader.require_unrestricted()?;
+    let topic = &reader.topic;
+    let pairs = crate::routes::query_pairs(&request)?;
     let listing = parse_listing(&pairs, &topic.name, &state.cursor_key)?;
-    let mut rows = fetch(&state.pool, &topic.name, &listing).await?;
+    let after = listing
+        .after
+        .and_then(|a| Some((from_micros(a.created_at_micros)?, a.id)));
+    let mut rows =
+        // One row more than the page tells whether another page exists.
+        crate::db::dead_letters::fetch(&state.pool, &topic.name, after, listing.limit + 1).await?;
     let has_more = rows.len() as i64 > listing.limit;
     rows.truncate(listing.limit as usize);
     let cursor = match (has_more, rows.last()) {
         (true, Some(last)) => Some(encode_cursor(last.after(), &topic.name, &state.cursor_key)),
         _ => None,
     };
-    let data: Vec<Value> = rows.iter().map(DeadLetterRow::to_json).collect();
+    let data: Vec<Value> = rows.iter().map(Listed::to_json).collect();
     Ok(HttpResponse::Ok().json(json!({
         "success": true,
         "statusCode": 200,

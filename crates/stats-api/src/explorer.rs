@@ -10,9 +10,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use eventgate_core::error::{ApiError, ErrorKind};
+use eventgate_core::gate::Gatekeeping;
 use eventgate_core::http::authorization;
 
-use crate::AppState;
 
 const PAGE: &str = include_str!("../assets/explorer.html");
 const SCRIPT: &str = include_str!("../assets/explorer.js");
@@ -58,14 +58,14 @@ pub(crate) async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiEr
 /// `GET /stats`: the topics the token may read, by name (401 without a valid token).
 pub(crate) async fn topics(
     request: HttpRequest,
-    state: web::Data<AppState>,
+    gate: web::Data<Gatekeeping>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = state.verifier.authenticate(authorization(&request))?;
-    state.rate_limits.check_query(&principal.user)?;
-    let mut names: Vec<&str> = state
+    let principal = gate.verifier.authenticate(authorization(&request))?;
+    gate.rate_limits.check_query(&principal.user)?;
+    let mut names: Vec<&str> = gate
         .catalogue
         .topics()
-        .filter(|topic| state.access.read_access(&principal, &topic.name).is_some())
+        .filter(|topic| gate.access.read_access(&principal, &topic.name).is_some())
         .map(|topic| topic.name.as_str())
         .collect();
     names.sort_unstable();

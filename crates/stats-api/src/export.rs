@@ -12,6 +12,7 @@
 use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
+use eventgate_core::http::TopicReader;
 use serde_json::Value;
 
 use eventgate_core::catalogue::Topic;
@@ -19,10 +20,9 @@ use eventgate_core::envelope::Event;
 use eventgate_core::error::{ApiError, ErrorDetail};
 use eventgate_core::query::fields::FieldSource;
 use eventgate_core::query::{self, payload_at, FieldCatalogue, FieldDef, QueryPlan, QueryRequest};
-use eventgate_core::schema::PgPool;
+use eventgate_core::db::PgPool;
 
-use crate::routes::readable_topic_restricted;
-use crate::store::{fetch_page, Page};
+use crate::db::page::{fetch_page, Page};
 use crate::AppState;
 
 /// Events per batch (one page query each).
@@ -39,11 +39,12 @@ pub enum Format {
 }
 
 pub(crate) async fn export(
+    reader: TopicReader,
     request: HttpRequest,
     state: web::Data<AppState>,
-    path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (topic, restrictions) = readable_topic_restricted(&request, &state, &path)?;
+    let restrictions = reader.read_filters()?;
+    let topic = &*reader.topic;
     let pairs = crate::routes::query_pairs(&request)?;
     let (options, filter_pairs) = ExportOptions::from_pairs(pairs, &topic.fields)?;
     let query_request = QueryRequest::from_query_pairs(&filter_pairs, &topic.fields)?;
@@ -236,9 +237,9 @@ impl Export {
             None => match fetch_page(&self.pool, &self.topic, &self.plan).await {
                 Ok(page) => page,
                 Err(error) => {
-                    tracing::warn!(topic = %self.topic, error = %error.summary(), "export aborted");
+                    tracing::warn!(topic = %self.topic, %error, "export aborted");
                     self.done = true;
-                    return Some((Err(std::io::Error::other(error.summary())), self));
+                    return Some((Err(std::io::Error::other(error.to_string())), self));
                 }
             },
         };

@@ -2,44 +2,39 @@
 //!
 //! `POST /stats/{topic}` (or the equivalent `GET` with query parameters) → authenticate (401) → topic
 //! exists (404) → may read (403) → plan the query with the core query language (400 on any mistake) →
-//! one parameterised SQL statement (`query_sql`) → a page of events with an opaque, signed cursor.
-//! The same path, restrictions included, serves `POST /stats/{topic}/aggregate` (`aggregate`,
-//! `aggregate_sql`: groups, time buckets, metrics) and `GET /stats/{topic}/export` (`export`: every
+//! one parameterised SQL statement (`db::query_sql`) → a page of events with an opaque, signed cursor.
+//! The gate (token, rate, topic, permission) is `eventgate_core::gate`, taken by every handler as the
+//! `TopicReader` extractor; every statement lives in `db/`; store failures become HTTP answers in
+//! `error.rs`. The same path, restrictions included, serves `POST /stats/{topic}/aggregate` (`aggregate`,
+//! `db::aggregate_sql`: groups, time buckets, metrics) and `GET /stats/{topic}/export` (`export`: every
 //! matching event streamed as NDJSON or CSV in keyset batches); `GET /` is the explorer page (`explorer`,
 //! static assets from `assets/` embedded in the binary).
 //! Invariant: this service never writes. It connects as a role that can only SELECT, with
 //! `default_transaction_read_only` on (a read replica in production).
 
 mod aggregate;
-pub mod aggregate_sql;
 pub mod dead_letters;
+pub mod db;
+mod error;
 mod explorer;
 pub mod export;
 pub mod metrics;
-pub mod query_sql;
 mod routes;
-pub mod store;
 
-use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
-use anyhow::{bail, Context};
+use anyhow::bail;
 
-use eventgate_core::access::SharedAccess;
-use eventgate_core::auth::JwtVerifier;
-use eventgate_core::catalogue::Catalogue;
-use eventgate_core::config::{Config, LimitsConfig, ShutdownConfig};
+use eventgate_core::config::{Config, LimitsConfig};
+use eventgate_core::db::pool::PoolSettings;
+use eventgate_core::db::PgPool;
+use eventgate_core::http::{ApiServer, ApiServerSettings};
 use eventgate_core::query::{CursorKey, QueryLimits};
-use eventgate_core::schema::PgPool;
 use eventgate_core::shutdown::Lifecycle;
 
+/// What the handlers need besides the gate (token, rate, topic, permission: `eventgate_core::gate`,
+/// registered beside this state and passed by the `TopicReader` extractor).
 pub struct AppState {
-    pub catalogue: Catalogue,
-    /// Swapped whole on SIGHUP.
-    pub access: Arc<SharedAccess>,
-    pub verifier: Arc<JwtVerifier>,
-    pub rate_limits: eventgate_core::ratelimit::RateLimits,
     /// Body size, nesting and timeouts of a request (the query's own bounds are `limits`).
     pub request_limits: LimitsConfig,
     pub pool: PgPool,
@@ -51,35 +46,22 @@ pub struct AppState {
 }
 
 pub struct Application {
-    port: u16,
-    server: Server,
-    lifecycle: Lifecycle,
-    shutdown: ShutdownConfig,
+    server: ApiServer,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let eventgate_core::reload::Gatekeeping {
-            catalogue,
-            access,
-            verifier,
-        } = eventgate_core::reload::load_gatekeeping(&config).await?;
+        let gate = Arc::new(eventgate_core::reload::load_gatekeeping(&config).await?);
         let secret = config.stats.cursor_secret.expose();
         if secret.len() < 16 {
             bail!("stats.cursor_secret must be set to at least 16 characters (EVENTGATE_STATS__CURSOR_SECRET)");
         }
-        let url = eventgate_core::schema::with_statement_timeout(
-            config.stats.database_url.expose(),
-            config.stats.statement_timeout_ms,
-        );
-        let pool = eventgate_core::schema::build_pool(&url, config.stats.pool_size).await?;
+        let mut pool_settings = PoolSettings::new(config.stats.pool_size);
+        pool_settings.statement_timeout_ms = Some(config.stats.statement_timeout_ms);
+        let pool = eventgate_core::db::build_pool(config.stats.database_url.expose(), &pool_settings)?;
         let metrics = metrics::StatsMetrics::new(&pool, config.stats.pool_size);
         let lifecycle = Lifecycle::new();
         let state = Arc::new(AppState {
-            catalogue,
-            access,
-            verifier,
-            rate_limits: eventgate_core::ratelimit::RateLimits::from_config(&config.ratelimit),
             request_limits: config.limits.clone(),
             pool,
             cursor_key: CursorKey::new(secret.as_bytes()),
@@ -87,29 +69,25 @@ impl Application {
             metrics,
             lifecycle: lifecycle.clone(),
         });
-        let listener = TcpListener::bind(&config.stats.listen)
-            .with_context(|| format!("binding {}", config.stats.listen))?;
-        let port = listener.local_addr()?.port();
         let http_metrics = state.metrics.http.clone();
-        let server = eventgate_core::http::start_server(
-            listener,
+        let server = ApiServer::start(
+            ApiServerSettings {
+                service: "stats-api",
+                listen: config.stats.listen.clone(),
+                workers: config.stats.workers,
+                routes: routes::configure,
+            },
             state,
+            gate,
             http_metrics,
-            routes::configure,
-            &config,
-            config.stats.workers,
-        )?;
-        tracing::info!(port, "stats-api listening");
-        Ok(Application {
-            port,
-            server,
             lifecycle,
-            shutdown: config.shutdown.clone(),
-        })
+            &config,
+        )?;
+        Ok(Application { server })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Serves until SIGTERM or SIGINT, then stops gracefully (see [`Application::run_until`]).
@@ -123,9 +101,7 @@ impl Application {
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        eventgate_core::shutdown::serve_until(self.server, stop, &self.lifecycle, &self.shutdown)
-            .await?;
-        tracing::info!("stats-api stopped");
+        self.server.serve_until(stop).await?;
         Ok(())
     }
 }

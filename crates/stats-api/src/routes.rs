@@ -3,16 +3,14 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use eventgate_core::access::Restrictions;
-use eventgate_core::auth::Principal;
 use eventgate_core::catalogue::Topic;
 use eventgate_core::error::{ApiError, ErrorKind};
 use eventgate_core::health::HealthReport;
-use eventgate_core::http::{authorization, metrics_response, read_body};
+use eventgate_core::http::{metrics_response, read_body, TopicReader};
 use eventgate_core::limits;
 use eventgate_core::query::{self, QueryRequest};
 
-use crate::{store, AppState};
+use crate::{db, AppState};
 
 const SERVICE: &str = "stats-api";
 /// A readiness probe answers within this even when the database hangs.
@@ -41,70 +39,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/health/live", web::get().to(health))
         .route("/health/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics));
-}
-
-/// Token (401) → the user's query rate (429) → topic exists (404) → may read (403), the order of
-/// writes. Returns the reader's restrictions too; only callers that show no events (the field list) may
-/// ignore them.
-fn authorize_read<'a>(
-    request: &HttpRequest,
-    state: &'a AppState,
-    name: &str,
-) -> Result<(Principal, &'a Topic, Restrictions), ApiError> {
-    let principal = state.verifier.authenticate(authorization(request))?;
-    state.rate_limits.check_query(&principal.user)?;
-    let topic = state.catalogue.get(name).ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::NotFound,
-            format!("topic {name:?} does not exist"),
-        )
-        .with_field("topic")
-    })?;
-    eventgate_core::http::record_request_subject(&principal.user, &topic.name);
-    let restrictions = state.access.authorize_read(&principal, &topic.name)?;
-    Ok((principal, topic, restrictions))
-}
-
-/// [`authorize_read`] for routes that reveal no event, only the topic's shape.
-pub(crate) fn readable_topic<'a>(
-    request: &HttpRequest,
-    state: &'a AppState,
-    name: &str,
-) -> Result<&'a Topic, ApiError> {
-    authorize_read(request, state, name).map(|(_, topic, _)| topic)
-}
-
-/// [`authorize_read`] plus the reader's mandatory filters (empty when unrestricted): queries, aggregates
-/// and exports AND them to whatever the reader asks, so no answer reveals an event the reader may not see.
-pub(crate) fn readable_topic_restricted<'a>(
-    request: &HttpRequest,
-    state: &'a AppState,
-    name: &str,
-) -> Result<(&'a Topic, Vec<query::Filter>), ApiError> {
-    let (principal, topic, restrictions) = authorize_read(request, state, name)?;
-    let filters = restrictions.read_filters(&topic.fields, &principal.user, &topic.name)?;
-    Ok((topic, filters))
-}
-
-/// [`authorize_read`] for a topic's dead letters: raw messages no field restriction can filter, so only
-/// an unrestricted reader of the topic may see them (see `AccessRules::can_read_dead_letters`).
-pub(crate) fn readable_dead_letters<'a>(
-    request: &HttpRequest,
-    state: &'a AppState,
-    name: &str,
-) -> Result<&'a Topic, ApiError> {
-    let (principal, topic, restrictions) = authorize_read(request, state, name)?;
-    if !restrictions.is_unrestricted() {
-        return Err(ApiError::new(
-            ErrorKind::Permission,
-            format!(
-                "user {:?} may read topic {:?} only in part, and dead letters cannot be filtered",
-                principal.user, topic.name
-            ),
-        )
-        .with_field("topic"));
-    }
-    Ok(topic)
 }
 
 /// A JSON request body within the query limits: size, time to send it, nesting. An empty body is `{}`.
@@ -142,26 +76,25 @@ pub(crate) fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>
 }
 
 async fn post_query(
-    request: HttpRequest,
+    reader: TopicReader,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (topic, restrictions) = readable_topic_restricted(&request, &state, &path)?;
+    let restrictions = reader.read_filters()?;
     let body = read_json_body(&state, payload).await?;
     let query_request = QueryRequest::from_json(&body)?;
-    answer(&state, topic, &query_request, &restrictions).await
+    answer(&state, &reader.topic, &query_request, &restrictions).await
 }
 
 async fn get_query(
+    reader: TopicReader,
     request: HttpRequest,
     state: web::Data<AppState>,
-    path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (topic, restrictions) = readable_topic_restricted(&request, &state, &path)?;
+    let restrictions = reader.read_filters()?;
     let pairs = query_pairs(&request)?;
-    let query_request = QueryRequest::from_query_pairs(&pairs, &topic.fields)?;
-    answer(&state, topic, &query_request, &restrictions).await
+    let query_request = QueryRequest::from_query_pairs(&pairs, &reader.topic.fields)?;
+    answer(&state, &reader.topic, &query_request, &restrictions).await
 }
 
 /// Plans and runs a query, timed by topic and outcome.
@@ -193,7 +126,7 @@ async fn run_query(
         &state.cursor_key,
         restrictions,
     )?;
-    let page = store::fetch_page(&state.pool, &topic.name, &plan).await?;
+    let page = db::page::fetch_page(&state.pool, &topic.name, &plan).await?;
     let cursor = match (page.has_more, page.events.last()) {
         (true, Some(last)) => Some(plan.next_cursor(last, &state.cursor_key)),
         _ => None,
@@ -208,12 +141,8 @@ async fn run_query(
 
 /// The fields a topic can be filtered and sorted by, with their types: what an analyst (or the explorer
 /// page) needs to build a query.
-async fn fields(
-    request: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let topic = readable_topic(&request, &state, &path)?;
+async fn fields(reader: TopicReader) -> Result<HttpResponse, ApiError> {
+    let topic = &reader.topic;
     let fields: Vec<_> = topic
         .fields
         .fields()
@@ -230,13 +159,7 @@ async fn health() -> HttpResponse {
 /// Ready when the (replica) database answers `SELECT 1`; 503 when it does not or a shutdown started.
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let postgres = eventgate_core::http::check_dependency(READY_TIMEOUT, async {
-        use diesel_async::RunQueryDsl;
-        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
-        diesel::sql_query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        db::ping(&state.pool).await.map_err(|e| e.to_string())
     })
     .await;
     let report = HealthReport::ready(

@@ -8,7 +8,6 @@ mod common;
 
 use std::cell::Cell;
 
-use diesel_async::RunQueryDsl;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::TestCaseError;
@@ -23,7 +22,8 @@ use eventgate_core::query::aggregate::{
     IntervalRequest, MetricValue, ZoneRules,
 };
 use eventgate_core::query::{Micros, QueryLimits};
-use eventgate_stats_api::aggregate_sql::{aggregate_query, aggregate_sql, decode, AggregateRow};
+use eventgate_stats_api::db::aggregate::load_rows;
+use eventgate_stats_api::db::aggregate_sql::{aggregate_sql, decode, AggregateRow};
 
 /// Instants (µs) of daylight-saving changes in the test zones, and of a year boundary.
 const TRANSITIONS: &[i64] = &[
@@ -278,14 +278,10 @@ fn aggregate_plan(
 }
 
 async fn run_sql(db: &Db, topic: &str, plan: &AggregatePlan) -> Result<AggregateResult, String> {
-    let query = aggregate_query(topic, plan).map_err(str::to_owned)?;
-    let mut reader = db.reader.get().await.map_err(|e| e.to_string())?;
-    let rows: Vec<AggregateRow> = query.load(&mut *reader).await.map_err(|e| {
-        format!(
-            "SQL failed: {e}\n{:?}",
-            aggregate_sql(topic, plan).map(|p| p.sql)
-        )
-    })?;
+    let parts = aggregate_sql(topic, plan).map_err(str::to_owned)?;
+    let rows: Vec<AggregateRow> = load_rows(&db.reader, &parts)
+        .await
+        .map_err(|e| format!("SQL failed: {e}\n{}", parts.sql))?;
     decode(plan, rows)
 }
 

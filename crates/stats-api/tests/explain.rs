@@ -3,25 +3,19 @@
 //! served by the `(topic, received_at, id)` btree without a sort, payload equality by the GIN index, and
 //! fields a topic declares indexed by their expression indexes.
 
-use diesel::sql_types::Text;
-use diesel::QueryableByName;
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::{json, Value};
 
 use eventgate_core::envelope::Event;
 use eventgate_core::query::{
     plan, CursorKey, FieldCatalogue, QueryLimits, QueryPlan, QueryRequest,
 };
-use eventgate_core::schema::{build_pool, EventRow, PgPool};
-use eventgate_stats_api::query_sql::{into_diesel, page_sql, SqlParts};
+use eventgate_core::db::pool::PoolSettings;
+use eventgate_core::db::{build_pool, PgPool};
+use eventgate_stats_api::db::page::load_events;
+use eventgate_stats_api::db::query_sql::{page_sql, Bind, SqlParts};
 
 const TOPIC: &str = "public.cps.za.runs";
-
-#[derive(QueryableByName)]
-struct PlanLine {
-    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-    line: String,
-}
 
 struct Ctx {
     reader: PgPool,
@@ -31,8 +25,9 @@ struct Ctx {
 
 async fn setup() -> Ctx {
     let db = eventgate_test_support::stack().await.fresh_database().await;
-    let writer = build_pool(&db.writer_url, 1).await.expect("writer pool");
-    let mut conn = writer.get().await.expect("writer connection");
+    let mut conn = AsyncPgConnection::establish(&db.writer_url)
+        .await
+        .expect("writer connection");
     // 40,000 events per topic, one per second, 1,000 distinct source apps.
     conn.batch_execute(
         "INSERT INTO events (id, topic, received_at, producer, payload)
@@ -50,7 +45,7 @@ async fn setup() -> Ctx {
     let topics_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/topics");
     let catalogue = eventgate_core::catalogue::Catalogue::load_dir(&topics_dir).expect("catalogue");
     // Idempotent: the template database may have them already (`eventgate migrate` creates them).
-    eventgate_core::schema::ensure_field_indexes(&db.admin_url, &catalogue)
+    eventgate_core::db::ensure_field_indexes(&db.admin_url, &catalogue)
         .await
         .expect("field indexes");
     let field_indexes = db
@@ -73,7 +68,7 @@ async fn setup() -> Ctx {
         .mark_indexed(&["source_app".to_owned(), "timestamp_start".to_owned()])
         .expect("indexable");
     Ctx {
-        reader: build_pool(&db.reader_url, 1).await.expect("reader pool"),
+        reader: build_pool(&db.reader_url, &PoolSettings::new(1)).expect("reader pool"),
         fields,
         key: CursorKey::new(b"explain-test-secret"),
     }
@@ -97,28 +92,29 @@ async fn explain(ctx: &Ctx, plan: &QueryPlan) -> String {
         sql: format!("EXPLAIN {}", parts.sql),
         binds: parts.binds,
     };
-    let mut reader = ctx.reader.get().await.expect("reader connection");
-    let lines: Vec<PlanLine> = into_diesel(explain)
-        .load(&mut *reader)
+    let reader = ctx.reader.get().await.expect("reader connection");
+    let lines = reader
+        .query_typed(&explain.sql, &explain.params())
         .await
         .expect("explain");
     lines
-        .into_iter()
-        .map(|l| l.line)
+        .iter()
+        .map(|row| row.try_get::<_, String>(0).expect("a plan line"))
         .collect::<Vec<_>>()
         .join("\n")
 }
 
 /// The event at `depth` in the default order, to make a cursor from.
 async fn event_at_depth(ctx: &Ctx, depth: i64) -> Event {
-    let mut reader = ctx.reader.get().await.expect("reader connection");
-    let rows: Vec<EventRow> = diesel::sql_query(
-        "SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1
-         ORDER BY received_at DESC, id DESC OFFSET $2 LIMIT 1",
+    let rows = load_events(
+        &ctx.reader,
+        &SqlParts {
+            sql: "SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1
+                  ORDER BY received_at DESC, id DESC OFFSET $2 LIMIT 1"
+                .to_owned(),
+            binds: vec![Bind::Text(TOPIC.to_owned()), Bind::BigInt(depth)],
+        },
     )
-    .bind::<Text, _>(TOPIC)
-    .bind::<diesel::sql_types::BigInt, _>(depth)
-    .load(&mut *reader)
     .await
     .expect("row at depth");
     Event::from(rows.into_iter().next().expect("a row at that depth"))

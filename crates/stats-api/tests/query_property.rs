@@ -10,9 +10,6 @@ mod common;
 
 use std::cell::Cell;
 
-use diesel::sql_types::Text;
-use diesel::QueryableByName;
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::TestCaseError;
@@ -24,8 +21,9 @@ use common::property::{self, check, insert, maybe, object_of, runtime, RawEvent}
 use eventgate_core::envelope::Event;
 use eventgate_core::error::ApiError;
 use eventgate_core::query::{plan, CursorKey, QueryLimits, QueryPlan, QueryRequest};
-use eventgate_core::schema::EventRow;
-use eventgate_stats_api::query_sql::{into_diesel, page_query, page_sql, SqlParts};
+use eventgate_core::db::EventRow;
+use eventgate_stats_api::db::page::load_events;
+use eventgate_stats_api::db::query_sql::{page_sql, SqlParts};
 
 const STRINGS: &[&str] = &[
     "a", "b", "B", "ab", "é", "É", "a%b", "A_b", "", "unify", "Unify", "x\\y", "zz",
@@ -330,18 +328,10 @@ async fn walk(
         let plan = ctx
             .plan(topic, &request)
             .map_err(|e| format!("page plan failed: {e:?}"))?;
-        let rows: Vec<EventRow> = {
-            let mut reader = ctx
-                .db
-                .reader
-                .get()
-                .await
-                .map_err(|e| format!("reader connection: {e}"))?;
-            page_query(topic, &plan)
-                .load(&mut *reader)
-                .await
-                .map_err(|e| format!("SQL failed: {e}\n{:?}", page_sql(topic, &plan)))?
-        };
+        let parts = page_sql(topic, &plan);
+        let rows: Vec<EventRow> = load_events(&ctx.db.reader, &parts)
+            .await
+            .map_err(|e| format!("SQL failed: {e}\n{parts:?}"))?;
         let limit = plan.limit as usize;
         let has_more = rows.len() > limit;
         let page: Vec<Event> = rows.into_iter().take(limit).map(Event::from).collect();
@@ -462,12 +452,6 @@ fn stored_date_times_agree_with_postgres() {
     });
 }
 
-#[derive(QueryableByName)]
-struct PlanLine {
-    #[diesel(sql_type = Text)]
-    #[diesel(column_name = "QUERY PLAN")]
-    line: String,
-}
 
 #[test]
 fn default_order_is_served_by_the_btree() {
@@ -496,16 +480,19 @@ fn default_order_is_served_by_the_btree() {
             sql: format!("EXPLAIN {}", parts.sql),
             binds: parts.binds,
         };
-        let mut reader = ctx.db.reader.get().await.expect("reader connection");
+        let reader = ctx.db.reader.get().await.expect("reader connection");
         reader
             .batch_execute("SET enable_seqscan = off")
             .await
             .expect("set");
-        let lines: Vec<PlanLine> = into_diesel(explain)
-            .load(&mut *reader)
+        let lines = reader
+            .query_typed(&explain.sql, &explain.params())
             .await
             .expect("explain");
-        let text: Vec<String> = lines.into_iter().map(|l| l.line).collect();
+        let text: Vec<String> = lines
+            .iter()
+            .map(|row| row.try_get::<_, String>(0).expect("a plan line"))
+            .collect();
         let text = text.join("\n");
         assert!(
             text.contains("Index") && text.contains("events_topic_received_at_id"),

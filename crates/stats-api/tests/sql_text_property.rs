@@ -7,7 +7,7 @@ use eventgate_core::access::AccessRules;
 use eventgate_core::auth::Principal;
 use eventgate_core::catalogue::Catalogue;
 use eventgate_core::query::{self, CursorKey, QueryLimits, QueryRequest};
-use eventgate_stats_api::query_sql::page_sql;
+use eventgate_stats_api::db::query_sql::page_sql;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -11,7 +11,15 @@ use uuid::Uuid;
 
 use eventgate_core::envelope::Event;
 use eventgate_core::query::FieldCatalogue;
-use eventgate_core::schema::{build_pool, events, PgPool};
+use diesel_async::pooled_connection::bb8::Pool;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
+use eventgate_core::db::pool::PoolSettings;
+use eventgate_core::db::schema::events;
+use eventgate_core::db::{build_pool, PgPool};
+
+/// The owner's connections: rows are inserted with diesel, through core's table definitions.
+pub type WriterPool = Pool<AsyncPgConnection>;
 
 /// A generated event before it is stored: id (salted per insert), timestamp, producer, payload.
 pub type RawEvent = (u128, OffsetDateTime, String, Value);
@@ -44,7 +52,7 @@ fn schema() -> Value {
 
 pub struct Db {
     /// As the owner: inserts rows directly.
-    pub writer: PgPool,
+    pub writer: WriterPool,
     /// As the stats-api's read-only role: runs the generated queries.
     pub reader: PgPool,
     /// The test topic's fields, `indexed` ones declared indexed: their SQL names the path literally (the
@@ -59,8 +67,10 @@ pub async fn setup(indexed: &[&str]) -> Db {
     let indexed: Vec<String> = indexed.iter().map(|f| (*f).to_owned()).collect();
     fields.mark_indexed(&indexed).expect("indexable fields");
     Db {
-        writer: build_pool(&db.writer_url, 1).await.expect("writer pool"),
-        reader: build_pool(&db.reader_url, 1).await.expect("reader pool"),
+        writer: Pool::builder()
+            .max_size(1)
+            .build_unchecked(AsyncDieselConnectionManager::new(&db.writer_url)),
+        reader: build_pool(&db.reader_url, &PoolSettings::new(1)).expect("reader pool"),
         fields,
     }
 }

@@ -1,7 +1,14 @@
 //! HTTP glue shared by the services (feature `http`): the error envelope as an actix-web response, the
 //! bearer header, the request telemetry middleware ([`RequestTelemetry`]: request id, one log line and
 //! one span per request, HTTP metrics), the metrics and health responses, and the server set-up both
-//! APIs share ([`start_server`]).
+//! APIs share ([`server`]: [`ApiServer`]), and the gate of requests about a topic as extractors
+//! ([`gate`]: [`TopicWriter`], [`TopicReader`]).
+
+mod gate;
+mod server;
+
+pub use gate::{TopicReader, TopicWriter};
+pub use server::{start_server, with_common_settings, ApiServer, ApiServerSettings};
 
 use std::future::{ready, Future, Ready};
 use std::rc::Rc;
@@ -371,68 +378,6 @@ where
             format!("no answer within {} ms", timeout.as_millis()),
         ),
     }
-}
-
-/// The server settings both APIs share: shutdown driven by the application (not actix's own signal
-/// handlers), the grace period for requests in flight, the slow-client limits, the worker count.
-pub fn with_common_settings<F, I, S, B>(
-    server: actix_web::HttpServer<F, I, S, B>,
-    config: &crate::config::Config,
-    workers: Option<usize>,
-) -> actix_web::HttpServer<F, I, S, B>
-where
-    F: Fn() -> I + Send + Clone + 'static,
-    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
-    S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
-        + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: std::fmt::Debug,
-    S::Response: Into<actix_web::dev::Response<B>> + 'static,
-    <S::Service as Service<actix_http::Request>>::Future: 'static,
-    S::Service: 'static,
-    B: MessageBody + 'static,
-{
-    let server = server
-        .disable_signals()
-        .shutdown_timeout(crate::shutdown::request_grace_secs(&config.shutdown))
-        // A slow client cannot hold a connection: the head must arrive in time, idle ones are closed.
-        .client_request_timeout(Duration::from_millis(config.limits.request_head_timeout_ms))
-        .keep_alive(
-            (config.limits.keep_alive_secs > 0)
-                .then(|| Duration::from_secs(config.limits.keep_alive_secs)),
-        );
-    match workers {
-        Some(workers) => server.workers(workers),
-        None => server,
-    }
-}
-
-/// Starts an API on `listener`: the routes `configure` adds, with `state` as app data, in every worker;
-/// unknown routes answer 404 in the envelope; every response goes through [`RequestTelemetry`] (the
-/// outermost layer); the settings are [`with_common_settings`]. The caller drives and stops the server.
-pub fn start_server<T: Send + Sync + 'static>(
-    listener: std::net::TcpListener,
-    state: std::sync::Arc<T>,
-    http_metrics: HttpMetrics,
-    configure: fn(&mut actix_web::web::ServiceConfig),
-    config: &crate::config::Config,
-    workers: Option<usize>,
-) -> std::io::Result<actix_web::dev::Server> {
-    use actix_web::{web, App, HttpServer};
-    let data = web::Data::from(state);
-    let telemetry = RequestTelemetry::new(http_metrics);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(configure)
-            .default_service(web::to(not_found))
-            // Registered last, so it is the outermost layer: every response gets its request id, log
-            // line and count, whatever an inner layer answered.
-            .wrap(telemetry.clone())
-    });
-    Ok(with_common_settings(server, config, workers)
-        .listen(listener)?
-        .run())
 }
 
 #[cfg(test)]

@@ -15,17 +15,12 @@
 //! the SQL: aliases, units and operators are this file's static fragments; the time zone, the topic and
 //! every filter value are bind parameters.
 
-use diesel::pg::Pg;
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
-use diesel::QueryableByName;
-
 use eventgate_core::query::aggregate::{
     AggregatePlan, AggregateResult, GroupRow, MetricKind, MetricValue, SortTarget, TimeUnit,
 };
 use eventgate_core::query::{Decimal, FieldDef, FieldSource, FieldType, Scalar, SortValue};
 
-use crate::query_sql::{into_diesel, Bind, SqlBuilder, SqlParts};
+use super::query_sql::{Bind, SqlBuilder, SqlParts};
 
 const KEYS: [&str; 8] = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
 const METRICS: [&str; 16] = [
@@ -38,17 +33,25 @@ const ARGUMENTS: [&str; 16] = [
 ];
 
 /// One row of the statement.
-#[derive(Debug, QueryableByName)]
+#[derive(Debug)]
 pub struct AggregateRow {
     /// Group keys then metrics, as text.
-    #[diesel(sql_type = Array<Nullable<Text>>)]
     pub cells: Vec<Option<String>>,
     /// The totals row (over every selected event).
-    #[diesel(sql_type = Bool)]
     pub is_total: bool,
     /// Rows in all, the totals row included.
-    #[diesel(sql_type = BigInt)]
     pub total_rows: i64,
+}
+
+impl AggregateRow {
+    /// The row's columns `cells, is_total, total_rows`, in the statement's order.
+    pub fn from_row(row: &tokio_postgres::Row) -> Result<AggregateRow, tokio_postgres::Error> {
+        Ok(AggregateRow {
+            cells: row.try_get(0)?,
+            is_total: row.try_get(1)?,
+            total_rows: row.try_get(2)?,
+        })
+    }
 }
 
 /// What kind of value a group key holds, for decoding.
@@ -150,14 +153,6 @@ pub fn aggregate_sql(topic: &str, plan: &AggregatePlan) -> Result<SqlParts, &'st
     // The totals row plus `limit` groups.
     b.bind(Bind::BigInt(i64::from(plan.limit) + 1), "::bigint");
     Ok(b.finish())
-}
-
-/// The statement handed to diesel.
-pub fn aggregate_query(
-    topic: &str,
-    plan: &AggregatePlan,
-) -> Result<BoxedSqlQuery<'static, Pg, SqlQuery>, &'static str> {
-    aggregate_sql(topic, plan).map(into_diesel)
 }
 
 fn key_list(b: &mut SqlBuilder, n: usize) {

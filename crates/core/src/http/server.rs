@@ -1,0 +1,149 @@
+//! The server set-up both APIs share: [`ApiServer`] binds the listener, starts actix-web with the
+//! common settings, the request telemetry, the 404 envelope and the gate's data, and stops gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::Service;
+
+use super::{not_found, RequestTelemetry};
+use crate::config::{Config, ShutdownConfig};
+use crate::gate::Gatekeeping;
+use crate::metrics::HttpMetrics;
+use crate::shutdown::{Deadline, Lifecycle};
+
+/// The server settings both APIs share: shutdown driven by the application (not actix's own signal
+/// handlers), the grace period for requests in flight, the slow-client limits, the worker count.
+pub fn with_common_settings<F, I, S, B>(
+    server: actix_web::HttpServer<F, I, S, B>,
+    config: &Config,
+    workers: Option<usize>,
+) -> actix_web::HttpServer<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
+        + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<actix_web::dev::Response<B>> + 'static,
+    <S::Service as Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let server = server
+        .disable_signals()
+        .shutdown_timeout(crate::shutdown::request_grace_secs(&config.shutdown))
+        // A slow client cannot hold a connection: the head must arrive in time, idle ones are closed.
+        .client_request_timeout(Duration::from_millis(config.limits.request_head_timeout_ms))
+        .keep_alive(
+            (config.limits.keep_alive_secs > 0)
+                .then(|| Duration::from_secs(config.limits.keep_alive_secs)),
+        );
+    match workers {
+        Some(workers) => server.workers(workers),
+        None => server,
+    }
+}
+
+/// Starts an API on `listener`: the routes `configure` adds, with `state` as app data, in every worker;
+/// unknown routes answer 404 in the envelope; every response goes through [`RequestTelemetry`] (the
+/// outermost layer); the settings are [`with_common_settings`]. The caller drives and stops the server.
+pub fn start_server<T: Send + Sync + 'static>(
+    listener: std::net::TcpListener,
+    state: Arc<T>,
+    gate: Arc<Gatekeeping>,
+    http_metrics: HttpMetrics,
+    configure: fn(&mut actix_web::web::ServiceConfig),
+    config: &Config,
+    workers: Option<usize>,
+) -> std::io::Result<actix_web::dev::Server> {
+    use actix_web::{web, App, HttpServer};
+    let data = web::Data::from(state);
+    let gate = web::Data::from(gate);
+    let telemetry = RequestTelemetry::new(http_metrics);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(gate.clone())
+            .configure(configure)
+            .default_service(web::to(not_found))
+            // Registered last, so it is the outermost layer: every response gets its request id, log
+            // line and count, whatever an inner layer answered.
+            .wrap(telemetry.clone())
+    });
+    Ok(with_common_settings(server, config, workers)
+        .listen(listener)?
+        .run())
+}
+
+/// What differs between the two APIs' servers.
+pub struct ApiServerSettings {
+    /// For logs: `ingest-api`, `stats-api`.
+    pub service: &'static str,
+    pub listen: String,
+    pub workers: Option<usize>,
+    pub routes: fn(&mut actix_web::web::ServiceConfig),
+}
+
+/// A started API: the listener bound, actix-web serving, stopped by [`ApiServer::serve_until`].
+pub struct ApiServer {
+    service: &'static str,
+    port: u16,
+    server: actix_web::dev::Server,
+    lifecycle: Lifecycle,
+    shutdown: ShutdownConfig,
+}
+
+impl ApiServer {
+    /// Binds `settings.listen` and starts serving `settings.routes` with `state` and `gate` as app data.
+    /// `lifecycle` is the one the state's readiness probe reads.
+    pub fn start<T: Send + Sync + 'static>(
+        settings: ApiServerSettings,
+        state: Arc<T>,
+        gate: Arc<Gatekeeping>,
+        http_metrics: HttpMetrics,
+        lifecycle: Lifecycle,
+        config: &Config,
+    ) -> std::io::Result<ApiServer> {
+        let listener = std::net::TcpListener::bind(&settings.listen).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding {}: {e}", settings.listen))
+        })?;
+        let port = listener.local_addr()?.port();
+        let server = start_server(
+            listener,
+            state,
+            gate,
+            http_metrics,
+            settings.routes,
+            config,
+            settings.workers,
+        )?;
+        tracing::info!(port, "{} listening", settings.service);
+        Ok(ApiServer {
+            service: settings.service,
+            port,
+            server,
+            lifecycle,
+            shutdown: config.shutdown.clone(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `stop` resolves, then: readiness 503, drain, requests in flight answered, within
+    /// `shutdown.timeout_ms`. Returns the deadline, for the service's own last steps.
+    pub async fn serve_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<Deadline> {
+        let deadline =
+            crate::shutdown::serve_until(self.server, stop, &self.lifecycle, &self.shutdown)
+                .await?;
+        tracing::info!("{} stopped serving", self.service);
+        Ok(deadline)
+    }
+}
