@@ -1,4 +1,5 @@
-//! The field catalogue of a topic: which names a query may filter and sort on, and the type of each.
+//! The field catalogue of a topic: which names a query may filter and sort on, and the type of each; and
+//! the typed value of a field in an event ([`field_value`]).
 //!
 //! Built from the topic's JSON Schema with [`FieldCatalogue::from_schema`], which never fails: whatever the
 //! schema cannot tell us becomes [`FieldType::Other`] (only `_exists` applies) or is left out.
@@ -27,6 +28,10 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use uuid::Uuid;
+
+use super::value::{event_micros, parse_stored_time, Decimal, Scalar, SortValue};
+use crate::envelope::Event;
 
 /// How deep the catalogue descends into nested object properties (a dot path has at most this many parts).
 pub const MAX_SCHEMA_DEPTH: usize = 8;
@@ -115,6 +120,38 @@ impl FieldDef {
     pub fn is_envelope(&self) -> bool {
         !matches!(self.source, FieldSource::Payload(_))
     }
+}
+
+/// The typed value of `field` in `event` (see the docs of [`super`]); always `None` for `Other` fields.
+pub fn field_value(field: &FieldDef, event: &Event) -> SortValue {
+    match &field.source {
+        FieldSource::Id => Some(Scalar::Uuid(event.id)),
+        FieldSource::Timestamp => Some(Scalar::Instant(event_micros(event.timestamp))),
+        FieldSource::Producer => Some(Scalar::Text(event.producer.clone())),
+        FieldSource::Payload(path) => typed_json(field.ty, payload_at(&event.payload, path)?),
+    }
+}
+
+/// The typed value of a JSON value for a field of type `ty`.
+pub fn typed_json(ty: FieldType, value: &Value) -> SortValue {
+    match (ty, value) {
+        (FieldType::String, Value::String(s)) => Some(Scalar::Text(s.clone())),
+        (FieldType::Integer | FieldType::Number | FieldType::EpochMillis, Value::Number(n)) => {
+            Decimal::from_json_number(n).map(Scalar::Number)
+        }
+        (FieldType::Boolean, Value::Bool(b)) => Some(Scalar::Bool(*b)),
+        (FieldType::DateTime, Value::String(s)) => parse_stored_time(s).map(Scalar::Instant),
+        (FieldType::Uuid, Value::String(s)) => Uuid::parse_str(s).ok().map(Scalar::Uuid),
+        _ => None,
+    }
+}
+
+/// The value at `path` inside `payload`, walking objects only (like jsonb containment; the SQL guards
+/// `#>` so it never indexes into an array either).
+pub fn payload_at<'a>(payload: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(payload, |current, segment| {
+        current.as_object()?.get(segment)
+    })
 }
 
 /// The fields of one topic.

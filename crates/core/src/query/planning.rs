@@ -1,4 +1,4 @@
-//! Planning steps that queries ([`super::plan`]) and aggregates ([`super::aggregate::plan_aggregate`])
+//! Planning steps that queries ([`super::plan()`]) and aggregates ([`super::aggregate::plan_aggregate`])
 //! share, so that the same mistake gets the same message in both.
 
 use super::fields::{FieldCatalogue, FieldDef, FieldType};

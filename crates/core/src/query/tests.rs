@@ -10,7 +10,8 @@ use super::value::{
     MIN_CLIENT_MICROS,
 };
 use super::*;
-use crate::error::ErrorKind;
+use crate::envelope::Event;
+use crate::error::{ApiError, ErrorDetail, ErrorKind};
 
 fn schema() -> Value {
     json!({

@@ -238,16 +238,6 @@ pub enum Scalar {
 /// The value of one sort key for one event; `None` is a missing, `null` or wrong-typed value.
 pub type SortValue = Option<Scalar>;
 
-/// Sort order of one key in ascending direction: nulls are greater than every value (Postgres' default).
-pub fn cmp_nulls_last(a: &SortValue, b: &SortValue) -> Ordering {
-    match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Greater,
-        (Some(_), None) => Ordering::Less,
-        (Some(x), Some(y)) => x.cmp(y),
-    }
-}
-
 /// Microseconds of an envelope timestamp as Postgres stores it when diesel writes it: diesel truncates
 /// sub-microsecond digits toward 2000-01-01 (the Postgres epoch), so this does the same.
 pub fn event_micros(timestamp: OffsetDateTime) -> Micros {
