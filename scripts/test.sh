@@ -57,6 +57,17 @@ if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
         chromium chromium-driver >&2
 fi
 
+# crates/stats-api/tests/sqlstate.rs runs Postgres with German messages (lc_messages) to prove that errors
+# are told apart by SQLSTATE, not by their text: the server needs the locale.
+if ! locale -a 2>/dev/null | grep -qiE '^de_DE\.utf-?8$'; then
+    step "generating the de_DE.UTF-8 locale (localedef)"
+    if [[ ! -e /usr/share/i18n/locales/de_DE ]]; then
+        stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 \
+            locales >&2
+    fi
+    stack_as_root localedef -i de_DE -f UTF-8 de_DE.UTF-8
+fi
+
 stack_clean_dir "$STACK_DIR" # leftovers of an interrupted run
 mkdir -p "$STACK_DIR"
 trap on_exit EXIT

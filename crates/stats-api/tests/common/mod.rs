@@ -24,6 +24,11 @@ pub fn repo_root() -> PathBuf {
 /// Starts the stats-api on port 0 with the repository's topics and access file (`dev` reads every topic).
 pub async fn start_stats_api() -> StatsApi {
     let database = stack().await.fresh_database().await;
+    start_stats_api_on(database, |_| {}).await
+}
+
+/// [`start_stats_api`] on a database prepared by the test, with its own configuration changes.
+pub async fn start_stats_api_on(database: TestDatabase, change: impl FnOnce(&mut Config)) -> StatsApi {
     let mut config = Config::default();
     config.catalogue.topics_dir = repo_root().join("config/topics");
     config.catalogue.access_file = repo_root().join("config/access.json");
@@ -32,6 +37,7 @@ pub async fn start_stats_api() -> StatsApi {
     config.stats.workers = Some(2);
     config.stats.database_url = Secret::new(database.reader_url.clone());
     config.stats.cursor_secret = Secret::new("a-test-cursor-secret-of-enough-length");
+    change(&mut config);
     let app = eventgate_stats_api::Application::build(config)
         .await
         .expect("stats-api starts");
