@@ -1,10 +1,14 @@
 //! Kafka plumbing shared by the ingest-api and the db-writer (feature `kafka`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::producer::future_producer::FutureProducerContext;
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::catalogue::Catalogue;
@@ -59,4 +63,40 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// A client the broker probe can take onto a blocking thread: a producer (a cheap clone of a shared
+/// handle) or a shared consumer.
+pub trait ProbeClient: Send + 'static {
+    type Context: ClientContext;
+    fn probe_client(&self) -> &Client<Self::Context>;
+}
+
+impl<C: ClientContext + 'static> ProbeClient for FutureProducer<C> {
+    type Context = FutureProducerContext<C>;
+    fn probe_client(&self) -> &Client<Self::Context> {
+        self.client()
+    }
+}
+
+impl<C: ConsumerContext + 'static> ProbeClient for Arc<StreamConsumer<C>> {
+    type Context = C;
+    fn probe_client(&self) -> &Client<C> {
+        self.as_ref().client()
+    }
+}
+
+/// Whether the brokers answer a metadata request within `timeout`: the one broker probe of the
+/// services (readiness, the writer's monitor). librdkafka blocks while it waits, so the request runs on
+/// a blocking thread, never on an async worker. The error says why, for the probe's report.
+pub async fn broker_reachable(client: impl ProbeClient, timeout: Duration) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        client
+            .probe_client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| Err(format!("probe task failed: {error}")))
 }

@@ -6,7 +6,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use eventgate_core::envelope::Event;
 
-use crate::store::DeadLetter;
+use crate::db::DeadLetter;
 
 /// One consumed message, decoded or not.
 #[derive(Debug)]

@@ -8,19 +8,20 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use rdkafka::consumer::Consumer;
 
+use eventgate_core::db::PgPool;
 use eventgate_core::health::HealthReport;
 use eventgate_core::http::{check_dependency, health_response, RequestTelemetry};
-use eventgate_core::schema::PgPool;
 use eventgate_core::shutdown::Lifecycle;
 
 use crate::metrics::WriterMetrics;
-use crate::WriterConsumer;
+use crate::writer::WriterConsumer;
 
 const SERVICE: &str = "db-writer";
 /// A readiness probe answers within this even when a dependency hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the broker probe waits for metadata, within [`READY_TIMEOUT`].
+const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The writer's dependencies, as the readiness probe sees them ([`crate::Writer::readiness`]).
 #[derive(Clone)]
@@ -35,25 +36,13 @@ impl Readiness {
     }
 
     async fn postgres(&self) -> Result<(), String> {
-        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-        if crate::store::ping(&mut conn).await {
-            Ok(())
-        } else {
-            Err("SELECT 1 failed".to_owned())
-        }
+        eventgate_core::db::ping(&self.pool)
+            .await
+            .map_err(|error| error.to_string())
     }
 
     async fn kafka(&self) -> Result<(), String> {
-        let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || {
-            consumer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        eventgate_core::kafka::broker_reachable(self.consumer.clone(), BROKER_PROBE_TIMEOUT).await
     }
 }
 
@@ -64,7 +53,7 @@ struct HealthState {
 }
 
 /// Binds `listen` and returns the server (to be awaited or spawned) and its port. The server ignores
-/// signals: the writer's `main` stops it after the last batch is committed.
+/// signals: [`crate::Application`] stops it after the last batch is committed.
 pub fn serve(
     listen: &str,
     readiness: Readiness,

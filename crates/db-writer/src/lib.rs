@@ -1,494 +1,107 @@
 //! eventgate-db-writer: a member of a Kafka consumer group that writes events into Postgres.
 //!
 //! Run as many instances as there are partitions: the group shares the partitions among them.
-//! Loop: consume → batch (flush at `batch_size` events or `batch_timeout_ms`) → one transaction
-//! (`INSERT ... ON CONFLICT (id) DO NOTHING`, plus dead letters) → commit the batch's offsets. Up to
-//! [`WRITES_IN_FLIGHT`] batches are written at once (each on its own connection) while the next one is
-//! consumed; their offsets are committed in batch order, each only once it and every earlier batch are
-//! written.
+//! Loop ([`writer`]): consume → batch (`batch`: flush at `batch_size` events or `batch_timeout_ms`) →
+//! one transaction per batch ([`write`]: a plain `INSERT ... SELECT FROM unnest(...)` of the events plus
+//! the batch's dead letters; only when that meets an id stored already is it written again with
+//! `ON CONFLICT (id) DO NOTHING`) → commit the batch's offsets. All of the writer's SQL is in [`db`].
 //!
 //! Invariants:
 //! - Offsets are committed only after the rows are committed. A writer that dies mid-batch leaves the
 //!   offsets where they were, the batch is read again, and the unique id makes the replay harmless.
 //! - A database outage never drops a batch: the writer keeps it and retries with capped backoff.
 //! - A message the database will never accept goes to `dead_letters` and its offset is committed, so it
-//!   cannot block its partition.
-//! - Failure emails (`notify`) never hold up the loop: the loop only signals, background tasks decide
-//!   (`eventgate_core::alerting`) and send. `monitor` probes Postgres and the broker and keeps this run's
-//!   row in `writer_runs` fresh for the crash-loop check (`runs`).
+//!   cannot block its partition. Which failure is which is decided by its SQLSTATE ([`error`]).
+//! - Failure emails ([`alerts`]) never hold up the loop: the loop only signals, background tasks decide
+//!   and send. `monitor` probes Postgres and the broker and keeps this run's row in `writer_runs` fresh
+//!   for the crash-loop check ([`runs`]).
+//!
+//! [`Application`] is the service as its binary runs it: the writer plus its health and metrics listener
+//! on `writer.listen`, stopped by SIGTERM/SIGINT.
 
+pub mod alerts;
 mod batch;
+pub mod db;
+pub mod error;
 pub mod health;
 pub mod metrics;
 mod monitor;
-pub mod notify;
 pub mod runs;
-pub mod store;
+pub mod write;
+pub mod writer;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
 
+use actix_web::dev::Server;
 use anyhow::Context;
-use futures::stream::{FuturesOrdered, StreamExt};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use eventgate_core::alerting::AlertKind;
-use eventgate_core::catalogue::Catalogue;
-use eventgate_core::config::{AlertsConfig, Config, KafkaConfig, WriterConfig};
-use eventgate_core::envelope::Event;
-use eventgate_core::schema::PgPool;
+use eventgate_core::config::Config;
+use eventgate_core::shutdown::Lifecycle;
 
-use crate::batch::{Batch, Consumed};
-use crate::monitor::Monitor;
-use crate::notify::{AlertTasks, Alerts};
-use crate::store::{DeadLetter, Written};
-
+pub use crate::error::WriterError;
 pub use crate::metrics::WriterMetrics;
+pub use crate::writer::{Writer, WRITES_IN_FLIGHT};
 
-/// Batches written at once, each on its own pool connection. Two keep Postgres busy while the writer
-/// consumes and decodes, and while the other write waits for its commit (WAL flush) — and on 2 cores two
-/// backends insert about 1.3× as fast as one (docs/PERFORMANCE.md, writer).
-pub const WRITES_IN_FLIGHT: usize = 2;
-
-/// A batch being written: gives back the batch, whether it was written (false: abandoned at shutdown),
-/// and the spans that end once it is committed.
-type WriteInFlight<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Batch, bool, Vec<tracing::Span>)> + Send + 'a>,
->;
-
-/// How long a stopping writer lets queued failure emails go out.
-const ALERTS_GRACE: Duration = Duration::from_secs(5);
-/// How long a stopping writer waits for the group to take its partitions back.
-const LEAVE_GRACE: Duration = Duration::from_secs(5);
-
-/// Hooks into librdkafka's rebalance events to log them and keep the assignment gauge true.
-pub struct WriterContext {
-    metrics: Arc<WriterMetrics>,
+/// The writer with its health and metrics listener, as the binary runs it.
+pub struct Application {
+    writer: Writer,
+    health: Server,
+    port: u16,
+    lifecycle: Lifecycle,
 }
 
-impl ClientContext for WriterContext {
-    /// librdkafka's statistics (every `telemetry.kafka_stats_interval_ms`): the consumer lag gauges.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.metrics.record_statistics(&statistics);
-    }
-}
-
-impl ConsumerContext for WriterContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                self.metrics
-                    .assigned_partitions
-                    .set(partitions.count() as i64);
-                tracing::info!(kafka.partitions = partitions.count(), "partitions assigned");
-            }
-            Rebalance::Revoke(partitions) => {
-                self.metrics.assigned_partitions.set(0);
-                tracing::info!(kafka.partitions = partitions.count(), "partitions revoked");
-            }
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
-        }
-    }
-}
-
-type WriterConsumer = StreamConsumer<WriterContext>;
-
-pub struct Writer {
-    consumer: Arc<WriterConsumer>,
-    pool: PgPool,
-    config: WriterConfig,
-    kafka: KafkaConfig,
-    pub metrics: Arc<WriterMetrics>,
-    /// How long a stopping writer keeps trying to write the batch in hand (`shutdown.timeout_ms`).
-    shutdown_grace: Duration,
-    /// Trace contexts of the batch being collected (one insert span per traced event).
-    traces: std::sync::Mutex<eventgate_core::telemetry::kafka_context::BatchTraces>,
-    alerts: Alerts,
-    alert_tasks: AlertTasks,
-    alerts_config: AlertsConfig,
-    instance: String,
-}
-
-impl Writer {
-    /// Applies migrations (when configured), creates the pool and joins the consumer group.
-    pub async fn build(config: &Config) -> anyhow::Result<Writer> {
-        let catalogue =
-            Catalogue::load_dir(&config.catalogue.topics_dir).context("loading topics")?;
-        let url = config.writer.database_url.expose();
-        if config.writer.run_migrations {
-            // As the schema owner: the writer's own role may only insert and read.
-            let owner_url = config.writer.migration_url();
-            let applied = eventgate_core::schema::run_migrations(owner_url)
-                .await
-                .context("applying migrations")?;
-            tracing::info!(applied, "migrations up to date");
-            let created = eventgate_core::schema::ensure_field_indexes(owner_url, &catalogue)
-                .await
-                .context("creating field indexes")?;
-            tracing::info!(created, "field indexes up to date");
-        }
-        let pool = eventgate_core::schema::build_pool(url, config.writer.pool_size).await?;
-        if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &catalogue).await {
-            tracing::warn!(%error, "could not ensure Kafka topics exist");
-        }
-        let metrics = Arc::new(WriterMetrics::new());
-        metrics.register_pool(&pool, config.writer.pool_size);
-        let instance = runs::instance_name();
-        let (alerts, alert_tasks) = Alerts::start(
-            config,
-            format!("db-writer {instance}, group {}", config.writer.group_id),
-            metrics.clone(),
+impl Application {
+    /// Builds the writer (migrations when configured, pool, consumer group) and binds `writer.listen`.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let writer = Writer::build(&config).await?;
+        let lifecycle = Lifecycle::new();
+        let (health, port) = health::serve(
+            &config.writer.listen,
+            writer.readiness(),
+            writer.metrics.clone(),
+            lifecycle.clone(),
         )
-        .context("setting up failure emails")?;
-        let session_timeout_ms = config.writer.session_timeout_ms;
-        let consumer: WriterConsumer = eventgate_core::kafka::client_config(&config.kafka)
-            .set("group.id", &config.writer.group_id)
-            // Offsets are committed by hand, after the rows are committed.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // A new group starts at the beginning: nothing already in the topic is skipped.
-            .set("auto.offset.reset", "earliest")
-            // Pick up partitions of topics created after start-up quickly.
-            .set("topic.metadata.refresh.interval.ms", "5000")
-            // How long a fetch may wait for data. Kafka answers as soon as there is some, but brokers that
-            // hold every fetch for the whole wait (tansu, the local stack's) would add up to this much
-            // to every event's way into Postgres (default 500 ms; docs/PERFORMANCE.md, end to end).
-            .set("fetch.wait.max.ms", "100")
-            // Statistics feed the consumer lag gauges (0 turns them off).
-            .set(
-                "statistics.interval.ms",
-                config.telemetry.kafka_stats_interval_ms.to_string(),
-            )
-            // A killed writer's partitions move to the others after this long.
-            .set("session.timeout.ms", session_timeout_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (session_timeout_ms / 3).clamp(1, 3000).to_string(),
-            )
-            .create_with_context(WriterContext {
-                metrics: metrics.clone(),
-            })
-            .context("creating Kafka consumer")?;
-        let topics = eventgate_core::kafka::kafka_topics(&config.kafka, &catalogue);
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topic_refs)
-            .context("subscribing to topics")?;
-        tracing::info!(group = %config.writer.group_id, topics = ?topics, "joined consumer group");
-        Ok(Writer {
-            consumer: Arc::new(consumer),
-            pool,
-            config: config.writer.clone(),
-            kafka: config.kafka.clone(),
-            metrics,
-            shutdown_grace: Duration::from_millis(config.shutdown.timeout_ms),
-            traces: Default::default(),
-            alerts,
-            alert_tasks,
-            alerts_config: config.alerts.clone(),
-            instance,
+        .with_context(|| format!("binding {}", config.writer.listen))?;
+        tracing::info!(port, "writer health and metrics listening");
+        Ok(Application {
+            writer,
+            health,
+            port,
+            lifecycle,
         })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The port of the health and metrics listener.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
-    /// What the readiness probe checks: the pool, and the broker through the consumer's client.
-    pub fn readiness(&self) -> health::Readiness {
-        health::Readiness::new(self.pool.clone(), self.consumer.clone())
+    /// Runs until SIGTERM or SIGINT, then stops gracefully (see [`Application::run_until`]).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(eventgate_core::shutdown::signal()).await
     }
 
-    fn lock_traces(
-        &self,
-    ) -> std::sync::MutexGuard<'_, eventgate_core::telemetry::kafka_context::BatchTraces> {
-        // Poisoned only if a push panicked; the contexts are still usable.
-        self.traces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Consumes and writes until `shutdown` is cancelled, then writes and commits the batch in hand and
-    /// leaves the group.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let monitor_stop = CancellationToken::new();
-        let monitor = tokio::spawn(
-            Monitor {
-                pool: self.pool.clone(),
-                consumer: self.consumer.clone(),
-                alerts: self.alerts.clone(),
-                group_id: self.config.group_id.clone(),
-                instance: self.instance.clone(),
-                run_id: None,
-                interval: Duration::from_millis(self.alerts_config.probe_interval_ms.max(1)),
-                crash_loop_crashes: self.alerts_config.crash_loop_crashes,
-            }
-            .run(monitor_stop.clone()),
-        );
-        let timeout = Duration::from_millis(self.config.batch_timeout_ms);
-        let mut batch = Batch::default();
-        // The batches being written while the next one is collected, oldest first: they complete in
-        // this order, and each one's offsets are committed here, after its rows and every earlier
-        // batch's rows.
-        let mut writing: FuturesOrdered<WriteInFlight<'_>> = FuturesOrdered::new();
-        // Batches not (known to be) written and committed when the writer was told to stop.
-        let mut unwritten: Vec<Batch> = Vec::new();
-        loop {
-            let deadline = batch.started.map(|started| started + timeout);
-            let room = batch.len() < self.config.batch_size;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some((done, written, spans)) = writing.next(), if !writing.is_empty() => {
-                    if !written {
-                        unwritten.push(done);
-                        break;
-                    }
-                    self.commit(&done).await;
-                    drop(spans);
-                }
-                // A batch that is due waits while the writes in progress are as many as allowed.
-                _ = sleep_until_or_forever(deadline), if writing.len() < WRITES_IN_FLIGHT => {}
-                received = self.consumer.recv(), if room => match received {
-                    Ok(message) => {
-                        self.lock_traces().push(&message);
-                        batch.push(Consumed::from_message(&message, &self.kafka.topic_prefix));
-                    }
-                    Err(error) => {
-                        self.metrics.consumer_errors.inc();
-                        tracing::warn!(%error, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            }
-            let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            let full = batch.len() >= self.config.batch_size || (due && !batch.is_empty());
-            if full && writing.len() < WRITES_IN_FLIGHT {
-                let next = std::mem::take(&mut batch);
-                // Now, before more messages arrive: the spans are those of this batch's messages.
-                // They end once the batch is committed.
-                let spans = self.lock_traces().open_insert_spans(next.len());
-                let (writer, shutdown) = (&self, &shutdown);
-                writing.push_back(Box::pin(async move {
-                    let written = writer.write(&next, shutdown).await;
-                    (next, written, spans)
-                }));
-            }
-        }
-        // Stopping: the writes in progress end (a first attempt is not interrupted) and are committed in
-        // order, as long as every earlier batch was.
-        while let Some((done, written, spans)) = writing.next().await {
-            if written && unwritten.is_empty() {
-                self.commit(&done).await;
-            } else {
-                unwritten.push(done);
-            }
-            drop(spans);
-        }
-        drop(writing);
-        let in_hand: Vec<Batch> = unwritten
-            .into_iter()
-            .chain((!batch.is_empty()).then_some(batch))
-            .collect();
-        if !in_hand.is_empty() {
-            // Shutting down: write what is in hand, oldest first, within a grace period; if that fails,
-            // the offsets stay uncommitted and the group reads the batches again.
-            let grace = CancellationToken::new();
-            let cancel_grace = grace.clone();
-            let grace_period = self.shutdown_grace;
-            let timer = tokio::spawn(async move {
-                tokio::time::sleep(grace_period).await;
-                cancel_grace.cancel();
-            });
-            for mut batch in in_hand {
-                let spans = self.lock_traces().open_insert_spans(batch.len());
-                if !self.flush(&mut batch, spans, &grace).await {
-                    // A later batch must not commit past this one's offsets.
-                    tracing::warn!(
-                        batch.size = batch.len(),
-                        "batch abandoned at shutdown; it will be read again"
-                    );
-                    break;
-                }
-            }
-            timer.abort();
-        }
-        self.consumer.unsubscribe();
-        // Leaving the group takes the revocation, which librdkafka hands over on poll: poll until it
-        // happened (bounded), so that the partitions go to the other members now, not after the session
-        // timeout. Messages still arriving are dropped uncommitted; their next owner reads them.
-        let _ = tokio::time::timeout(LEAVE_GRACE, async {
-            while self.metrics.assigned_partitions.get() > 0 {
-                tokio::select! {
-                    _ = self.consumer.recv() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-            }
-        })
-        .await;
-        monitor_stop.cancel();
-        if let Ok(Some(run_id)) = monitor.await {
-            // A clean stop is not a crash: it must not count towards a crash loop.
-            let recorded = tokio::time::timeout(ALERTS_GRACE, async {
-                let mut conn = self.pool.get().await?;
-                runs::record_clean_stop(&mut conn, run_id).await?;
-                anyhow::Ok(())
-            })
-            .await;
-            if !matches!(recorded, Ok(Ok(()))) {
-                tracing::warn!("could not record the clean stop; it may count as a crash");
-            }
-        }
-        self.alert_tasks.stop(ALERTS_GRACE).await;
-        tracing::info!("writer stopped");
-        Ok(())
-    }
-
-    /// Writes the batch, retrying with capped backoff until it is written or `shutdown` is cancelled,
-    /// then commits its offsets. Returns false when abandoned because of shutdown. `insert_spans` (of
-    /// the batch's traced messages) end when this returns: after the commit, or when abandoned.
-    async fn flush(
-        &self,
-        batch: &mut Batch,
-        insert_spans: Vec<tracing::Span>,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let _insert_spans = insert_spans;
-        if !self.write(batch, shutdown).await {
-            return false;
-        }
-        self.commit(batch).await;
-        batch.clear();
-        true
-    }
-
-    /// Writes the batch, retrying with capped backoff until it is written or `shutdown` is cancelled
-    /// (then false), without committing its offsets.
-    async fn write(&self, batch: &Batch, shutdown: &CancellationToken) -> bool {
-        let started = std::time::Instant::now();
-        let mut events: Vec<&Event> = Vec::with_capacity(batch.len());
-        let mut dead_letters: Vec<DeadLetter> = Vec::new();
-        for message in &batch.messages {
-            match &message.decoded {
-                Ok(event) => events.push(event),
-                Err(dead) => dead_letters.push(dead.clone()),
-            }
-        }
-        let mut backoff = Duration::from_millis(self.config.retry_initial_ms);
-        let mut failed = false;
-        let (written, parked) = loop {
-            match self.try_write(batch, &events, &dead_letters).await {
-                Ok(written) => break written,
-                Err(error) => {
-                    failed = true;
-                    self.alerts
-                        .down(AlertKind::DatabaseUnreachable, format!("{error:#}"));
-                    self.metrics.write_retries.inc();
-                    tracing::warn!(error = %error, retry.in_ms = backoff.as_millis() as u64, batch.size = batch.len(), "batch not written, will retry");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_millis(self.config.retry_max_ms));
-                }
+    /// Consumes and writes until `stop` resolves, then: readiness 503, the batch in hand written and
+    /// committed, the group left (within `shutdown.timeout_ms`), queued failure emails sent, and the
+    /// listener closed last, so that probes see the whole stop.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let health = self.health.handle();
+        let health_task = tokio::spawn(self.health);
+        let shutdown = CancellationToken::new();
+        let writing = self.writer.run(shutdown.clone());
+        tokio::pin!(writing);
+        let result = tokio::select! {
+            result = &mut writing => result,
+            () = stop => {
+                self.lifecycle.begin_stop();
+                tracing::info!("shutdown requested: writing and committing the batch in hand");
+                shutdown.cancel();
+                writing.await
             }
         };
-        if failed {
-            self.alerts.up(AlertKind::DatabaseUnreachable);
-        }
-        // Only the messages parked by this write: a replayed poison message was reported already.
-        let newly_parked: Vec<DeadLetter> = parked
-            .into_iter()
-            .filter(|dead| written.parked.binary_search(&dead.key()).is_ok())
-            .collect();
-        self.alerts.dead_letters(&newly_parked);
-        self.metrics
-            .record_flush(batch.len(), written, started.elapsed());
-        true
-    }
-
-    /// One attempt at writing the batch. When the database is up but refuses the batch, the rows it
-    /// refuses one by one become dead letters and the rest are written.
-    async fn try_write(
-        &self,
-        batch: &Batch,
-        events: &[&Event],
-        dead_letters: &[DeadLetter],
-    ) -> anyhow::Result<(Written, Vec<DeadLetter>)> {
-        let mut conn = self.pool.get().await.context("no database connection")?;
-        let error = match store::write_batch(&mut conn, events, dead_letters).await {
-            Ok(mut written) => {
-                written.parked.sort();
-                return Ok((written, dead_letters.to_vec()));
-            }
-            Err(error) => error,
-        };
-        if !store::ping(&mut conn).await {
-            return Err(anyhow::Error::new(error).context("database unavailable"));
-        }
-        tracing::warn!(%error, "database refused the batch; isolating the messages it cannot store");
-        let mut good: Vec<&Event> = Vec::new();
-        let mut parked: Vec<DeadLetter> = dead_letters.to_vec();
-        for message in &batch.messages {
-            let Ok(event) = &message.decoded else {
-                continue;
-            };
-            match store::write_batch(&mut conn, &[event], &[]).await {
-                Ok(_) => good.push(event),
-                Err(row_error) if store::ping(&mut conn).await => parked.push(DeadLetter {
-                    topic: Some(event.topic.clone()),
-                    kafka_topic: message.kafka_topic.clone(),
-                    partition: message.partition,
-                    offset: message.offset,
-                    raw: Some(event.to_json_bytes()),
-                    error: format!("database refused the event: {row_error}"),
-                }),
-                Err(row_error) => {
-                    return Err(anyhow::Error::new(row_error).context("database unavailable"))
-                }
-            }
-        }
-        // The good rows are already in; writing them again is a no-op, and keeps the count honest.
-        let mut written = store::write_batch(&mut conn, &good, &parked).await?;
-        written.events = good.len();
-        written.parked.sort();
-        Ok((written, parked))
-    }
-
-    async fn commit(&self, batch: &Batch) {
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in batch.next_offsets() {
-            if let Err(error) =
-                offsets.add_partition_offset(&topic, partition, Offset::Offset(next))
-            {
-                tracing::error!(%error, "cannot build offset list");
-                return;
-            }
-        }
-        let consumer = self.consumer.clone();
-        let result =
-            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await;
-        match result {
-            Ok(Ok(())) => {}
-            // After a rebalance another member owns the partition and reads it again from its last
-            // committed offset; the rows are already written, so the replay is harmless.
-            Ok(Err(error)) => {
-                self.metrics.commit_failures.inc();
-                tracing::warn!(%error, "offset commit failed; the batch may be read again")
-            }
-            Err(error) => tracing::error!(%error, "offset commit task failed"),
-        }
-    }
-}
-
-async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+        health.stop(true).await;
+        let _ = health_task.await;
+        result
     }
 }

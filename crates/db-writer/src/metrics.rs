@@ -7,11 +7,11 @@ use prometheus::{
 };
 use rdkafka::statistics::Statistics;
 
-use eventgate_core::alerting::AlertKind;
+use eventgate_core::db::PgPool;
 use eventgate_core::metrics::{counter_vec, gauge_vec, HttpMetrics, PoolCollector};
-use eventgate_core::schema::PgPool;
 
-use crate::store::Written;
+use crate::alerts::AlertKind;
+use crate::db::Written;
 
 pub struct WriterMetrics {
     pub registry: Registry,
@@ -29,7 +29,7 @@ pub struct WriterMetrics {
     pub consumer_errors: IntCounter,
     /// Offset commits that failed after a batch was written (the batch is read again; harmless).
     pub commit_failures: IntCounter,
-    /// Failure emails sent to the maintainers, by kind (`AlertKind::as_str`; `notify.rs` counts them,
+    /// Failure emails sent to the maintainers, by kind (`AlertKind::as_str`; `alerts/mailer.rs` counts them,
     /// see [`WriterMetrics::email`]).
     pub emails_sent: IntCounterVec,
     /// Failure emails that could not be sent, by kind.

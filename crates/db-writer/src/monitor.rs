@@ -4,21 +4,23 @@
 //! - the broker answers a metadata request → broker up/down;
 //! - this run is alive in `writer_runs`, and the group's crash-loop check (see [`crate::runs`]).
 //!
+//! The probes are the ones readiness uses: `eventgate_core::db::ping` and
+//! `eventgate_core::kafka::broker_reachable`.
+//!
 //! Nothing here touches a batch or an offset; a slow probe delays only the next probe.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use eventgate_core::alerting::AlertKind;
-use eventgate_core::schema::PgPool;
+use eventgate_core::db::PgPool;
 
-use crate::notify::Alerts;
+use crate::alerts::{AlertKind, Alerts};
+use crate::error::WriterError;
 use crate::runs;
-use crate::WriterConsumer;
+use crate::writer::WriterConsumer;
 
 /// A probe never waits less than this for an answer, however short the interval.
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,15 +70,9 @@ impl Monitor {
 
     async fn probe_database(&self) -> bool {
         let timeout = self.interval.max(MIN_PROBE_TIMEOUT);
-        let probe = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            match crate::store::ping(&mut conn).await {
-                true => Ok(()),
-                false => Err("SELECT 1 failed".to_owned()),
-            }
-        };
-        let result = match tokio::time::timeout(timeout, probe).await {
-            Ok(result) => result,
+        let result = match tokio::time::timeout(timeout, eventgate_core::db::ping(&self.pool)).await
+        {
+            Ok(result) => result.map_err(|error| error.to_string()),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         };
         match result {
@@ -92,53 +88,44 @@ impl Monitor {
     }
 
     async fn probe_broker(&self) {
-        let consumer = self.consumer.clone();
         let timeout = self.interval.max(MIN_PROBE_TIMEOUT);
-        let result = tokio::task::spawn_blocking(move || {
-            consumer
-                .fetch_metadata(None, timeout)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("probe task failed: {e}")));
-        match result {
+        match eventgate_core::kafka::broker_reachable(self.consumer.clone(), timeout).await {
             Ok(()) => self.alerts.up(AlertKind::BrokerUnreachable),
             Err(error) => self.alerts.down(AlertKind::BrokerUnreachable, error),
         }
     }
 
-    async fn heartbeat(&mut self) -> anyhow::Result<()> {
-        let mut conn = self.pool.get().await?;
+    async fn heartbeat(&mut self) -> Result<(), WriterError> {
         match self.run_id {
             Some(run_id) => {
                 // Runs older than two windows matter to no check.
                 let keep = self.alerts.policy().window * 2;
-                runs::heartbeat(&mut conn, run_id, &self.group_id, keep).await?;
+                crate::db::runs::heartbeat(&self.pool, run_id, &self.group_id, keep)
+                    .await
+                    .map_err(WriterError::Heartbeat)?;
             }
             // The database was down when this writer started: record the start now.
             None => {
-                self.run_id =
-                    Some(runs::record_start(&mut conn, &self.group_id, &self.instance).await?);
+                let run_id =
+                    crate::db::runs::record_start(&self.pool, &self.group_id, &self.instance)
+                        .await
+                        .map_err(WriterError::RecordStart)?;
+                self.run_id = Some(run_id);
             }
         }
         Ok(())
     }
 
     async fn check_crash_loop(&self, stale_after: Duration) {
-        let checked = async {
-            let mut conn = self.pool.get().await?;
-            let notice = runs::check_crash_loop(
-                &mut conn,
-                &self.group_id,
-                self.crash_loop_crashes,
-                self.alerts.policy(),
-                stale_after,
-            )
-            .await?;
-            anyhow::Ok(notice)
-        };
-        match checked.await {
+        let checked = runs::check_crash_loop(
+            &self.pool,
+            &self.group_id,
+            self.crash_loop_crashes,
+            self.alerts.policy(),
+            stale_after,
+        )
+        .await;
+        match checked {
             Ok(Some(notice)) => self.alerts.notice(notice),
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "crash-loop check failed"),

@@ -3,27 +3,25 @@
 //! run in-process (`eventgate_e2e::System`); every event answered 202 must be in Postgres exactly once.
 //! (SIGTERM: `tests/shutdown.rs`.)
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::{json, Value};
 
 use eventgate_e2e::System;
-use eventgate_test_support::{free_port, stack, wait_until, ReceivedMail, SmtpSink};
+use eventgate_test_support::{
+    accepted_ids, assert_exactly_once, free_port, metric, stack, wait_until, ReceivedMail,
+    ServiceProcess, SmtpSink,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A writer process, killed when dropped so that a failing test leaves nothing behind.
 struct WriterProcess {
-    name: String,
-    child: Child,
+    process: ServiceProcess,
     port: u16,
-    log: PathBuf,
 }
 
 impl WriterProcess {
@@ -33,7 +31,6 @@ impl WriterProcess {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("eventgate-writers-{}", system.database.name));
         std::fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!("{name}.log"));
         let mut env: Vec<(&str, String)> = vec![
             (
                 "EVENTGATE_CATALOGUE__TOPICS_DIR",
@@ -65,86 +62,38 @@ impl WriterProcess {
             ("EVENTGATE_TELEMETRY__LOG_FORMAT", "json".into()),
         ];
         env.extend(extra.iter().cloned());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_eventgate-db-writer"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("EVENTGATE_") && !key.starts_with("EVENTGATE_TEST_") {
-                command.env_remove(key);
-            }
-        }
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = command
-            .envs(env)
-            // No configuration file: the variables are the whole configuration.
-            .env("EVENTGATE_CONFIG", dir.join("no-such-file.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().expect("log file")))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("the db-writer binary starts");
-        WriterProcess {
-            name: name.to_owned(),
-            child,
-            port,
-            log,
-        }
+        let process = ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_eventgate-db-writer"),
+            &format!("writer {name}"),
+            &env,
+            &dir.join(format!("{name}.log")),
+        );
+        WriterProcess { process, port }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     fn log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        format!("--- log of writer {}:\n{text}", self.name)
+        self.process.log()
     }
 
     /// SIGKILL: no batch written, nothing committed, no goodbye to the group.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
+    fn kill(self) {
+        self.process.kill();
     }
 
     /// SIGTERM, and the exit status once it is gone.
-    async fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let exited = wait_until("the writer to exit", WAIT, || {
-            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
-            async move { exited }
-        })
-        .await;
-        exited.unwrap_or_else(|e| panic!("{e:#}\n{}", self.log()));
-        self.child.wait().expect("exit status")
+    async fn terminate(self) -> std::process::ExitStatus {
+        self.process.terminate(WAIT).await
     }
 
     /// Partitions this writer owns, from its metrics; 0 while it is not up yet.
     async fn owned_partitions(&self, http: &reqwest::Client) -> i64 {
-        let Ok(response) = http
-            .get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .timeout(Duration::from_secs(5))
-            .send()
+        metric(http, self.port, "eventgate_writer_assigned_partitions")
             .await
-        else {
-            return 0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|line| line.strip_prefix("eventgate_writer_assigned_partitions "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
             .map_or(0, |owned| owned as i64)
-    }
-}
-
-impl Drop for WriterProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -165,44 +114,16 @@ async fn post_batch(system: &System, first: usize, size: usize) -> Vec<String> {
     let batch: Vec<Value> = (first..first + size).map(audit).collect();
     let (status, answer) = system.post("audit.logs", "dev", &json!(batch)).await;
     assert_eq!(status, 202, "{answer}");
-    ids(&answer)
-}
-
-fn ids(answer: &Value) -> Vec<String> {
-    answer["ids"]
-        .as_array()
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    accepted_ids(&answer)
 }
 
 /// Every id is stored, exactly once, and the table holds nothing else.
-async fn assert_exactly_once(system: &System, accepted: &[String], writers: &[&WriterProcess]) {
-    let present = format!(
-        "SELECT count(*) FROM events WHERE id = ANY('{{{}}}'::uuid[])",
-        accepted.join(",")
-    );
-    let expected = accepted.len() as i64;
-    let stored = wait_until("every accepted event in Postgres", WAIT, || async {
-        system.database.count(&present).await.unwrap_or(0) >= expected
+async fn assert_stored_once(system: &System, accepted: &[String], writers: &[&WriterProcess]) {
+    assert_exactly_once(&system.database, accepted, WAIT, || {
+        let logs: Vec<String> = writers.iter().map(|w| w.log()).collect();
+        logs.join("\n")
     })
     .await;
-    if let Err(error) = stored {
-        let logs: Vec<String> = writers.iter().map(|w| w.log()).collect();
-        panic!(
-            "{error:#}: {} of {expected} stored\n{}",
-            system.database.count(&present).await.unwrap_or(-1),
-            logs.join("\n")
-        );
-    }
-    assert_eq!(
-        system.count_events().await,
-        expected,
-        "nothing twice, nothing else"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,13 +131,16 @@ async fn a_writer_killed_mid_batch_loses_and_duplicates_nothing() {
     let system = System::start_with(stack().await, 0, |_| {}).await;
     let first = WriterProcess::spawn(&system, "first", &[]);
     let mut accepted = post_batch(&system, 0, 5).await;
-    assert_exactly_once(&system, &accepted, &[&first]).await;
+    assert_stored_once(&system, &accepted, &[&first]).await;
 
     // Hold the next batch in the middle of its transaction: a lock that lets the test read the table
     // but makes the writer's INSERT wait. Its messages are consumed and not committed.
-    let mut lock = AsyncPgConnection::establish(&system.database.admin_url)
-        .await
-        .expect("admin connection");
+    let admin = eventgate_core::db::build_pool(
+        &system.database.admin_url,
+        &eventgate_core::db::pool::PoolSettings::new(1),
+    )
+    .expect("admin pool");
+    let lock = admin.get().await.expect("admin connection");
     lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
         .await
         .expect("lock");
@@ -236,7 +160,7 @@ async fn a_writer_killed_mid_batch_loses_and_duplicates_nothing() {
     accepted.extend(post_batch(&system, 55, 50).await);
     let second = WriterProcess::spawn(&system, "second", &[]);
     accepted.extend(post_batch(&system, 105, 50).await);
-    assert_exactly_once(&system, &accepted, &[&second]).await;
+    assert_stored_once(&system, &accepted, &[&second]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +230,7 @@ async fn three_writers_one_killed_one_added_while_events_stream_in() {
     system.wait_for_rows(rows + 30, WAIT).await;
     stop.store(true, Ordering::SeqCst);
     let accepted = streaming.await.expect("streaming task");
-    assert_exactly_once(&system, &accepted, &[&w1, &w3, &w4]).await;
+    assert_stored_once(&system, &accepted, &[&w1, &w3, &w4]).await;
 }
 
 fn words(mail: &ReceivedMail) -> String {

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,11 +11,14 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::{json, Value};
+use serde_json::json;
 use time::OffsetDateTime;
 
 use eventgate_core::envelope::Event;
-use eventgate_test_support::{free_port, stack, wait_until, Stack, TestDatabase};
+use eventgate_test_support::{
+    assert_exactly_once, free_port, get_json, metric, stack, wait_until, ServiceProcess, Stack,
+    TestDatabase,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 2;
@@ -48,7 +50,7 @@ impl Setup {
     }
 
     /// The writer binary as operators run it: `EVENTGATE_*` only, JSON logs to `<name>.log`.
-    fn spawn_writer(&self, name: &str, port: u16) -> Child {
+    fn spawn_writer(&self, name: &str, port: u16) -> ServiceProcess {
         let env = [
             (
                 "EVENTGATE_CATALOGUE__TOPICS_DIR",
@@ -69,25 +71,12 @@ impl Setup {
             ("EVENTGATE_TELEMETRY__LOG_FORMAT", "json".into()),
             ("EVENTGATE_SHUTDOWN__TIMEOUT_MS", "15000".into()),
         ];
-        let mut command = Command::new(env!("CARGO_BIN_EXE_eventgate-db-writer"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("EVENTGATE_") && !key.starts_with("EVENTGATE_TEST_") {
-                command.env_remove(key);
-            }
-        }
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log file");
-        command
-            .envs(env)
-            .env("EVENTGATE_CONFIG", "/nonexistent/eventgate.toml")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().expect("log file")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("the db-writer binary starts")
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+        ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_eventgate-db-writer"),
+            name,
+            &env,
+            &self.dir.join(format!("{name}.log")),
+        )
     }
 
     /// Messages the group committed, over all partitions.
@@ -115,49 +104,16 @@ impl Setup {
     }
 }
 
-async fn ready_status(http: &reqwest::Client, port: u16) -> Option<(u16, Value)> {
-    let response = http
-        .get(format!("http://127.0.0.1:{port}/health/ready"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.json().await.unwrap_or(Value::Null)))
-}
-
 async fn owns_partitions(http: &reqwest::Client, port: u16) -> bool {
-    let Ok(response) = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
+    metric(http, port, "eventgate_writer_assigned_partitions")
         .await
-    else {
-        return false;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.strip_prefix("eventgate_writer_assigned_partitions "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
         .is_some_and(|owned| owned > 0.0)
 }
 
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-async fn wait_exit(child: &mut Child, log: impl Fn() -> String) {
-    let exited = wait_until("the writer to exit", WAIT, || {
-        let exited = matches!(child.try_wait(), Ok(Some(_)));
-        async move { exited }
-    })
-    .await;
-    exited.unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
-    let status = child.wait().expect("exit status");
-    assert!(status.success(), "{status:?}\n{}", log());
+/// Exits 0 within `WAIT`.
+async fn assert_clean_exit(writer: &mut ServiceProcess) {
+    let status = writer.wait_exit(WAIT).await;
+    assert!(status.success(), "{status:?}\n{}", writer.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -166,13 +122,14 @@ async fn sigterm_during_a_stream_commits_the_last_batch_and_loses_nothing() {
     let setup = Setup::new(stack).await;
     let http = reqwest::Client::new();
     let port = free_port();
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
     let mut first = setup.spawn_writer("first", port);
     wait_until("the writer to own partitions", WAIT, || async {
-        matches!(ready_status(&http, port).await, Some((200, _)))
+        matches!(get_json(&http, &ready).await, Some((200, _)))
             && owns_partitions(&http, port).await
     })
     .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", setup.log("first")));
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", first.log()));
 
     // A producer streams envelopes into the topic (what the ingest-api publishes), noting each one the
     // broker acknowledged, until told to stop.
@@ -218,12 +175,12 @@ async fn sigterm_during_a_stream_commits_the_last_batch_and_loses_nothing() {
     .await
     .unwrap();
 
-    sigterm(&first);
+    first.sigterm();
     wait_until(
         "readiness to answer 503 or the process to be gone",
         WAIT,
         || async {
-            match ready_status(&http, port).await {
+            match get_json(&http, &ready).await {
                 Some((503, body)) => body["status"] == "stopping",
                 Some(_) => false,
                 None => true,
@@ -232,8 +189,8 @@ async fn sigterm_during_a_stream_commits_the_last_batch_and_loses_nothing() {
     )
     .await
     .unwrap();
-    wait_exit(&mut first, || setup.log("first")).await;
-    let log = setup.log("first");
+    assert_clean_exit(&mut first).await;
+    let log = first.log();
     assert!(log.contains("writer stopped"), "{log}");
     assert!(!log.contains("batch abandoned"), "{log}");
     // Every row this writer wrote is covered by a committed offset, and nothing more was committed:
@@ -248,39 +205,16 @@ async fn sigterm_during_a_stream_commits_the_last_batch_and_loses_nothing() {
     // The stream ends; a new writer resumes from the committed offsets and brings in the rest.
     stop.store(true, Ordering::SeqCst);
     producer_task.await.expect("producer task");
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let acknowledged: Vec<String> = acknowledged
+        .lock()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let port = free_port();
     let mut second = setup.spawn_writer("second", port);
-    let expected = acknowledged.len() as i64;
-    wait_until("every acknowledged event in Postgres", WAIT, || async {
-        setup
-            .database
-            .count("SELECT count(*) FROM events")
-            .await
-            .unwrap_or(0)
-            >= expected
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", setup.log("second")));
-    let stored = setup
-        .database
-        .count("SELECT count(DISTINCT id) FROM events")
-        .await
-        .expect("count");
-    assert_eq!(stored, expected, "each acknowledged event exactly once");
-    let ids_sql = format!(
-        "SELECT count(*) FROM events WHERE id = ANY('{{{}}}'::uuid[])",
-        acknowledged
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    assert_eq!(
-        setup.database.count(&ids_sql).await.expect("count"),
-        expected
-    );
-    sigterm(&second);
-    wait_exit(&mut second, || setup.log("second")).await;
+    assert_exactly_once(&setup.database, &acknowledged, WAIT, || second.log()).await;
+    second.sigterm();
+    assert_clean_exit(&mut second).await;
     let _ = std::fs::remove_dir_all(&setup.dir);
 }

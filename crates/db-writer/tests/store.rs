@@ -1,12 +1,16 @@
-//! `store::write_batch` against a real Postgres, as the writer's role: new batches take the plain
+//! `write::store_batch` against a real Postgres, as the writer's role: new batches take the plain
 //! `INSERT`, and a batch holding ids stored already (a redelivery, a producer retry, the same id twice in
 //! one batch) falls back to skipping them — each event is stored exactly once, with its first content.
+//! A row the database refuses fails with the cause that sends the writer to isolate it.
 
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::json;
 
+use eventgate_core::db::pool::PoolSettings;
+use eventgate_core::db::{Cause, PgPool};
 use eventgate_core::envelope::Event;
-use eventgate_db_writer::store::{write_batch, DeadLetter};
+use eventgate_db_writer::db::DeadLetter;
+use eventgate_db_writer::error::Remedy;
+use eventgate_db_writer::write::store_batch as write_batch;
 
 fn event(n: u64) -> Event {
     Event {
@@ -18,16 +22,16 @@ fn event(n: u64) -> Event {
     }
 }
 
-async fn writer_connection(url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url)
-        .await
-        .expect("connect as the writer role")
+/// A pool of one connection as the writer's role.
+fn writer_pool(url: &str) -> PgPool {
+    eventgate_core::db::build_pool(url, &PoolSettings::new(1)).expect("writer pool")
 }
 
 #[tokio::test]
 async fn a_batch_with_stored_ids_stores_only_the_new_ones_once() {
     let db = eventgate_test_support::stack().await.fresh_database().await;
-    let mut conn = writer_connection(&db.writer_role_url).await;
+    let pool = writer_pool(&db.writer_role_url);
+    let mut conn = pool.get().await.expect("connect as the writer role");
 
     let first: Vec<Event> = (0..300).map(event).collect();
     let written = write_batch(&mut conn, &first.iter().collect::<Vec<_>>(), &[])
@@ -77,7 +81,8 @@ async fn a_batch_with_stored_ids_stores_only_the_new_ones_once() {
 #[tokio::test]
 async fn a_replayed_batch_parks_its_dead_letters_once() {
     let db = eventgate_test_support::stack().await.fresh_database().await;
-    let mut conn = writer_connection(&db.writer_role_url).await;
+    let pool = writer_pool(&db.writer_role_url);
+    let mut conn = pool.get().await.expect("connect as the writer role");
     let events: Vec<Event> = (0..10).map(event).collect();
     let dead = DeadLetter {
         topic: Some("audit.logs".to_owned()),
@@ -107,4 +112,33 @@ async fn a_replayed_batch_parks_its_dead_letters_once() {
             .expect("count"),
         1
     );
+}
+
+#[tokio::test]
+async fn a_row_the_database_refuses_is_refused_data_and_nothing_of_its_batch_is_stored() {
+    let db = eventgate_test_support::stack().await.fresh_database().await;
+    let pool = writer_pool(&db.writer_role_url);
+    let mut conn = pool.get().await.expect("connect as the writer role");
+    let good = event(1);
+    // Valid JSON, but jsonb cannot store U+0000: SQLSTATE 22P05.
+    let mut refused = event(2);
+    refused.payload = json!({"event_name": "nul\u{0}byte"});
+    let error = write_batch(&mut conn, &[&good, &refused], &[])
+        .await
+        .expect_err("refused");
+    assert_eq!(error.db_error().sqlstate(), Some("22P05"), "{error}");
+    assert_eq!(error.cause(), Cause::RefusedData);
+    assert_eq!(error.remedy(), Remedy::IsolateRefusedRows);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events")
+            .await
+            .expect("count"),
+        0
+    );
+
+    // The connection is usable after the rolled-back transaction: the good row alone goes in.
+    let written = write_batch(&mut conn, &[&good], &[])
+        .await
+        .expect("good row");
+    assert_eq!(written.events, 1);
 }

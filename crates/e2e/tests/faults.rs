@@ -4,7 +4,6 @@
 //!
 //! (Killing writers with SIGKILL/SIGTERM needs the writer binary: `crates/db-writer/tests/process_faults.rs`.)
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,10 @@ use std::time::Duration;
 use eventgate_core::catalogue::Catalogue;
 use eventgate_core::config::{Config, SmtpTls};
 use eventgate_e2e::System;
-use eventgate_test_support::{private_stack, stack, token, wait_until, ReceivedMail, SmtpSink};
+use eventgate_test_support::{
+    accepted_ids, assert_exactly_once, private_stack, stack, token, wait_until, wait_until_stored,
+    ReceivedMail, SmtpSink,
+};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -35,17 +37,6 @@ fn email_to(sink: &SmtpSink, config: &mut Config) {
 
 fn audit(n: usize) -> Value {
     json!({"event_name": format!("event-{n}"), "description": "fault test", "customer_id": n})
-}
-
-fn ids(answer: &Value) -> Vec<String> {
-    answer["ids"]
-        .as_array()
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The body as one line of words: the email body is wrapped at 72 columns.
@@ -76,44 +67,12 @@ fn stream_events(
             n += 5;
             let (status, answer) = system.post("audit.logs", "dev", &json!(batch)).await;
             if status == 202 {
-                accepted.extend(ids(&answer));
+                accepted.extend(accepted_ids(&answer));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         accepted
     })
-}
-
-/// Every accepted id is in `events` exactly once, and nothing else is.
-async fn assert_exactly_once(system: &System, accepted: &[String]) {
-    let unique: HashSet<&String> = accepted.iter().collect();
-    assert_eq!(
-        unique.len(),
-        accepted.len(),
-        "the ingest-api minted an id twice"
-    );
-    let list = accepted
-        .iter()
-        .map(|id| format!("'{id}'"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let present = format!("SELECT count(*) FROM events WHERE id IN ({list})");
-    let expected = accepted.len() as i64;
-    let result = wait_until("every accepted event in Postgres", WAIT, || async {
-        system.database.count(&present).await.unwrap_or(0) >= expected
-    })
-    .await;
-    if let Err(error) = result {
-        panic!(
-            "{error:#}: {} of {expected} accepted events are stored",
-            system.database.count(&present).await.unwrap_or(-1)
-        );
-    }
-    assert_eq!(
-        system.count_events().await,
-        expected,
-        "no event twice, no stranger"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +117,7 @@ async fn postgres_killed_while_events_stream_in_loses_nothing_and_the_maintainer
     stop.store(true, Ordering::SeqCst);
     let accepted = streaming.await.expect("streaming task");
     assert!(accepted.len() >= 40, "{} events accepted", accepted.len());
-    assert_exactly_once(&system, &accepted).await;
+    assert_exactly_once(&system.database, &accepted, WAIT, String::new).await;
 
     let mails = sink.wait_for(2, WAIT).await.expect("the recovered email");
     let recovered = &mails[1];
@@ -242,18 +201,9 @@ async fn broker_unreachable_answers_503_fast_then_202_again_and_loses_nothing() 
     let accepted = streaming.await.expect("streaming task");
     // Events answered 503 may be stored too (the broker may have taken them after the client's
     // timeout): only the 202s are promised, so only they are counted.
-    let list = accepted
-        .iter()
-        .map(|id| format!("'{id}'"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let present = format!("SELECT count(*) FROM events WHERE id IN ({list})");
-    let expected = accepted.len() as i64;
-    wait_until("every accepted event in Postgres", WAIT, || async {
-        system.database.count(&present).await.unwrap_or(0) >= expected
-    })
-    .await
-    .expect("no accepted event lost");
+    wait_until_stored(&system.database, &accepted, WAIT)
+        .await
+        .expect("no accepted event lost");
 
     let mails = sink.wait_for(2, WAIT).await.expect("the recovered email");
     let subject = mails[1].subject().unwrap_or_default();
@@ -298,7 +248,7 @@ async fn broker_restarted_empty_answers_503_fast_then_202_again() {
     let accepted = std::sync::Mutex::new(Vec::new());
     wait_until("a 202 after the broker restarted", WAIT, || async {
         let (status, answer) = post_bounded(&system, publish_timeout, 3).await;
-        *accepted.lock().expect("lock") = ids(&answer);
+        *accepted.lock().expect("lock") = accepted_ids(&answer);
         status == 202
     })
     .await
@@ -347,7 +297,7 @@ async fn poison_messages_are_parked_listed_and_emailed_once_per_window() {
     for name in ["before-1", "before-2"] {
         let (status, answer) = system.post(topic, "dev", &run_event(run_id, name)).await;
         assert_eq!(status, 202, "{answer}");
-        good.extend(ids(&answer));
+        good.extend(accepted_ids(&answer));
     }
     let mut poison_offsets = Vec::new();
     for n in 0..3 {
@@ -378,7 +328,7 @@ async fn poison_messages_are_parked_listed_and_emailed_once_per_window() {
     for name in ["after-1", "after-2"] {
         let (status, answer) = system.post(topic, "dev", &run_event(run_id, name)).await;
         assert_eq!(status, 202, "{answer}");
-        good.extend(ids(&answer));
+        good.extend(accepted_ids(&answer));
     }
 
     system.add_writer().await;

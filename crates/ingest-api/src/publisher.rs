@@ -191,15 +191,7 @@ impl Publisher {
     /// Whether the broker answers a metadata request, for readiness.
     pub async fn check_broker(&self) -> Result<(), String> {
         let (_, producer) = self.producer();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|error| error.to_string())
-        })
-        .await
-        .map_err(|error| error.to_string())?
+        eventgate_core::kafka::broker_reachable(producer, Duration::from_secs(2)).await
     }
 
     /// Waits for queued messages to be delivered, at shutdown.

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,52 +12,15 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use eventgate_test_support::{free_port, stack, test_keys, token, wait_until};
+use eventgate_test_support::{
+    free_port, get_json, stack, test_keys, token, wait_until, ServiceProcess,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 2;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The service as operators run it: configured through `EVENTGATE_*` only, logs in JSON to a file.
-fn spawn_ingest(env: &[(&str, String)], log: &Path) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eventgate-ingest-api"));
-    // Nothing from the developer's environment leaks in (the harness's own variables may stay).
-    for (key, _) in std::env::vars() {
-        if key.starts_with("EVENTGATE_") && !key.starts_with("EVENTGATE_TEST_") {
-            command.env_remove(key);
-        }
-    }
-    let log = std::fs::File::create(log).expect("log file");
-    command
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("EVENTGATE_CONFIG", "/nonexistent/eventgate.toml")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(log.try_clone().expect("log file")))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("the ingest-api binary starts")
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-async fn status_of(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
-    let response = http
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.json().await.unwrap_or(Value::Null)))
 }
 
 /// Reads `kafka_topic` from the beginning until every id of `expected` was seen; returns those never
@@ -135,20 +97,19 @@ async fn sigterm_during_a_stream_loses_no_accepted_event() {
         ("EVENTGATE_SHUTDOWN__DRAIN_MS", "1500".into()),
         ("EVENTGATE_SHUTDOWN__TIMEOUT_MS", "15000".into()),
     ];
-    let log = dir.join("ingest.log");
-    let mut child = spawn_ingest(&env, &log);
+    let mut ingest = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_eventgate-ingest-api"),
+        "ingest-api",
+        &env,
+        &dir.join("ingest.log"),
+    );
     let http = reqwest::Client::new();
     let ready = format!("{base}/health/ready");
     wait_until("the ingest-api to be ready", WAIT, || async {
-        matches!(status_of(&http, &ready).await, Some((200, _)))
+        matches!(get_json(&http, &ready).await, Some((200, _)))
     })
     .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e:#}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", ingest.log()));
 
     // Four producers stream single events with their own ids until the server is gone.
     let accepted = Arc::new(Mutex::new(HashSet::<String>::new()));
@@ -215,24 +176,18 @@ async fn sigterm_during_a_stream_loses_no_accepted_event() {
     });
 
     signalled.store(true, Ordering::SeqCst);
-    sigterm(&child);
+    ingest.sigterm();
     // Readiness says 503 `stopping` while the drain keeps serving (the process is alive and answers).
     wait_until("readiness to answer 503", WAIT, || async {
-        matches!(status_of(&http, &ready).await, Some((503, body)) if body["status"] == "stopping")
+        matches!(get_json(&http, &ready).await, Some((503, body)) if body["status"] == "stopping")
     })
     .await
     .unwrap();
-    let live = status_of(&http, &format!("{base}/health/live")).await;
+    let live = get_json(&http, &format!("{base}/health/live")).await;
     assert!(matches!(live, Some((200, _))), "{live:?}");
 
-    let exit = wait_until("the process to exit", WAIT, || {
-        let exited = matches!(child.try_wait(), Ok(Some(_)));
-        async move { exited }
-    })
-    .await;
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    exit.unwrap_or_else(|e| panic!("{e:#}\n{log_text}"));
-    let status = child.wait().expect("exit status");
+    let status = ingest.wait_exit(WAIT).await;
+    let log_text = ingest.log();
     assert!(status.success(), "{status:?}\n{log_text}");
     assert!(log_text.contains("shutdown started"), "{log_text}");
     assert!(log_text.contains("ingest-api stopped"), "{log_text}");

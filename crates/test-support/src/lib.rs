@@ -8,16 +8,24 @@
 //! - [`Stack::fresh_database`]: a new database cloned from the migrated template `eventgate_template`.
 //! - [`test_keys`], [`token`], [`token_with`]: an RS256 key pair and JWTs signed with it.
 //! - [`SmtpSink`]: an SMTP server that records every message it receives.
+//! - [`ServiceProcess`]: a service binary run as operators run it, to signal or kill it for real;
+//!   [`get_json`], [`metric`]: what its HTTP side answers.
+//! - [`assert_exactly_once`], [`wait_until_stored`], [`accepted_ids`]: every event answered 202 is
+//!   stored exactly once.
 //! - [`free_port`], [`wait_until`]: small helpers.
 
+mod exactly_once;
 mod keys;
+mod process;
 mod smtp;
 mod stack;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use exactly_once::{accepted_ids, assert_exactly_once, wait_until_stored};
 pub use keys::{test_keys, token, token_with, TestKeys};
+pub use process::{get_json, metric, ServiceProcess};
 pub use smtp::{ReceivedMail, SmtpSink};
 pub use stack::{private_stack, stack, Stack, TestDatabase, TEMPLATE_DATABASE};
 

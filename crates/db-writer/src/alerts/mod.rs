@@ -1,40 +1,37 @@
-//! Failure emails to the maintainers.
-//!
-//! Two background tasks, so that nothing here ever waits in the event path:
-//! - the **alert loop** owns the throttling rules (`eventgate_core::alerting::Alerter`): the writer hands
-//!   it what happens (dead letters, database or broker down/up, a crash-loop notice) through a bounded
-//!   channel with `try_send`, and it decides when an email is due;
-//! - the **mailer** sends the emails it is given (lettre, async SMTP) one after the other, retrying a
+//! Failure emails to the maintainers, in three parts:
+//! - [`rules`]: when an email is due (throttling, grouping), and [`email_text`]: what it says. Pure: no
+//!   SMTP, no database, no clock; unit-tested with explicit time.
+//! - this module: the writer's handle ([`Alerts`]) and the **alert loop**, a background task that owns
+//!   the rules. The writer hands it what happens (dead letters, database or broker down/up, a crash-loop
+//!   notice) through a bounded channel with `try_send`, so nothing here ever waits in the event path.
+//! - [`mailer`]: sends the emails the loop decides (lettre, async SMTP) one after the other, retrying a
 //!   failed delivery with backoff; a mail server that is down is logged and retried, and costs the event
 //!   path nothing.
 //!
 //! Every notice is logged whether or not emails are configured (`alerts.maintainers` empty: logs only).
+//! Configuration: `[smtp]` and `[alerts]` in `eventgate_core::config`.
+
+pub mod email_text;
+mod mailer;
+pub mod rules;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use lettre::message::header::ContentType;
-use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use eventgate_core::alerting::{AlertKind, AlertPolicy, Alerter, Notice, NoticeState};
-use eventgate_core::config::{Config, SmtpConfig, SmtpTls};
+use eventgate_core::config::Config;
 
+use crate::db::DeadLetter;
 use crate::metrics::WriterMetrics;
-use crate::store::DeadLetter;
+use mailer::Outbox;
+pub use rules::{AlertKind, AlertPolicy, Alerter, Notice, NoticeState};
 
 /// Signals waiting for the alert loop; beyond it they are dropped (the loop is far faster than that).
 const SIGNAL_QUEUE: usize = 1024;
-/// Emails waiting for the mailer; throttling keeps this tiny in practice.
-const MAIL_QUEUE: usize = 64;
-/// Longest pause between two delivery attempts of one email.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
 enum Signal {
     DeadLetters {
@@ -71,35 +68,23 @@ impl Alerts {
         metrics: Arc<WriterMetrics>,
     ) -> anyhow::Result<(Alerts, AlertTasks)> {
         let policy = AlertPolicy::from_config(&config.alerts);
-        let mailer = if config.alerts.maintainers.is_empty() {
+        let (outbox, mailer) = if config.alerts.maintainers.is_empty() {
             tracing::info!("alerts.maintainers is empty: failures are logged, not emailed");
-            None
+            (None, None)
         } else {
-            Some(Mailer::new(&config.smtp, &config.alerts.maintainers)?)
+            let (outbox, mailer) =
+                mailer::start(&config.smtp, &config.alerts.maintainers, metrics.clone())?;
+            (Some(outbox), Some(mailer))
         };
         let (signals, signal_rx) = mpsc::channel(SIGNAL_QUEUE);
         let stop = CancellationToken::new();
-        let (mail_tx, mailer) = match mailer {
-            Some(mailer) => {
-                let (mail_tx, mail_rx) = mpsc::channel(MAIL_QUEUE);
-                let retry = RetryPolicy {
-                    initial: Duration::from_millis(config.smtp.retry_initial_ms),
-                    max_attempts: config.smtp.max_attempts.max(1),
-                };
-                (
-                    Some((mail_tx, mailer.envelope())),
-                    Some(tokio::spawn(mailer.run(mail_rx, retry, metrics.clone()))),
-                )
-            }
-            None => (None, None),
-        };
         let alert_loop = tokio::spawn(alert_loop(
             Alerter::new(policy.clone()),
             signal_rx,
             Delivery {
                 source,
                 policy: policy.clone(),
-                mail: mail_tx,
+                outbox,
                 metrics,
             },
             stop.clone(),
@@ -184,7 +169,7 @@ fn describe_dead_letter(dead: &DeadLetter) -> String {
 struct Delivery {
     source: String,
     policy: AlertPolicy,
-    mail: Option<(mpsc::Sender<(AlertKind, Message)>, MessageTemplate)>,
+    outbox: Option<Outbox>,
     metrics: Arc<WriterMetrics>,
 }
 
@@ -202,21 +187,13 @@ impl Delivery {
                 "failure alert"
             ),
         }
-        let Some((queue, template)) = &self.mail else {
+        let Some(outbox) = &self.outbox else {
             return;
         };
         let body = notice.body(&self.source, &self.policy);
-        match template.message(subject, body) {
-            Ok(message) => {
-                if let Err(error) = queue.try_send((notice.kind, message)) {
-                    self.metrics.email(notice.kind.as_str(), false);
-                    tracing::error!(%error, alert.kind = notice.kind.as_str(), "failure email dropped: mail queue full");
-                }
-            }
-            Err(error) => {
-                self.metrics.email(notice.kind.as_str(), false);
-                tracing::error!(%error, "cannot build the failure email");
-            }
+        if let Err(error) = outbox.send(notice.kind, subject, body) {
+            self.metrics.email(notice.kind.as_str(), false);
+            tracing::error!(error = %format_args!("{error:#}"), alert.kind = notice.kind.as_str(), "failure email dropped");
         }
     }
 }
@@ -273,128 +250,10 @@ async fn sleep_until_wall(due: Option<OffsetDateTime>) {
     }
 }
 
-/// From and To of every failure email.
-#[derive(Clone)]
-struct MessageTemplate {
-    from: Mailbox,
-    to: Vec<Mailbox>,
-}
-
-impl MessageTemplate {
-    fn message(&self, subject: String, body: String) -> anyhow::Result<Message> {
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .subject(subject)
-            .header(ContentType::TEXT_PLAIN);
-        for to in &self.to {
-            builder = builder.to(to.clone());
-        }
-        Ok(builder.body(body)?)
-    }
-}
-
-struct RetryPolicy {
-    initial: Duration,
-    max_attempts: u32,
-}
-
-/// The SMTP side: one transport, configured once.
-struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    template: MessageTemplate,
-}
-
-impl Mailer {
-    fn new(smtp: &SmtpConfig, maintainers: &[String]) -> anyhow::Result<Mailer> {
-        let from: Mailbox = smtp
-            .from
-            .parse()
-            .with_context(|| format!("smtp.from {:?} is not an email address", smtp.from))?;
-        let to = maintainers
-            .iter()
-            .map(|address| {
-                address.parse::<Mailbox>().with_context(|| {
-                    format!("alerts.maintainers: {address:?} is not an email address")
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Mailer {
-            transport: transport(smtp)?,
-            template: MessageTemplate { from, to },
-        })
-    }
-
-    fn envelope(&self) -> MessageTemplate {
-        self.template.clone()
-    }
-
-    async fn run(
-        self,
-        mut queue: mpsc::Receiver<(AlertKind, Message)>,
-        retry: RetryPolicy,
-        metrics: Arc<WriterMetrics>,
-    ) {
-        while let Some((kind, message)) = queue.recv().await {
-            let sent = self.deliver(message, &retry).await;
-            metrics.email(kind.as_str(), sent);
-        }
-    }
-
-    /// Whether the message went out, after retries.
-    async fn deliver(&self, message: Message, retry: &RetryPolicy) -> bool {
-        let mut delay = retry.initial;
-        for attempt in 1..=retry.max_attempts {
-            match self.transport.send(message.clone()).await {
-                Ok(_) => {
-                    tracing::info!(attempt, "failure email sent");
-                    return true;
-                }
-                // 5xx: the server refuses this message for good (unknown recipient, relay denied).
-                Err(error) if error.is_permanent() => {
-                    tracing::error!(%error, "failure email refused by the mail server; not retried");
-                    return false;
-                }
-                Err(error) if attempt < retry.max_attempts => {
-                    tracing::warn!(%error, attempt, retry.in_ms = delay.as_millis() as u64, "failure email not sent; will retry");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY_DELAY);
-                }
-                Err(error) => {
-                    tracing::error!(%error, attempt, "failure email not sent; giving up");
-                }
-            }
-        }
-        false
-    }
-}
-
-fn transport(smtp: &SmtpConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
-    let builder = match smtp.tls {
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
-        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-            .context("smtp: STARTTLS set-up")?,
-        SmtpTls::Tls => {
-            AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host).context("smtp: TLS set-up")?
-        }
-    };
-    let mut builder = builder
-        .port(smtp.port)
-        .timeout(Some(Duration::from_millis(smtp.timeout_ms)));
-    if let Some(username) = &smtp.username {
-        let password = smtp
-            .password
-            .as_ref()
-            .map(|p| p.expose().to_owned())
-            .unwrap_or_default();
-        builder = builder.credentials(Credentials::new(username.expose().to_owned(), password));
-    }
-    Ok(builder.build())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eventgate_core::config::Secret;
+    use eventgate_core::config::SmtpTls;
     use eventgate_test_support::SmtpSink;
 
     fn config(sink: &SmtpSink) -> Config {
@@ -474,20 +333,5 @@ mod tests {
             })
             .expect_err("refused");
         assert!(error.to_string().contains("alerts.maintainers"), "{error}");
-    }
-
-    // The connection pool of a transport lives on the runtime.
-    #[tokio::test]
-    async fn every_tls_mode_builds_a_transport() {
-        let mut smtp = SmtpConfig {
-            host: "smtp.example.com".into(),
-            username: Some(Secret::new("user")),
-            password: Some(Secret::new("pass")),
-            ..SmtpConfig::default()
-        };
-        for tls in [SmtpTls::None, SmtpTls::Starttls, SmtpTls::Tls] {
-            smtp.tls = tls;
-            transport(&smtp).expect("transport");
-        }
     }
 }

@@ -1,0 +1,175 @@
+//! Writing a batch into Postgres, whatever it takes: the batch is written whole, or its refused rows are
+//! parked and the rest written, or it is kept and retried — decided by the failure's cause
+//! ([`crate::error::Remedy`]). Offsets are not this module's business: the writer's loop commits them
+//! once [`BatchStore::write`] says the batch is in.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use eventgate_core::config::WriterConfig;
+use eventgate_core::db::PgPool;
+use eventgate_core::envelope::Event;
+
+use crate::alerts::{AlertKind, Alerts};
+use crate::batch::Batch;
+use crate::db::{self, DeadLetter, StoredIds, Written};
+use crate::error::{Remedy, WriterError};
+use crate::metrics::WriterMetrics;
+
+/// Inserts events and dead letters in one transaction, each event once. A plain `INSERT` first; when it
+/// meets an id stored already (a unique violation), the transaction is written again skipping the
+/// stored ids. Both give the same rows; the second costs a round trip only when there are duplicates.
+pub async fn store_batch(
+    conn: &mut Client,
+    events: &[&Event],
+    dead_letters: &[DeadLetter],
+) -> Result<Written, WriterError> {
+    match insert(conn, events, dead_letters, StoredIds::Refuse).await {
+        Err(error) if error.remedy() == Remedy::SkipStoredIds => {
+            insert(conn, events, dead_letters, StoredIds::Skip).await
+        }
+        outcome => outcome,
+    }
+}
+
+async fn insert(
+    conn: &mut Client,
+    events: &[&Event],
+    dead_letters: &[DeadLetter],
+    stored_ids: StoredIds,
+) -> Result<Written, WriterError> {
+    db::insert_batch(conn, events, dead_letters, stored_ids)
+        .await
+        .map_err(|error| WriterError::write_batch(events.len(), dead_letters.len(), error))
+}
+
+/// The writer's side of Postgres: the pool, the retry policy, and who hears of failures.
+pub(crate) struct BatchStore {
+    pub pool: PgPool,
+    pub alerts: Alerts,
+    pub metrics: Arc<WriterMetrics>,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl BatchStore {
+    pub fn new(
+        pool: PgPool,
+        alerts: Alerts,
+        metrics: Arc<WriterMetrics>,
+        config: &WriterConfig,
+    ) -> BatchStore {
+        BatchStore {
+            pool,
+            alerts,
+            metrics,
+            retry_initial: Duration::from_millis(config.retry_initial_ms),
+            retry_max: Duration::from_millis(config.retry_max_ms),
+        }
+    }
+
+    /// Writes the batch, retrying with capped backoff until it is written or `shutdown` is cancelled
+    /// (then false), without committing its offsets.
+    pub async fn write(&self, batch: &Batch, shutdown: &CancellationToken) -> bool {
+        let started = Instant::now();
+        let mut events: Vec<&Event> = Vec::with_capacity(batch.len());
+        let mut dead_letters: Vec<DeadLetter> = Vec::new();
+        for message in &batch.messages {
+            match &message.decoded {
+                Ok(event) => events.push(event),
+                Err(dead) => dead_letters.push(dead.clone()),
+            }
+        }
+        let mut backoff = self.retry_initial;
+        let mut failed = false;
+        let (written, parked) = loop {
+            match self.try_write(batch, &events, &dead_letters).await {
+                Ok(written) => break written,
+                Err(error) => {
+                    failed = true;
+                    self.alerts.down(AlertKind::DatabaseUnreachable, &error);
+                    self.metrics.write_retries.inc();
+                    tracing::warn!(
+                        %error,
+                        db.cause = ?error.cause(),
+                        db.sqlstate = error.db_error().sqlstate(),
+                        retry.in_ms = backoff.as_millis() as u64,
+                        batch.size = batch.len(),
+                        "batch not written, will retry"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.retry_max);
+                }
+            }
+        };
+        if failed {
+            self.alerts.up(AlertKind::DatabaseUnreachable);
+        }
+        // Only the messages parked by this write: a replayed poison message was reported already.
+        let newly_parked: Vec<DeadLetter> = parked
+            .into_iter()
+            .filter(|dead| written.parked.binary_search(&dead.key()).is_ok())
+            .collect();
+        self.alerts.dead_letters(&newly_parked);
+        self.metrics
+            .record_flush(batch.len(), written, started.elapsed());
+        true
+    }
+
+    /// One attempt at writing the batch; an error is one to retry later. When the database refuses data
+    /// of the batch, the rows it refuses one by one become dead letters and the rest are written.
+    async fn try_write(
+        &self,
+        batch: &Batch,
+        events: &[&Event],
+        dead_letters: &[DeadLetter],
+    ) -> Result<(Written, Vec<DeadLetter>), WriterError> {
+        let mut conn =
+            self.pool.get().await.map_err(|error| {
+                WriterError::write_batch(events.len(), dead_letters.len(), error)
+            })?;
+        let error = match store_batch(&mut conn, events, dead_letters).await {
+            Ok(mut written) => {
+                written.parked.sort();
+                return Ok((written, dead_letters.to_vec()));
+            }
+            Err(error) => error,
+        };
+        if error.remedy() != Remedy::IsolateRefusedRows {
+            return Err(error);
+        }
+        tracing::warn!(%error, db.sqlstate = error.db_error().sqlstate(), "database refused the batch; isolating the messages it cannot store");
+        let mut good: Vec<&Event> = Vec::new();
+        let mut parked: Vec<DeadLetter> = dead_letters.to_vec();
+        for message in &batch.messages {
+            let Ok(event) = &message.decoded else {
+                continue;
+            };
+            match store_batch(&mut conn, &[event], &[]).await {
+                Ok(_) => good.push(event),
+                Err(refused) if refused.remedy() == Remedy::IsolateRefusedRows => {
+                    parked.push(DeadLetter {
+                        topic: Some(event.topic.clone()),
+                        kafka_topic: message.kafka_topic.clone(),
+                        partition: message.partition,
+                        offset: message.offset,
+                        raw: Some(event.to_json_bytes()),
+                        error: format!("database refused the event: {}", refused.refusal()),
+                    })
+                }
+                Err(outage) => return Err(outage),
+            }
+        }
+        // The good rows are already in; writing them again is a no-op, and keeps the count honest.
+        let mut written = store_batch(&mut conn, &good, &parked).await?;
+        written.events = good.len();
+        written.parked.sort();
+        Ok((written, parked))
+    }
+}
