@@ -44,9 +44,8 @@ migrate: ## Apply the migrations to the local database of `make run` (which must
 build: ## Build every binary of the workspace (debug)
 	cargo build --workspace --bins
 
-lint: ## cargo fmt --check and clippy with warnings as errors
-	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
+lint: ## fmt check, clippy -D warnings, core's purity and unused dependencies (scripts/lint.sh)
+	@bash scripts/lint.sh
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -4,7 +4,7 @@
 # Installs what is missing (PostgreSQL and Chromium from Debian, tansu into $TOOLS_DIR, cargo-nextest),
 # starts a private PostgreSQL cluster (target/test-stack/make-test/postgres) and a tansu broker on free
 # ports, creates and migrates the template database eventgate_template, then runs
-#   cargo fmt --all --check; cargo clippy --workspace --all-targets -- -D warnings; cargo nextest run --workspace
+#   scripts/lint.sh (fmt, clippy, core's purity, unused dependencies); cargo nextest run --workspace
 # and the benchmark tool once in its quick mode (`make bench-quick` sizes, debug binaries, no figure checked),
 # with the stack exported to the tests (crates/test-support reads these):
 #   EVENTGATE_TEST_PG_URL         postgres://postgres@127.0.0.1:PORT   (superuser, no database)
@@ -92,10 +92,7 @@ export EVENTGATE_TEST_TANSU_LOG="$STACK_DIR/tansu.log"
 stack_log "EVENTGATE_TEST_PG_URL=$EVENTGATE_TEST_PG_URL EVENTGATE_TEST_KAFKA_BROKERS=$EVENTGATE_TEST_KAFKA_BROKERS"
 
 if [[ ${SKIP_LINT:-} != 1 ]]; then
-    step "cargo fmt --all --check"
-    cargo fmt --all --check
-    step "cargo clippy --workspace --all-targets -- -D warnings"
-    cargo clippy --workspace --all-targets -- -D warnings
+    bash scripts/lint.sh
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
