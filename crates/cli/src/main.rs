@@ -87,8 +87,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let applied =
-                runtime.block_on(eventgate_core::db::run_migrations(&database_url))?;
+            let applied = runtime.block_on(eventgate_core::db::run_migrations(&database_url))?;
             eprintln!("applied {applied} migration(s)");
             let created = runtime.block_on(eventgate_core::db::ensure_field_indexes(
                 &database_url,

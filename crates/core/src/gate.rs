@@ -37,8 +37,11 @@ impl Gatekeeping {
     /// The topic, or the one 404 every route answers for a topic that does not exist.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, ApiError> {
         self.catalogue.shared(name).ok_or_else(|| {
-            ApiError::new(ErrorKind::NotFound, format!("topic {name:?} does not exist"))
-                .with_field("topic")
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("topic {name:?} does not exist"),
+            )
+            .with_field("topic")
         })
     }
 

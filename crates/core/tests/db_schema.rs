@@ -25,12 +25,22 @@ fn column_names(select: &str) -> Vec<String> {
         .next()
         .unwrap_or_default();
     list.split(", ")
-        .map(|c| c.rsplit('.').next().unwrap_or(c).trim_matches('"').to_owned())
+        .map(|c| {
+            c.rsplit('.')
+                .next()
+                .unwrap_or(c)
+                .trim_matches('"')
+                .to_owned()
+        })
         .collect()
 }
 
 /// `(table, [(column, type as information_schema names it, nullable)])`, as the `table!` definitions say.
-fn declared() -> Vec<(&'static str, Vec<String>, Vec<(&'static str, &'static str, bool)>)> {
+fn declared() -> Vec<(
+    &'static str,
+    Vec<String>,
+    Vec<(&'static str, &'static str, bool)>,
+)> {
     const TZ: &str = "timestamp with time zone";
     vec![
         (
@@ -104,11 +114,17 @@ async fn the_diesel_schema_matches_the_migrated_database() {
         .collect();
     let mut declared_tables: Vec<&str> = declared().iter().map(|(t, _, _)| *t).collect();
     declared_tables.sort_unstable();
-    assert_eq!(tables, declared_tables, "every table has a diesel definition");
+    assert_eq!(
+        tables, declared_tables,
+        "every table has a diesel definition"
+    );
 
     for (table, names, columns) in declared() {
         let written: Vec<&str> = columns.iter().map(|(c, _, _)| *c).collect();
-        assert_eq!(names, written, "{table}: the table! columns and this test's list");
+        assert_eq!(
+            names, written,
+            "{table}: the table! columns and this test's list"
+        );
         let actual: Vec<(String, String, bool)> = client
             .query(
                 "SELECT column_name::text, data_type::text, is_nullable = 'YES'

@@ -50,7 +50,8 @@ impl Application {
         let metrics = metrics::IngestMetrics::new();
         let publisher =
             Publisher::new(&config.kafka, timeout, &metrics).context("creating Kafka producer")?;
-        if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &gate.catalogue).await
+        if let Err(error) =
+            eventgate_core::kafka::ensure_topics(&config.kafka, &gate.catalogue).await
         {
             // Not fatal: the broker may come up later, and ops may own topic creation.
             tracing::warn!(%error, "could not ensure Kafka topics exist");

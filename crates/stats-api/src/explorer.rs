@@ -13,7 +13,6 @@ use eventgate_core::error::{ApiError, ErrorKind};
 use eventgate_core::gate::Gatekeeping;
 use eventgate_core::http::authorization;
 
-
 const PAGE: &str = include_str!("../assets/explorer.html");
 const SCRIPT: &str = include_str!("../assets/explorer.js");
 const STYLE: &str = include_str!("../assets/explorer.css");

@@ -16,11 +16,11 @@ use eventgate_core::http::TopicReader;
 use serde_json::Value;
 
 use eventgate_core::catalogue::Topic;
+use eventgate_core::db::PgPool;
 use eventgate_core::envelope::Event;
 use eventgate_core::error::{ApiError, ErrorDetail};
 use eventgate_core::query::fields::FieldSource;
 use eventgate_core::query::{self, payload_at, FieldCatalogue, FieldDef, QueryPlan, QueryRequest};
-use eventgate_core::db::PgPool;
 
 use crate::db::page::{fetch_page, Page};
 use crate::AppState;

@@ -13,8 +13,8 @@
 //! `default_transaction_read_only` on (a read replica in production).
 
 mod aggregate;
-pub mod dead_letters;
 pub mod db;
+pub mod dead_letters;
 mod error;
 mod explorer;
 pub mod export;
@@ -58,7 +58,8 @@ impl Application {
         }
         let mut pool_settings = PoolSettings::new(config.stats.pool_size);
         pool_settings.statement_timeout_ms = Some(config.stats.statement_timeout_ms);
-        let pool = eventgate_core::db::build_pool(config.stats.database_url.expose(), &pool_settings)?;
+        let pool =
+            eventgate_core::db::build_pool(config.stats.database_url.expose(), &pool_settings)?;
         let metrics = metrics::StatsMetrics::new(&pool, config.stats.pool_size);
         let lifecycle = Lifecycle::new();
         let state = Arc::new(AppState {

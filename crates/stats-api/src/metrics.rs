@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use prometheus::{HistogramVec, Registry};
 
+use eventgate_core::db::PgPool;
 use eventgate_core::error::ApiError;
 use eventgate_core::metrics::{histogram_vec, HttpMetrics, PoolCollector, LATENCY_BUCKETS};
-use eventgate_core::db::PgPool;
 
 pub struct StatsMetrics {
     pub registry: Registry,

@@ -6,12 +6,12 @@
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::{json, Value};
 
+use eventgate_core::db::pool::PoolSettings;
+use eventgate_core::db::{build_pool, PgPool};
 use eventgate_core::envelope::Event;
 use eventgate_core::query::{
     plan, CursorKey, FieldCatalogue, QueryLimits, QueryPlan, QueryRequest,
 };
-use eventgate_core::db::pool::PoolSettings;
-use eventgate_core::db::{build_pool, PgPool};
 use eventgate_stats_api::db::page::load_events;
 use eventgate_stats_api::db::query_sql::{page_sql, Bind, SqlParts};
 

@@ -18,10 +18,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use common::property::{self, check, insert, maybe, object_of, runtime, RawEvent};
+use eventgate_core::db::EventRow;
 use eventgate_core::envelope::Event;
 use eventgate_core::error::ApiError;
 use eventgate_core::query::{plan, CursorKey, QueryLimits, QueryPlan, QueryRequest};
-use eventgate_core::db::EventRow;
 use eventgate_stats_api::db::page::load_events;
 use eventgate_stats_api::db::query_sql::{page_sql, SqlParts};
 
@@ -451,7 +451,6 @@ fn stored_date_times_agree_with_postgres() {
         })
     });
 }
-
 
 #[test]
 fn default_order_is_served_by_the_btree() {

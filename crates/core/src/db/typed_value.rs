@@ -5,6 +5,7 @@
 //! - the stats-api's queries, where the path is a bind parameter (its `SqlBuilder` implements
 //!   [`ValueSql`]) — except for indexed fields, whose queries use the index's literal expression so that
 //!   the planner can match it.
+//!
 //! If the two were written apart and drifted, indexes would silently stop serving queries.
 
 use crate::query::FieldType;

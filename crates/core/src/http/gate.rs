@@ -14,10 +14,12 @@ use crate::error::{ApiError, ErrorKind};
 use crate::gate::{Action, Gatekeeping, Passed};
 
 fn pass(request: &HttpRequest, action: Action) -> Result<Passed, ApiError> {
-    let gate = request.app_data::<web::Data<Gatekeeping>>().ok_or_else(|| {
-        tracing::error!("the gate's data is not registered");
-        ApiError::new(ErrorKind::Internal, "the request could not be authorised")
-    })?;
+    let gate = request
+        .app_data::<web::Data<Gatekeeping>>()
+        .ok_or_else(|| {
+            tracing::error!("the gate's data is not registered");
+            ApiError::new(ErrorKind::Internal, "the request could not be authorised")
+        })?;
     let name = request.match_info().get("topic").unwrap_or_default();
     let passed = gate.pass(authorization(request), name, action)?;
     record_request_subject(&passed.principal.user, &passed.topic.name);

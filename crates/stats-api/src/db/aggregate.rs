@@ -16,8 +16,9 @@ pub async fn fetch_aggregate(
     topic: &str,
     plan: &AggregatePlan,
 ) -> Result<AggregateResult, StoreError> {
-    let parts = aggregate_sql(topic, plan)
-        .map_err(|reason| StoreError::Decode(format!("aggregate cannot be translated: {reason}")))?;
+    let parts = aggregate_sql(topic, plan).map_err(|reason| {
+        StoreError::Decode(format!("aggregate cannot be translated: {reason}"))
+    })?;
     let rows = load_rows(pool, &parts).await?;
     decode(plan, rows).map_err(StoreError::Decode)
 }

@@ -42,9 +42,11 @@ pub async fn fetch(
     after: Option<(OffsetDateTime, i64)>,
     limit: i64,
 ) -> Result<Vec<DeadLetterRow>, StoreError> {
-    const FIRST_PAGE: &str = "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at \
+    const FIRST_PAGE: &str =
+        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at \
          FROM dead_letters WHERE topic = $1 ORDER BY created_at DESC, id DESC LIMIT $2";
-    const NEXT_PAGE: &str = "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at \
+    const NEXT_PAGE: &str =
+        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at \
          FROM dead_letters WHERE topic = $1 AND (created_at, id) < ($3, $4) \
          ORDER BY created_at DESC, id DESC LIMIT $2";
     let conn = pool.get().await?;

@@ -37,10 +37,9 @@ impl From<DbError> for StoreError {
         match error.cause() {
             Cause::Timeout => StoreError::Timeout(error),
             Cause::Unavailable => StoreError::Unavailable(error),
-            Cause::Conflict
-            | Cause::UniqueViolation
-            | Cause::RefusedData
-            | Cause::Other => StoreError::Failed(error),
+            Cause::Conflict | Cause::UniqueViolation | Cause::RefusedData | Cause::Other => {
+                StoreError::Failed(error)
+            }
         }
     }
 }
@@ -59,7 +58,10 @@ impl From<bb8::RunError<tokio_postgres::Error>> for StoreError {
 
 /// Runs a built statement (one round trip: unnamed statement, parameters sent with their types) and
 /// returns its rows.
-pub async fn query(pool: &PgPool, parts: &SqlParts) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+pub async fn query(
+    pool: &PgPool,
+    parts: &SqlParts,
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
     let conn = pool.get().await?;
     Ok(conn.query_typed(&parts.sql, &parts.params()).await?)
 }

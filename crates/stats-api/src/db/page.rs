@@ -23,7 +23,10 @@ pub async fn fetch_page(pool: &PgPool, topic: &str, plan: &QueryPlan) -> Result<
 }
 
 /// Runs a statement that selects [`EventRow::COLUMNS`] (the page query; tests run it directly).
-pub async fn load_events(pool: &PgPool, parts: &super::SqlParts) -> Result<Vec<EventRow>, StoreError> {
+pub async fn load_events(
+    pool: &PgPool,
+    parts: &super::SqlParts,
+) -> Result<Vec<EventRow>, StoreError> {
     super::query(pool, parts)
         .await?
         .iter()

@@ -6,9 +6,10 @@
 //!   parameter. [`SqlBuilder::push`] takes `&'static str` so nothing else can be appended. The one
 //!   exception is the typed expression of a field the topic declares indexed, which names the catalogue's
 //!   own path (plain identifiers only) literally so that it equals the field's expression index.
-//! - The statement selects and orders exactly what [`QueryPlan::matches`] / [`QueryPlan::compare`] /
-//!   [`QueryPlan::is_after_cursor`] say in memory (checked against Postgres by `tests/query_property.rs`):
-//!   - a payload field's typed value is `payload #> path` when it has the field's JSON type, else NULL;
+//! - The statement selects and orders exactly what `QueryPlan::matches` / `QueryPlan::compare` /
+//!   `QueryPlan::is_after_cursor` (core's in-memory reference, feature `testing`) say in memory (checked against Postgres by `tests/query_property.rs`):
+//!   - a payload field's typed value (`eventgate_core::db::typed_value`) is `payload #> path` when it has
+//!     the field's JSON type, else NULL;
 //!     `#>` would index into arrays for path parts that look like integers, so such parts are guarded
 //!     with `jsonb_typeof(parent) = 'object'` (Rust walks objects only);
 //!   - text compares under `COLLATE "C"` (byte order, `str`'s order); `_contains` is `ILIKE` under
@@ -95,7 +96,10 @@ impl ToSql for Instant {
         _ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        let since_2000 = self.0.checked_sub(PG_EPOCH_MICROS).ok_or("instant out of range")?;
+        let since_2000 = self
+            .0
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or("instant out of range")?;
         out.extend_from_slice(&since_2000.to_be_bytes());
         Ok(tokio_postgres::types::IsNull::No)
     }
@@ -262,7 +266,6 @@ impl ValueSql for SqlBuilder {
 }
 
 impl SqlBuilder {
-
     /// The typed value of a field: a column, or a payload value of the field's type, else NULL
     /// (`eventgate_core::db::typed_value`, the expression the field indexes are built on).
     pub(crate) fn typed(&mut self, field: &FieldDef) {
@@ -787,6 +790,9 @@ mod tests {
         assert_eq!(types.len(), parts.binds.len());
         assert_eq!(types[0], Type::TEXT, "the topic");
         assert_eq!(types.last(), Some(&Type::INT8), "the limit");
-        assert!(types.contains(&Type::TIMESTAMPTZ), "the instant of finished_at_gt");
+        assert!(
+            types.contains(&Type::TIMESTAMPTZ),
+            "the instant of finished_at_gt"
+        );
     }
 }

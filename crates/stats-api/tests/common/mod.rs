@@ -28,7 +28,10 @@ pub async fn start_stats_api() -> StatsApi {
 }
 
 /// [`start_stats_api`] on a database prepared by the test, with its own configuration changes.
-pub async fn start_stats_api_on(database: TestDatabase, change: impl FnOnce(&mut Config)) -> StatsApi {
+pub async fn start_stats_api_on(
+    database: TestDatabase,
+    change: impl FnOnce(&mut Config),
+) -> StatsApi {
     let mut config = Config::default();
     config.catalogue.topics_dir = repo_root().join("config/topics");
     config.catalogue.access_file = repo_root().join("config/access.json");

@@ -9,14 +9,14 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use eventgate_core::envelope::Event;
-use eventgate_core::query::FieldCatalogue;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::AsyncPgConnection;
 use eventgate_core::db::pool::PoolSettings;
 use eventgate_core::db::schema::events;
 use eventgate_core::db::{build_pool, PgPool};
+use eventgate_core::envelope::Event;
+use eventgate_core::query::FieldCatalogue;
 
 /// The owner's connections: rows are inserted with diesel, through core's table definitions.
 pub type WriterPool = Pool<AsyncPgConnection>;
