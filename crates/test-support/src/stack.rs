@@ -19,14 +19,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{BigInt, Nullable};
-use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::OnceCell;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
 
 /// The migrated database every [`Stack::fresh_database`] is cloned from.
 pub const TEMPLATE_DATABASE: &str = "eventgate_template";
@@ -229,17 +228,17 @@ impl Stack {
     /// Creates and migrates [`TEMPLATE_DATABASE`] unless it exists; serialised across processes by an
     /// advisory lock.
     async fn ensure_template(&self) -> anyhow::Result<()> {
-        let mut conn = connect(&self.database_url("postgres", "postgres")).await?;
+        let conn = connect(&self.database_url("postgres", "postgres")).await?;
         conn.batch_execute(&format!("SELECT pg_advisory_lock({TEMPLATE_LOCK_KEY})"))
             .await?;
-        let result = self.create_template_locked(&mut conn).await;
+        let result = self.create_template_locked(&conn).await;
         let _ = conn
             .batch_execute(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK_KEY})"))
             .await;
         result
     }
 
-    async fn create_template_locked(&self, conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
+    async fn create_template_locked(&self, conn: &Client) -> anyhow::Result<()> {
         let exists = query_i64(
             conn,
             &format!("SELECT count(*) FROM pg_database WHERE datname = '{TEMPLATE_DATABASE}'"),
@@ -252,10 +251,9 @@ impl Stack {
             "CREATE DATABASE {TEMPLATE_DATABASE} OWNER eventgate"
         ))
         .await?;
-        if let Err(e) = eventgate_core::db::run_migrations(
-            &self.database_url("eventgate", TEMPLATE_DATABASE),
-        )
-        .await
+        if let Err(e) =
+            eventgate_core::db::run_migrations(&self.database_url("eventgate", TEMPLATE_DATABASE))
+                .await
         {
             let _ = conn
                 .batch_execute(&format!(
@@ -276,7 +274,7 @@ impl Stack {
 
     async fn try_fresh_database(&self) -> anyhow::Result<TestDatabase> {
         let name = format!("eg_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = connect(&self.database_url("postgres", "postgres")).await?;
+        let conn = connect(&self.database_url("postgres", "postgres")).await?;
         let sql = format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DATABASE} OWNER eventgate");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -284,8 +282,7 @@ impl Stack {
                 Ok(()) => break,
                 // A connection to the template (the migration's, just closed) has not gone yet.
                 Err(e)
-                    if e.to_string().contains("being accessed by other users")
-                        && Instant::now() < deadline =>
+                    if e.code() == Some(&SqlState::OBJECT_IN_USE) && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -430,7 +427,7 @@ impl Drop for Stack {
 impl TestDatabase {
     /// Runs one or more SQL statements as the superuser in this database.
     pub async fn execute(&self, sql: &str) -> anyhow::Result<()> {
-        let mut conn = connect(&self.admin_url).await?;
+        let conn = connect(&self.admin_url).await?;
         conn.batch_execute(sql)
             .await
             .map_err(|e| anyhow::anyhow!("{sql}: {e}"))
@@ -439,30 +436,32 @@ impl TestDatabase {
     /// The single value of a query returning one row and one integer column (e.g. `select count(*) from
     /// events`), run as the superuser in this database.
     pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
-        let mut conn = connect(&self.admin_url).await?;
-        query_i64(&mut conn, sql).await
+        let conn = connect(&self.admin_url).await?;
+        query_i64(&conn, sql).await
     }
 }
 
-#[derive(QueryableByName)]
-struct Scalar {
-    #[diesel(sql_type = Nullable<BigInt>)]
-    n: Option<i64>,
-}
-
-async fn query_i64(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {
+async fn query_i64(conn: &Client, sql: &str) -> anyhow::Result<i64> {
     let inner = sql.trim().trim_end_matches(';');
-    let row: Scalar = diesel::sql_query(format!("SELECT ({inner})::bigint AS n"))
-        .get_result(conn)
+    let row = conn
+        .query_one(&format!("SELECT ({inner})::bigint AS n"), &[])
         .await
         .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
-    row.n.ok_or_else(|| anyhow::anyhow!("{sql}: returned NULL"))
+    let n: Option<i64> = row.try_get(0)?;
+    n.ok_or_else(|| anyhow::anyhow!("{sql}: returned NULL"))
 }
 
-async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
-    AsyncPgConnection::establish(url)
+/// A plain connection, its I/O driven by a task of its own.
+async fn connect(url: &str) -> anyhow::Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))
+        .map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "test connection closed");
+        }
+    });
+    Ok(client)
 }
 
 /// `(host, port)` of `postgres://user@host:port[/db][?params]`.
@@ -588,15 +587,13 @@ where
 
 #[cfg(test)]
 mod tests {
-    // Not `super::*`: diesel's RunQueryDsl (a blanket trait with an `execute` method) would shadow
-    // `TestDatabase::execute`.
     use super::{connect, parse_pg_authority, private_stack, query_i64, stack};
-    use diesel_async::SimpleAsyncConnection;
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Message;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::time::Duration;
+    use tokio_postgres::error::SqlState;
 
     #[test]
     fn parses_admin_urls() {
@@ -622,7 +619,7 @@ mod tests {
         assert_eq!(db.count("select count(*) from events").await.unwrap(), 0);
 
         // The writer role owns the tables.
-        let mut writer = connect(&db.writer_url).await.unwrap();
+        let writer = connect(&db.writer_url).await.unwrap();
         writer
             .batch_execute(
                 "INSERT INTO events (id, topic, received_at, producer, payload) \
@@ -633,9 +630,9 @@ mod tests {
         assert_eq!(db.count("select count(*) from events;").await.unwrap(), 1);
 
         // The stats role reads, and cannot write.
-        let mut reader = connect(&db.reader_url).await.unwrap();
+        let reader = connect(&db.reader_url).await.unwrap();
         assert_eq!(
-            query_i64(&mut reader, "select count(*) from events")
+            query_i64(&reader, "select count(*) from events")
                 .await
                 .unwrap(),
             1
@@ -644,7 +641,11 @@ mod tests {
             .batch_execute("DELETE FROM events")
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("read-only"), "{err}");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
+            "{err}"
+        );
 
         // Databases are independent.
         let other = stack.fresh_database().await;
