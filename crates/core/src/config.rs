@@ -254,7 +254,7 @@ pub enum SmtpTls {
     Tls,
 }
 
-/// When the writers email the maintainers (rules: `eventgate_core::alerting`).
+/// When the writers email the maintainers (rules: `eventgate_db_writer::alerts::rules`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
