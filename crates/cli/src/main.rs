@@ -45,8 +45,9 @@ enum Command {
         groups: Vec<String>,
     },
     /// Apply pending database migrations, then create the expression indexes the topics declare.
+    /// Needs the schema owner's URL (the role that owns the tables), never a service's.
     Migrate {
-        #[arg(long, env = "EVENTGATE_WRITER__DATABASE_URL")]
+        #[arg(long, env = "EVENTGATE_WRITER__MIGRATION_DATABASE_URL")]
         database_url: String,
         /// The topic schemas whose `x-eventgate.indexed_fields` get expression indexes.
         #[arg(

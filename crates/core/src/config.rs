@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_FILE_ENV: &str = "EVENTGATE_CONFIG";
 pub const DEFAULT_CONFIG_FILE: &str = "config/eventgate.toml";
 
+mod check;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -189,6 +191,13 @@ pub struct WriterConfig {
     /// Kafka `session.timeout.ms`: how long the group waits for a silent (killed) writer before its
     /// partitions go to the others.
     pub session_timeout_ms: u64,
+    /// Kafka `max.poll.interval.ms`: a writer that has not polled for this long leaves the group and its
+    /// partitions go to the others. The writer keeps polling while a write is retried (its partitions
+    /// paused), so only a wedged writer reaches it. At least `session_timeout_ms` (librdkafka's rule).
+    pub max_poll_interval_ms: u64,
+    /// The server-side `lock_timeout` of the writer's statements: a lock held on `events` longer than
+    /// this fails the write with a lock timeout (55P03), which is retried, never parked. 0: wait forever.
+    pub lock_timeout_ms: u64,
 }
 
 impl Default for WriterConfig {
@@ -205,6 +214,9 @@ impl Default for WriterConfig {
             retry_max_ms: 10_000,
             listen: "127.0.0.1:8082".into(),
             session_timeout_ms: 45_000,
+            // librdkafka's default.
+            max_poll_interval_ms: 300_000,
+            lock_timeout_ms: 10_000,
         }
     }
 }
@@ -476,19 +488,35 @@ impl fmt::Debug for Secret {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] Box<figment::Error>);
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// `EVENTGATE_CONFIG` names a file that is not there: starting on defaults instead would listen on
+    /// 127.0.0.1 and talk to localhost, silently.
+    #[error("{CONFIG_FILE_ENV} names {0}, which cannot be read: {1}")]
+    MissingFile(PathBuf, std::io::Error),
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
 
 impl Config {
     /// Loads the configuration the services use: defaults, then the file named by `EVENTGATE_CONFIG`
-    /// (default `config/eventgate.toml`, skipped when absent), then `EVENTGATE_*` variables.
+    /// (which must exist when set; the default `config/eventgate.toml` is skipped when absent), then
+    /// `EVENTGATE_*` variables; then [`Config::validate`].
     pub fn load() -> Result<Config, ConfigError> {
-        let file = std::env::var_os(CONFIG_FILE_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
-        Config::figment(&file)
+        let file = match std::env::var_os(CONFIG_FILE_ENV) {
+            Some(named) => {
+                let file = PathBuf::from(named);
+                std::fs::metadata(&file).map_err(|e| ConfigError::MissingFile(file.clone(), e))?;
+                file
+            }
+            None => PathBuf::from(DEFAULT_CONFIG_FILE),
+        };
+        let config: Config = Config::figment(&file)
             .extract()
-            .map_err(|e| ConfigError(Box::new(e)))
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
     }
 
     pub fn figment(file: &Path) -> Figment {
@@ -540,6 +568,35 @@ mod tests {
             jail.set_env("EVENTGATE_CONFIG", "elsewhere.toml");
             let config: Config = Config::figment(Path::new("missing.toml")).extract()?;
             assert_eq!(config, Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_config_file_that_is_missing_is_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EVENTGATE_CONFIG", "not-there.toml");
+            match Config::load() {
+                Err(ConfigError::MissingFile(path, _)) => {
+                    assert_eq!(path, PathBuf::from("not-there.toml"));
+                }
+                other => panic!("expected MissingFile, got {other:?}"),
+            }
+            jail.create_file("there.toml", "[kafka]\nbrokers = \"file:9092\"\n")?;
+            jail.set_env("EVENTGATE_CONFIG", "there.toml");
+            assert_eq!(Config::load().expect("loads").kafka.brokers, "file:9092");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn out_of_range_settings_fail_the_load() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EVENTGATE_WRITER__BATCH_SIZE", "0");
+            match Config::load() {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "writer.batch_size"),
+                other => panic!("expected Invalid, got {other:?}"),
+            }
             Ok(())
         });
     }

@@ -38,9 +38,12 @@ pub fn index_name(expression: &str) -> String {
     format!("events_field_{hex}")
 }
 
-/// Creates the expression indexes of every indexed field of the catalogue that does not exist yet.
-/// `CONCURRENTLY`, so a running system keeps writing while an index is built. Returns how many were
-/// created.
+/// Creates the expression indexes of every indexed field of the catalogue that does not exist yet, and
+/// builds again those whose earlier build failed (a `CREATE INDEX CONCURRENTLY` that was interrupted
+/// leaves an INVALID index: never used by queries, still updated by every insert). `CONCURRENTLY`, so a
+/// running system keeps writing while an index is built; under the schema lock
+/// ([`super::SCHEMA_LOCK_KEY`]), so writers starting together do not build the same index twice.
+/// Returns how many indexes were built.
 pub async fn ensure_field_indexes(
     database_url: &str,
     catalogue: &crate::catalogue::Catalogue,
@@ -65,31 +68,63 @@ pub async fn ensure_field_indexes(
     let mut conn = AsyncPgConnection::establish(database_url)
         .await
         .map_err(|e| diesel::result::Error::QueryBuilderError(Box::new(e)))?;
-    let mut created = 0;
+    // Released when the connection closes.
+    conn.batch_execute(&format!(
+        "SELECT pg_advisory_lock({})",
+        super::SCHEMA_LOCK_KEY
+    ))
+    .await?;
+    let mut built = 0;
     for expression in expressions {
         let name = index_name(&expression);
-        let exists: i64 = {
-            #[derive(QueryableByName)]
-            struct Count {
-                #[diesel(sql_type = diesel::sql_types::BigInt)]
-                n: i64,
+        match index_state(&mut conn, &name).await? {
+            IndexState::Valid => continue,
+            IndexState::Invalid => {
+                tracing::warn!(index = %name, "field index is invalid (an earlier build failed): building it again");
+                conn.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                    .await?;
             }
-            let rows: Vec<Count> = diesel_async::RunQueryDsl::load(
-                diesel::sql_query("SELECT count(*) AS n FROM pg_indexes WHERE indexname = $1")
-                    .bind::<diesel::sql_types::Text, _>(&name),
-                &mut conn,
-            )
-            .await?;
-            rows.first().map_or(0, |c| c.n)
-        };
-        if exists == 0 {
-            conn.batch_execute(&format!(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON events (topic, {expression}, id)"
-            ))
-            .await?;
-            tracing::info!(index = %name, %expression, "created field index");
-            created += 1;
+            IndexState::Missing => {}
         }
+        conn.batch_execute(&format!(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON events (topic, {expression}, id)"
+        ))
+        .await?;
+        tracing::info!(index = %name, %expression, "built field index");
+        built += 1;
     }
-    Ok(created)
+    Ok(built)
+}
+
+enum IndexState {
+    Missing,
+    Valid,
+    Invalid,
+}
+
+async fn index_state(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+) -> Result<IndexState, diesel::result::Error> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        valid: bool,
+    }
+    let rows: Vec<Row> = diesel_async::RunQueryDsl::load(
+        diesel::sql_query(
+            "SELECT i.indisvalid AS valid FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = $1 AND n.nspname = current_schema()",
+        )
+        .bind::<diesel::sql_types::Text, _>(name),
+        conn,
+    )
+    .await?;
+    Ok(match rows.first() {
+        None => IndexState::Missing,
+        Some(row) if row.valid => IndexState::Valid,
+        Some(_) => IndexState::Invalid,
+    })
 }

@@ -33,16 +33,26 @@ pub enum MigrationError {
     Apply(String),
 }
 
-/// Applies every pending migration and returns how many ran. Runs on a blocking thread: diesel's migration
-/// harness is synchronous and drives the async connection through `AsyncConnectionWrapper`.
+/// The key of the session-level advisory lock under which schema changes run (migrations, field
+/// indexes): writers that start together, a migration Job and `eventgate migrate` take turns instead of
+/// racing on the same `CREATE TABLE`. ("eventgat" in ASCII.)
+pub const SCHEMA_LOCK_KEY: i64 = 0x6576_656e_7467_6174;
+
+/// Applies every pending migration and returns how many ran, under [`SCHEMA_LOCK_KEY`]. Runs on a
+/// blocking thread: diesel's migration harness is synchronous and drives the async connection through
+/// `AsyncConnectionWrapper`.
 pub async fn run_migrations(database_url: &str) -> Result<usize, MigrationError> {
-    use diesel::Connection;
+    use diesel::{Connection, RunQueryDsl};
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
     use diesel_migrations::MigrationHarness;
 
     let url = database_url.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        // Held until this connection closes, whatever happens below.
+        diesel::sql_query(format!("SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})"))
+            .execute(&mut conn)
+            .map_err(|e| MigrationError::Apply(format!("taking the schema lock: {e}")))?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| MigrationError::Apply(e.to_string()))?;

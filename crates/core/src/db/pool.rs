@@ -19,6 +19,10 @@ pub struct PoolSettings {
     /// A server-side `statement_timeout` for every statement on the pool's connections, set at connect
     /// time (libpq's `options`), so it costs no round trip per query.
     pub statement_timeout_ms: Option<u64>,
+    /// A server-side `lock_timeout`, set the same way: a statement that waits longer for a lock fails
+    /// with SQLSTATE 55P03 (a timeout the caller may retry) instead of waiting for as long as the lock
+    /// is held.
+    pub lock_timeout_ms: Option<u64>,
     /// How long a caller waits for a free connection before the pool gives up.
     pub connection_timeout: Duration,
 }
@@ -28,6 +32,7 @@ impl PoolSettings {
         PoolSettings {
             max_size,
             statement_timeout_ms: None,
+            lock_timeout_ms: None,
             // bb8's default.
             connection_timeout: Duration::from_secs(30),
         }
@@ -38,12 +43,19 @@ impl PoolSettings {
 /// statement instead of failing the service; a malformed URL fails here.
 pub fn build_pool(database_url: &str, settings: &PoolSettings) -> Result<PgPool, DbError> {
     let mut config: tokio_postgres::Config = database_url.parse()?;
-    if let Some(timeout_ms) = settings.statement_timeout_ms {
+    let timeouts = [
+        ("statement_timeout", settings.statement_timeout_ms),
+        ("lock_timeout", settings.lock_timeout_ms),
+    ];
+    for (setting, timeout_ms) in timeouts {
+        let Some(timeout_ms) = timeout_ms else {
+            continue;
+        };
         let options = match config.get_options() {
             Some(existing) if !existing.is_empty() => {
-                format!("{existing} -c statement_timeout={timeout_ms}")
+                format!("{existing} -c {setting}={timeout_ms}")
             }
-            _ => format!("-c statement_timeout={timeout_ms}"),
+            _ => format!("-c {setting}={timeout_ms}"),
         };
         config.options(&options);
     }

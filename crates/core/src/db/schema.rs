@@ -1,5 +1,5 @@
 //! The diesel definition of every table, written to match `migrations/` (the test
-//! `crates/core/tests/db_schema.rs` compares them with the migrated database's catalogue, column by
+//! `crates/core/tests/db.rs` compares them with the migrated database's catalogue, column by
 //! column, so a migration that changes a table fails until this file follows).
 
 diesel::table! {
