@@ -141,6 +141,10 @@ impl KafkaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     pub listen: String,
+    /// Where `/metrics` and the health probes are served instead of `listen` (then the API port answers
+    /// them 404): keep traffic figures, topic names and host names off the public port. Unset: on
+    /// `listen`.
+    pub admin_listen: Option<String>,
     /// A payload field whose value (a UUID) becomes the event id instead of a fresh UUIDv7; lets a
     /// producer retry without creating duplicates.
     pub id_field: String,
@@ -157,6 +161,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: None,
             id_field: "event_id".into(),
             max_body_bytes: 1024 * 1024,
             max_batch_events: 1000,
@@ -307,6 +312,9 @@ impl Default for AlertsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StatsConfig {
     pub listen: String,
+    /// Where `/metrics` and the health probes are served instead of `listen` (see
+    /// `ingest.admin_listen`).
+    pub admin_listen: Option<String>,
     /// A read-only role (a read replica in production).
     pub database_url: Secret,
     pub pool_size: u32,
@@ -321,6 +329,7 @@ impl Default for StatsConfig {
     fn default() -> Self {
         StatsConfig {
             listen: "127.0.0.1:8081".into(),
+            admin_listen: None,
             database_url: Secret::new("postgres://eventgate_stats@127.0.0.1:5432/eventgate"),
             pool_size: 8,
             cursor_secret: Secret::new(""),

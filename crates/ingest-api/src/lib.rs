@@ -72,8 +72,10 @@ impl Application {
             ApiServerSettings {
                 service: "ingest-api",
                 listen: config.ingest.listen.clone(),
+                admin_listen: config.ingest.admin_listen.clone(),
                 workers: config.ingest.workers,
                 routes: routes::configure,
+                admin_routes: routes::configure_admin,
             },
             state.clone(),
             gate.clone(),
@@ -90,6 +92,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.server.port()
+    }
+
+    /// Where `/metrics` and the probes answer (`ingest.admin_listen`, or the API's port).
+    pub fn admin_port(&self) -> u16 {
+        self.server.admin_port()
     }
 
     /// The access rules in use (reloaded on SIGHUP), e.g. to see that a reload happened.

@@ -22,8 +22,12 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/topics", web::get().to(list_topics))
         .route("/topics/{topic}", web::get().to(get_topic))
-        .route("/topics/{topic}", web::post().to(post_events))
-        .route("/health", web::get().to(health))
+        .route("/topics/{topic}", web::post().to(post_events));
+}
+
+/// Probes and metrics: on `ingest.admin_listen` when it is set, else beside the API.
+pub fn configure_admin(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
         .route("/health/live", web::get().to(health))
         .route("/health/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics));

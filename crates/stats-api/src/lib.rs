@@ -75,8 +75,10 @@ impl Application {
             ApiServerSettings {
                 service: "stats-api",
                 listen: config.stats.listen.clone(),
+                admin_listen: config.stats.admin_listen.clone(),
                 workers: config.stats.workers,
                 routes: routes::configure,
+                admin_routes: routes::configure_admin,
             },
             state,
             gate,
@@ -89,6 +91,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.server.port()
+    }
+
+    /// Where `/metrics` and the probes answer (`stats.admin_listen`, or the API's port).
+    pub fn admin_port(&self) -> u16 {
+        self.server.admin_port()
     }
 
     /// Serves until SIGTERM or SIGINT, then stops gracefully (see [`Application::run_until`]).

@@ -34,8 +34,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/stats/{topic}/dead-letters",
             web::get().to(crate::dead_letters::list),
-        )
-        .route("/health", web::get().to(health))
+        );
+}
+
+/// Probes and metrics: on `stats.admin_listen` when it is set, else beside the API.
+pub fn configure_admin(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
         .route("/health/live", web::get().to(health))
         .route("/health/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics));

@@ -55,7 +55,7 @@ pub fn start_server<T: Send + Sync + 'static>(
     state: Arc<T>,
     gate: Arc<Gatekeeping>,
     http_metrics: HttpMetrics,
-    configure: fn(&mut actix_web::web::ServiceConfig),
+    routes: Vec<fn(&mut actix_web::web::ServiceConfig)>,
     config: &Config,
     workers: Option<usize>,
 ) -> std::io::Result<actix_web::dev::Server> {
@@ -64,10 +64,12 @@ pub fn start_server<T: Send + Sync + 'static>(
     let gate = web::Data::from(gate);
     let telemetry = RequestTelemetry::new(http_metrics);
     let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .app_data(gate.clone())
-            .configure(configure)
+        routes
+            .iter()
+            .fold(
+                App::new().app_data(data.clone()).app_data(gate.clone()),
+                |app, configure| app.configure(configure),
+            )
             .default_service(web::to(not_found))
             // Registered last, so it is the outermost layer: every response gets its request id, log
             // line and count, whatever an inner layer answered.
@@ -83,8 +85,13 @@ pub struct ApiServerSettings {
     /// For logs: `ingest-api`, `stats-api`.
     pub service: &'static str,
     pub listen: String,
+    /// Where [`ApiServerSettings::admin_routes`] are served; `None`: on `listen` with the API.
+    pub admin_listen: Option<String>,
     pub workers: Option<usize>,
+    /// The API.
     pub routes: fn(&mut actix_web::web::ServiceConfig),
+    /// Metrics and health probes: for Prometheus and the orchestrator, not for clients.
+    pub admin_routes: fn(&mut actix_web::web::ServiceConfig),
 }
 
 /// A started API: the listener bound, actix-web serving, stopped by [`ApiServer::serve_until`].
@@ -92,8 +99,23 @@ pub struct ApiServer {
     service: &'static str,
     port: u16,
     server: actix_web::dev::Server,
+    admin: Option<AdminServer>,
     lifecycle: Lifecycle,
     shutdown: ShutdownConfig,
+}
+
+/// The admin listener, when it has an address of its own.
+struct AdminServer {
+    port: u16,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn bind(address: &str) -> std::io::Result<(std::net::TcpListener, u16)> {
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {address}: {e}")))?;
+    let port = listener.local_addr()?.port();
+    Ok((listener, port))
 }
 
 impl ApiServer {
@@ -107,16 +129,39 @@ impl ApiServer {
         lifecycle: Lifecycle,
         config: &Config,
     ) -> std::io::Result<ApiServer> {
-        let listener = std::net::TcpListener::bind(&settings.listen).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("binding {}: {e}", settings.listen))
-        })?;
-        let port = listener.local_addr()?.port();
+        let (listener, port) = bind(&settings.listen)?;
+        let admin = match &settings.admin_listen {
+            Some(address) => {
+                let (admin_listener, admin_port) = bind(address)?;
+                // A couple of workers: probes and scrapes are light.
+                let server = start_server(
+                    admin_listener,
+                    state.clone(),
+                    gate.clone(),
+                    http_metrics.clone(),
+                    vec![settings.admin_routes],
+                    config,
+                    Some(2),
+                )?;
+                tracing::info!(port = admin_port, "{} admin listening", settings.service);
+                Some(AdminServer {
+                    port: admin_port,
+                    handle: server.handle(),
+                    task: tokio::spawn(server),
+                })
+            }
+            None => None,
+        };
+        let routes = match admin {
+            Some(_) => vec![settings.routes],
+            None => vec![settings.routes, settings.admin_routes],
+        };
         let server = start_server(
             listener,
             state,
             gate,
             http_metrics,
-            settings.routes,
+            routes,
             config,
             settings.workers,
         )?;
@@ -125,6 +170,7 @@ impl ApiServer {
             service: settings.service,
             port,
             server,
+            admin,
             lifecycle,
             shutdown: config.shutdown.clone(),
         })
@@ -134,15 +180,28 @@ impl ApiServer {
         self.port
     }
 
+    /// The port of the admin listener: its own, or the API's when it has none.
+    pub fn admin_port(&self) -> u16 {
+        self.admin.as_ref().map_or(self.port, |admin| admin.port)
+    }
+
     /// Serves until `stop` resolves, then: readiness 503, drain, requests in flight answered, within
     /// `shutdown.timeout_ms`. Returns the deadline, for the service's own last steps.
     pub async fn serve_until(
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<Deadline> {
+        // The admin listener outlives the API's: readiness answers 503 there while the API drains.
         let deadline =
             crate::shutdown::serve_until(self.server, stop, &self.lifecycle, &self.shutdown)
                 .await?;
+        if let Some(admin) = self.admin {
+            admin.handle.stop(false).await;
+            match admin.task.await {
+                Ok(result) => result?,
+                Err(error) => tracing::warn!(%error, "the admin listener's task failed"),
+            }
+        }
         tracing::info!("{} stopped serving", self.service);
         Ok(deadline)
     }
