@@ -7,6 +7,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use eventgate_core::envelope::Event;
 
 use crate::db::DeadLetter;
+use crate::rebalance::Ownership;
 
 /// One consumed message, decoded or not.
 #[derive(Debug)]
@@ -14,13 +15,16 @@ pub struct Consumed {
     pub kafka_topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The epoch of its partition's assignment when it was read ([`crate::rebalance`]): its offset is
+    /// committed only while the partition is still owned under it.
+    pub epoch: u64,
     pub decoded: Result<Event, DeadLetter>,
 }
 
 impl Consumed {
-    /// Decodes a message. One that is not a valid envelope is a dead letter from the start: no retry
-    /// will ever make it decodable.
-    pub fn from_message(message: &BorrowedMessage<'_>, topic_prefix: &str) -> Consumed {
+    /// Decodes a message read under the assignment `epoch`. One that is not a valid envelope is a dead
+    /// letter from the start: no retry will ever make it decodable.
+    pub fn from_message(message: &BorrowedMessage<'_>, topic_prefix: &str, epoch: u64) -> Consumed {
         let kafka_topic = message.topic().to_owned();
         let partition = message.partition();
         let offset = message.offset();
@@ -43,6 +47,7 @@ impl Consumed {
             kafka_topic,
             partition,
             offset,
+            epoch,
             decoded,
         }
     }
@@ -75,15 +80,118 @@ impl Batch {
         self.started = None;
     }
 
-    /// The offsets to commit once the batch is written: for each partition, one past the highest offset.
-    pub fn next_offsets(&self) -> BTreeMap<(String, i32), i64> {
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for message in &self.messages {
-            let next = offsets
-                .entry((message.kafka_topic.clone(), message.partition))
-                .or_insert(0);
-            *next = (*next).max(message.offset + 1);
+    /// Drops the messages of partitions no longer owned under the epoch they were read in (revoked since):
+    /// their next owner reads them again. Returns how many were dropped.
+    pub fn retain_owned(&mut self, ownership: &Ownership) -> usize {
+        let before = self.messages.len();
+        self.messages
+            .retain(|m| ownership.epoch(&m.kafka_topic, m.partition) == Some(m.epoch));
+        if self.messages.is_empty() {
+            self.started = None;
         }
-        offsets
+        before - self.messages.len()
+    }
+
+    /// The offsets to commit once the batch is written, and the partitions left out.
+    ///
+    /// Committed: for each partition still owned under the epoch its messages were read in, one past
+    /// the highest of those offsets (the batch is written, so every row up to it is stored). Left out:
+    /// partitions revoked since, or revoked and assigned again — their next reader starts from the last
+    /// committed offset, and committing for them would be a stale commit.
+    pub fn offsets_to_commit(&self, ownership: &Ownership) -> CommitPlan {
+        let mut plan = CommitPlan::default();
+        for message in &self.messages {
+            let key = (message.kafka_topic.clone(), message.partition);
+            if ownership.epoch(&message.kafka_topic, message.partition) == Some(message.epoch) {
+                let next = plan.offsets.entry(key).or_insert(0);
+                *next = (*next).max(message.offset + 1);
+            } else {
+                plan.abandoned.insert(key);
+            }
+        }
+        plan
+    }
+}
+
+/// What a written batch commits ([`Batch::offsets_to_commit`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CommitPlan {
+    /// (Kafka topic, partition) → the next offset to read.
+    pub offsets: BTreeMap<(String, i32), i64>,
+    /// Partitions of the batch this member no longer owns as it did when it read them.
+    pub abandoned: std::collections::BTreeSet<(String, i32)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::TopicPartitionList;
+
+    use super::*;
+
+    fn consumed(partition: i32, offset: i64, epoch: u64) -> Consumed {
+        Consumed {
+            kafka_topic: "t".to_owned(),
+            partition,
+            offset,
+            epoch,
+            decoded: Err(DeadLetter {
+                topic: None,
+                kafka_topic: "t".to_owned(),
+                partition,
+                offset,
+                raw: None,
+                error: "test".to_owned(),
+            }),
+        }
+    }
+
+    fn assigned(partitions: &[i32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for partition in partitions {
+            list.add_partition("t", *partition);
+        }
+        list
+    }
+
+    #[test]
+    fn a_revoked_partition_is_neither_committed_nor_kept() {
+        let mut ownership = Ownership::default();
+        ownership.assign(&assigned(&[0, 1, 2]));
+        let epoch = |p| ownership.epoch("t", p).expect("owned");
+        let mut batch = Batch::default();
+        for (partition, offset) in [(0, 10), (1, 20), (0, 11), (2, 5), (1, 21)] {
+            batch.push(consumed(partition, offset, epoch(partition)));
+        }
+        let all = batch.offsets_to_commit(&ownership);
+        assert_eq!(
+            all.offsets.into_iter().collect::<Vec<_>>(),
+            vec![
+                (("t".to_owned(), 0), 12),
+                (("t".to_owned(), 1), 22),
+                (("t".to_owned(), 2), 6)
+            ]
+        );
+        assert!(all.abandoned.is_empty());
+
+        // Partition 1 moves to another member; partition 2 is lost and comes back (a new epoch).
+        ownership.revoke(&assigned(&[1, 2]));
+        ownership.assign(&assigned(&[2]));
+        let plan = batch.offsets_to_commit(&ownership);
+        assert_eq!(
+            plan.offsets.into_iter().collect::<Vec<_>>(),
+            vec![(("t".to_owned(), 0), 12)],
+            "only the partition owned throughout"
+        );
+        assert_eq!(
+            plan.abandoned.into_iter().collect::<Vec<_>>(),
+            vec![("t".to_owned(), 1), ("t".to_owned(), 2)]
+        );
+
+        assert_eq!(batch.retain_owned(&ownership), 3);
+        assert_eq!(batch.len(), 2);
+        assert!(batch.messages.iter().all(|m| m.partition == 0));
+        ownership.revoke(&assigned(&[0]));
+        assert_eq!(batch.retain_owned(&ownership), 2);
+        assert!(batch.is_empty() && batch.started.is_none());
     }
 }

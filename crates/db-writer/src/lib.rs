@@ -7,8 +7,10 @@
 //! `ON CONFLICT (id) DO NOTHING`) → commit the batch's offsets. All of the writer's SQL is in [`db`].
 //!
 //! Invariants:
-//! - Offsets are committed only after the rows are committed. A writer that dies mid-batch leaves the
-//!   offsets where they were, the batch is read again, and the unique id makes the replay harmless.
+//! - Offsets are committed only after the rows are committed, and only for partitions still owned since
+//!   their messages were read ([`rebalance`]: cooperative-sticky assignment; a revoked partition's
+//!   messages in hand are left to its next owner). A writer that dies mid-batch leaves the offsets where
+//!   they were, the batch is read again, and the unique id makes the replay harmless.
 //! - A database outage never drops a batch: the writer keeps it and retries with capped backoff.
 //! - A message the database will never accept goes to `dead_letters` and its offset is committed, so it
 //!   cannot block its partition. Which failure is which is decided by its SQLSTATE ([`error`]).
@@ -26,6 +28,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 mod monitor;
+pub mod rebalance;
 pub mod runs;
 pub mod write;
 pub mod writer;

@@ -2,19 +2,22 @@
 //!
 //! Up to [`WRITES_IN_FLIGHT`] batches are written at once (each on its own connection) while the next
 //! one is consumed; their offsets are committed in batch order, each only once it and every earlier
-//! batch are written ([`crate::write`] writes them). A stopping writer writes and commits the batch in
-//! hand, records its clean stop and leaves the group.
+//! batch are written ([`crate::write`] writes them), and only for partitions still owned since their
+//! messages were read ([`crate::rebalance`]). A stopping writer writes and commits the batch in hand,
+//! records its clean stop and leaves the group.
+//!
+//! The loop never stops polling the consumer for long: when the batch being collected is full and the
+//! writes in progress are stalled (retried while the database is down, or slow), it pauses its
+//! partitions and keeps polling, which keeps the member in the group (`max.poll.interval.ms`) and serves
+//! rebalances; it resumes them once there is room again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use futures::stream::{FuturesOrdered, StreamExt};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use eventgate_core::catalogue::Catalogue;
@@ -28,6 +31,7 @@ use crate::error::WriterError;
 use crate::health;
 use crate::metrics::WriterMetrics;
 use crate::monitor::Monitor;
+use crate::rebalance::{SharedOwnership, WriterContext};
 use crate::runs;
 use crate::write::BatchStore;
 
@@ -46,41 +50,18 @@ type WriteInFlight<'a> = std::pin::Pin<
 const ALERTS_GRACE: Duration = Duration::from_secs(5);
 /// How long a stopping writer waits for the group to take its partitions back.
 const LEAVE_GRACE: Duration = Duration::from_secs(5);
-
-/// Hooks into librdkafka's rebalance events to log them and keep the assignment gauge true.
-pub struct WriterContext {
-    metrics: Arc<WriterMetrics>,
-}
-
-impl ClientContext for WriterContext {
-    /// librdkafka's statistics (every `telemetry.kafka_stats_interval_ms`): the consumer lag gauges.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.metrics.record_statistics(&statistics);
-    }
-}
-
-impl ConsumerContext for WriterContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                self.metrics
-                    .assigned_partitions
-                    .set(partitions.count() as i64);
-                tracing::info!(kafka.partitions = partitions.count(), "partitions assigned");
-            }
-            Rebalance::Revoke(partitions) => {
-                self.metrics.assigned_partitions.set(0);
-                tracing::info!(kafka.partitions = partitions.count(), "partitions revoked");
-            }
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
-        }
-    }
-}
+/// How long the batch being collected may stay full, waiting for a stalled write, before the writer
+/// pauses its partitions and polls again. Ordinary writes take far less, so the common back-pressure
+/// costs no pause: pausing drops the messages librdkafka fetched ahead, which are fetched again on
+/// resume. At most a quarter of `max.poll.interval.ms`.
+const STALL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
 
 pub(crate) type WriterConsumer = StreamConsumer<WriterContext>;
 
 pub struct Writer {
     consumer: Arc<WriterConsumer>,
+    /// The partitions owned and since when, kept by the rebalance callbacks.
+    ownership: SharedOwnership,
     store: BatchStore,
     config: WriterConfig,
     kafka: KafkaConfig,
@@ -112,8 +93,13 @@ impl Writer {
                 .context("creating field indexes")?;
             tracing::info!(created, "field indexes up to date");
         }
-        let pool = eventgate_core::db::build_pool(url, &PoolSettings::new(config.writer.pool_size))
-            .context("database_url")?;
+        let pool_settings = PoolSettings {
+            // A lock held on `events` fails the write with a timeout, which is retried.
+            lock_timeout_ms: (config.writer.lock_timeout_ms > 0)
+                .then_some(config.writer.lock_timeout_ms),
+            ..PoolSettings::new(config.writer.pool_size)
+        };
+        let pool = eventgate_core::db::build_pool(url, &pool_settings).context("database_url")?;
         if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &catalogue).await {
             tracing::warn!(%error, "could not ensure Kafka topics exist");
         }
@@ -127,6 +113,14 @@ impl Writer {
         )
         .context("setting up failure emails")?;
         let session_timeout_ms = config.writer.session_timeout_ms;
+        let max_poll_interval_ms = config.writer.max_poll_interval_ms;
+        if max_poll_interval_ms < session_timeout_ms {
+            anyhow::bail!(
+                "writer.max_poll_interval_ms ({max_poll_interval_ms}) must be at least \
+                 writer.session_timeout_ms ({session_timeout_ms})"
+            );
+        }
+        let ownership = SharedOwnership::default();
         let consumer: WriterConsumer = eventgate_core::kafka::client_config(&config.kafka)
             .set("group.id", &config.writer.group_id)
             // Offsets are committed by hand, after the rows are committed.
@@ -151,8 +145,16 @@ impl Writer {
                 "heartbeat.interval.ms",
                 (session_timeout_ms / 3).clamp(1, 3000).to_string(),
             )
+            // A writer that has not polled for this long is dropped from the group. It keeps polling
+            // while its writes are retried, so this catches only a wedged writer.
+            .set("max.poll.interval.ms", max_poll_interval_ms.to_string())
+            // A member joining or leaving moves only the partitions that change owner; the others
+            // keep being written throughout the rebalance (eager assignors revoke every partition of
+            // every member). Revocation: `crate::rebalance`.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .create_with_context(WriterContext {
                 metrics: metrics.clone(),
+                ownership: ownership.clone(),
             })
             .context("creating Kafka consumer")?;
         let topics = eventgate_core::kafka::kafka_topics(&config.kafka, &catalogue);
@@ -163,6 +165,7 @@ impl Writer {
         tracing::info!(group = %config.writer.group_id, topics = ?topics, "joined consumer group");
         Ok(Writer {
             consumer: Arc::new(consumer),
+            ownership,
             store: BatchStore::new(pool, alerts, metrics.clone(), &config.writer),
             config: config.writer.clone(),
             kafka: config.kafka.clone(),
@@ -211,6 +214,8 @@ impl Writer {
             .run(monitor_stop.clone()),
         );
         let timeout = Duration::from_millis(self.config.batch_timeout_ms);
+        let stall_before_pause =
+            STALL_BEFORE_PAUSE.min(Duration::from_millis(self.config.max_poll_interval_ms / 4));
         let mut batch = Batch::default();
         // The batches being written while the next one is collected, oldest first: they complete in
         // this order, and each one's offsets are committed here, after its rows and every earlier
@@ -218,9 +223,16 @@ impl Writer {
         let mut writing: FuturesOrdered<WriteInFlight<'_>> = FuturesOrdered::new();
         // Batches not (known to be) written and committed when the writer was told to stop.
         let mut unwritten: Vec<Batch> = Vec::new();
+        // Since when the collected batch has been full with no write to hand it to.
+        let mut full_since: Option<tokio::time::Instant> = None;
+        let mut paused = false;
+        let mut revocations_seen = 0;
         loop {
             let deadline = batch.started.map(|started| started + timeout);
             let room = batch.len() < self.config.batch_size;
+            let pause_at = full_since
+                .filter(|_| !paused)
+                .map(|since| since + stall_before_pause);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -234,10 +246,31 @@ impl Writer {
                 }
                 // A batch that is due waits while the writes in progress are as many as allowed.
                 _ = sleep_until_or_forever(deadline), if writing.len() < WRITES_IN_FLIGHT => {}
-                received = self.consumer.recv(), if room => match received {
+                _ = sleep_until_or_forever(pause_at) => {
+                    paused = self.pause_partitions();
+                    if !paused {
+                        // Try again after another stall period, not in a tight loop.
+                        full_since = Some(tokio::time::Instant::now());
+                    }
+                }
+                // Paused partitions deliver nothing, but the poll keeps the member in the group and
+                // serves rebalances. What still arrives (fetched before the pause took effect) is
+                // kept: a message taken from the consumer and dropped would be skipped for good.
+                received = self.consumer.recv(), if room || paused => match received {
                     Ok(message) => {
-                        self.lock_traces().push(&message);
-                        batch.push(Consumed::from_message(&message, &self.kafka.topic_prefix));
+                        let epoch = self
+                            .ownership
+                            .lock()
+                            .epoch(message.topic(), message.partition());
+                        // A message of a partition revoked already is its next owner's.
+                        if let Some(epoch) = epoch {
+                            self.lock_traces().push(&message);
+                            batch.push(Consumed::from_message(
+                                &message,
+                                &self.kafka.topic_prefix,
+                                epoch,
+                            ));
+                        }
                     }
                     Err(error) => {
                         self.metrics.consumer_errors.inc();
@@ -245,6 +278,17 @@ impl Writer {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
+            }
+            let revocations = self.ownership.lock().revocations();
+            if revocations != revocations_seen {
+                revocations_seen = revocations;
+                let dropped = batch.retain_owned(&self.ownership.lock());
+                if dropped > 0 {
+                    tracing::info!(
+                        messages = dropped,
+                        "dropped the revoked partitions' messages from the batch being collected"
+                    );
+                }
             }
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             let full = batch.len() >= self.config.batch_size || (due && !batch.is_empty());
@@ -258,6 +302,14 @@ impl Writer {
                     let written = writer.store.write(&next, shutdown).await;
                     (next, written, spans)
                 }));
+            }
+            if batch.len() >= self.config.batch_size {
+                full_since.get_or_insert_with(tokio::time::Instant::now);
+            } else {
+                full_since = None;
+                if paused {
+                    paused = !self.resume_partitions();
+                }
             }
         }
         // Stopping: the writes in progress end (a first attempt is not interrupted) and are committed in
@@ -353,9 +405,64 @@ impl Writer {
         true
     }
 
+    /// Pauses every assigned partition (and, through the rebalance callbacks, those assigned while
+    /// paused). Returns whether they are paused.
+    fn pause_partitions(&self) -> bool {
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the assignment to pause it");
+                return false;
+            }
+        };
+        self.ownership.lock().set_paused(true);
+        if let Err(error) = self.consumer.pause(&assignment) {
+            self.ownership.lock().set_paused(false);
+            tracing::warn!(%error, "cannot pause the partitions");
+            return false;
+        }
+        tracing::info!(
+            kafka.partitions = assignment.count(),
+            "writes stalled with a full batch: partitions paused, still polling"
+        );
+        true
+    }
+
+    /// Resumes every assigned partition; they are fetched again from the last message read. Returns
+    /// whether they were resumed.
+    fn resume_partitions(&self) -> bool {
+        let resumed = self
+            .consumer
+            .assignment()
+            .and_then(|assignment| self.consumer.resume(&assignment));
+        match resumed {
+            Ok(()) => {
+                self.ownership.lock().set_paused(false);
+                tracing::info!("room in the batch again: partitions resumed");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot resume the partitions; trying again");
+                false
+            }
+        }
+    }
+
+    /// Commits the offsets of a written batch, for the partitions still owned since its messages were
+    /// read; the others are left to their next reader ([`crate::rebalance`]).
     async fn commit(&self, batch: &Batch) {
+        let plan = batch.offsets_to_commit(&self.ownership.lock());
+        if !plan.abandoned.is_empty() {
+            tracing::info!(
+                kafka.partitions = ?plan.abandoned,
+                "not committing the offsets of partitions revoked while their batch was written"
+            );
+        }
+        if plan.offsets.is_empty() {
+            return;
+        }
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in batch.next_offsets() {
+        for ((topic, partition), next) in plan.offsets {
             if let Err(error) =
                 offsets.add_partition_offset(&topic, partition, Offset::Offset(next))
             {
