@@ -4,7 +4,8 @@
 # Installs what is missing (PostgreSQL and Chromium from Debian, tansu into $TOOLS_DIR, cargo-nextest),
 # starts a private PostgreSQL cluster (target/test-stack/make-test/postgres) and a tansu broker on free
 # ports, creates and migrates the template database eventgate_template, then runs
-#   scripts/lint.sh (fmt, clippy, core's purity, unused dependencies); cargo nextest run --workspace
+#   scripts/lint.sh (fmt, clippy, core's purity, unused dependencies); scripts/check-deploy.sh (promtool,
+#   Kubernetes and compose schema checks of the deploy files); cargo nextest run --workspace
 # and the benchmark tool once in its quick mode (`make bench-quick` sizes, debug binaries, no figure checked),
 # with the stack exported to the tests (crates/test-support reads these):
 #   EVENTGATE_TEST_PG_URL         postgres://postgres@127.0.0.1:PORT   (superuser, no database)
@@ -12,7 +13,8 @@
 #   EVENTGATE_TEST_KAFKA_BROKERS  127.0.0.1:PORT
 #   EVENTGATE_TEST_TANSU_PIDFILE, EVENTGATE_TEST_TANSU_LOG             (let tests stop/start the broker)
 # The stack is stopped and removed on every exit. Arguments replace `--workspace` in the nextest (or cargo
-# test) command, e.g. `scripts/test.sh -p eventgate-db-writer`; SKIP_LINT=1 skips fmt and clippy.
+# test) command, e.g. `scripts/test.sh -p eventgate-db-writer`; SKIP_LINT=1 skips fmt, clippy and the
+# deploy checks.
 
 # shellcheck disable=SC2317 # functions called through traps and stack_start_with_free_port
 set -euo pipefail
@@ -93,6 +95,7 @@ stack_log "EVENTGATE_TEST_PG_URL=$EVENTGATE_TEST_PG_URL EVENTGATE_TEST_KAFKA_BRO
 
 if [[ ${SKIP_LINT:-} != 1 ]]; then
     bash scripts/lint.sh
+    bash scripts/check-deploy.sh
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

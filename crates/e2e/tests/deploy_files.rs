@@ -3,7 +3,10 @@
 //! file, the Prometheus configuration, the Kubernetes manifests and the Dockerfile; every `EVENTGATE_*`
 //! variable they set is a real configuration key documented in `.env.example`, as is every variable the
 //! code reads; every metric the alert rules and the dashboard use, and every alert, is documented in
-//! `docs/OPERATIONS.md`.
+//! `docs/OPERATIONS.md`. And the deploy defects once found stay fixed: probes and scraping on the admin
+//! port, which no public Service publishes; no Secret applied from the repository; `enableServiceLinks:
+//! false`; migrations only as the schema owner; start-up budgets; grace periods that hold the worst-case
+//! stop computed from the code. (scripts/check-deploy.sh adds promtool and the schema validators.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -154,6 +157,111 @@ fn operations_doc() -> String {
     read(&repo_root().join("docs/OPERATIONS.md"))
 }
 
+/// The number written right after `prefix` in a source file of the repository.
+fn number_after(path: &str, prefix: &str) -> u64 {
+    let text = read(&repo_root().join(path));
+    let start = text.find(prefix).unwrap_or_else(|| {
+        panic!(
+            "{path}: `{prefix}` not found. The services' shutdown path changed: recompute their \
+             worst-case stop (docs/OPERATIONS.md, \"Deploying: grace periods\"), the grace periods of \
+             deploy/kubernetes and docker-compose.yml, and this test"
+        )
+    });
+    text[start + prefix.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|e| panic!("{path}: no number after `{prefix}`: {e}"))
+}
+
+/// Exporting buffered spans at exit (`Telemetry::shutdown`), every service.
+fn span_export_ms() -> u64 {
+    number_after(
+        "crates/core/src/telemetry.rs",
+        "shutdown_with_timeout(Duration::from_secs(",
+    ) * 1000
+}
+
+/// Closing the APIs' admin listener after the public one: an actix server with a 1 s shutdown timeout,
+/// like the writer's listener.
+const ADMIN_LISTENER_CLOSE_MS: u64 = 1000;
+
+/// The APIs' worst-case stop: everything up to the producer's flush is inside the shutdown timeout
+/// (`core::shutdown::serve_until`, the ingest-api's flush with what is left), then the admin listener and
+/// the spans.
+fn api_worst_case_stop_ms(timeout_ms: u64) -> u64 {
+    timeout_ms + ADMIN_LISTENER_CLOSE_MS + span_export_ms()
+}
+
+/// What the writer's stop adds to the shutdown timeout in the worst case (Postgres unreachable), from its
+/// code: the write attempts in flight at SIGTERM and at the end of the timeout (each ends within a pool
+/// checkout), leaving the group, the monitor's round in progress (a broker and a database probe), recording
+/// the clean stop, the queued emails, the health listener, the spans. docs/OPERATIONS.md has the same sum.
+fn writer_fixed_waits_ms(probe_interval_ms: u64) -> u64 {
+    let checkout = number_after(
+        "crates/core/src/db/pool.rs",
+        "connection_timeout: Duration::from_secs(",
+    ) * 1000;
+    let leave = number_after(
+        "crates/db-writer/src/writer.rs",
+        "const LEAVE_GRACE: Duration = Duration::from_secs(",
+    ) * 1000;
+    let alerts = number_after(
+        "crates/db-writer/src/writer.rs",
+        "const ALERTS_GRACE: Duration = Duration::from_secs(",
+    ) * 1000;
+    let min_probe = number_after(
+        "crates/db-writer/src/monitor.rs",
+        "const MIN_PROBE_TIMEOUT: Duration = Duration::from_secs(",
+    ) * 1000;
+    let listener = number_after("crates/db-writer/src/health.rs", ".shutdown_timeout(") * 1000;
+    let probes = 2 * probe_interval_ms.max(min_probe);
+    2 * checkout + leave + probes + 2 * alerts + listener + span_export_ms()
+}
+
+/// The writer's written arithmetic (manifest comments, docs) names the fixed waits as `T + N s`.
+fn assert_arithmetic_written(fixed_ms: u64) {
+    let root = repo_root();
+    let written = format!("T + {} s", fixed_ms / 1000);
+    for path in [
+        "deploy/kubernetes/db-writer.yaml",
+        "docs/OPERATIONS.md",
+        "docker-compose.yml",
+    ] {
+        let text = read(&root.join(path)).replace("\n#", "").replace("  ", " ");
+        assert!(
+            text.contains(&written),
+            "{path}: the writer's worst-case stop is {written} by the code; the arithmetic written there \
+             is out of date"
+        );
+    }
+}
+
+/// A compose mount `host:container[:ro]`, split.
+fn mount(spec: &str) -> (&str, &str) {
+    let mut parts = spec.split(':');
+    (
+        parts.next().expect("host path"),
+        parts.next().expect("container path"),
+    )
+}
+
+/// The `KEY=value` lines of an env file (kustomize's rules: `#` comments and blank lines skipped).
+fn env_file(path: &Path) -> BTreeMap<String, String> {
+    read(path)
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (key, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}: {line:?} is not KEY=value", path.display()));
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
 #[test]
 fn every_deploy_file_parses() {
     let root = repo_root();
@@ -184,6 +292,7 @@ fn compose_prometheus_and_dockerfile_agree() {
         "postgres-replica",
         "mail",
         "prometheus",
+        "migrate",
         "ingest-api",
         "stats-api",
         "db-writer",
@@ -192,7 +301,7 @@ fn compose_prometheus_and_dockerfile_agree() {
     }
     let dockerfile = read(&root.join("Dockerfile"));
 
-    // The Prometheus jobs scrape the services where they listen.
+    // The Prometheus jobs scrape the services' admin ports.
     let prometheus = yaml(&root.join("deploy/prometheus/prometheus.yml"));
     let mut scraped: BTreeMap<String, u16> = BTreeMap::new();
     for job in prometheus["scrape_configs"].as_sequence().expect("jobs") {
@@ -213,32 +322,62 @@ fn compose_prometheus_and_dockerfile_agree() {
             }
         }
     }
-    let rule_files: Vec<String> = prometheus["rule_files"]
-        .as_sequence()
-        .expect("rule files")
-        .iter()
-        .map(string)
-        .collect();
+    // Rule files are mounted where the configuration looks for them (relative paths: beside it).
     let prometheus_mounts: Vec<String> = services[&Yaml::from("prometheus")]["volumes"]
         .as_sequence()
         .expect("prometheus volumes")
         .iter()
         .map(string)
         .collect();
-    for rule_file in &rule_files {
+    let config_dir = prometheus_mounts
+        .iter()
+        .map(|m| mount(m))
+        .find(|(host, _)| *host == "./deploy/prometheus/prometheus.yml")
+        .map(|(_, container)| container.rsplit_once('/').expect("a directory").0)
+        .expect("prometheus.yml is not mounted into Prometheus");
+    for rule_file in prometheus["rule_files"].as_sequence().expect("rule files") {
+        let rule_file = string(rule_file);
+        assert!(
+            !rule_file.starts_with('/'),
+            "{rule_file}: relative, so that promtool finds it beside prometheus.yml"
+        );
+        assert!(root.join("deploy/prometheus").join(&rule_file).is_file());
+        let expected = (
+            format!("./deploy/prometheus/{rule_file}"),
+            format!("{config_dir}/{rule_file}"),
+        );
         assert!(
             prometheus_mounts
                 .iter()
-                .any(|m| m.ends_with(&format!(":{rule_file}:ro"))),
-            "{rule_file} is not mounted into Prometheus"
+                .map(|m| mount(m))
+                .any(|(host, container)| (host, container)
+                    == (expected.0.as_str(), expected.1.as_str())),
+            "{rule_file} is not mounted into Prometheus beside prometheus.yml"
         );
     }
 
+    let defaults = Config::default();
     let mut variables = BTreeSet::new();
-    for (service, section, binary) in [
-        ("ingest-api", "INGEST", "eventgate-ingest-api"),
-        ("stats-api", "STATS", "eventgate-stats-api"),
-        ("db-writer", "WRITER", "eventgate-db-writer"),
+    for (service, section, binary, admin_key) in [
+        (
+            "ingest-api",
+            "INGEST",
+            "eventgate-ingest-api",
+            "EVENTGATE_INGEST__ADMIN_LISTEN",
+        ),
+        (
+            "stats-api",
+            "STATS",
+            "eventgate-stats-api",
+            "EVENTGATE_STATS__ADMIN_LISTEN",
+        ),
+        // The writer's only listener is its admin port.
+        (
+            "db-writer",
+            "WRITER",
+            "eventgate-db-writer",
+            "EVENTGATE_WRITER__LISTEN",
+        ),
     ] {
         let definition = &services[&Yaml::from(service)];
         assert_eq!(string(&definition["command"][0]), binary, "{service}");
@@ -248,16 +387,16 @@ fn compose_prometheus_and_dockerfile_agree() {
         );
         let environment = definition["environment"].as_mapping().expect("environment");
         variables.extend(environment.keys().map(string));
-        let listen = string(&environment[&Yaml::from(format!("EVENTGATE_{section}__LISTEN"))]);
-        let port = port_of(&listen);
+        let admin_listen = string(&environment[&Yaml::from(admin_key)]);
+        let admin_port = port_of(&admin_listen);
         assert!(
-            listen.starts_with("0.0.0.0:"),
-            "{service} must listen beyond localhost"
+            admin_listen.starts_with("0.0.0.0:"),
+            "{service}: the admin port must listen beyond localhost, for Prometheus"
         );
         assert_eq!(
             scraped.get(service),
-            Some(&port),
-            "{service}: Prometheus target"
+            Some(&admin_port),
+            "{service}: Prometheus scrapes the admin port"
         );
         let health = definition["healthcheck"]["test"]
             .as_sequence()
@@ -267,26 +406,79 @@ fn compose_prometheus_and_dockerfile_agree() {
             .collect::<Vec<_>>()
             .join(" ");
         assert!(
-            health.contains(&format!("127.0.0.1:{port}/health/ready")),
+            health.contains(&format!("127.0.0.1:{admin_port}/health/ready")),
             "{service}: {health}"
         );
+        let published: Vec<String> = definition["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(string)
+            .collect();
+        assert!(
+            published
+                .iter()
+                .all(|p| !p.ends_with(&format!(":{admin_port}"))),
+            "{service}: the admin port is published: {published:?}"
+        );
         if service != "db-writer" {
-            let published = string(&definition["ports"][0]);
+            let listen = string(&environment[&Yaml::from(format!("EVENTGATE_{section}__LISTEN"))]);
+            let port = port_of(&listen);
+            assert_ne!(port, admin_port, "{service}: API and admin on one port");
+            assert!(listen.starts_with("0.0.0.0:"), "{service}: {listen}");
             assert!(
-                published.ends_with(&format!(":{port}:{port}")),
-                "{service}: {published}"
+                published.len() == 1 && published[0].ends_with(&format!(":{port}:{port}")),
+                "{service}: {published:?}"
             );
         }
         let grace = string(&definition["stop_grace_period"]);
         let timeout_ms: u64 = string(&environment[&Yaml::from("EVENTGATE_SHUTDOWN__TIMEOUT_MS")])
             .parse()
             .expect("timeout");
-        let grace_secs: u64 = grace.trim_end_matches('s').parse().expect("seconds");
+        let grace_ms = grace
+            .trim_end_matches('s')
+            .parse::<u64>()
+            .expect("seconds")
+            * 1000;
+        let worst_ms = if service == "db-writer" {
+            timeout_ms + writer_fixed_waits_ms(defaults.alerts.probe_interval_ms)
+        } else {
+            api_worst_case_stop_ms(timeout_ms)
+        };
         assert!(
-            grace_secs * 1000 > timeout_ms,
-            "{service}: grace {grace} too short"
+            grace_ms >= worst_ms,
+            "{service}: stop_grace_period {grace} is below the worst-case stop, {worst_ms} ms"
         );
     }
+
+    // Migrations run once, as the schema owner, before the writers; the writers never migrate.
+    let migrate = &services[&Yaml::from("migrate")];
+    assert_eq!(string(&migrate["command"][0]), "eventgate");
+    assert_eq!(string(&migrate["command"][1]), "migrate");
+    let migrate_env = migrate["environment"].as_mapping().expect("environment");
+    variables.extend(migrate_env.keys().map(string));
+    let owner_url = string(&migrate_env[&Yaml::from("EVENTGATE_MIGRATE__DATABASE_URL")]);
+    assert!(
+        owner_url.starts_with("postgres://eventgate:"),
+        "{owner_url}"
+    );
+    let writer = &services[&Yaml::from("db-writer")];
+    let writer_env = writer["environment"].as_mapping().expect("environment");
+    assert_eq!(
+        string(&writer_env[&Yaml::from("EVENTGATE_WRITER__RUN_MIGRATIONS")]),
+        "false"
+    );
+    assert!(!writer_env.contains_key("EVENTGATE_WRITER__MIGRATION_DATABASE_URL"));
+    for dependent in ["db-writer", "stats-api"] {
+        assert_eq!(
+            string(
+                &services[&Yaml::from(dependent)]["depends_on"]["migrate"]["condition"]
+            ),
+            "service_completed_successfully",
+            "{dependent} must wait for the migrations"
+        );
+    }
+
     assert_known_and_documented("docker-compose.yml", &variables);
     // The stats-api reads from the replica, never from the primary.
     let stats_url = string(
@@ -326,7 +518,8 @@ fn compose_prometheus_and_dockerfile_agree() {
 
 #[test]
 fn kubernetes_manifests_are_consistent() {
-    let dir = repo_root().join("deploy/kubernetes");
+    let root = repo_root();
+    let dir = root.join("deploy/kubernetes");
     let kustomization = yaml(&dir.join("kustomization.yaml"));
     let listed: BTreeSet<String> = kustomization["resources"]
         .as_sequence()
@@ -353,21 +546,63 @@ fn kubernetes_manifests_are_consistent() {
             })
             .unwrap_or_else(|| panic!("no {kind} {name}"))
     };
+
+    // The Secret is never applied from the repository: generated from the operator's git-ignored
+    // secrets.env (a missing file stops `kubectl apply -k`), whose template only holds placeholders.
+    assert!(
+        !objects.iter().any(|o| o["kind"].as_str() == Some("Secret")),
+        "a Secret in the resources would overwrite the real one on every apply"
+    );
+    let generators = kustomization["secretGenerator"]
+        .as_sequence()
+        .expect("secretGenerator");
+    assert_eq!(generators.len(), 1);
+    assert_eq!(string(&generators[0]["name"]), "eventgate-secrets");
+    let envs: Vec<String> = generators[0]["envs"]
+        .as_sequence()
+        .expect("envs")
+        .iter()
+        .map(string)
+        .collect();
+    assert_eq!(envs, ["secrets.env"]);
+    assert!(
+        read(&root.join(".gitignore"))
+            .lines()
+            .any(|l| l.trim() == "/deploy/kubernetes/secrets.env"),
+        "secrets.env must be git-ignored"
+    );
+    let secret = env_file(&dir.join("secrets.env.example"));
+    for (key, value) in &secret {
+        if key.ends_with("_URL") || key.ends_with("PASSWORD") || key.ends_with("SECRET") {
+            assert!(
+                value.contains("change-me"),
+                "secrets.env.example: {key} must hold a placeholder the services refuse"
+            );
+        }
+    }
+
     let config = find("ConfigMap", "eventgate-config")["data"]
         .as_mapping()
         .expect("config data")
         .clone();
-    let secret = find("Secret", "eventgate-secrets")["stringData"]
-        .as_mapping()
-        .expect("secret data")
-        .clone();
-    let mut variables: BTreeSet<String> = config.keys().chain(secret.keys()).map(string).collect();
-    let shutdown_ms: u64 = string(&config[&Yaml::from("EVENTGATE_SHUTDOWN__TIMEOUT_MS")])
+    let mut variables: BTreeSet<String> = config
+        .keys()
+        .map(string)
+        .chain(secret.keys().cloned())
+        .collect();
+    let shared_timeout_ms: u64 = string(&config[&Yaml::from("EVENTGATE_SHUTDOWN__TIMEOUT_MS")])
         .parse()
         .expect("timeout");
+    let probe_interval_ms = config
+        .get(Yaml::from("EVENTGATE_ALERTS__PROBE_INTERVAL_MS"))
+        .map(|v| string(v).parse().expect("probe interval"))
+        .unwrap_or(Config::default().alerts.probe_interval_ms);
     let partitions: u64 = string(&config[&Yaml::from("EVENTGATE_KAFKA__PARTITIONS")])
         .parse()
         .expect("partitions");
+    let prometheus_port = |deployment: &Yaml| {
+        string(&deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+    };
 
     for (name, section) in [
         ("ingest-api", "INGEST"),
@@ -375,64 +610,166 @@ fn kubernetes_manifests_are_consistent() {
         ("db-writer", "WRITER"),
     ] {
         let deployment = find("Deployment", name);
-        let spec = &deployment["spec"]["template"]["spec"];
-        let grace: u64 = string(&spec["terminationGracePeriodSeconds"])
-            .parse()
-            .expect("grace");
-        assert!(
-            grace * 1000 > shutdown_ms,
-            "{name}: grace period below the shutdown timeout"
+        let template = &deployment["spec"]["template"];
+        let spec = &template["spec"];
+        // Service links would inject variables the configuration refuses.
+        assert_eq!(
+            spec["enableServiceLinks"].as_bool(),
+            Some(false),
+            "{name}: enableServiceLinks"
         );
+        let labels = &template["metadata"]["labels"];
+        assert_eq!(string(&labels["app.kubernetes.io/name"]), name);
+        // With the name, the Prometheus job eventgate-<name> (prometheus-kubernetes.yml).
+        assert_eq!(string(&labels["app.kubernetes.io/part-of"]), "eventgate");
+
         let container = &spec["containers"][0];
         let binary = string(&container["command"][0]);
         assert!(BINARIES.contains(&binary.as_str()), "{name}: {binary}");
         assert_eq!(binary, format!("eventgate-{name}"));
         let env = container["env"].as_sequence().expect("env");
-        variables.extend(env.iter().map(|e| string(&e["name"])));
-        for entry in env {
+        let env_value = |key: &str| {
+            env.iter()
+                .find(|e| string(&e["name"]) == key)
+                .map(|e| string(&e["value"]))
+        };
+        let init_containers = spec["initContainers"].as_sequence().cloned();
+        for entry in env
+            .iter()
+            .chain(init_containers.iter().flatten().flat_map(|c| {
+                c["env"]
+                    .as_sequence()
+                    .expect("init container env")
+                    .iter()
+            }))
+        {
+            variables.insert(string(&entry["name"]));
             if let Some(reference) = entry["valueFrom"]["secretKeyRef"].as_mapping() {
-                let key = &reference[&Yaml::from("key")];
-                assert!(secret.contains_key(key), "{name}: secret has no {key:?}");
+                assert_eq!(string(&reference[&Yaml::from("name")]), "eventgate-secrets");
+                let key = string(&reference[&Yaml::from("key")]);
+                assert!(secret.contains_key(&key), "{name}: secret has no {key}");
             }
         }
-        let listen = env
+
+        // Ports: `admin` (metrics, probes) beside `http` (the API; not the writer's).
+        let ports: BTreeMap<String, String> = container["ports"]
+            .as_sequence()
+            .expect("ports")
             .iter()
-            .find(|e| string(&e["name"]) == format!("EVENTGATE_{section}__LISTEN"))
-            .map(|e| string(&e["value"]))
-            .unwrap_or_else(|| panic!("{name}: no listen address"));
-        let port = port_of(&listen);
+            .map(|p| (string(&p["name"]), string(&p["containerPort"])))
+            .collect();
+        let admin_key = if name == "db-writer" {
+            "EVENTGATE_WRITER__LISTEN".to_owned()
+        } else {
+            format!("EVENTGATE_{section}__ADMIN_LISTEN")
+        };
+        let admin_listen =
+            env_value(&admin_key).unwrap_or_else(|| panic!("{name}: no {admin_key}"));
+        let admin_port = port_of(&admin_listen).to_string();
+        assert_eq!(ports.get("admin"), Some(&admin_port), "{name}: admin port");
         assert_eq!(
-            string(&container["ports"][0]["containerPort"]),
-            port.to_string()
-        );
-        assert_eq!(string(&container["ports"][0]["name"]), "http");
-        let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
-        assert_eq!(
-            string(&annotations["prometheus.io/port"]),
-            port.to_string(),
-            "{name}"
-        );
-        assert_eq!(string(&annotations["prometheus.io/path"]), "/metrics");
-        assert_eq!(
-            string(&container["readinessProbe"]["httpGet"]["path"]),
-            "/health/ready"
+            prometheus_port(deployment),
+            admin_port,
+            "{name}: Prometheus scrapes the admin port"
         );
         assert_eq!(
-            string(&container["livenessProbe"]["httpGet"]["path"]),
-            "/health/live"
+            string(&template["metadata"]["annotations"]["prometheus.io/path"]),
+            "/metrics"
         );
         let service = find("Service", name);
-        assert_eq!(
-            string(&service["spec"]["ports"][0]["port"]),
-            port.to_string(),
-            "{name}"
-        );
-        assert_eq!(string(&service["spec"]["ports"][0]["targetPort"]), "http");
+        let service_ports = service["spec"]["ports"].as_sequence().expect("ports");
+        if name == "db-writer" {
+            assert_eq!(ports.len(), 1, "{name}: the writer serves its admin port only");
+            assert_eq!(string(&service["spec"]["clusterIP"]), "None", "headless");
+        } else {
+            let listen = env_value(&format!("EVENTGATE_{section}__LISTEN"))
+                .unwrap_or_else(|| panic!("{name}: no listen address"));
+            let port = port_of(&listen).to_string();
+            assert_eq!(ports.get("http"), Some(&port), "{name}: http port");
+            assert_ne!(port, admin_port, "{name}: API and admin on one port");
+            // The public Service publishes the API, never the admin port.
+            assert_eq!(service_ports.len(), 1, "{name}: Service ports");
+            assert_eq!(string(&service_ports[0]["port"]), port, "{name}");
+            assert_eq!(string(&service_ports[0]["targetPort"]), "http");
+        }
         assert_eq!(
             service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"],
             "{name}: Service selects the Deployment's pods"
         );
+
+        // Probes on the admin port; a start-up budget before liveness may restart the container.
+        for (probe, path) in [
+            ("startupProbe", "/health/live"),
+            ("readinessProbe", "/health/ready"),
+            ("livenessProbe", "/health/live"),
+        ] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(string(&get["path"]), path, "{name}: {probe}");
+            assert_eq!(string(&get["port"]), "admin", "{name}: {probe} port");
+        }
+        let startup = &container["startupProbe"];
+        let budget_secs: u64 = string(&startup["failureThreshold"])
+            .parse::<u64>()
+            .expect("failureThreshold")
+            * string(&startup["periodSeconds"])
+                .parse::<u64>()
+                .expect("periodSeconds");
+        // The writer opens its port only after joining the group (and, migrating itself, after the
+        // migrations and index builds): at least 10 minutes.
+        let least = if name == "db-writer" { 600 } else { 60 };
+        assert!(
+            budget_secs >= least,
+            "{name}: start-up budget {budget_secs} s < {least} s"
+        );
+
+        // The grace period holds the worst-case stop.
+        let timeout_ms = env_value("EVENTGATE_SHUTDOWN__TIMEOUT_MS")
+            .map(|v| v.parse().expect("timeout"))
+            .unwrap_or(shared_timeout_ms);
+        let grace_ms = string(&spec["terminationGracePeriodSeconds"])
+            .parse::<u64>()
+            .expect("grace")
+            * 1000;
+        let worst_ms = if name == "db-writer" {
+            let fixed = writer_fixed_waits_ms(probe_interval_ms);
+            assert_arithmetic_written(fixed);
+            timeout_ms + fixed
+        } else {
+            api_worst_case_stop_ms(timeout_ms)
+        };
+        assert!(
+            grace_ms >= worst_ms,
+            "{name}: terminationGracePeriodSeconds below the worst-case stop ({worst_ms} ms)"
+        );
     }
+
+    // The writer migrates in an init container, as the schema owner; the writer itself cannot.
+    let writer_spec = &find("Deployment", "db-writer")["spec"]["template"]["spec"];
+    let init = &writer_spec["initContainers"][0];
+    assert_eq!(string(&init["command"][0]), "eventgate");
+    assert_eq!(string(&init["command"][1]), "migrate");
+    let init_env: Vec<String> = init["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .map(|e| string(&e["name"]))
+        .collect();
+    assert_eq!(init_env, ["EVENTGATE_MIGRATE__DATABASE_URL"]);
+    assert!(secret["EVENTGATE_MIGRATE__DATABASE_URL"].starts_with("postgres://eventgate:"));
+    let writer_env: BTreeMap<String, String> = writer_spec["containers"][0]["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .map(|e| (string(&e["name"]), e.get("value").map(string).unwrap_or_default()))
+        .collect();
+    assert_eq!(writer_env["EVENTGATE_WRITER__RUN_MIGRATIONS"], "false");
+    for owner in [
+        "EVENTGATE_MIGRATE__DATABASE_URL",
+        "EVENTGATE_WRITER__MIGRATION_DATABASE_URL",
+    ] {
+        assert!(!writer_env.contains_key(owner), "the writer gets {owner}");
+    }
+
     let hpa = find("HorizontalPodAutoscaler", "db-writer");
     assert_eq!(string(&hpa["spec"]["scaleTargetRef"]["name"]), "db-writer");
     assert_eq!(
@@ -441,6 +778,17 @@ fn kubernetes_manifests_are_consistent() {
         "more writers than partitions would idle"
     );
     assert_known_and_documented("deploy/kubernetes", &variables);
+
+    // Both Prometheus configurations load the rules beside them.
+    for config in ["prometheus.yml", "prometheus-kubernetes.yml"] {
+        let prometheus = yaml(&root.join("deploy/prometheus").join(config));
+        for rule_file in prometheus["rule_files"].as_sequence().expect("rule files") {
+            assert!(
+                root.join("deploy/prometheus").join(string(rule_file)).is_file(),
+                "{config}: {rule_file:?}"
+            );
+        }
+    }
 }
 
 #[test]
