@@ -238,6 +238,21 @@ fn assert_arithmetic_written(fixed_ms: u64) {
     }
 }
 
+/// The variable `eventgate migrate` reads the schema owner's URL from (its `--database-url`).
+fn migrate_url_variable() -> String {
+    let cli = read(&repo_root().join("crates/cli/src/main.rs"));
+    let migrate = cli
+        .find("Migrate {")
+        .expect("crates/cli/src/main.rs: no Migrate command");
+    let rest = &cli[migrate..];
+    let start = rest.find("env = \"").expect("Migrate: no env for its URL") + "env = \"".len();
+    rest[start..]
+        .split('"')
+        .next()
+        .expect("variable name")
+        .to_owned()
+}
+
 /// A compose mount `host:container[:ro]`, split.
 fn mount(spec: &str) -> (&str, &str) {
     let mut parts = spec.split(':');
@@ -331,7 +346,7 @@ fn compose_prometheus_and_dockerfile_agree() {
         .collect();
     let config_dir = prometheus_mounts
         .iter()
-        .map(|m| mount(m))
+        .map(|m| mount(m.as_str()))
         .find(|(host, _)| *host == "./deploy/prometheus/prometheus.yml")
         .map(|(_, container)| container.rsplit_once('/').expect("a directory").0)
         .expect("prometheus.yml is not mounted into Prometheus");
@@ -349,7 +364,7 @@ fn compose_prometheus_and_dockerfile_agree() {
         assert!(
             prometheus_mounts
                 .iter()
-                .map(|m| mount(m))
+                .map(|m| mount(m.as_str()))
                 .any(|(host, container)| (host, container)
                     == (expected.0.as_str(), expected.1.as_str())),
             "{rule_file} is not mounted into Prometheus beside prometheus.yml"
@@ -435,11 +450,7 @@ fn compose_prometheus_and_dockerfile_agree() {
         let timeout_ms: u64 = string(&environment[&Yaml::from("EVENTGATE_SHUTDOWN__TIMEOUT_MS")])
             .parse()
             .expect("timeout");
-        let grace_ms = grace
-            .trim_end_matches('s')
-            .parse::<u64>()
-            .expect("seconds")
-            * 1000;
+        let grace_ms = grace.trim_end_matches('s').parse::<u64>().expect("seconds") * 1000;
         let worst_ms = if service == "db-writer" {
             timeout_ms + writer_fixed_waits_ms(defaults.alerts.probe_interval_ms)
         } else {
@@ -457,7 +468,8 @@ fn compose_prometheus_and_dockerfile_agree() {
     assert_eq!(string(&migrate["command"][1]), "migrate");
     let migrate_env = migrate["environment"].as_mapping().expect("environment");
     variables.extend(migrate_env.keys().map(string));
-    let owner_url = string(&migrate_env[&Yaml::from("EVENTGATE_MIGRATE__DATABASE_URL")]);
+    let migrate_url = migrate_url_variable();
+    let owner_url = string(&migrate_env[&Yaml::from(migrate_url.as_str())]);
     assert!(
         owner_url.starts_with("postgres://eventgate:"),
         "{owner_url}"
@@ -468,12 +480,13 @@ fn compose_prometheus_and_dockerfile_agree() {
         string(&writer_env[&Yaml::from("EVENTGATE_WRITER__RUN_MIGRATIONS")]),
         "false"
     );
-    assert!(!writer_env.contains_key("EVENTGATE_WRITER__MIGRATION_DATABASE_URL"));
+    assert!(
+        !writer_env.contains_key(migrate_url.as_str()),
+        "the writer gets the owner's URL"
+    );
     for dependent in ["db-writer", "stats-api"] {
         assert_eq!(
-            string(
-                &services[&Yaml::from(dependent)]["depends_on"]["migrate"]["condition"]
-            ),
+            string(&services[&Yaml::from(dependent)]["depends_on"]["migrate"]["condition"]),
             "service_completed_successfully",
             "{dependent} must wait for the migrations"
         );
@@ -596,7 +609,7 @@ fn kubernetes_manifests_are_consistent() {
     let probe_interval_ms = config
         .get(Yaml::from("EVENTGATE_ALERTS__PROBE_INTERVAL_MS"))
         .map(|v| string(v).parse().expect("probe interval"))
-        .unwrap_or(Config::default().alerts.probe_interval_ms);
+        .unwrap_or_else(|| Config::default().alerts.probe_interval_ms);
     let partitions: u64 = string(&config[&Yaml::from("EVENTGATE_KAFKA__PARTITIONS")])
         .parse()
         .expect("partitions");
@@ -634,15 +647,12 @@ fn kubernetes_manifests_are_consistent() {
                 .map(|e| string(&e["value"]))
         };
         let init_containers = spec["initContainers"].as_sequence().cloned();
-        for entry in env
-            .iter()
-            .chain(init_containers.iter().flatten().flat_map(|c| {
-                c["env"]
-                    .as_sequence()
-                    .expect("init container env")
-                    .iter()
-            }))
-        {
+        for entry in env.iter().chain(
+            init_containers
+                .iter()
+                .flatten()
+                .flat_map(|c| c["env"].as_sequence().expect("init container env").iter()),
+        ) {
             variables.insert(string(&entry["name"]));
             if let Some(reference) = entry["valueFrom"]["secretKeyRef"].as_mapping() {
                 assert_eq!(string(&reference[&Yaml::from("name")]), "eventgate-secrets");
@@ -679,7 +689,11 @@ fn kubernetes_manifests_are_consistent() {
         let service = find("Service", name);
         let service_ports = service["spec"]["ports"].as_sequence().expect("ports");
         if name == "db-writer" {
-            assert_eq!(ports.len(), 1, "{name}: the writer serves its admin port only");
+            assert_eq!(
+                ports.len(),
+                1,
+                "{name}: the writer serves its admin port only"
+            );
             assert_eq!(string(&service["spec"]["clusterIP"]), "None", "headless");
         } else {
             let listen = env_value(&format!("EVENTGATE_{section}__LISTEN"))
@@ -754,21 +768,25 @@ fn kubernetes_manifests_are_consistent() {
         .iter()
         .map(|e| string(&e["name"]))
         .collect();
-    assert_eq!(init_env, ["EVENTGATE_MIGRATE__DATABASE_URL"]);
-    assert!(secret["EVENTGATE_MIGRATE__DATABASE_URL"].starts_with("postgres://eventgate:"));
+    let migrate_url = migrate_url_variable();
+    assert_eq!(init_env, [migrate_url.as_str()]);
+    assert!(secret[&migrate_url].starts_with("postgres://eventgate:"));
     let writer_env: BTreeMap<String, String> = writer_spec["containers"][0]["env"]
         .as_sequence()
         .expect("env")
         .iter()
-        .map(|e| (string(&e["name"]), e.get("value").map(string).unwrap_or_default()))
+        .map(|e| {
+            (
+                string(&e["name"]),
+                e.get("value").map(string).unwrap_or_default(),
+            )
+        })
         .collect();
     assert_eq!(writer_env["EVENTGATE_WRITER__RUN_MIGRATIONS"], "false");
-    for owner in [
-        "EVENTGATE_MIGRATE__DATABASE_URL",
-        "EVENTGATE_WRITER__MIGRATION_DATABASE_URL",
-    ] {
-        assert!(!writer_env.contains_key(owner), "the writer gets {owner}");
-    }
+    assert!(
+        !writer_env.contains_key(&migrate_url),
+        "the writer gets the owner's URL"
+    );
 
     let hpa = find("HorizontalPodAutoscaler", "db-writer");
     assert_eq!(string(&hpa["spec"]["scaleTargetRef"]["name"]), "db-writer");
@@ -784,7 +802,9 @@ fn kubernetes_manifests_are_consistent() {
         let prometheus = yaml(&root.join("deploy/prometheus").join(config));
         for rule_file in prometheus["rule_files"].as_sequence().expect("rule files") {
             assert!(
-                root.join("deploy/prometheus").join(string(rule_file)).is_file(),
+                root.join("deploy/prometheus")
+                    .join(string(rule_file))
+                    .is_file(),
                 "{config}: {rule_file:?}"
             );
         }
