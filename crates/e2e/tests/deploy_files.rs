@@ -183,8 +183,8 @@ fn span_export_ms() -> u64 {
     ) * 1000
 }
 
-/// Closing the APIs' admin listener after the public one: an actix server with a 1 s shutdown timeout,
-/// like the writer's listener.
+/// Closing the APIs' admin listener after the public one (`core::http::server`: `stop(false)`, without
+/// waiting for its requests): a second allowed.
 const ADMIN_LISTENER_CLOSE_MS: u64 = 1000;
 
 /// The APIs' worst-case stop: everything up to the producer's flush is inside the shutdown timeout
