@@ -71,12 +71,21 @@ pub enum DbError {
     Pool(#[from] bb8::RunError<tokio_postgres::Error>),
     #[error("{0}")]
     Statement(#[from] tokio_postgres::Error),
+    /// The URL's TLS settings cannot be used (a bad `sslmode`, a missing `sslrootcert` file, …).
+    #[error("database URL: {0}")]
+    Tls(super::tls::TlsError),
+    /// A connection that opened could not be set up for diesel.
+    #[error("setting up the connection: {0}")]
+    Setup(diesel::ConnectionError),
 }
 
 impl DbError {
     pub fn cause(&self) -> Cause {
         match self {
             DbError::Pool(bb8::RunError::TimedOut) => Cause::Unavailable,
+            // A configuration problem: no retry makes it work.
+            DbError::Tls(_) => Cause::Other,
+            DbError::Setup(_) => Cause::Unavailable,
             DbError::Pool(bb8::RunError::User(error)) | DbError::Statement(error) => {
                 match Cause::of(error) {
                     // Failing to open a connection is an outage whatever the server said (a wrong
@@ -96,7 +105,7 @@ impl DbError {
             DbError::Pool(bb8::RunError::User(error)) | DbError::Statement(error) => {
                 error.code().map(SqlState::code)
             }
-            DbError::Pool(bb8::RunError::TimedOut) => None,
+            DbError::Pool(bb8::RunError::TimedOut) | DbError::Tls(_) | DbError::Setup(_) => None,
         }
     }
 }

@@ -48,7 +48,7 @@ pub async fn ensure_field_indexes(
     database_url: &str,
     catalogue: &crate::catalogue::Catalogue,
 ) -> Result<usize, diesel::result::Error> {
-    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    use diesel_async::SimpleAsyncConnection;
 
     let mut expressions: Vec<String> = catalogue
         .topics()
@@ -65,7 +65,7 @@ pub async fn ensure_field_indexes(
     if expressions.is_empty() {
         return Ok(0);
     }
-    let mut conn = AsyncPgConnection::establish(database_url)
+    let mut conn = super::tls::diesel_connection(database_url)
         .await
         .map_err(|e| diesel::result::Error::QueryBuilderError(Box::new(e)))?;
     // Released when the connection closes.

@@ -1,5 +1,6 @@
 //! The database, one room for everything the services share about it (feature `db`):
 //! - [`schema`]: the diesel definition of every table, checked against the migrations by a test;
+//! - [`tls`]: TLS as the URL's `sslmode`, `sslrootcert`, `sslcert`, `sslkey` say, for every connection;
 //! - [`pool`]: the connection pool the services run their statements on, and the row type of `events`;
 //! - [`error`]: why a statement failed, by SQLSTATE (never by message text, which follows `lc_messages`);
 //! - [`typed_value`]: the one SQL expression of a payload field's typed value, used by the field indexes
@@ -13,6 +14,7 @@ pub mod error;
 pub mod field_index;
 pub mod pool;
 pub mod schema;
+pub mod tls;
 pub mod typed_value;
 
 use diesel_async::AsyncPgConnection;
@@ -28,7 +30,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     #[error("cannot connect to the database to migrate it: {0}")]
-    Connect(#[from] diesel::ConnectionError),
+    Connect(#[from] DbError),
     #[error("migration failed: {0}")]
     Apply(String),
 }
@@ -42,13 +44,14 @@ pub const SCHEMA_LOCK_KEY: i64 = 0x6576_656e_7467_6174;
 /// blocking thread: diesel's migration harness is synchronous and drives the async connection through
 /// `AsyncConnectionWrapper`.
 pub async fn run_migrations(database_url: &str) -> Result<usize, MigrationError> {
-    use diesel::{Connection, RunQueryDsl};
+    use diesel::RunQueryDsl;
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
     use diesel_migrations::MigrationHarness;
 
-    let url = database_url.to_owned();
+    let connection = tls::diesel_connection(database_url).await?;
     tokio::task::spawn_blocking(move || {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        // Blocking threads keep the runtime's context: the wrapper drives the connection on it.
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
         // Held until this connection closes, whatever happens below.
         diesel::sql_query(format!("SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})"))
             .execute(&mut conn)

@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
 use crate::envelope::Event;
 
-pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+/// TLS as the URL's `sslmode` says (see [`super::tls`]).
+pub type PgPool = bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
 /// How a pool connects and how long a caller waits for a connection.
 #[derive(Debug, Clone)]
@@ -40,9 +41,10 @@ impl PoolSettings {
 }
 
 /// Builds a pool. Connections are opened lazily, so a database that is down at start-up delays the first
-/// statement instead of failing the service; a malformed URL fails here.
+/// statement instead of failing the service; a malformed URL or unusable TLS settings fail here.
 pub fn build_pool(database_url: &str, settings: &PoolSettings) -> Result<PgPool, DbError> {
-    let mut config: tokio_postgres::Config = database_url.parse()?;
+    let (mut config, tls) = super::tls::parse(database_url).map_err(DbError::Tls)?;
+    let connector = super::tls::connector(&tls).map_err(DbError::Tls)?;
     let timeouts = [
         ("statement_timeout", settings.statement_timeout_ms),
         ("lock_timeout", settings.lock_timeout_ms),
@@ -59,16 +61,42 @@ pub fn build_pool(database_url: &str, settings: &PoolSettings) -> Result<PgPool,
         };
         config.options(&options);
     }
-    let manager = PostgresConnectionManager::new(config, NoTls);
+    let manager = PostgresConnectionManager::new(config, connector);
     Ok(bb8::Pool::builder()
         .max_size(settings.max_size)
         .connection_timeout(settings.connection_timeout)
+        .error_sink(Box::new(LogConnectionErrors))
         .build_unchecked(manager))
 }
 
-/// `SELECT 1` on a connection of the pool: the probe of readiness checks and monitors.
+/// Why the pool could not open a connection, in the log: a caller that waits in vain only learns
+/// "timed out", the cause (a refused certificate, a wrong password, a server that is down) is here.
+#[derive(Debug, Clone, Copy)]
+struct LogConnectionErrors;
+
+impl bb8::ErrorSink<tokio_postgres::Error> for LogConnectionErrors {
+    fn sink(&self, error: tokio_postgres::Error) {
+        tracing::warn!(%error, "database connection failed");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(*self)
+    }
+}
+
+/// `SELECT 1` on a connection of the pool: the probe of readiness checks and monitors. When the pool
+/// cannot hand out a connection in time, one connection is opened directly, so that the answer says
+/// why (the pool's own error is only "timed out").
 pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
-    let conn = pool.get().await?;
+    let conn = match pool.get().await {
+        Ok(conn) => conn,
+        Err(bb8::RunError::TimedOut) => {
+            let conn = pool.dedicated_connection().await?;
+            conn.simple_query("SELECT 1").await?;
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
     conn.simple_query("SELECT 1").await?;
     Ok(())
 }
