@@ -9,7 +9,9 @@
 #
 # Subcommands:
 #   ensure-postgres                      print Debian's PostgreSQL server bin dir; apt-get install it if absent
-#   ensure-tansu                         print the tansu 0.6 binary; cargo install it into $TOOLS_DIR if absent
+#   ensure-tansu                         print the patched tansu 0.6 binary; build it into $TOOLS_DIR if absent
+#                                        (see scripts/tansu-patches and the tansu section below)
+#   tansu-path                           print where ensure-tansu keeps the patched binary (without building)
 #   start-postgres DATADIR PORT          initdb if needed, start on 127.0.0.1:PORT, create roles and database
 #   stop-postgres DATADIR [MODE]         pg_ctl stop -m MODE (fast by default; smart|fast|immediate)
 #   start-tansu PORT LOGFILE [PIDFILE]   start the broker in the background (memory storage), wait for the port
@@ -22,7 +24,7 @@
 #   clean-dir DIR                        stop the servers kept in DIR and DIR/*/ (postgres/, tansu.pid), rm DIR
 #
 # Environment:
-#   TOOLS_DIR      where tansu is installed (bin/tansu): default .tools in the repo, or
+#   TOOLS_DIR      where tansu is installed (tansu-VERSION-PATCHSET/bin/tansu): default .tools in the repo, or
 #                  ${XDG_CACHE_HOME:-$HOME/.cache}/eventgate/tools when CI=true (a cache that outlives the clone)
 #   TANSU_BIN      use this tansu binary instead
 #   PG_BINDIR      use the PostgreSQL server binaries in this directory instead
@@ -285,6 +287,18 @@ stack_stop_postgres() {
 
 # ---------------------------------------------------------------------------------------------- tansu
 
+# The broker is tansu $STACK_TANSU_VERSION from crates.io with the patches in scripts/tansu-patches/CRATE/*.patch
+# (unified diffs against the pristine crate sources, applied in name order): the pristine .crate files are
+# fetched by cargo, unpacked, patched and wired in with cargo's [patch.crates-io] through --config. The
+# binary goes to $TOOLS_DIR/tansu-VERSION-PATCHSET/bin/tansu, PATCHSET being a hash of the patches: when
+# the patches change, so does the directory, and a new binary is built. TANSU_STAMP in that directory names
+# the patches it was built with. The sources and cargo's target dir stay in the build cache
+# (${XDG_CACHE_HOME:-$HOME/.cache}/eventgate/tansu-build), so a rebuild after a patch change only
+# recompiles the patched crates and what depends on them.
+
+STACK_TANSU_FEATURES="dynostore"
+STACK_TANSU_PATCHES="$STACK_REPO_ROOT/scripts/tansu-patches"
+
 stack_cache_tools_dir() {
     printf '%s\n' "${XDG_CACHE_HOME:-${HOME:-$(cd ~ && pwd)}/.cache}/eventgate/tools"
 }
@@ -299,53 +313,207 @@ stack_tools_dir() {
     fi
 }
 
+# Where the sources are patched and cargo builds (outside any clone: a build inside the repo would be taken
+# for a member of its cargo workspace).
+stack_tansu_build_dir() {
+    printf '%s\n' "${XDG_CACHE_HOME:-${HOME:-$(cd ~ && pwd)}/.cache}/eventgate/tansu-build"
+}
+
+# The patch files, relative to scripts/tansu-patches, in the order they are applied (CRATE/NNNN-name.patch).
+stack_tansu_patch_files() {
+    (cd "$STACK_TANSU_PATCHES" && find . -mindepth 2 -maxdepth 2 -name '*.patch' -type f | sed 's|^\./||' |
+        LC_ALL=C sort)
+}
+
+# The crates the patches apply to.
+stack_tansu_patched_crates() {
+    stack_tansu_patch_files | cut -d/ -f1 | LC_ALL=C sort -u
+}
+
+# What the binary is built from: version, features and every patch (name and content), one line each.
+stack_tansu_recipe() {
+    local file
+    printf 'tansu %s features=%s\n' "$STACK_TANSU_VERSION" "$STACK_TANSU_FEATURES"
+    while IFS= read -r file; do
+        printf '%s %s\n' "$(sha256sum <"$STACK_TANSU_PATCHES/$file" | cut -c1-64)" "$file"
+    done < <(stack_tansu_patch_files)
+}
+
+stack_tansu_patchset() {
+    stack_tansu_recipe | sha256sum | cut -c1-12
+}
+
+# The directory (under a tools dir) of the patched build: tansu-0.6.0-<patchset>.
+stack_tansu_dirname() {
+    printf 'tansu-%s-%s\n' "$STACK_TANSU_VERSION" "$(stack_tansu_patchset)"
+}
+
+# True when $1 is tansu $STACK_TANSU_VERSION built with the current patches (its stamp matches the recipe).
 stack_tansu_ok() {
-    [[ -x $1 ]] && "$1" --version 2>/dev/null | grep -q "$STACK_TANSU_VERSION"
+    local bin=$1 stamp
+    stamp="$(dirname "$(dirname "$bin")")/TANSU_STAMP"
+    [[ -x $bin && -f $stamp ]] || return 1
+    [[ $(<"$stamp") == "$(stack_tansu_recipe)" ]] || return 1
+    "$bin" --version 2>/dev/null | grep -q "$STACK_TANSU_VERSION"
+}
+
+# `patch` (Debian's patch package) is not on every machine: install it when absent.
+stack_tansu_need_patch() {
+    command -v patch >/dev/null 2>&1 && return 0
+    stack_log "patch not found: installing Debian's patch (apt-get)"
+    (
+        flock -w 1800 9 || stack_die "timed out waiting for another apt-get run"
+        if ! command -v patch >/dev/null 2>&1; then
+            stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+            stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                -o DPkg::Lock::Timeout=600 patch >&2
+        fi
+    ) 9>"${TMPDIR:-/tmp}/eventgate-apt.lock"
+    command -v patch >/dev/null 2>&1 || stack_die "patch installed but not found"
+}
+
+# The pristine .crate file of NAME-$STACK_TANSU_VERSION in cargo's download cache, or nothing.
+stack_tansu_crate_file() {
+    local f
+    for f in "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$1-$STACK_TANSU_VERSION.crate"; do
+        if [[ -s $f ]]; then
+            printf '%s\n' "$f"
+            return
+        fi
+    done
+}
+
+# Unpacks NAME-$STACK_TANSU_VERSION.crate from cargo's cache into DIR (replacing DIR/NAME-VERSION).
+stack_tansu_unpack() {
+    local name=$1 dir=$2 crate
+    crate=$(stack_tansu_crate_file "$name")
+    [[ -n $crate ]] || stack_die "$name-$STACK_TANSU_VERSION.crate is not in cargo's cache"
+    rm -rf "${dir:?}/$name-$STACK_TANSU_VERSION"
+    tar -xzf "$crate" -C "$dir"
+    [[ -f $dir/$name-$STACK_TANSU_VERSION/Cargo.toml ]] || stack_die "$crate holds no $name-$STACK_TANSU_VERSION/"
+}
+
+# Builds the patched tansu into DEST (DEST/bin/tansu, DEST/TANSU_STAMP). Runs under the build dir's lock.
+stack_tansu_build() {
+    local dest=$1 build src log crate file lock args=() update=() before after
+    build=$(stack_tansu_build_dir)
+    src=$build/src
+    log=$build/build.log
+    command -v cargo >/dev/null 2>&1 || stack_die "cargo not found: cannot build tansu"
+    stack_tansu_need_patch
+    rm -rf "$src"
+    mkdir -p "$src/fetch/src"
+    : >"$log"
+
+    # 1. tansu-VERSION.crate itself (the binary crate and its Cargo.lock), through a throw-away package
+    #    that depends on it without features (so that little else is resolved and downloaded).
+    if [[ -z $(stack_tansu_crate_file tansu) ]]; then
+        cat >"$src/fetch/Cargo.toml" <<TOML
+[package]
+name = "eventgate-tansu-fetch"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+tansu = { version = "=$STACK_TANSU_VERSION", default-features = false }
+
+[workspace]
+TOML
+        : >"$src/fetch/src/lib.rs"
+        cargo fetch --manifest-path "$src/fetch/Cargo.toml" >>"$log" 2>&1 ||
+            stack_die "cargo fetch of tansu $STACK_TANSU_VERSION failed (log: $log)"
+    fi
+    stack_tansu_unpack tansu "$src"
+    # A package of its own, whatever directory the build cache is in.
+    printf '\n[workspace]\n' >>"$src/tansu-$STACK_TANSU_VERSION/Cargo.toml"
+
+    # 2. Everything tansu's Cargo.lock names, the crates to patch among them.
+    cargo fetch --locked --manifest-path "$src/tansu-$STACK_TANSU_VERSION/Cargo.toml" >>"$log" 2>&1 ||
+        stack_die "cargo fetch of tansu's dependencies failed (log: $log)"
+
+    # 3. The patched crates, wired in with [patch.crates-io].
+    while IFS= read -r crate; do
+        stack_tansu_unpack "$crate" "$src"
+        while IFS= read -r file; do
+            [[ $file == "$crate"/* ]] || continue
+            stack_log "patching $crate-$STACK_TANSU_VERSION: $file"
+            patch --batch --forward --silent -p1 -d "$src/$crate-$STACK_TANSU_VERSION" \
+                <"$STACK_TANSU_PATCHES/$file" >>"$log" 2>&1 ||
+                stack_die "$file does not apply to $crate $STACK_TANSU_VERSION (log: $log)"
+        done < <(stack_tansu_patch_files)
+        args+=(--config "patch.crates-io.$crate.path=\"$src/$crate-$STACK_TANSU_VERSION\"")
+        update+=(-p "$crate")
+    done < <(stack_tansu_patched_crates)
+
+    # 4. Only the patched crates may change in the lock file (their source becomes a path): every other
+    #    package stays at the version tansu was released with.
+    lock="$src/tansu-$STACK_TANSU_VERSION/Cargo.lock"
+    before=$(grep -A1 '^name = ' "$lock")
+    cargo update --offline --manifest-path "$src/tansu-$STACK_TANSU_VERSION/Cargo.toml" "${args[@]}" \
+        "${update[@]}" >>"$log" 2>&1 ||
+        stack_die "cargo update of the patched crates failed (log: $log)"
+    after=$(grep -A1 '^name = ' "$lock")
+    [[ $before == "$after" ]] || stack_die "patching changed the versions in tansu's Cargo.lock (log: $log)"
+
+    # 5. Build (the target dir outlives the sources: a rebuild only compiles what changed).
+    cargo build --release --locked --offline --bin tansu \
+        --features "$STACK_TANSU_FEATURES" --manifest-path "$src/tansu-$STACK_TANSU_VERSION/Cargo.toml" \
+        --target-dir "$build/target" "${args[@]}" >>"$log" 2>&1 ||
+        {
+            tail -n 40 "$log" >&2
+            stack_die "building tansu failed (log: $log)"
+        }
+    rm -rf "$dest.tmp"
+    mkdir -p "$dest.tmp/bin"
+    cp "$build/target/release/tansu" "$dest.tmp/bin/tansu"
+    stack_tansu_recipe >"$dest.tmp/TANSU_STAMP"
+    rm -rf "$dest"
+    mv "$dest.tmp" "$dest"
+}
+
+stack_tansu_path() {
+    printf '%s/%s/bin/tansu\n' "$(stack_tools_dir)" "$(stack_tansu_dirname)"
 }
 
 stack_ensure_tansu() {
-    local tools bin waited=0
+    local tools dir bin build started
     if [[ -n ${TANSU_BIN:-} ]]; then
         [[ -x $TANSU_BIN ]] || stack_die "TANSU_BIN=$TANSU_BIN is not executable"
         printf '%s\n' "$TANSU_BIN"
         return
     fi
     tools=$(stack_tools_dir)
-    bin=$tools/bin/tansu
-    # Without an explicit TOOLS_DIR, a tansu already built in the other default place will do (the CI
-    # cache for a checkout, the checkout's .tools for CI).
-    if [[ -z ${TOOLS_DIR:-} && ! -x $bin ]]; then
+    dir=$tools/$(stack_tansu_dirname)
+    bin=$dir/bin/tansu
+    # Without an explicit TOOLS_DIR, the same patched tansu already built in the other default place will do
+    # (the CI cache for a checkout, the checkout's .tools for CI).
+    if [[ -z ${TOOLS_DIR:-} ]] && ! stack_tansu_ok "$bin"; then
         local other
-        for other in "$STACK_REPO_ROOT/.tools/bin/tansu" "$(stack_cache_tools_dir)/bin/tansu"; do
+        for other in "$STACK_REPO_ROOT/.tools" "$(stack_cache_tools_dir)"; do
+            other=$other/$(stack_tansu_dirname)/bin/tansu
             if stack_tansu_ok "$other"; then
                 printf '%s\n' "$other"
                 return
             fi
         done
     fi
-    # A build started by hand (or by another checkout) may be running: wait for it instead of racing it.
-    while [[ ! -x $bin ]] && pgrep -f '^[^ ]*cargo install --locked tansu' >/dev/null 2>&1; do
-        if ((waited % 60 == 0)); then stack_log "waiting for a running 'cargo install tansu' to finish"; fi
-        sleep 5
-        waited=$((waited + 5))
-    done
-    if [[ ! -x $bin ]]; then
-        mkdir -p "$tools"
+    if ! stack_tansu_ok "$bin"; then
+        build=$(stack_tansu_build_dir)
+        mkdir -p "$tools" "$build"
+        # One build at a time, across checkouts (they share the build cache).
         (
             flock -w 3600 9 || stack_die "timed out waiting for another tansu build"
-            if [[ ! -x $bin ]]; then
-                command -v cargo >/dev/null 2>&1 || stack_die "cargo not found: cannot build tansu"
-                stack_log "building tansu $STACK_TANSU_VERSION into $tools (takes 10-20 min on 2 cores;" \
-                    "log: $tools/tansu-build.log)"
-                if ! cargo install --locked tansu --version "$STACK_TANSU_VERSION" --features dynostore \
-                    --root "$tools" >"$tools/tansu-build.log" 2>&1; then
-                    tail -n 40 "$tools/tansu-build.log" >&2
-                    stack_die "building tansu failed (log: $tools/tansu-build.log)"
-                fi
+            if ! stack_tansu_ok "$bin"; then
+                started=$SECONDS
+                stack_log "building tansu $STACK_TANSU_VERSION with the patches of scripts/tansu-patches into" \
+                    "$dir (10-20 min on 2 cores when nothing is cached; log: $build/build.log)"
+                stack_tansu_build "$dir"
+                stack_log "built tansu in $((SECONDS - started)) s"
             fi
-        ) 9>"$tools/.tansu-install.lock"
+        ) 9>"$build/.lock"
     fi
-    stack_tansu_ok "$bin" || stack_die "$bin is not tansu $STACK_TANSU_VERSION"
+    stack_tansu_ok "$bin" || stack_die "$bin is not tansu $STACK_TANSU_VERSION with the current patches"
     printf '%s\n' "$bin"
 }
 
@@ -448,6 +616,7 @@ stack_main() {
     case "$cmd" in
         ensure-postgres) stack_ensure_postgres "$@" ;;
         ensure-tansu) stack_ensure_tansu "$@" ;;
+        tansu-path) stack_tansu_path "$@" ;;
         start-postgres) stack_start_postgres "$@" ;;
         stop-postgres) stack_stop_postgres "$@" ;;
         start-tansu) stack_start_tansu "$@" ;;
