@@ -22,27 +22,23 @@ pub struct Consumed {
 }
 
 impl Consumed {
-    /// Decodes a message read under the assignment `epoch`. One that is not a valid envelope is a dead
-    /// letter from the start: no retry will ever make it decodable.
+    /// Decodes a message read under the assignment `epoch`. One that is not an envelope the ingest-api
+    /// could have made is a dead letter from the start: no retry will ever make it one. The writer
+    /// trusts no body: an envelope naming another topic than the Kafka topic it was read from would
+    /// let anyone who can produce to one topic store events in another.
     pub fn from_message(message: &BorrowedMessage<'_>, topic_prefix: &str, epoch: u64) -> Consumed {
         let kafka_topic = message.topic().to_owned();
+        let decoded = decode(&kafka_topic, message.payload(), topic_prefix);
         let partition = message.partition();
         let offset = message.offset();
-        let raw = message.payload();
-        let decoded = match raw.map(Event::from_json_bytes) {
-            Some(Ok(event)) => Ok(event),
-            failure => Err(DeadLetter {
-                topic: kafka_topic.strip_prefix(topic_prefix).map(str::to_owned),
-                kafka_topic: kafka_topic.clone(),
-                partition,
-                offset,
-                raw: raw.map(<[u8]>::to_vec),
-                error: match failure {
-                    Some(Err(error)) => format!("message is not a valid event envelope: {error}"),
-                    _ => "message has no payload".to_owned(),
-                },
-            }),
-        };
+        let decoded = decoded.map_err(|error| DeadLetter {
+            topic: kafka_topic.strip_prefix(topic_prefix).map(str::to_owned),
+            kafka_topic: kafka_topic.clone(),
+            partition,
+            offset,
+            raw: message.payload().map(<[u8]>::to_vec),
+            error,
+        });
         Consumed {
             kafka_topic,
             partition,
@@ -51,6 +47,23 @@ impl Consumed {
             decoded,
         }
     }
+}
+
+/// The event a message holds, or why it is no event (the dead letter's reason).
+fn decode(kafka_topic: &str, raw: Option<&[u8]>, topic_prefix: &str) -> Result<Event, String> {
+    let raw = raw.ok_or_else(|| "message has no payload".to_owned())?;
+    let event = Event::from_json_bytes(raw)
+        .map_err(|error| format!("message is not a valid event envelope: {error}"))?;
+    if kafka_topic.strip_prefix(topic_prefix) != Some(event.topic.as_str()) {
+        return Err(format!(
+            "topic_mismatch: the envelope names topic {:?} but was read from Kafka topic {kafka_topic:?}",
+            event.topic
+        ));
+    }
+    if event.producer.is_empty() {
+        return Err("message is not a valid event envelope: no producer".to_owned());
+    }
+    Ok(event)
 }
 
 #[derive(Debug, Default)]
@@ -151,6 +164,40 @@ mod tests {
             list.add_partition("t", *partition);
         }
         list
+    }
+
+    #[test]
+    fn an_envelope_is_stored_only_from_its_own_topic() {
+        let envelope = serde_json::json!({
+            "id": "0190a3b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b",
+            "topic": "audit.logs",
+            "timestamp": "2025-01-15T10:00:00Z",
+            "producer": "alice",
+            "payload": {"event_name": "login"}
+        });
+        let bytes = serde_json::to_vec(&envelope).expect("JSON");
+        let event =
+            decode("eventgate.audit.logs", Some(&bytes), "eventgate.").expect("its own topic");
+        assert_eq!(event.topic, "audit.logs");
+
+        let error = decode("eventgate.web.events", Some(&bytes), "eventgate.")
+            .expect_err("another topic's envelope");
+        assert!(error.starts_with("topic_mismatch"), "{error}");
+        assert!(
+            error.contains("audit.logs") && error.contains("eventgate.web.events"),
+            "{error}"
+        );
+
+        let error =
+            decode("audit.logs", Some(&bytes), "eventgate.").expect_err("outside the prefix");
+        assert!(error.starts_with("topic_mismatch"), "{error}");
+
+        let mut anonymous = envelope.clone();
+        anonymous["producer"] = serde_json::json!("");
+        let bytes = serde_json::to_vec(&anonymous).expect("JSON");
+        assert!(decode("eventgate.audit.logs", Some(&bytes), "eventgate.").is_err());
+        assert!(decode("eventgate.audit.logs", None, "eventgate.").is_err());
+        assert!(decode("eventgate.audit.logs", Some(b"garbage"), "eventgate.").is_err());
     }
 
     #[test]
