@@ -2,7 +2,8 @@
 # The local development stack, behind `make run`, `make token`, `make migrate` and `make stop`.
 #
 #   scripts/run-local.sh [run]        PostgreSQL (.data/postgres, port $PG_PORT) + tansu (port $KAFKA_PORT)
-#                                     + the three services, in the foreground; Ctrl-C stops everything
+#                                     + the three services, in the foreground, restarted with a back-off
+#                                     when one exits (`supervise`); Ctrl-C stops everything
 #   scripts/run-local.sh token [SUB] [TTL_SECS]
 #                                     print a dev JWT for SUB (default dev) alone on stdout
 #   scripts/run-local.sh keys         create the dev key pair in .data/keys unless it exists
@@ -102,6 +103,9 @@ cmd_stop() {
 
 SERVICE_PIDS=()
 SERVICE_NAMES=()
+SERVICE_BINS=()
+SERVICE_STARTED=()
+SERVICE_BACKOFF=()
 
 cleanup() {
     local status=$? pid i
@@ -126,12 +130,44 @@ cleanup() {
 
 start_service() {
     local name=$1 bin=$2
+    SERVICE_NAMES+=("$name")
+    SERVICE_BINS+=("$bin")
+    SERVICE_BACKOFF+=(1)
+    SERVICE_PIDS+=(0)
+    SERVICE_STARTED+=(0)
+    spawn_service $((${#SERVICE_NAMES[@]} - 1))
+}
+
+# Starts service number $1 (again).
+spawn_service() {
+    local i=$1 name=${SERVICE_NAMES[$1]} bin=${SERVICE_BINS[$1]}
     # setsid: the terminal's Ctrl-C reaches this script only, which stops the services with one SIGTERM.
     # Their output goes through a sed that ignores SIGINT, so they never write into a closed pipe. The
     # service's pid is $! (setsid execs in place: a background job of a script leads no process group).
     setsid "$bin" > >(trap '' INT && exec sed -u "s/^/[$name] /") 2>&1 &
-    SERVICE_PIDS+=($!)
-    SERVICE_NAMES+=("$name")
+    SERVICE_PIDS[i]=$!
+    SERVICE_STARTED[i]=$SECONDS
+}
+
+# Supervises the services until Ctrl-C / SIGTERM (the traps), as an orchestrator would in production: a
+# service that exits — crashed, OOM-killed, or killed by hand to see what happens — is started again
+# after a back-off (1 s, doubling up to 30 s; back to 1 s once it ran for a minute), and the others carry
+# on. The writer's replacement rejoins the group and goes on from the committed offsets.
+supervise() {
+    local status i delay
+    while :; do
+        status=0
+        wait -n "${SERVICE_PIDS[@]}" || status=$?
+        for i in "${!SERVICE_PIDS[@]}"; do
+            kill -0 "${SERVICE_PIDS[$i]}" 2>/dev/null && continue
+            if ((SECONDS - SERVICE_STARTED[i] >= 60)); then SERVICE_BACKOFF[i]=1; fi
+            delay=${SERVICE_BACKOFF[$i]}
+            say "${SERVICE_NAMES[$i]} exited (status $status): starting it again in ${delay} s"
+            sleep "$delay"
+            SERVICE_BACKOFF[i]=$((delay * 2 > 30 ? 30 : delay * 2))
+            spawn_service "$i"
+        done
+    done
 }
 
 cmd_run() {
@@ -205,16 +241,7 @@ cmd_run() {
 
 EOF
 
-    # Until Ctrl-C / SIGTERM (the traps), or until a service dies: then stop everything.
-    local status=0
-    wait -n "${SERVICE_PIDS[@]}" || status=$?
-    local i
-    for i in "${!SERVICE_PIDS[@]}"; do
-        if ! kill -0 "${SERVICE_PIDS[$i]}" 2>/dev/null; then
-            say "${SERVICE_NAMES[$i]} exited (status $status): stopping everything"
-        fi
-    done
-    exit $((status == 0 ? 1 : status))
+    supervise
 }
 
 case "${1:-run}" in
