@@ -395,10 +395,18 @@ stack_tansu_unpack() {
 
 # Builds the patched tansu into DEST (DEST/bin/tansu, DEST/TANSU_STAMP). Runs under the build dir's lock.
 stack_tansu_build() {
-    local dest=$1 build src log crate file lock args=() update=() before after
+    local dest=$1 build src log crate file lock args=() update=() before after started=$SECONDS
     build=$(stack_tansu_build_dir)
     src=$build/src
     log=$build/build.log
+    # The build cache already holds this recipe's binary (built for another tools dir): copy it.
+    if [[ -x $build/target/release/tansu && -f $src/RECIPE && $(<"$src/RECIPE") == "$(stack_tansu_recipe)" ]]; then
+        stack_log "tansu with these patches is in the build cache ($build)"
+        stack_tansu_install "$build/target/release/tansu" "$dest"
+        return
+    fi
+    stack_log "building tansu $STACK_TANSU_VERSION with the patches of scripts/tansu-patches into $dest" \
+        "(15-20 min on 2 cores when nothing is cached, ~3 min when only the patches changed; log: $log)"
     command -v cargo >/dev/null 2>&1 || stack_die "cargo not found: cannot build tansu"
     stack_tansu_need_patch
     rm -rf "$src"
@@ -464,9 +472,17 @@ TOML
             tail -n 40 "$log" >&2
             stack_die "building tansu failed (log: $log)"
         }
+    stack_tansu_recipe >"$src/RECIPE"
+    stack_tansu_install "$build/target/release/tansu" "$dest"
+    stack_log "built tansu in $((SECONDS - started)) s"
+}
+
+# Installs the binary BIN as DEST/bin/tansu with its stamp DEST/TANSU_STAMP (the recipe).
+stack_tansu_install() {
+    local bin=$1 dest=$2
     rm -rf "$dest.tmp"
     mkdir -p "$dest.tmp/bin"
-    cp "$build/target/release/tansu" "$dest.tmp/bin/tansu"
+    cp "$bin" "$dest.tmp/bin/tansu"
     stack_tansu_recipe >"$dest.tmp/TANSU_STAMP"
     rm -rf "$dest"
     mv "$dest.tmp" "$dest"
@@ -477,7 +493,7 @@ stack_tansu_path() {
 }
 
 stack_ensure_tansu() {
-    local tools dir bin build started
+    local tools dir bin build
     if [[ -n ${TANSU_BIN:-} ]]; then
         [[ -x $TANSU_BIN ]] || stack_die "TANSU_BIN=$TANSU_BIN is not executable"
         printf '%s\n' "$TANSU_BIN"
@@ -504,13 +520,7 @@ stack_ensure_tansu() {
         # One build at a time, across checkouts (they share the build cache).
         (
             flock -w 3600 9 || stack_die "timed out waiting for another tansu build"
-            if ! stack_tansu_ok "$bin"; then
-                started=$SECONDS
-                stack_log "building tansu $STACK_TANSU_VERSION with the patches of scripts/tansu-patches into" \
-                    "$dir (10-20 min on 2 cores when nothing is cached; log: $build/build.log)"
-                stack_tansu_build "$dir"
-                stack_log "built tansu in $((SECONDS - started)) s"
-            fi
+            if ! stack_tansu_ok "$bin"; then stack_tansu_build "$dir"; fi
         ) 9>"$build/.lock"
     fi
     stack_tansu_ok "$bin" || stack_die "$bin is not tansu $STACK_TANSU_VERSION with the current patches"
