@@ -5,7 +5,8 @@
 # --- build -----------------------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# librdkafka is compiled from its bundled sources (cmake is not needed: rdkafka builds it with make).
+# librdkafka is compiled from its bundled sources (cmake is not needed: rdkafka builds it with make), with
+# TLS and SASL SCRAM against the system OpenSSL: libssl-dev and pkg-config, both in rust:bookworm already.
 COPY . .
 # Cache mounts keep the registry and the target directory between builds (BuildKit); the binaries are
 # copied out of the cache in the same step.
@@ -19,9 +20,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # --- run -------------------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
-# ca-certificates: TLS to SMTP, JWKS and OTLP endpoints; curl: the compose health checks.
+# libssl3: librdkafka's TLS (linked dynamically); ca-certificates: the trust store for TLS to Kafka (when
+# kafka.ssl_ca_location is unset), SMTP, JWKS and OTLP endpoints; curl: the compose health checks.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home eventgate
 COPY --from=build /out/ /usr/local/bin/

@@ -186,6 +186,13 @@ cmd_run() {
     stack_start_postgres "$DATA/postgres" "$PG_PORT"
     stack_start_tansu "$KAFKA_PORT" "$DATA/tansu.log" "$DATA/tansu.pid"
 
+    # librdkafka is built with TLS and SASL against the system OpenSSL: its headers and pkg-config.
+    if ! pkg-config --exists openssl 2>/dev/null; then
+        say "installing libssl-dev and pkg-config (apt-get)"
+        stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+        stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 \
+            libssl-dev pkg-config >&2
+    fi
     say "building the workspace"
     cargo build --workspace --bins
     ensure_keys

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: everything CI checks, on a fresh machine too.
 #
-# Installs what is missing (PostgreSQL and Chromium from Debian, tansu into $TOOLS_DIR, cargo-nextest),
+# Installs what is missing (PostgreSQL, Chromium, OpenSSL's headers and stunnel from Debian, tansu into
+# $TOOLS_DIR, cargo-nextest),
 # starts a private PostgreSQL cluster (target/test-stack/make-test/postgres) and a tansu broker on free
 # ports, creates and migrates the template database eventgate_template, then runs
 #   scripts/lint.sh (fmt, clippy, core's purity, unused dependencies); scripts/check-deploy.sh (promtool,
@@ -57,6 +58,20 @@ if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
     stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
     stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 \
         chromium chromium-driver >&2
+fi
+
+# librdkafka is built with TLS and SASL SCRAM against the system OpenSSL (rdkafka's "ssl" feature):
+# libssl-dev and pkg-config. The Kafka security tests (crates/e2e/tests/kafka_security.rs) put stunnel in
+# front of a tansu and make their certificates with openssl.
+missing_packages=()
+pkg-config --exists openssl 2>/dev/null || missing_packages+=(libssl-dev pkg-config)
+command -v stunnel4 >/dev/null 2>&1 || missing_packages+=(stunnel4)
+command -v openssl >/dev/null 2>&1 || missing_packages+=(openssl)
+if ((${#missing_packages[@]} > 0)); then
+    step "installing ${missing_packages[*]} (apt-get)"
+    stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    stack_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 \
+        "${missing_packages[@]}" >&2
 fi
 
 # crates/stats-api/tests/sqlstate.rs runs Postgres with German messages (lc_messages) to prove that errors

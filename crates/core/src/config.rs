@@ -5,6 +5,7 @@
 //! Secrets (database URLs with passwords, the cursor secret, SMTP credentials) are never logged: the
 //! `Debug` of [`Secret`] prints a placeholder.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -107,6 +108,23 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     pub partitions: i32,
     pub replication_factor: i32,
+    /// `security.protocol`: `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or `SASL_SSL` (SASL over TLS).
+    pub security_protocol: KafkaSecurityProtocol,
+    /// `sasl.mechanism`: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with a SASL protocol.
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// `sasl.username` / `sasl.password`; required with a SASL protocol.
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<Secret>,
+    /// `ssl.ca.location`: PEM file of the CA(s) the brokers' certificates must be signed by. Unset: the
+    /// system's trust store (enough for managed services with public certificates).
+    pub ssl_ca_location: Option<PathBuf>,
+    /// `ssl.certificate.location` / `ssl.key.location`: the client's certificate and private key (PEM)
+    /// for mutual TLS; both or neither. `ssl.key.password`: the key's passphrase, if it is encrypted.
+    pub ssl_certificate_location: Option<PathBuf>,
+    pub ssl_key_location: Option<PathBuf>,
+    pub ssl_key_password: Option<Secret>,
+    /// Any other librdkafka property, passed to every Kafka client (see [`KafkaClientProperties`]).
+    pub client: KafkaClientProperties,
 }
 
 impl Default for KafkaConfig {
@@ -117,7 +135,211 @@ impl Default for KafkaConfig {
             create_topics: true,
             partitions: 3,
             replication_factor: 1,
+            security_protocol: KafkaSecurityProtocol::Plaintext,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            ssl_key_password: None,
+            client: KafkaClientProperties::default(),
         }
+    }
+}
+
+/// librdkafka's `security.protocol`. Spelled as librdkafka spells it (`SASL_SSL`), any case.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum KafkaSecurityProtocol {
+    #[serde(rename = "PLAINTEXT", alias = "plaintext")]
+    Plaintext,
+    #[serde(rename = "SSL", alias = "ssl")]
+    Ssl,
+    #[serde(rename = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
+    SaslPlaintext,
+    #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl KafkaSecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaSecurityProtocol::Plaintext => "PLAINTEXT",
+            KafkaSecurityProtocol::Ssl => "SSL",
+            KafkaSecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            KafkaSecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl
+        )
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(
+            self,
+            KafkaSecurityProtocol::Ssl | KafkaSecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// librdkafka's `sasl.mechanism`s that eventgate's build supports. GSSAPI (Kerberos) would need Cyrus
+/// SASL and OAUTHBEARER/OIDC libcurl, neither of which is linked.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN", alias = "plain")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// librdkafka properties passed through to every Kafka client: the `[kafka.client]` table of the file
+/// (real, dotted names: `"socket.keepalive.enable" = true`, or unquoted dotted keys, which TOML nests and
+/// which are joined again with dots) and `EVENTGATE_KAFKA__CLIENT__<NAME>` variables, whose names cannot
+/// hold dots: there every `_` stands for a `.` (`EVENTGATE_KAFKA__CLIENT__SOCKET_KEEPALIVE_ENABLE=true` →
+/// `socket.keepalive.enable`), except in the one librdkafka property with an underscore, `log_level`.
+/// When the file and a variable name the same property, the variable wins, as everywhere else. Values
+/// may be strings, numbers or booleans; they are passed as text.
+///
+/// A property that a typed setting covers (`bootstrap.servers` → `kafka.brokers`, `sasl.password` →
+/// `kafka.sasl_password`, …) or that eventgate sets itself for its guarantees (`acks`,
+/// `enable.auto.commit`, …) is refused at start-up (`Config::validate`), naming what to set instead:
+/// one place per setting, and no silent override either way.
+///
+/// `Debug` (logs, config dumps) prints the value of a property whose name contains `password`, `secret`,
+/// `sasl.jaas`, `key.pem` or `oauthbearer.config` as a placeholder.
+#[derive(Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct KafkaClientProperties(BTreeMap<String, String>);
+
+/// The librdkafka properties with underscores in their names that can be set (the others are callbacks).
+const UNDERSCORE_PROPERTIES: [&str; 1] = ["log_level"];
+
+/// Parts of property names whose values are secrets.
+const SECRET_PROPERTY_PARTS: [&str; 5] = [
+    "password",
+    "secret",
+    "sasl.jaas",
+    "key.pem",
+    "oauthbearer.config",
+];
+
+impl KafkaClientProperties {
+    pub fn new(
+        entries: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
+    ) -> KafkaClientProperties {
+        KafkaClientProperties(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
+    /// The keys and values as configured (environment names not yet turned into property names).
+    pub fn raw(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    /// The librdkafka property a configured key stands for (see the type's docs).
+    pub fn property_name(key: &str) -> String {
+        if key.contains('.') || UNDERSCORE_PROPERTIES.contains(&key) {
+            key.to_owned()
+        } else {
+            key.replace('_', ".")
+        }
+    }
+
+    /// Whether a property's value must not be logged.
+    pub fn is_secret(property: &str) -> bool {
+        let property = property.to_ascii_lowercase();
+        SECRET_PROPERTY_PARTS
+            .iter()
+            .any(|part| property.contains(part))
+    }
+
+    /// The librdkafka properties and their values. An environment-style key (no dot) wins over the
+    /// file's dotted key for the same property: the environment overrides the file.
+    pub fn properties(&self) -> BTreeMap<String, &str> {
+        let mut properties = BTreeMap::new();
+        let (dotted, env_style): (Vec<_>, Vec<_>) =
+            self.0.iter().partition(|(key, _)| key.contains('.'));
+        for (key, value) in dotted.into_iter().chain(env_style) {
+            properties.insert(Self::property_name(key), value.as_str());
+        }
+        properties
+    }
+}
+
+impl fmt::Debug for KafkaClientProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(key, value)| {
+                let shown = if Self::is_secret(&Self::property_name(key)) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (key, shown)
+            }))
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaClientProperties {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Environment values arrive parsed (`true`, `30000`), and TOML nests unquoted dotted keys: both
+        // become the text librdkafka takes, under the dotted name.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Unsigned(u64),
+            Signed(i64),
+            Float(f64),
+            Bool(bool),
+            Table(BTreeMap<String, Raw>),
+        }
+        fn flatten(prefix: &str, table: BTreeMap<String, Raw>, out: &mut BTreeMap<String, String>) {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                let text = match value {
+                    Raw::Text(text) => text,
+                    Raw::Unsigned(n) => n.to_string(),
+                    Raw::Signed(n) => n.to_string(),
+                    Raw::Float(n) => n.to_string(),
+                    Raw::Bool(b) => b.to_string(),
+                    Raw::Table(table) => {
+                        flatten(&key, table, out);
+                        continue;
+                    }
+                };
+                out.insert(key, text);
+            }
+        }
+        let table = BTreeMap::<String, Raw>::deserialize(deserializer)?;
+        let mut properties = BTreeMap::new();
+        flatten("", table, &mut properties);
+        Ok(KafkaClientProperties(properties))
     }
 }
 
@@ -643,6 +865,56 @@ mod tests {
             assert_eq!(config.smtp.username, Some(Secret::new("mailer")));
             assert_eq!(config.smtp.password, Some(Secret::new("123456")));
             assert!(!format!("{config:?}").contains("123456"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_security_and_client_properties_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "eg.toml",
+                "[kafka]\nsecurity_protocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+                 [kafka.client]\n\"socket.keepalive.enable\" = false\nclient.id = \"eg\"\n\
+                 \"ssl.keystore.password\" = \"pw-in-file\"\n",
+            )?;
+            jail.set_env("EVENTGATE_KAFKA__SASL_USERNAME", "eventgate");
+            jail.set_env("EVENTGATE_KAFKA__SASL_PASSWORD", "s3cret-0123");
+            jail.set_env("EVENTGATE_KAFKA__CLIENT__SOCKET_KEEPALIVE_ENABLE", "true");
+            jail.set_env("EVENTGATE_KAFKA__CLIENT__LOG_LEVEL", "7");
+            jail.set_env(
+                "EVENTGATE_KAFKA__CLIENT__SASL_OAUTHBEARER_CLIENT_SECRET",
+                "t0p-s3cr3t",
+            );
+            let config: Config = Config::figment(Path::new("eg.toml")).extract()?;
+            let kafka = &config.kafka;
+            assert_eq!(kafka.security_protocol, KafkaSecurityProtocol::SaslSsl);
+            assert_eq!(kafka.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+            assert_eq!(kafka.sasl_password, Some(Secret::new("s3cret-0123")));
+            let properties = kafka.client.properties();
+            // The variable wins over the file for the same property.
+            assert_eq!(properties["socket.keepalive.enable"], "true");
+            // Unquoted dotted TOML keys are nested tables, joined again.
+            assert_eq!(properties["client.id"], "eg");
+            assert_eq!(properties["log_level"], "7");
+            assert_eq!(properties["sasl.oauthbearer.client.secret"], "t0p-s3cr3t");
+            let printed = format!("{config:?}");
+            for secret in ["s3cret-0123", "pw-in-file", "t0p-s3cr3t"] {
+                assert!(!printed.contains(secret), "{secret} printed: {printed}");
+            }
+            assert!(printed.contains("client.id"), "{printed}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unsupported_sasl_mechanism_is_an_error_naming_the_choices() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EVENTGATE_KAFKA__SASL_MECHANISM", "GSSAPI");
+            let error = Config::figment(Path::new("missing.toml"))
+                .extract::<Config>()
+                .expect_err("GSSAPI is not supported");
+            assert!(error.to_string().contains("SCRAM-SHA-512"), "{error}");
             Ok(())
         });
     }

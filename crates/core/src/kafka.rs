@@ -1,24 +1,414 @@
-//! Kafka plumbing shared by the ingest-api and the db-writer (feature `kafka`).
+//! Kafka plumbing shared by the ingest-api and the db-writer (feature `kafka`): every client's
+//! configuration (brokers, TLS, SASL and the pass-through properties of `[kafka.client]`), the start-up
+//! check that fails on refused credentials or certificates, topic creation, the broker probe.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
 use rdkafka::producer::future_producer::FutureProducerContext;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{BaseProducer, FutureProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::catalogue::Catalogue;
 use crate::config::KafkaConfig;
 
-/// The base client configuration every eventgate Kafka client starts from.
+/// The base client configuration every eventgate Kafka client starts from: the brokers, the pass-through
+/// properties of `kafka.client` and the typed security settings. `Config::validate` refused any overlap
+/// between the two, so their order does not matter; each service adds its own properties on top.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.brokers);
+    for (property, value) in config.client.properties() {
+        client.set(property, value);
+    }
+    client.set("security.protocol", config.security_protocol.as_str());
+    if let Some(mechanism) = config.sasl_mechanism {
+        client.set("sasl.mechanism", mechanism.as_str());
+    }
+    if let Some(username) = &config.sasl_username {
+        client.set("sasl.username", username);
+    }
+    if let Some(password) = &config.sasl_password {
+        client.set("sasl.password", password.expose());
+    }
+    let files = [
+        ("ssl.ca.location", &config.ssl_ca_location),
+        ("ssl.certificate.location", &config.ssl_certificate_location),
+        ("ssl.key.location", &config.ssl_key_location),
+    ];
+    for (property, path) in files {
+        if let Some(path) = path {
+            client.set(property, path.to_string_lossy());
+        }
+    }
+    if let Some(password) = &config.ssl_key_password {
+        client.set("ssl.key.password", password.expose());
+    }
     client
+}
+
+/// How long the start-up check waits for the brokers' answer before calling them unreachable.
+pub const START_UP_CHECK: Duration = Duration::from_secs(10);
+
+/// A Kafka setting that cannot work, named: the brokers refused the credentials or the certificate, or
+/// librdkafka refused the value. Fatal at start-up: retrying would not change it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct KafkaSettingError {
+    /// The configuration key to fix, e.g. `kafka.sasl_password`.
+    pub setting: &'static str,
+    pub message: String,
+}
+
+/// What the start-up check found when no setting was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerCheck {
+    /// The brokers answered a metadata request with these settings.
+    Reachable,
+    /// No broker answered (down, not resolvable, not yet started): why.
+    Unreachable(String),
+}
+
+/// The Kafka side of a service's start-up, for the ingest-api and the writers alike: logs how the
+/// clients connect (secrets redacted), checks that the brokers accept these settings, and creates the
+/// topics (when `kafka.create_topics`). Refused credentials or certificates are an error naming the
+/// setting; unreachable brokers are only logged, since they may come later (the clients keep trying).
+pub async fn start_up(
+    config: &KafkaConfig,
+    catalogue: &Catalogue,
+) -> Result<(), KafkaSettingError> {
+    tracing::info!(
+        kafka.brokers = %config.brokers,
+        kafka.security_protocol = config.security_protocol.as_str(),
+        kafka.sasl_mechanism = config.sasl_mechanism.map(|m| m.as_str()),
+        kafka.sasl_username = config.sasl_username.as_deref(),
+        kafka.ssl_ca_location = ?config.ssl_ca_location,
+        kafka.ssl_certificate_location = ?config.ssl_certificate_location,
+        kafka.client = ?config.client,
+        "connecting to Kafka"
+    );
+    match check_brokers(config, START_UP_CHECK).await? {
+        BrokerCheck::Reachable => tracing::info!("Kafka brokers reachable, settings accepted"),
+        BrokerCheck::Unreachable(reason) => tracing::warn!(
+            %reason,
+            "Kafka brokers unreachable at start-up; going on, the clients keep trying"
+        ),
+    }
+    if let Err(error) = ensure_topics(config, catalogue).await {
+        // Not fatal: the broker may come up later, and ops may own topic creation.
+        tracing::warn!(%error, "could not ensure Kafka topics exist");
+    }
+    Ok(())
+}
+
+/// Asks the brokers for metadata with these settings, within `timeout`, and tells a refused setting
+/// (an error naming it) from unreachable brokers. librdkafka reports refused credentials and failed TLS
+/// handshakes only asynchronously, as error events and log lines, and keeps retrying; so the check runs
+/// a throw-away producer whose context records them, and reads them between metadata requests. It
+/// returns as soon as the answer is clear: metadata (reachable), a refusal (error), or every broker
+/// down for another reason (unreachable).
+pub async fn check_brokers(
+    config: &KafkaConfig,
+    timeout: Duration,
+) -> Result<BrokerCheck, KafkaSettingError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || check_brokers_blocking(&config, timeout))
+        .await
+        .unwrap_or_else(|error| {
+            Ok(BrokerCheck::Unreachable(format!(
+                "check task failed: {error}"
+            )))
+        })
+}
+
+fn check_brokers_blocking(
+    config: &KafkaConfig,
+    timeout: Duration,
+) -> Result<BrokerCheck, KafkaSettingError> {
+    let context = CheckContext::default();
+    let events = context.events.clone();
+    let mut client = client_config(config);
+    // rdkafka derives librdkafka's log level from the `log` crate's, which no service sets up: the
+    // check wants the lines that say why a connection was closed.
+    client.set_log_level(RDKafkaLogLevel::Info);
+    // A listener that takes the connection but never answers the TLS handshake (a plain one that waits
+    // for a whole request) would hold it for librdkafka's 30 s; within the check, half its time.
+    if !config
+        .client
+        .properties()
+        .contains_key("socket.connection.setup.timeout.ms")
+    {
+        let setup_ms = (timeout / 2).as_millis().clamp(1_000, 30_000);
+        client.set("socket.connection.setup.timeout.ms", setup_ms.to_string());
+    }
+    let producer: BaseProducer<CheckContext> = client
+        .create_with_context(context)
+        .map_err(|error| creation_error(config, &error))?;
+    let deadline = Instant::now() + timeout;
+    let mut last_failure = String::from("no answer");
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        // Short requests: the events that tell the answer are read between two of them.
+        let step = remaining.min(Duration::from_millis(300));
+        let metadata = producer.client().fetch_metadata(None, step);
+        // Serves the error events queued meanwhile into the context.
+        producer.poll(Duration::from_millis(50));
+        if metadata.is_ok() {
+            return Ok(BrokerCheck::Reachable);
+        }
+        let seen: Vec<Event> =
+            std::mem::take(&mut *events.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(refused) = seen.iter().find_map(|event| classify(config, event)) {
+            return Err(refused);
+        }
+        if let Some(event) = seen
+            .iter()
+            .rev()
+            .find(|event| event.code != Some(RDKafkaErrorCode::AllBrokersDown))
+        {
+            last_failure = event.text.clone();
+        }
+        let all_down = seen
+            .iter()
+            .any(|event| event.code == Some(RDKafkaErrorCode::AllBrokersDown));
+        if all_down || Instant::now() >= deadline {
+            return Ok(BrokerCheck::Unreachable(with_hint(config, last_failure)));
+        }
+    }
+}
+
+/// Why brokers were unreachable, with what to check when the way they closed the connection suggests
+/// a protocol mismatch (not fatal: a broker that is starting behaves the same way).
+fn with_hint(config: &KafkaConfig, reason: String) -> String {
+    let lower = reason.to_ascii_lowercase();
+    let protocol = config.security_protocol.as_str();
+    if lower.contains("in state ssl_handshake") {
+        format!("{reason} (no TLS handshake: is the listener a TLS one? kafka.security_protocol is {protocol})")
+    } else if lower.contains("disconnected")
+        && (lower.contains("in state up") || lower.contains("in state apiversion_query"))
+    {
+        format!(
+            "{reason} (the broker closes the connection at once: does it expect SASL or TLS? \
+             kafka.security_protocol is {protocol})"
+        )
+    } else {
+        reason
+    }
+}
+
+/// An error event or a warning log line of librdkafka.
+#[derive(Debug, Clone)]
+struct Event {
+    code: Option<RDKafkaErrorCode>,
+    text: String,
+}
+
+/// Records what librdkafka reports asynchronously, for [`check_brokers`].
+#[derive(Default)]
+struct CheckContext {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl CheckContext {
+    fn record(&self, event: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
+    }
+}
+
+impl ClientContext for CheckContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "Kafka start-up check: error event");
+        self.record(Event {
+            code: error.rdkafka_error_code(),
+            text: reason.to_owned(),
+        });
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::debug!(facility, message, "Kafka start-up check: librdkafka log");
+        // Some details (the TLS alert a proxy sent, how a connection was closed) appear only in log
+        // lines, at warning and info levels.
+        if (level as i32) <= (RDKafkaLogLevel::Info as i32) {
+            self.record(Event {
+                code: None,
+                text: message.to_owned(),
+            });
+        }
+    }
+}
+
+impl ProducerContext for CheckContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+/// The setting a librdkafka property comes from.
+fn setting_of(property: &str) -> &'static str {
+    match property {
+        "bootstrap.servers" => "kafka.brokers",
+        "security.protocol" => "kafka.security_protocol",
+        "sasl.mechanism" | "sasl.mechanisms" => "kafka.sasl_mechanism",
+        "sasl.username" => "kafka.sasl_username",
+        "sasl.password" => "kafka.sasl_password",
+        "ssl.ca.location" => "kafka.ssl_ca_location",
+        "ssl.certificate.location" => "kafka.ssl_certificate_location",
+        "ssl.key.location" => "kafka.ssl_key_location",
+        "ssl.key.password" => "kafka.ssl_key_password",
+        _ => "kafka.client",
+    }
+}
+
+/// librdkafka refuses a client whose configuration it cannot use (an unknown property, a CA file it
+/// cannot parse, a key it cannot decrypt); its message names the property, which names the setting.
+fn creation_error(config: &KafkaConfig, error: &KafkaError) -> KafkaSettingError {
+    let message = error.to_string();
+    let property = [
+        "ssl.key.location",
+        "ssl.certificate.location",
+        "ssl.ca.location",
+        "ssl.key.password",
+        "sasl.mechanism",
+        "security.protocol",
+        "bootstrap.servers",
+    ]
+    .into_iter()
+    .find(|property| message.contains(property));
+    let setting = property.map(setting_of).unwrap_or("kafka.client");
+    if setting == "kafka.ssl_key_location" {
+        // OpenSSL says only "PEM lib" for a wrong passphrase, a missing one and a malformed key alike.
+        return match config.ssl_key_password {
+            Some(_) => KafkaSettingError {
+                setting: "kafka.ssl_key_password",
+                message: format!(
+                    "cannot unlock the private key {} with this passphrase (or it is no PEM key): \
+                     {message}",
+                    display(&config.ssl_key_location)
+                ),
+            },
+            None => KafkaSettingError {
+                setting,
+                message: format!(
+                    "cannot read the private key {} (encrypted? then set kafka.ssl_key_password): \
+                     {message}",
+                    display(&config.ssl_key_location)
+                ),
+            },
+        };
+    }
+    KafkaSettingError {
+        setting,
+        message: format!("librdkafka refused the configuration: {message}"),
+    }
+}
+
+fn display(path: &Option<std::path::PathBuf>) -> String {
+    path.as_ref()
+        .map(|path| path.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether an event says that a setting cannot work, and which. Matched on librdkafka's codes and
+/// (for the TLS details, which have no code of their own) on the words of its messages.
+fn classify(config: &KafkaConfig, event: &Event) -> Option<KafkaSettingError> {
+    let text = event.text.as_str();
+    let lower = text.to_ascii_lowercase();
+    let refused =
+        |setting: &'static str, message: String| Some(KafkaSettingError { setting, message });
+    let mechanism = config.sasl_mechanism.map(|m| m.as_str()).unwrap_or("SASL");
+    if lower.contains("mechanism")
+        && (lower.contains("not supported") || lower.contains("not enabled"))
+    {
+        return refused(
+            "kafka.sasl_mechanism",
+            format!("the broker does not offer {mechanism}: {text}"),
+        );
+    }
+    if event.code == Some(RDKafkaErrorCode::Authentication)
+        || lower.contains("sasl authentication error")
+        || lower.contains("authentication failed")
+    {
+        return refused(
+            "kafka.sasl_password",
+            format!(
+                "the broker refused the credentials of user `{}` ({mechanism}); check \
+                 kafka.sasl_username and kafka.sasl_password: {text}",
+                config.sasl_username.as_deref().unwrap_or("")
+            ),
+        );
+    }
+    if lower.contains("hostname mismatch") || lower.contains("ip address mismatch") {
+        return refused(
+            "kafka.brokers",
+            format!(
+                "the broker's certificate does not name the host it was reached at ({}): {text}",
+                config.brokers
+            ),
+        );
+    }
+    if lower.contains("certificate verify failed") || lower.contains("could not be verified") {
+        let trusted = config
+            .ssl_ca_location
+            .as_ref()
+            .map(|path| format!("the CA in {}", path.display()))
+            .unwrap_or_else(|| "a CA of the system's trust store".to_owned());
+        return refused(
+            "kafka.ssl_ca_location",
+            format!("the broker's certificate is not signed by {trusted}: {text}"),
+        );
+    }
+    let client_certificate_refused = [
+        "alert certificate required",
+        "alert unknown ca",
+        "alert bad certificate",
+        "alert certificate unknown",
+        "alert certificate expired",
+        "alert handshake failure",
+    ];
+    if client_certificate_refused
+        .iter()
+        .any(|alert| lower.contains(alert))
+    {
+        let offered = config
+            .ssl_certificate_location
+            .as_ref()
+            .map(|path| format!("the client certificate {}", path.display()))
+            .unwrap_or_else(|| "the connection without a client certificate".to_owned());
+        return refused(
+            "kafka.ssl_certificate_location",
+            format!("the broker refused {offered}: {text}"),
+        );
+    }
+    if lower.contains("incorrect security.protocol")
+        || (lower.contains("ssl handshake failed")
+            && (lower.contains("wrong version number")
+                || lower.contains("packet length too long")
+                || lower.contains("record layer failure")
+                || lower.contains("unexpected eof")))
+    {
+        return refused(
+            "kafka.security_protocol",
+            format!(
+                "{} does not fit the broker's listener (TLS or not? SASL or not?): {text}",
+                config.security_protocol.as_str()
+            ),
+        );
+    }
+    if event.code == Some(RDKafkaErrorCode::SSL) || lower.contains("ssl handshake failed") {
+        return refused(
+            "kafka.security_protocol",
+            format!("the TLS handshake with the broker failed: {text}"),
+        );
+    }
+    None
 }
 
 /// Every Kafka topic the catalogue maps to.

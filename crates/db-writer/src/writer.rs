@@ -100,9 +100,8 @@ impl Writer {
             ..PoolSettings::new(config.writer.pool_size)
         };
         let pool = eventgate_core::db::build_pool(url, &pool_settings).context("database_url")?;
-        if let Err(error) = eventgate_core::kafka::ensure_topics(&config.kafka, &catalogue).await {
-            tracing::warn!(%error, "could not ensure Kafka topics exist");
-        }
+        // Refused credentials or certificates stop the start; unreachable brokers do not.
+        eventgate_core::kafka::start_up(&config.kafka, &catalogue).await?;
         let metrics = Arc::new(WriterMetrics::new());
         metrics.register_pool(&pool, config.writer.pool_size);
         let instance = runs::instance_name();

@@ -50,12 +50,9 @@ impl Application {
         let metrics = metrics::IngestMetrics::new();
         let publisher =
             Publisher::new(&config.kafka, timeout, &metrics).context("creating Kafka producer")?;
-        if let Err(error) =
-            eventgate_core::kafka::ensure_topics(&config.kafka, &gate.catalogue).await
-        {
-            // Not fatal: the broker may come up later, and ops may own topic creation.
-            tracing::warn!(%error, "could not ensure Kafka topics exist");
-        }
+        // Refused credentials or certificates stop the start; unreachable brokers do not (they may come
+        // later), nor does topic creation (ops may own it).
+        eventgate_core::kafka::start_up(&config.kafka, &gate.catalogue).await?;
         let lifecycle = Lifecycle::new();
         let state = Arc::new(AppState {
             limits: config.limits.clone(),

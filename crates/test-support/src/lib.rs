@@ -12,11 +12,14 @@
 //!   [`get_json`], [`metric`]: what its HTTP side answers.
 //! - [`assert_exactly_once`], [`wait_until_stored`], [`accepted_ids`]: every event answered 202 is
 //!   stored exactly once.
+//! - [`SecureBroker`]: a tansu of its own with SASL required and/or behind a TLS proxy (stunnel), with
+//!   certificates made by the test, for the Kafka security tests.
 //! - [`free_port`], [`wait_until`]: small helpers.
 
 mod exactly_once;
 mod keys;
 mod process;
+mod secure_broker;
 mod smtp;
 mod stack;
 
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 pub use exactly_once::{accepted_ids, assert_exactly_once, wait_until_stored};
 pub use keys::{test_keys, token, token_with, TestKeys};
 pub use process::{get_json, metric, ServiceProcess};
+pub use secure_broker::{SecureBroker, SecureBrokerOptions, TestPki, CLIENT_KEY_PASSWORD};
 pub use smtp::{ReceivedMail, SmtpSink};
 pub use stack::{private_stack, stack, Stack, TestDatabase, TEMPLATE_DATABASE};
 

@@ -5,7 +5,7 @@
 
 use std::ops::RangeInclusive;
 
-use super::{Config, ConfigError, Secret};
+use super::{Config, ConfigError, KafkaClientProperties, KafkaConfig, Secret};
 
 /// Words that mark a value as a template's placeholder, never a real secret.
 const PLACEHOLDERS: [&str; 3] = ["change-me", "changeme", "replace-me"];
@@ -197,13 +197,240 @@ impl Config {
         if let Some(password) = &c.smtp.password {
             not_placeholder("smtp.password", password)?;
         }
+        check_kafka_security(&c.kafka)?;
         Ok(())
     }
+}
+
+/// librdkafka properties `kafka.client` may not set, with the setting to use instead or why eventgate
+/// owns it (what the ingest-api's producer and the writer's consumer set: `ingest-api/src/publisher.rs`,
+/// `db-writer/src/writer.rs`).
+const RESERVED_CLIENT_PROPERTIES: [(&str, &str); 31] = [
+    ("bootstrap.servers", "set kafka.brokers"),
+    ("metadata.broker.list", "set kafka.brokers"),
+    ("security.protocol", "set kafka.security_protocol"),
+    ("sasl.mechanism", "set kafka.sasl_mechanism"),
+    ("sasl.mechanisms", "set kafka.sasl_mechanism"),
+    ("sasl.username", "set kafka.sasl_username"),
+    ("sasl.password", "set kafka.sasl_password"),
+    ("ssl.ca.location", "set kafka.ssl_ca_location"),
+    (
+        "ssl.certificate.location",
+        "set kafka.ssl_certificate_location",
+    ),
+    ("ssl.key.location", "set kafka.ssl_key_location"),
+    ("ssl.key.password", "set kafka.ssl_key_password"),
+    ("group.id", "set writer.group_id"),
+    ("message.timeout.ms", "set ingest.publish_timeout_ms"),
+    ("delivery.timeout.ms", "set ingest.publish_timeout_ms"),
+    ("session.timeout.ms", "set writer.session_timeout_ms"),
+    ("max.poll.interval.ms", "set writer.max_poll_interval_ms"),
+    (
+        "statistics.interval.ms",
+        "set telemetry.kafka_stats_interval_ms",
+    ),
+    (
+        "heartbeat.interval.ms",
+        "it follows writer.session_timeout_ms",
+    ),
+    (
+        "acks",
+        "a 202 needs the acknowledgement of all in-sync replicas",
+    ),
+    (
+        "request.required.acks",
+        "a 202 needs the acknowledgement of all in-sync replicas",
+    ),
+    (
+        "enable.idempotence",
+        "retries must not duplicate or reorder events",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after the rows",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed only after the rows",
+    ),
+    (
+        "auto.offset.reset",
+        "a new consumer group must start at the beginning",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the writer's rebalance handling is built for cooperative-sticky",
+    ),
+    (
+        "linger.ms",
+        "eventgate sets it (ingest-api/src/publisher.rs)",
+    ),
+    (
+        "fetch.wait.max.ms",
+        "eventgate sets it (db-writer/src/writer.rs)",
+    ),
+    (
+        "topic.metadata.refresh.interval.ms",
+        "eventgate sets it (db-writer/src/writer.rs)",
+    ),
+    (
+        "sasl.jaas.config",
+        "a Java client setting: set kafka.sasl_username and kafka.sasl_password",
+    ),
+    (
+        "client.dns.lookup",
+        "a Java client setting that librdkafka does not know",
+    ),
+    (
+        "ssl.truststore.location",
+        "a Java client setting: set kafka.ssl_ca_location (PEM)",
+    ),
+];
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A file named by a setting must be there and readable now, not at the first TLS handshake.
+fn readable_file(key: &'static str, path: &Option<std::path::PathBuf>) -> Result<(), ConfigError> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|error| invalid(key, format!("cannot read {}: {error}", path.display())))
+}
+
+/// The Kafka security settings fit together: SASL settings only with a SASL protocol and then complete,
+/// TLS files only with a TLS protocol and readable, no pass-through property that a typed setting or
+/// eventgate owns, no placeholder secrets.
+fn check_kafka_security(k: &KafkaConfig) -> Result<(), ConfigError> {
+    let protocol = k.security_protocol.as_str();
+    if k.security_protocol.uses_sasl() {
+        if k.sasl_mechanism.is_none() {
+            return Err(invalid(
+                "kafka.sasl_mechanism",
+                format!("required with security_protocol {protocol}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+            ));
+        }
+        if k.sasl_username.as_deref().unwrap_or("").is_empty() {
+            return Err(invalid(
+                "kafka.sasl_username",
+                format!("required with security_protocol {protocol}"),
+            ));
+        }
+        match &k.sasl_password {
+            Some(password) if !password.expose().is_empty() => {
+                not_placeholder("kafka.sasl_password", password)?
+            }
+            _ => {
+                return Err(invalid(
+                    "kafka.sasl_password",
+                    format!("required with security_protocol {protocol}"),
+                ))
+            }
+        }
+    } else {
+        let sasl_settings: [(&'static str, bool); 3] = [
+            ("kafka.sasl_mechanism", k.sasl_mechanism.is_some()),
+            ("kafka.sasl_username", k.sasl_username.is_some()),
+            ("kafka.sasl_password", k.sasl_password.is_some()),
+        ];
+        if let Some((key, _)) = sasl_settings.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                key,
+                format!(
+                    "set, but security_protocol {protocol} does not use SASL: set \
+                     kafka.security_protocol to SASL_SSL (or SASL_PLAINTEXT), or remove it"
+                ),
+            ));
+        }
+    }
+    let tls_settings: [(&'static str, bool); 4] = [
+        ("kafka.ssl_ca_location", k.ssl_ca_location.is_some()),
+        (
+            "kafka.ssl_certificate_location",
+            k.ssl_certificate_location.is_some(),
+        ),
+        ("kafka.ssl_key_location", k.ssl_key_location.is_some()),
+        ("kafka.ssl_key_password", k.ssl_key_password.is_some()),
+    ];
+    if !k.security_protocol.uses_tls() {
+        if let Some((key, _)) = tls_settings.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                key,
+                format!(
+                    "set, but security_protocol {protocol} does not use TLS: set \
+                     kafka.security_protocol to SSL or SASL_SSL, or remove it"
+                ),
+            ));
+        }
+    }
+    match (&k.ssl_certificate_location, &k.ssl_key_location) {
+        (Some(_), None) => return Err(invalid(
+            "kafka.ssl_key_location",
+            "required with kafka.ssl_certificate_location (the client certificate's private key)",
+        )),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "kafka.ssl_certificate_location",
+                "required with kafka.ssl_key_location (the certificate of the client key)",
+            ))
+        }
+        _ => {}
+    }
+    if k.ssl_key_password.is_some() && k.ssl_key_location.is_none() {
+        return Err(invalid(
+            "kafka.ssl_key_password",
+            "set, but there is no kafka.ssl_key_location it would unlock",
+        ));
+    }
+    readable_file("kafka.ssl_ca_location", &k.ssl_ca_location)?;
+    readable_file(
+        "kafka.ssl_certificate_location",
+        &k.ssl_certificate_location,
+    )?;
+    readable_file("kafka.ssl_key_location", &k.ssl_key_location)?;
+    if let Some(password) = &k.ssl_key_password {
+        not_placeholder("kafka.ssl_key_password", password)?;
+    }
+    for (key, value) in k.client.raw() {
+        let property = KafkaClientProperties::property_name(key);
+        if property.is_empty() || property.starts_with('.') || property.ends_with('.') {
+            return Err(invalid(
+                "kafka.client",
+                format!("`{key}` is not a property name"),
+            ));
+        }
+        if let Some((_, instead)) = RESERVED_CLIENT_PROPERTIES
+            .iter()
+            .find(|(reserved, _)| *reserved == property)
+        {
+            return Err(invalid(
+                "kafka.client",
+                format!("`{property}` cannot be set here: {instead}"),
+            ));
+        }
+        if KafkaClientProperties::is_secret(&property) {
+            let value = Secret::new(value.clone());
+            not_placeholder("kafka.client", &value).map_err(|_| {
+                invalid(
+                    "kafka.client",
+                    format!(
+                        "`{property}` still holds a template's placeholder: set the real value"
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{KafkaSecurityProtocol, SaslMechanism};
 
     fn invalid_key(config: &Config) -> Option<&'static str> {
         match config.validate() {
@@ -234,6 +461,72 @@ mod tests {
         let mut config = Config::default();
         config.telemetry.sampling_ratio = 1.5;
         assert_eq!(invalid_key(&config), Some("telemetry.sampling_ratio"));
+    }
+
+    fn invalid_reason(config: &Config) -> String {
+        match config.validate() {
+            Err(error) => error.to_string(),
+            Ok(()) => panic!("expected the configuration to be refused"),
+        }
+    }
+
+    #[test]
+    fn kafka_sasl_settings_need_a_sasl_protocol_and_each_other() {
+        let mut config = Config::default();
+        config.kafka.sasl_mechanism = Some(SaslMechanism::ScramSha512);
+        assert_eq!(invalid_key(&config), Some("kafka.sasl_mechanism"));
+        assert!(invalid_reason(&config).contains("PLAINTEXT does not use SASL"));
+
+        config.kafka.security_protocol = KafkaSecurityProtocol::SaslSsl;
+        assert_eq!(invalid_key(&config), Some("kafka.sasl_username"));
+        config.kafka.sasl_username = Some("eventgate".into());
+        assert_eq!(invalid_key(&config), Some("kafka.sasl_password"));
+        config.kafka.sasl_password = Some(Secret::new("change-me"));
+        assert_eq!(invalid_key(&config), Some("kafka.sasl_password"));
+        config.kafka.sasl_password = Some(Secret::new("s3cret"));
+        assert!(config.validate().is_ok());
+
+        config.kafka.sasl_mechanism = None;
+        assert_eq!(invalid_key(&config), Some("kafka.sasl_mechanism"));
+    }
+
+    #[test]
+    fn kafka_tls_files_must_exist_and_fit_the_protocol() {
+        let mut config = Config::default();
+        config.kafka.ssl_ca_location = Some("/nonexistent/ca.pem".into());
+        assert_eq!(invalid_key(&config), Some("kafka.ssl_ca_location"));
+        assert!(invalid_reason(&config).contains("does not use TLS"));
+
+        config.kafka.security_protocol = KafkaSecurityProtocol::Ssl;
+        assert_eq!(invalid_key(&config), Some("kafka.ssl_ca_location"));
+        assert!(invalid_reason(&config).contains("/nonexistent/ca.pem"));
+
+        let existing = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        config.kafka.ssl_ca_location = Some(existing.clone());
+        assert!(config.validate().is_ok());
+        config.kafka.ssl_certificate_location = Some(existing.clone());
+        assert_eq!(invalid_key(&config), Some("kafka.ssl_key_location"));
+        config.kafka.ssl_key_location = Some(existing);
+        config.kafka.ssl_key_password = Some(Secret::new("key-pass"));
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn kafka_client_properties_cannot_shadow_typed_or_owned_settings() {
+        let mut config = Config::default();
+        config.kafka.client = KafkaClientProperties::new([("socket_keepalive_enable", "true")]);
+        assert!(config.validate().is_ok());
+
+        config.kafka.client = KafkaClientProperties::new([("sasl.password", "x")]);
+        assert_eq!(invalid_key(&config), Some("kafka.client"));
+        assert!(invalid_reason(&config).contains("kafka.sasl_password"));
+
+        // The environment's spelling of the same property.
+        config.kafka.client = KafkaClientProperties::new([("enable_auto_commit", "true")]);
+        assert!(invalid_reason(&config).contains("`enable.auto.commit`"));
+
+        config.kafka.client = KafkaClientProperties::new([("ssl.keystore.password", "CHANGE-ME")]);
+        assert_eq!(invalid_key(&config), Some("kafka.client"));
     }
 
     #[test]
