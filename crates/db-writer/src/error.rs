@@ -91,7 +91,7 @@ impl WriterError {
                 Some(refused) => refused.message().to_owned(),
                 None => error.to_string(),
             },
-            DbError::Pool(error) => error.to_string(),
+            other => other.to_string(),
         }
     }
 }

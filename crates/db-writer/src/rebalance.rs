@@ -135,10 +135,13 @@ impl ConsumerContext for WriterContext {
                         tracing::warn!(%error, "cannot pause newly assigned partitions");
                     }
                 }
-                tracing::info!(
-                    kafka.partitions = %partition_names(partitions),
-                    "partitions assigned"
-                );
+                // The cooperative protocol's second round often assigns nothing new.
+                if partitions.count() > 0 {
+                    tracing::info!(
+                        kafka.partitions = %partition_names(partitions),
+                        "partitions assigned"
+                    );
+                }
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),

@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
 use eventgate_e2e::System;
 use eventgate_test_support::{
-    accepted_ids, assert_exactly_once, free_port, metric, stack, wait_until, ReceivedMail,
-    ServiceProcess, SmtpSink,
+    accepted_ids, assert_exactly_once, free_port, metric, private_stack, stack, wait_until,
+    ReceivedMail, ServiceProcess, SmtpSink,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -231,6 +234,112 @@ async fn three_writers_one_killed_one_added_while_events_stream_in() {
     stop.store(true, Ordering::SeqCst);
     let accepted = streaming.await.expect("streaming task");
     assert_stored_once(&system, &accepted, &[&w1, &w3, &w4]).await;
+}
+
+/// Offsets the group committed on `audit.logs`, summed over its partitions (0 where none).
+fn committed_audit_offsets(system: &System) -> i64 {
+    let consumer: BaseConsumer = eventgate_core::kafka::client_config(&system.config.kafka)
+        .set("group.id", &system.config.writer.group_id)
+        .create()
+        .expect("consumer");
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..system.config.kafka.partitions {
+        partitions.add_partition(&system.config.kafka.kafka_topic("audit.logs"), partition);
+    }
+    consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|element| match element.offset() {
+            Offset::Offset(offset) => offset,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_between_the_postgres_commit_and_the_kafka_commit_replays_onto_stored_rows()
+{
+    // The broker is frozen mid-test: a stack of the test's own.
+    let stack = private_stack().await;
+    let system = System::start_with(&stack, 0, |_| {}).await;
+    let http = reqwest::Client::new();
+    let first = WriterProcess::spawn(&system, "first", &[]);
+    let mut accepted = post_batch(&system, 0, 5).await;
+    assert_stored_once(&system, &accepted, &[&first]).await;
+    wait_until("the first batch's offsets committed", WAIT, || async {
+        tokio::task::block_in_place(|| committed_audit_offsets(&system)) == 5
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", first.log()));
+
+    // The next batch is read and its INSERT held by a lock. The broker is frozen (SIGSTOP) before the
+    // lock goes: the transaction commits in Postgres, and the offsets commit that follows cannot reach
+    // the broker. Then the writer is killed, between the two commits.
+    let (lock, connection) =
+        tokio_postgres::connect(&system.database.admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("admin connection");
+    tokio::spawn(connection);
+    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
+        .await
+        .expect("lock");
+    let held = post_batch(&system, 5, 50).await;
+    accepted.extend(held.iter().cloned());
+    system
+        .wait_for(
+            "the writer's INSERT to wait on the lock",
+            WAIT,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO events%'",
+        )
+        .await;
+    stack.pause_broker();
+    lock.batch_execute("ROLLBACK").await.expect("unlock");
+    system.wait_for_rows(55, WAIT).await;
+    first.kill();
+    stack.resume_broker();
+    assert_eq!(
+        tokio::task::block_in_place(|| committed_audit_offsets(&system)),
+        5,
+        "the stored batch's offsets never reached the broker"
+    );
+
+    // A new writer reads the stored batch again from the committed offsets: its insert meets the
+    // stored ids and skips them (ON CONFLICT), then the new events are written.
+    let second = WriterProcess::spawn(&system, "second", &[]);
+    accepted.extend(post_batch(&system, 55, 50).await);
+    assert_stored_once(&system, &accepted, &[&second]).await;
+    // (rows inserted, messages written) by the second writer.
+    let written = || async {
+        let inserted = metric(&http, second.port, "eventgate_writer_rows_inserted_total").await;
+        let messages = metric(&http, second.port, "eventgate_writer_batch_size_sum").await;
+        (
+            inserted.unwrap_or(0.0) as i64,
+            messages.unwrap_or(0.0) as i64,
+        )
+    };
+    let replayed = wait_until("the replay to be skipped as stored", WAIT, || async {
+        let (inserted, messages) = written().await;
+        inserted == 50 && messages >= 100
+    })
+    .await;
+    if let Err(error) = replayed {
+        let (inserted, messages) = written().await;
+        panic!(
+            "{error:#}: {inserted} rows inserted of {messages} messages written\n{}",
+            second.log()
+        );
+    }
+    assert_eq!(
+        system
+            .database
+            .count("SELECT count(*) FROM dead_letters")
+            .await
+            .expect("count"),
+        0
+    );
 }
 
 fn words(mail: &ReceivedMail) -> String {
