@@ -490,3 +490,144 @@ pub async fn broker_reachable(client: impl ProbeClient, timeout: Duration) -> Re
     .await
     .unwrap_or_else(|error| Err(format!("probe task failed: {error}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KafkaClientProperties, KafkaSecurityProtocol, SaslMechanism, Secret};
+
+    fn event(code: Option<RDKafkaErrorCode>, text: &str) -> Event {
+        Event {
+            code,
+            text: text.to_owned(),
+        }
+    }
+
+    fn secured() -> KafkaConfig {
+        KafkaConfig {
+            security_protocol: KafkaSecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(SaslMechanism::ScramSha256),
+            sasl_username: Some("ingest".into()),
+            sasl_password: Some(Secret::new("pw")),
+            ssl_ca_location: Some("/etc/ca.pem".into()),
+            client: KafkaClientProperties::new([("socket_keepalive_enable", "true")]),
+            ..KafkaConfig::default()
+        }
+    }
+
+    #[test]
+    fn every_client_gets_the_security_settings_and_the_pass_through_properties() {
+        let client = client_config(&secured());
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(client.get("sasl.username"), Some("ingest"));
+        assert_eq!(client.get("sasl.password"), Some("pw"));
+        assert_eq!(client.get("ssl.ca.location"), Some("/etc/ca.pem"));
+        assert_eq!(client.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(client.get("ssl.key.location"), None);
+        // rdkafka's own Debug leaves the password out.
+        assert!(!format!("{client:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn refusals_are_named_by_the_setting_to_fix() {
+        let config = secured();
+        let named = |code, text| classify(&config, &event(code, text)).map(|e| e.setting);
+        assert_eq!(
+            named(
+                Some(RDKafkaErrorCode::Authentication),
+                "SASL authentication error: Authentication failed during authentication due to \
+                 invalid credentials with SASL mechanism SCRAM-SHA-256"
+            ),
+            Some("kafka.sasl_password")
+        );
+        assert_eq!(
+            named(
+                Some(RDKafkaErrorCode::Authentication),
+                "Failed to initialize SASL authentication: SASL Handshake failed: Broker: \
+                 Unsupported SASL mechanism: SASL mechanism SCRAM-SHA-256 not supported by broker"
+            ),
+            Some("kafka.sasl_mechanism")
+        );
+        assert_eq!(
+            named(
+                Some(RDKafkaErrorCode::SSL),
+                "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: \
+                 broker certificate could not be verified"
+            ),
+            Some("kafka.ssl_ca_location")
+        );
+        assert_eq!(
+            named(
+                Some(RDKafkaErrorCode::SSL),
+                "SSL handshake failed: certificate verify failed: Hostname mismatch"
+            ),
+            Some("kafka.brokers")
+        );
+        assert_eq!(
+            named(
+                None,
+                "Receive failed: error:0A00045C:SSL routines::tlsv13 alert certificate required"
+            ),
+            Some("kafka.ssl_certificate_location")
+        );
+        assert_eq!(
+            named(
+                Some(RDKafkaErrorCode::SSL),
+                "SSL handshake failed: error:0A00010B:SSL routines::wrong version number"
+            ),
+            Some("kafka.security_protocol")
+        );
+        // A broker that is down is not a setting to fix.
+        assert_eq!(
+            named(
+                Some(RDKafkaErrorCode::BrokerTransportFailure),
+                "Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+            ),
+            None
+        );
+        assert_eq!(
+            named(
+                Some(RDKafkaErrorCode::AllBrokersDown),
+                "1/1 brokers are down"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_refusal_names_the_user_but_never_the_password() {
+        let error = classify(
+            &secured(),
+            &event(
+                Some(RDKafkaErrorCode::Authentication),
+                "Authentication failed",
+            ),
+        )
+        .expect("refused");
+        assert!(
+            error.to_string().starts_with("kafka.sasl_password: "),
+            "{error}"
+        );
+        assert!(
+            error.message.contains("user `ingest` (SCRAM-SHA-256)"),
+            "{error}"
+        );
+        assert!(!error.message.contains("pw"), "{error}");
+    }
+
+    #[test]
+    fn unreachable_reasons_hint_at_the_protocol_when_the_broker_hangs_up() {
+        let config = KafkaConfig::default();
+        let hinted = with_hint(
+            &config,
+            "Disconnected: connection reset by peer (after 0ms in state UP)".into(),
+        );
+        assert!(
+            hinted.contains("kafka.security_protocol is PLAINTEXT"),
+            "{hinted}"
+        );
+        let plain = with_hint(&config, "Connect failed: Connection refused".into());
+        assert_eq!(plain, "Connect failed: Connection refused");
+    }
+}
