@@ -2,8 +2,9 @@
 //! `EVENTGATE_CONFIG`) < `EVENTGATE_*` environment variables, nested keys separated by `__`
 //! (`EVENTGATE_KAFKA__BROKERS=host:9092`). Every key is documented in `.env.example`.
 //!
-//! Secrets (database URLs with passwords, the cursor secret, SMTP credentials) are never logged: the
-//! `Debug` of [`Secret`] prints a placeholder.
+//! Secrets (database URLs with passwords, the cursor secret, SMTP credentials, the Kafka SASL password and
+//! key passphrase) are never logged: the `Debug` of [`Secret`] prints a placeholder, and so does that of
+//! [`KafkaClientProperties`] for the values of secret-looking properties.
 
 use std::collections::BTreeMap;
 use std::fmt;
