@@ -1,5 +1,6 @@
-//! Writers as processes, killed for real: the `eventgate-db-writer` binary under SIGKILL, in a group that
-//! loses and gains members while events stream in, and crash-looping. The ingest-api and the stats-api
+//! Writers as processes, killed for real: the `eventgate-db-writer` binary under SIGKILL (mid-batch, and
+//! between its Postgres commit and its Kafka commit), in a group that loses and gains members while
+//! events stream in, and crash-looping. The ingest-api and the stats-api
 //! run in-process (`eventgate_e2e::System`); every event answered 202 must be in Postgres exactly once.
 //! (SIGTERM: `tests/shutdown.rs`.)
 
@@ -259,9 +260,8 @@ fn committed_audit_offsets(system: &System) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_killed_between_the_postgres_commit_and_the_kafka_commit_replays_onto_stored_rows()
-{
-    // The broker is frozen mid-test: a stack of the test's own.
+async fn a_writer_killed_between_its_two_commits_replays_onto_stored_rows() {
+    // The cluster's replication settings change mid-test: a stack of the test's own.
     let stack = private_stack().await;
     let system = System::start_with(&stack, 0, |_| {}).await;
     let http = reqwest::Client::new();
@@ -274,36 +274,56 @@ async fn a_writer_killed_between_the_postgres_commit_and_the_kafka_commit_replay
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", first.log()));
 
-    // The next batch is read and its INSERT held by a lock. The broker is frozen (SIGSTOP) before the
-    // lock goes: the transaction commits in Postgres, and the offsets commit that follows cannot reach
-    // the broker. Then the writer is killed, between the two commits.
-    let (lock, connection) =
+    // Between the Postgres commit and the Kafka commit, with no hook in the writer: commits wait for a
+    // synchronous standby that does not exist. The writer's COMMIT record is flushed (the transaction
+    // completes when the wait ends, whatever became of the client) but not answered, so the writer
+    // cannot go on to commit the offsets. Killed there, it dies between its two commits.
+    let (admin, connection) =
         tokio_postgres::connect(&system.database.admin_url, tokio_postgres::NoTls)
             .await
             .expect("admin connection");
     tokio::spawn(connection);
-    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
-        .await
-        .expect("lock");
-    let held = post_batch(&system, 5, 50).await;
-    accepted.extend(held.iter().cloned());
+    let configure = |statement: &'static str| {
+        let admin = &admin;
+        async move {
+            // ALTER SYSTEM runs alone, outside any transaction block.
+            admin.batch_execute(statement).await.expect(statement);
+            admin
+                .batch_execute("SELECT pg_reload_conf()")
+                .await
+                .expect("reload");
+        }
+    };
+    configure("ALTER SYSTEM SET synchronous_standby_names = 'no_such_standby'").await;
+    accepted.extend(post_batch(&system, 5, 50).await);
     system
         .wait_for(
-            "the writer's INSERT to wait on the lock",
+            "the writer's COMMIT to wait for the standby",
             WAIT,
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO events%'",
+             AND wait_event = 'SyncRep' AND query = 'COMMIT'",
         )
         .await;
-    stack.pause_broker();
-    lock.batch_execute("ROLLBACK").await.expect("unlock");
-    system.wait_for_rows(55, WAIT).await;
     first.kill();
-    stack.resume_broker();
+    // Without the standby requirement the waiting backends finish their commits: the rows are stored,
+    // their offsets were never committed.
+    configure("ALTER SYSTEM RESET synchronous_standby_names").await;
+    wait_until("the waiting commits to finish", WAIT, || async {
+        system
+            .database
+            .count("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+            .await
+            .is_ok_and(|waiting| waiting == 0)
+    })
+    .await
+    .expect("commits done");
+    // At least the batch whose COMMIT was seen waiting; all 50 if they were read in time.
+    let stored = system.count_events().await;
+    assert!(stored > 5, "{stored} rows");
     assert_eq!(
         tokio::task::block_in_place(|| committed_audit_offsets(&system)),
         5,
-        "the stored batch's offsets never reached the broker"
+        "the stored batch's offsets were never committed"
     );
 
     // A new writer reads the stored batch again from the committed offsets: its insert meets the
@@ -322,7 +342,7 @@ async fn a_writer_killed_between_the_postgres_commit_and_the_kafka_commit_replay
     };
     let replayed = wait_until("the replay to be skipped as stored", WAIT, || async {
         let (inserted, messages) = written().await;
-        inserted == 50 && messages >= 100
+        inserted == 105 - stored && messages >= 100
     })
     .await;
     if let Err(error) = replayed {
