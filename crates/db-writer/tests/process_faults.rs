@@ -88,6 +88,15 @@ impl WriterProcess {
         self.process.kill();
     }
 
+    /// SIGSTOP or SIGCONT: a writer that hangs (stops polling and heartbeating) and comes back.
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {}", self.pid());
+    }
+
     /// SIGTERM, and the exit status once it is gone.
     async fn terminate(self) -> std::process::ExitStatus {
         self.process.terminate(WAIT).await
@@ -352,6 +361,89 @@ async fn a_writer_killed_between_its_two_commits_replays_onto_stored_rows() {
             second.log()
         );
     }
+    assert_eq!(
+        system
+            .database
+            .count("SELECT count(*) FROM dead_letters")
+            .await
+            .expect("count"),
+        0
+    );
+}
+
+/// POSTs batches of 5 events to `audit.logs` and to `web.events` until `stop` is set; returns the ids
+/// answered 202. Two writers share the catalogue's partitions half and half, so both own partitions of
+/// these two topics and both get events.
+fn stream_to_two_topics(
+    system: Arc<System>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            accepted.extend(post_batch(&system, n, 5).await);
+            let web: Vec<Value> = (n..n + 5)
+                .map(|i| json!({"session_id": format!("s-{i}"), "category": "c", "name": "view", "timestamp": "2025-01-15T10:00:00Z"}))
+                .collect();
+            let (status, answer) = system.post("web.events", "dev", &json!(web)).await;
+            assert_eq!(status, 202, "{answer}");
+            accepted.extend(accepted_ids(&answer));
+            n += 5;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        accepted
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_frozen_past_its_session_loses_its_partitions_and_nothing_is_lost() {
+    let system = Arc::new(System::start_with(stack().await, 0, |_| {}).await);
+    let http = reqwest::Client::new();
+    let all = partitions(&system);
+    let (w1, w2) = (
+        WriterProcess::spawn(&system, "w1", &[]),
+        WriterProcess::spawn(&system, "w2", &[]),
+    );
+    wait_until("two writers sharing the partitions", WAIT, || async {
+        let owned = [
+            w1.owned_partitions(&http).await,
+            w2.owned_partitions(&http).await,
+        ];
+        owned.iter().all(|&n| n > 0) && owned.iter().sum::<i64>() == all
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", w1.log(), w2.log()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let streaming = stream_to_two_topics(system.clone(), stop.clone());
+    system.wait_for_rows(30, WAIT).await;
+    // A writer hangs with the batches in hand: no poll, no heartbeat. After its session the group
+    // gives all its partitions to the other, which reads them from the last committed offsets.
+    w2.signal("-STOP");
+    wait_until("the other writer to own every partition", WAIT, || async {
+        w1.owned_partitions(&http).await == all
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", w1.log(), w2.log()));
+    let rows = system.count_events().await;
+    system.wait_for_rows(rows + 30, WAIT).await;
+    // It comes back: its assignment is lost, what it had in hand is the other's now; it rejoins.
+    w2.signal("-CONT");
+    wait_until("the two writers sharing again", WAIT, || async {
+        let owned = [
+            w1.owned_partitions(&http).await,
+            w2.owned_partitions(&http).await,
+        ];
+        owned.iter().all(|&n| n > 0) && owned.iter().sum::<i64>() == all
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", w1.log(), w2.log()));
+    let rows = system.count_events().await;
+    system.wait_for_rows(rows + 30, WAIT).await;
+    stop.store(true, Ordering::SeqCst);
+    let accepted = streaming.await.expect("streaming task");
+    assert_stored_once(&system, &accepted, &[&w1, &w2]).await;
     assert_eq!(
         system
             .database
