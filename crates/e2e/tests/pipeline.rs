@@ -120,12 +120,32 @@ async fn the_same_event_delivered_twice_is_stored_once() {
 async fn two_writers_in_one_group_share_the_work_exactly_once() {
     let system = System::start(2).await;
     system.wait_for_balanced_group(WAIT).await;
-    let total = 200;
+    // Events for every topic: the sticky assignor may give one writer all partitions of one topic, so
+    // only traffic on every partition shows that each member writes what it owns.
+    let per_topic = 200;
     for chunk in 0..10 {
-        let batch: Vec<Value> = (0..total / 10).map(|i| audit(chunk * 100 + i)).collect();
-        let (status, answer) = system.post("audit.logs", "dev", &json!(batch)).await;
-        assert_eq!(status, 202, "{answer}");
+        let audit_batch: Vec<Value> = (0..per_topic / 10)
+            .map(|i| audit(chunk * 100 + i))
+            .collect();
+        let web_batch: Vec<Value> = (0..per_topic / 10)
+            .map(|i| {
+                json!({"session_id": format!("s-{chunk}-{i}"), "category": "page", "name": "view",
+                       "timestamp": "2025-01-15T10:00:00Z"})
+            })
+            .collect();
+        let runs_batch: Vec<Value> = (0..per_topic / 10)
+            .map(|i| run_event((chunk * 100 + i) as i64))
+            .collect();
+        for (topic, batch) in [
+            ("audit.logs", audit_batch),
+            ("web.events", web_batch),
+            ("public.cps.za.runs", runs_batch),
+        ] {
+            let (status, answer) = system.post(topic, "dev", &json!(batch)).await;
+            assert_eq!(status, 202, "{topic}: {answer}");
+        }
     }
+    let total = 3 * per_topic;
     system.wait_for_rows(total as i64, WAIT).await;
     let distinct = system
         .database
@@ -148,6 +168,16 @@ async fn two_writers_in_one_group_share_the_work_exactly_once() {
         per_writer.iter().all(|&n| n > 0),
         "both writers must have written: {per_writer:?}"
     );
+}
+
+fn run_event(run_id: i64) -> Value {
+    json!({
+        "event_id": uuid::Uuid::now_v7().to_string(), "run_id": run_id, "tenant_id": "avms",
+        "source_app": "unify", "source_app_version": "1.0", "environment": "dev",
+        "timestamp_start": 1736937000000_i64, "timestamp_end": 1736937060000_i64,
+        "jobs": [{"catalog_id": "db.table", "status": "succeeded",
+                  "timestamp_start": 1736937000000_i64, "timestamp_end": 1736937060000_i64}]
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,9 +29,14 @@ impl ServiceProcess {
         }
         let file = std::fs::File::create(log)
             .unwrap_or_else(|e| panic!("log file {}: {e}", log.display()));
+        // An empty configuration file of its own: not the repository's `config/eventgate.toml` (which the
+        // default path would find), and not a missing file (which a service refuses to start with).
+        let config_file = log.with_extension("empty.toml");
+        std::fs::write(&config_file, "")
+            .unwrap_or_else(|e| panic!("config file {}: {e}", config_file.display()));
         let child = command
             .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
-            .env("EVENTGATE_CONFIG", "/nonexistent/eventgate.toml")
+            .env("EVENTGATE_CONFIG", &config_file)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone().expect("log file")))

@@ -102,6 +102,11 @@ impl Config {
             c.writer.session_timeout_ms,
             1_000..=3_600_000,
         )?;
+        in_range(
+            "writer.max_poll_interval_ms",
+            c.writer.max_poll_interval_ms,
+            c.writer.session_timeout_ms..=DAY_MS,
+        )?;
         in_range("smtp.port", c.smtp.port, 1..=u16::MAX)?;
         in_range("smtp.timeout_ms", c.smtp.timeout_ms, 1..=DAY_MS)?;
         in_range("smtp.retry_initial_ms", c.smtp.retry_initial_ms, 1..=DAY_MS)?;
