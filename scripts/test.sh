@@ -3,7 +3,7 @@
 #
 # Installs what is missing (PostgreSQL, Chromium, OpenSSL's headers and stunnel from Debian, tansu into
 # $TOOLS_DIR, cargo-nextest),
-# starts a private PostgreSQL cluster (target/test-stack/make-test/postgres) and a tansu broker on free
+# starts a private PostgreSQL cluster (target/test-stack/make-test-<pid>/postgres) and a tansu broker on free
 # ports, creates and migrates the template database eventgate_template, then runs
 #   scripts/lint.sh (fmt, clippy, core's purity, unused dependencies); scripts/check-deploy.sh (promtool,
 #   Kubernetes and compose schema checks of the deploy files); cargo nextest run --workspace
@@ -25,7 +25,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/stack.sh
 
 ROOT=$(pwd)
-STACK_DIR=$ROOT/target/test-stack/make-test
+# One stack per run (several runs of this script may share a checkout); a run's stack is removed when
+# it ends, and those of runs that died are removed by the next run.
+STACK_DIR=$ROOT/target/test-stack/make-test-$$
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -85,7 +87,13 @@ if ! locale -a 2>/dev/null | grep -qiE '^de_DE\.utf-?8$'; then
     stack_as_root localedef -i de_DE -f UTF-8 de_DE.UTF-8
 fi
 
-stack_clean_dir "$STACK_DIR" # leftovers of an interrupted run
+for leftover in "$ROOT"/target/test-stack/make-test "$ROOT"/target/test-stack/make-test-*; do
+    [[ -d $leftover ]] || continue
+    owner=${leftover##*-}
+    # The stack of a run still going on is not ours to remove.
+    if [[ $owner =~ ^[0-9]+$ ]] && kill -0 "$owner" 2>/dev/null; then continue; fi
+    stack_clean_dir "$leftover"
+done
 mkdir -p "$STACK_DIR"
 trap on_exit EXIT
 trap 'exit 130' INT
