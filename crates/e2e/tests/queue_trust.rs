@@ -12,7 +12,9 @@ use eventgate_e2e::System;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_in_another_topics_queue_is_a_dead_letter() {
     let system = System::start(1).await;
-    system.wait_for_balanced_group(Duration::from_secs(60)).await;
+    system
+        .wait_for_balanced_group(Duration::from_secs(60))
+        .await;
 
     // A well-formed envelope of `web.events`, put on the queue of `audit.logs`.
     let forged = Event {
