@@ -1,8 +1,8 @@
 //! Writers as processes, killed for real: the `eventgate-db-writer` binary under SIGKILL (mid-batch, and
-//! between its Postgres commit and its Kafka commit), in a group that loses and gains members while
-//! events stream in, and crash-looping. The ingest-api and the stats-api
-//! run in-process (`eventgate_e2e::System`); every event answered 202 must be in Postgres exactly once.
-//! (SIGTERM: `tests/shutdown.rs`.)
+//! between its Postgres commit and its Kafka commit), in a group that gains, loses (its leader included)
+//! and regains members while the topics fill under load, and crash-looping. The ingest-api and the
+//! stats-api run in-process (`eventgate_e2e::System`); every event answered 202 must be in Postgres
+//! exactly once. (SIGTERM: `tests/shutdown.rs`.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -177,73 +177,133 @@ async fn a_writer_killed_mid_batch_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_writers_one_killed_one_added_while_events_stream_in() {
+async fn writers_added_killed_and_restarted_while_the_topics_fill_under_load() {
     let system = Arc::new(System::start_with(stack().await, 0, |_| {}).await);
     let http = reqwest::Client::new();
-    // The first writer forms the group and stays its leader (the member that computes assignments):
-    // the test broker (tansu 0.6) does not elect a new leader when the leader dies, so the writer
-    // killed below is not the leader. With Kafka any member may die.
-    let first = WriterProcess::spawn(&system, "w1", &[]);
-    wait_until("the first writer to form the group", WAIT, || async {
-        first.owned_partitions(&http).await > 0
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", first.log()));
-    let mut writers = vec![first];
-    writers.extend((2..=3).map(|n| WriterProcess::spawn(&system, &format!("w{n}"), &[])));
     let all = partitions(&system);
-    wait_until("three writers sharing the partitions", WAIT, || async {
-        let mut owned = Vec::new();
-        for writer in &writers {
-            owned.push(writer.owned_partitions(&http).await);
-        }
-        owned.iter().all(|&n| n > 0) && owned.iter().sum::<i64>() == all
+    // The first writer forms the group alone, so it is the group's leader (the member that computes
+    // the assignments): it is the first one killed below.
+    let w1 = WriterProcess::spawn(&system, "w1", &[]);
+    wait_until("the first writer to form the group", WAIT, || async {
+        w1.owned_partitions(&http).await == all
     })
     .await
-    .expect("a balanced group");
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", w1.log()));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let streaming = {
-        let (system, stop) = (system.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut accepted = Vec::new();
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                accepted.extend(post_batch(&system, n, 5).await);
-                n += 5;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            accepted
-        })
-    };
-    system.wait_for_rows(30, WAIT).await;
-    let mut writers = writers.into_iter();
-    let (w1, w2, w3) = (
-        writers.next().expect("w1"),
-        writers.next().expect("w2"),
-        writers.next().expect("w3"),
+    let streaming = stream_under_load(system.clone(), stop.clone(), 3);
+    system.wait_for_rows(1_000, WAIT).await;
+
+    // Two members join while the topics fill: partitions move from the leader to them mid-stream, and
+    // their new owners resume from committed offsets inside the producers' batches.
+    let (w2, w3) = (
+        WriterProcess::spawn(&system, "w2", &[]),
+        WriterProcess::spawn(&system, "w3", &[]),
     );
-    w2.kill();
-    // The killed member's session runs out; then a new member joins. (The test broker, tansu 0.6,
-    // drops a dead member at the session timeout but only rebalances the whole group when a member
-    // joins; Kafka rebalances at once. Either way its partitions wait, with their events, in Kafka.)
-    tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(2)).await;
-    let w4 = WriterProcess::spawn(&system, "w4", &[]);
-    wait_until("the new writer to get its share", WAIT, || async {
-        let owned = [
-            w1.owned_partitions(&http).await,
-            w3.owned_partitions(&http).await,
-            w4.owned_partitions(&http).await,
-        ];
-        owned.iter().all(|&n| n > 0) && owned.iter().sum::<i64>() == all
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}\n{}", w1.log(), w3.log(), w4.log()));
+    wait_for_sharing(&http, all, &[&w1, &w2, &w3]).await;
     let rows = system.count_events().await;
-    system.wait_for_rows(rows + 30, WAIT).await;
+    system.wait_for_rows(rows + 2_000, WAIT).await;
+
+    // The leader dies without a goodbye. After its session the group evicts it and a survivor leads:
+    // its partitions go to the two survivors, with no member joining to trigger it.
+    w1.kill();
+    wait_for_sharing(&http, all, &[&w2, &w3]).await;
+    let rows = system.count_events().await;
+    system.wait_for_rows(rows + 2_000, WAIT).await;
+
+    // It is restarted (a new member) and gets a share back; then a follower dies.
+    let w1 = WriterProcess::spawn(&system, "w1-restarted", &[]);
+    wait_for_sharing(&http, all, &[&w1, &w2, &w3]).await;
+    let rows = system.count_events().await;
+    system.wait_for_rows(rows + 2_000, WAIT).await;
+    w3.kill();
+    wait_for_sharing(&http, all, &[&w1, &w2]).await;
+    let rows = system.count_events().await;
+    system.wait_for_rows(rows + 2_000, WAIT).await;
+
     stop.store(true, Ordering::SeqCst);
     let accepted = streaming.await.expect("streaming task");
-    assert_stored_once(&system, &accepted, &[&w1, &w3, &w4]).await;
+    assert_stored_once(&system, &accepted, &[&w1, &w2]).await;
+    assert_eq!(
+        system
+            .database
+            .count("SELECT count(*) FROM dead_letters")
+            .await
+            .expect("count"),
+        0
+    );
+}
+
+/// Waits until `writers` together own every partition, each some: the group settled on them alone.
+async fn wait_for_sharing(http: &reqwest::Client, all: i64, writers: &[&WriterProcess]) {
+    let shared = wait_until(
+        &format!("{} writers sharing the partitions", writers.len()),
+        WAIT,
+        || async {
+            let mut owned = Vec::new();
+            for writer in writers {
+                owned.push(writer.owned_partitions(http).await);
+            }
+            owned.iter().all(|&n| n > 0) && owned.iter().sum::<i64>() == all
+        },
+    )
+    .await;
+    if let Err(error) = shared {
+        let logs: Vec<String> = writers.iter().map(|w| w.log()).collect();
+        panic!("{error:#}\n{}", logs.join("\n"));
+    }
+}
+
+fn web(n: usize) -> Value {
+    json!({
+        "session_id": format!("s-{n}"),
+        "category": "c",
+        "name": "view",
+        "timestamp": "2025-01-15T10:00:00Z",
+    })
+}
+
+/// Producers under load: `posters` concurrent clients POST batches of 200 to 500 events, in turn to
+/// `audit.logs` and to `web.events`, until `stop` is set; returns the ids answered 202. A batch of
+/// hundreds of events becomes record batches of hundreds of messages in Kafka, so the offsets the
+/// writers commit, and resume from after a rebalance, fall inside record batches.
+fn stream_under_load(
+    system: Arc<System>,
+    stop: Arc<AtomicBool>,
+    posters: usize,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut clients = tokio::task::JoinSet::new();
+        for poster in 0..posters {
+            let (system, stop) = (system.clone(), stop.clone());
+            clients.spawn(async move {
+                let mut accepted = Vec::new();
+                // Each poster numbers its own events; only the ids matter for the check.
+                let mut n = poster * 100_000_000;
+                let mut round = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let size = 200 + (round * 137 + poster * 59) % 301;
+                    let (topic, batch): (&str, Vec<Value>) = if round % 2 == 0 {
+                        ("audit.logs", (n..n + size).map(audit).collect())
+                    } else {
+                        ("web.events", (n..n + size).map(web).collect())
+                    };
+                    let (status, answer) = system.post(topic, "dev", &json!(batch)).await;
+                    assert_eq!(status, 202, "{answer}");
+                    accepted.extend(accepted_ids(&answer));
+                    n += size;
+                    round += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                accepted
+            });
+        }
+        let mut accepted = Vec::new();
+        while let Some(ids) = clients.join_next().await {
+            accepted.extend(ids.expect("poster task"));
+        }
+        accepted
+    })
 }
 
 /// Offsets the group committed on `audit.logs`, summed over its partitions (0 where none).
@@ -383,9 +443,7 @@ fn stream_to_two_topics(
         let mut n = 0;
         while !stop.load(Ordering::SeqCst) {
             accepted.extend(post_batch(&system, n, 5).await);
-            let web: Vec<Value> = (n..n + 5)
-                .map(|i| json!({"session_id": format!("s-{i}"), "category": "c", "name": "view", "timestamp": "2025-01-15T10:00:00Z"}))
-                .collect();
+            let web: Vec<Value> = (n..n + 5).map(web).collect();
             let (status, answer) = system.post("web.events", "dev", &json!(web)).await;
             assert_eq!(status, 202, "{answer}");
             accepted.extend(accepted_ids(&answer));
