@@ -24,8 +24,8 @@ fn repo_root() -> PathBuf {
 }
 
 /// Reads `kafka_topic` from the beginning until every id of `expected` was seen; returns those never
-/// seen within `WAIT`. (Counting by watermarks is not exact on tansu, whose high watermark can trail the
-/// last record of a multi-record batch.)
+/// seen within `WAIT`. (By id rather than by a count up to the high watermarks: a count cannot say
+/// which events are missing.)
 async fn missing_from_kafka(
     brokers: &str,
     kafka_topic: &str,
