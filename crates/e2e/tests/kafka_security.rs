@@ -5,18 +5,21 @@
 //! - The whole pipeline (topic creation, the ingest-api's producer, the writers' consumer group, the
 //!   probes) over TLS with mutual authentication and an encrypted client key: every event answered 202
 //!   is stored and read back.
+//! - The whole pipeline over SASL SCRAM (SCRAM-SHA-512 over SASL_SSL through the proxy), logged in as a
+//!   user the broker created at start (`TANSU_SCRAM_USERS`, our tansu patch); and SCRAM-SHA-256 over
+//!   SASL_PLAINTEXT: the right password is let in, a wrong one and an unknown user are refused.
 //! - Each setting that cannot work stops the start within seconds with an error naming it: SCRAM
-//!   credentials the broker refuses, over SASL_SSL through the proxy (`kafka.sasl_password`, for the
-//!   ingest-api and the writer), a CA that did not sign the broker's certificate
+//!   credentials the broker refuses (a wrong password of a user it knows), over SASL_SSL through the
+//!   proxy (`kafka.sasl_password`, for the ingest-api and the writer), a CA that did not sign the
+//!   broker's certificate
 //!   (`kafka.ssl_ca_location`), a client certificate the proxy does not trust or none
 //!   (`kafka.ssl_certificate_location`), a wrong key passphrase (`kafka.ssl_key_password`). Protocol
 //!   mismatches and unreachable brokers are not fatal, but reported within the check.
 //!
-//! What tansu cannot do (docs/OPERATIONS.md, "Connecting to managed Kafka"): TLS itself (hence stunnel),
-//! and any successful SASL login with memory storage: it offers only SCRAM (and OAUTHBEARER), stores no
-//! SCRAM credentials in memory, and `tansu user create` cannot reach a broker that demands
-//! authentication. So the SASL half is tested up to the broker's verdict: a real SCRAM exchange over TLS,
-//! refused, and a client without SASL turned away.
+//! What tansu cannot do (docs/OPERATIONS.md, "Connecting to managed Kafka"): TLS itself (hence stunnel).
+//! Unpatched, tansu 0.6 also refuses every SASL login with memory storage (it stores no SCRAM
+//! credentials there, and `tansu user create` cannot reach a broker that demands authentication); our
+//! build stores them and creates the users of `TANSU_SCRAM_USERS` at start (docs/tansu-bugs.md).
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,12 @@ use eventgate_test_support::{
     stack, SecureBroker, SecureBrokerOptions, TestPki, CLIENT_KEY_PASSWORD,
 };
 use serde_json::json;
+
+/// The users the authenticating brokers create at start (`TANSU_SCRAM_USERS`).
+const SCRAM_USERS: &[(&str, &str)] = &[
+    ("eventgate", "eventgate-scram-secret"),
+    ("auditor", "auditor:pass"),
+];
 
 /// A refusal must be reported well within this (librdkafka retries forever; the check must not).
 const FAST: Duration = Duration::from_secs(8);
@@ -137,6 +146,98 @@ async fn events_flow_end_to_end_over_mutual_tls() {
 }
 
 #[tokio::test]
+async fn events_flow_end_to_end_over_sasl_scram_over_tls() {
+    let broker = broker(SecureBrokerOptions {
+        authentication: true,
+        tls: true,
+        require_client_certificate: true,
+        scram_users: SCRAM_USERS,
+    });
+    let scram = |kafka: &mut KafkaConfig| {
+        mutual_tls(kafka, &broker);
+        kafka.security_protocol = KafkaSecurityProtocol::SaslSsl;
+        kafka.sasl_mechanism = Some(SaslMechanism::ScramSha512);
+        kafka.sasl_username = Some("eventgate".into());
+        kafka.sasl_password = Some(Secret::new("eventgate-scram-secret"));
+    };
+    let mut kafka = KafkaConfig::default();
+    scram(&mut kafka);
+    let whole = Config {
+        kafka: kafka.clone(),
+        ..Config::default()
+    };
+    whole.validate().expect("valid settings");
+    assert_eq!(
+        check_brokers(&kafka, Duration::from_secs(20)).await,
+        Ok(BrokerCheck::Reachable),
+        "{}",
+        broker.logs()
+    );
+
+    // Topic creation, the ingest-api's producer, the writers' consumer group and the probes all log in
+    // with SCRAM-SHA-512 (no request is served before: tansu --authentication).
+    let system = System::start_with(stack().await, 2, |config| scram(&mut config.kafka)).await;
+    let events: Vec<_> = (0..20)
+        .map(|i| json!({"event_name": "login", "description": format!("over SCRAM {i}"), "customer_id": i}))
+        .collect();
+    let (status, answer) = system.post("audit.logs", "dev", &json!(events)).await;
+    assert_eq!(status, 202, "{answer}\n{}", broker.logs());
+    let (status, answer) = system
+        .post(
+            "audit.logs",
+            "dev",
+            &json!({"event_name": "logout", "description": "one more", "customer_id": 99}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    system.wait_for_rows(21, Duration::from_secs(60)).await;
+    let (status, answer) = system
+        .query(
+            "audit.logs",
+            "dev",
+            &json!({"filter": {"event_name": "logout"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"][0]["payload"]["customer_id"], 99, "{answer}");
+    assert_eq!(system.published_messages("audit.logs"), 21);
+}
+
+#[tokio::test]
+async fn scram_sha_256_over_sasl_plaintext_lets_in_the_right_password_only() {
+    let broker = broker(SecureBrokerOptions {
+        authentication: true,
+        scram_users: SCRAM_USERS,
+        ..Default::default()
+    });
+    let login = |user: &str, password: &str| KafkaConfig {
+        brokers: broker.brokers.clone(),
+        security_protocol: KafkaSecurityProtocol::SaslPlaintext,
+        sasl_mechanism: Some(SaslMechanism::ScramSha256),
+        sasl_username: Some(user.into()),
+        sasl_password: Some(Secret::new(password)),
+        ..KafkaConfig::default()
+    };
+    // A password holding ':' (TANSU_SCRAM_USERS splits at the first one).
+    assert_eq!(
+        check_brokers(&login("auditor", "auditor:pass"), Duration::from_secs(20)).await,
+        Ok(BrokerCheck::Reachable),
+        "{}",
+        broker.logs()
+    );
+    let message =
+        expect_refused(&login("auditor", "auditor"), &broker, "kafka.sasl_password").await;
+    assert!(!message.contains("auditor:pass"), "{message}");
+    // A user the broker does not know is refused the same way.
+    expect_refused(
+        &login("nobody", "auditor:pass"),
+        &broker,
+        "kafka.sasl_password",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn the_broker_demands_sasl_a_client_without_it_gets_nothing() {
     let broker = broker(SecureBrokerOptions {
         authentication: true,
@@ -154,11 +255,12 @@ async fn the_broker_demands_sasl_a_client_without_it_gets_nothing() {
 #[tokio::test]
 async fn refused_scram_credentials_over_tls_stop_every_service_naming_the_password() {
     // The worked example of docs/OPERATIONS.md: SCRAM-SHA-512 over TLS (here with a client certificate
-    // too, which the proxy demands).
+    // too, which the proxy demands), with a wrong password for a user the broker knows.
     let broker = broker(SecureBrokerOptions {
         authentication: true,
         tls: true,
         require_client_certificate: true,
+        scram_users: SCRAM_USERS,
     });
     let scram = |kafka: &mut KafkaConfig| {
         mutual_tls(kafka, &broker);

@@ -8,9 +8,11 @@
 //! advertises the proxy's address, so that every connection the clients open goes through it.
 //!
 //! What tansu's authentication can show (read from its sources and tried): the SASL exchange is real
-//! and required before any other request, but tansu 0.6 offers only SCRAM (and OAUTHBEARER, which its
-//! checks then refuse), stores no SCRAM credentials with memory storage, and `tansu user create` cannot
-//! reach a broker that requires authentication: every login is refused. See docs/OPERATIONS.md.
+//! and required before any other request; tansu 0.6 offers SCRAM (and OAUTHBEARER, which its checks
+//! then refuse). Unpatched, it stores no SCRAM credentials with memory storage and `tansu user create`
+//! cannot reach a broker that requires authentication, so every login is refused; our patched build
+//! stores them and creates the users named in `TANSU_SCRAM_USERS` at start
+//! ([`SecureBrokerOptions::scram_users`]; docs/tansu-bugs.md, docs/OPERATIONS.md).
 //!
 //! Everything lives in a directory under `target/test-stack/`; the processes are stopped and the
 //! directory removed on drop, and by a watchdog if the test process dies first.
@@ -36,6 +38,10 @@ pub struct SecureBrokerOptions {
     pub tls: bool,
     /// The proxy demands a client certificate signed by the test CA (mutual TLS).
     pub require_client_certificate: bool,
+    /// SCRAM users (name, password) the broker creates at start, with a SCRAM-SHA-256 and a
+    /// SCRAM-SHA-512 credential each (`TANSU_SCRAM_USERS`, a patch of ours: scripts/tansu-patches).
+    /// Names hold no `:`, `,` or whitespace; passwords no `,` or whitespace.
+    pub scram_users: &'static [(&'static str, &'static str)],
 }
 
 /// The certificates the test made (PEM files).
@@ -101,6 +107,16 @@ impl SecureBroker {
             .arg("--silent");
         if options.authentication {
             tansu.arg("--authentication");
+        }
+        if options.scram_users.is_empty() {
+            tansu.env_remove("TANSU_SCRAM_USERS");
+        } else {
+            let users: Vec<String> = options
+                .scram_users
+                .iter()
+                .map(|(name, password)| format!("{name}:{password}"))
+                .collect();
+            tansu.env("TANSU_SCRAM_USERS", users.join(","));
         }
         let tansu = tansu
             // tansu reads a .env of its working directory and its parents.
