@@ -7,7 +7,8 @@
 //!   is stored and read back.
 //! - The whole pipeline over SASL SCRAM (SCRAM-SHA-512 over SASL_SSL through the proxy), logged in as a
 //!   user the broker created at start (`TANSU_SCRAM_USERS`, our tansu patch); and SCRAM-SHA-256 over
-//!   SASL_PLAINTEXT: the right password is let in, a wrong one and an unknown user are refused.
+//!   SASL_PLAINTEXT: the right password is let in, a wrong one and an unknown user are refused, each
+//!   with the broker's word for it (invalid-proof, unknown-user).
 //! - Each setting that cannot work stops the start within seconds with an error naming it: SCRAM
 //!   credentials the broker refuses (a wrong password of a user it knows), over SASL_SSL through the
 //!   proxy (`kafka.sasl_password`, for the ingest-api and the writer), a CA that did not sign the
@@ -228,13 +229,16 @@ async fn scram_sha_256_over_sasl_plaintext_lets_in_the_right_password_only() {
     let message =
         expect_refused(&login("auditor", "auditor"), &broker, "kafka.sasl_password").await;
     assert!(!message.contains("auditor:pass"), "{message}");
-    // A user the broker does not know is refused the same way.
-    expect_refused(
+    // The broker tells a wrong password (invalid-proof) from a user it does not know (unknown-user), and
+    // librdkafka passes its word on.
+    assert!(message.contains("invalid-proof"), "{message}");
+    let message = expect_refused(
         &login("nobody", "auditor:pass"),
         &broker,
         "kafka.sasl_password",
     )
     .await;
+    assert!(message.contains("unknown-user"), "{message}");
 }
 
 #[tokio::test]
@@ -277,6 +281,7 @@ async fn refused_scram_credentials_over_tls_stop_every_service_naming_the_passwo
         "{message}"
     );
     assert!(!message.contains("not-the-password"), "{message}");
+    assert!(message.contains("invalid-proof"), "{message}");
 
     // Each service fails its start with that error, instead of running without a broker.
     let stack = stack().await;
