@@ -93,16 +93,13 @@ async fn expect_unreachable_with_hint(kafka: &KafkaConfig, hint: &str) {
     }
 }
 
-#[tokio::test]
-async fn events_flow_end_to_end_over_mutual_tls() {
-    let broker = broker(SecureBrokerOptions {
-        tls: true,
-        require_client_certificate: true,
-        ..Default::default()
-    });
+/// The whole pipeline with the Kafka settings `secure` makes: the settings hold together as
+/// `Config::load` would check them, the start-up check reaches the broker, then topic creation, the
+/// ingest-api's producer, the writers' group and the probes all use them — 21 events posted, stored,
+/// queried back, and found on the broker (read back over the same settings).
+async fn pipeline_carries_events(broker: &SecureBroker, secure: impl Fn(&mut KafkaConfig)) {
     let mut kafka = KafkaConfig::default();
-    mutual_tls(&mut kafka, &broker);
-    // The settings hold together as Config::load would check them.
+    secure(&mut kafka);
     let whole = Config {
         kafka: kafka.clone(),
         ..Config::default()
@@ -115,12 +112,9 @@ async fn events_flow_end_to_end_over_mutual_tls() {
         broker.logs()
     );
 
-    let system = System::start_with(stack().await, 2, |config| {
-        mutual_tls(&mut config.kafka, &broker);
-    })
-    .await;
+    let system = System::start_with(stack().await, 2, |config| secure(&mut config.kafka)).await;
     let events: Vec<_> = (0..20)
-        .map(|i| json!({"event_name": "login", "description": format!("over TLS {i}"), "customer_id": i}))
+        .map(|i| json!({"event_name": "login", "description": format!("secured {i}"), "customer_id": i}))
         .collect();
     let (status, answer) = system.post("audit.logs", "dev", &json!(events)).await;
     assert_eq!(status, 202, "{answer}\n{}", broker.logs());
@@ -142,8 +136,17 @@ async fn events_flow_end_to_end_over_mutual_tls() {
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["data"][0]["payload"]["customer_id"], 99, "{answer}");
-    // The broker holds what the ingest-api produced over TLS: read back over the same settings.
     assert_eq!(system.published_messages("audit.logs"), 21);
+}
+
+#[tokio::test]
+async fn events_flow_end_to_end_over_mutual_tls() {
+    let broker = broker(SecureBrokerOptions {
+        tls: true,
+        require_client_certificate: true,
+        ..Default::default()
+    });
+    pipeline_carries_events(&broker, |kafka| mutual_tls(kafka, &broker)).await;
 }
 
 #[tokio::test]
@@ -154,54 +157,15 @@ async fn events_flow_end_to_end_over_sasl_scram_over_tls() {
         require_client_certificate: true,
         scram_users: SCRAM_USERS,
     });
-    let scram = |kafka: &mut KafkaConfig| {
+    // Every client logs in with SCRAM-SHA-512 (no request is served before: tansu --authentication).
+    pipeline_carries_events(&broker, |kafka| {
         mutual_tls(kafka, &broker);
         kafka.security_protocol = KafkaSecurityProtocol::SaslSsl;
         kafka.sasl_mechanism = Some(SaslMechanism::ScramSha512);
         kafka.sasl_username = Some("eventgate".into());
         kafka.sasl_password = Some(Secret::new("eventgate-scram-secret"));
-    };
-    let mut kafka = KafkaConfig::default();
-    scram(&mut kafka);
-    let whole = Config {
-        kafka: kafka.clone(),
-        ..Config::default()
-    };
-    whole.validate().expect("valid settings");
-    assert_eq!(
-        check_brokers(&kafka, Duration::from_secs(20)).await,
-        Ok(BrokerCheck::Reachable),
-        "{}",
-        broker.logs()
-    );
-
-    // Topic creation, the ingest-api's producer, the writers' consumer group and the probes all log in
-    // with SCRAM-SHA-512 (no request is served before: tansu --authentication).
-    let system = System::start_with(stack().await, 2, |config| scram(&mut config.kafka)).await;
-    let events: Vec<_> = (0..20)
-        .map(|i| json!({"event_name": "login", "description": format!("over SCRAM {i}"), "customer_id": i}))
-        .collect();
-    let (status, answer) = system.post("audit.logs", "dev", &json!(events)).await;
-    assert_eq!(status, 202, "{answer}\n{}", broker.logs());
-    let (status, answer) = system
-        .post(
-            "audit.logs",
-            "dev",
-            &json!({"event_name": "logout", "description": "one more", "customer_id": 99}),
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    system.wait_for_rows(21, Duration::from_secs(60)).await;
-    let (status, answer) = system
-        .query(
-            "audit.logs",
-            "dev",
-            &json!({"filter": {"event_name": "logout"}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["data"][0]["payload"]["customer_id"], 99, "{answer}");
-    assert_eq!(system.published_messages("audit.logs"), 21);
+    })
+    .await;
 }
 
 #[tokio::test]
