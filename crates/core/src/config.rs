@@ -309,11 +309,7 @@ impl<'de> Deserialize<'de> for KafkaClientProperties {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
-            Text(String),
-            Unsigned(u64),
-            Signed(i64),
-            Float(f64),
-            Bool(bool),
+            Scalar(ScalarText),
             Table(BTreeMap<String, Raw>),
         }
         fn flatten(prefix: &str, table: BTreeMap<String, Raw>, out: &mut BTreeMap<String, String>) {
@@ -323,18 +319,12 @@ impl<'de> Deserialize<'de> for KafkaClientProperties {
                 } else {
                     format!("{prefix}.{key}")
                 };
-                let text = match value {
-                    Raw::Text(text) => text,
-                    Raw::Unsigned(n) => n.to_string(),
-                    Raw::Signed(n) => n.to_string(),
-                    Raw::Float(n) => n.to_string(),
-                    Raw::Bool(b) => b.to_string(),
-                    Raw::Table(table) => {
-                        flatten(&key, table, out);
-                        continue;
+                match value {
+                    Raw::Scalar(ScalarText(text)) => {
+                        out.insert(key, text);
                     }
-                };
-                out.insert(key, text);
+                    Raw::Table(table) => flatten(&key, table, out),
+                }
             }
         }
         let table = BTreeMap::<String, Raw>::deserialize(deserializer)?;
@@ -682,8 +672,18 @@ pub struct Secret(String);
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Environment values are parsed: a password of digits (or `true`) arrives as a number (or a
-        // boolean) and is a secret all the same. (Leading zeros are lost that way: quote such a value.)
+        // A password of digits (or `true`) arrives as a number (or a boolean) and is a secret all the
+        // same. (Leading zeros are lost that way: quote such a value.)
+        ScalarText::deserialize(deserializer).map(|ScalarText(text)| Secret(text))
+    }
+}
+
+/// Any scalar as text: environment values arrive parsed (`true`, `30000`) where a setting wants the
+/// text they were written as.
+struct ScalarText(String);
+
+impl<'de> Deserialize<'de> for ScalarText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
@@ -693,7 +693,7 @@ impl<'de> Deserialize<'de> for Secret {
             Float(f64),
             Bool(bool),
         }
-        Ok(Secret(match Raw::deserialize(deserializer)? {
+        Ok(ScalarText(match Raw::deserialize(deserializer)? {
             Raw::Text(text) => text,
             Raw::Unsigned(n) => n.to_string(),
             Raw::Signed(n) => n.to_string(),
