@@ -65,6 +65,7 @@ fn declared() -> Vec<(&'static str, Vec<String>, Vec<Column>)> {
                 ("raw", "bytea", true),
                 ("error", "text", false),
                 ("created_at", TZ, false),
+                ("reason", "text", false),
             ],
         ),
         (

@@ -3,8 +3,9 @@
 //! column, so a migration that changes a table fails until this file follows).
 
 diesel::table! {
-    /// The event history: one row per accepted event.
-    events (id) {
+    /// The event history: one row per accepted event, keyed by (id, topic, producer): an event id is
+    /// unique per topic and producer (the idempotency key).
+    events (id, topic, producer) {
         id -> Uuid,
         topic -> Text,
         received_at -> Timestamptz,
@@ -24,6 +25,8 @@ diesel::table! {
         raw -> Nullable<Bytea>,
         error -> Text,
         created_at -> Timestamptz,
+        /// `undecodable`, `topic_mismatch`, `refused` or `conflicting_duplicate`.
+        reason -> Text,
     }
 }
 
