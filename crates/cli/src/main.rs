@@ -1,18 +1,39 @@
-//! `eventgate`: the operator's tool for local development and deployment chores.
+//! `eventgate`: the command line for people who send and read events, and for the operator's chores.
 //!
-//! - `eventgate keygen --dir DIR` — an RS256 development key pair (`private.pem`, `public.pem`), kept if present.
-//! - `eventgate token --key DIR/private.pem --sub alice` — a signed token, alone on stdout.
-//! - `eventgate migrate --database-url URL` — applies the database migrations.
+//! - `eventgate send TOPIC [FILE|-]` — NDJSON or a JSON array to the ingest-api, batched, retried safely.
+//! - `eventgate query TOPIC --filter f=v --sort -timestamp [--all]` — a table on a terminal, else NDJSON/CSV.
+//! - `eventgate export TOPIC --format csv` — the stats-api's streamed export.
+//! - `eventgate completions bash|zsh|fish` — shell completions.
+//! - `eventgate keygen`, `token`, `migrate` — development keys and tokens, database migrations.
+//!
+//! Exit codes: 0 done, 1 refused by the API, 2 usage/configuration/input, 3 unreachable or not allowed
+//! (docs/CLI.md).
 
-use std::path::{Path, PathBuf};
+mod client;
+mod config;
+mod error;
+mod export;
+mod input;
+mod ops;
+mod output;
+mod query;
+mod send;
 
-use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::error::Failure;
 
 #[derive(Parser)]
-#[command(name = "eventgate", version, about = "eventgate operator tool")]
+#[command(
+    name = "eventgate",
+    version,
+    about = "Send, query and export eventgate events; development keys, tokens and migrations",
+    after_help = "Exit codes: 0 done, 1 refused by the API, 2 usage/configuration/input, 3 unreachable \
+                  or not allowed. Configuration: docs/CLI.md."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +41,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Send events (NDJSON or a JSON array) to a topic, in batches, retried without duplicates.
+    Send(send::SendArgs),
+    /// Query a topic's events: filters, sort, pages.
+    Query(query::QueryArgs),
+    /// Download every matching event as NDJSON or CSV, streamed.
+    Export(export::ExportArgs),
+    /// Print a shell completion script (e.g. `eventgate completions bash > /etc/bash_completion.d/eventgate`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Create an RSA key pair for signing development tokens, unless one exists in DIR.
     Keygen {
         #[arg(long, default_value = ".data/keys")]
@@ -59,9 +91,22 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Keygen { dir } => keygen(&dir),
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Send(args) => block_on(send::run(args)),
+        Command::Query(args) => block_on(query::run(args)),
+        Command::Export(args) => block_on(export::run(args)),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "eventgate",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Keygen { dir } => chore(ops::keygen(&dir)),
         Command::Token {
             key,
             sub,
@@ -69,123 +114,48 @@ fn main() -> anyhow::Result<()> {
             issuer,
             audience,
             groups,
-        } => {
-            let claims = TokenClaims {
-                sub,
-                ttl_secs,
-                issuer,
-                audience,
-                groups,
-            };
-            println!("{}", token(&key, claims)?);
-            Ok(())
-        }
+        } => chore(
+            ops::token(
+                &key,
+                ops::TokenClaims {
+                    sub,
+                    ttl_secs,
+                    issuer,
+                    audience,
+                    groups,
+                },
+            )
+            .map(|token| println!("{token}")),
+        ),
         Command::Migrate {
             database_url,
             topics_dir,
-        } => {
-            let catalogue = eventgate_core::catalogue::Catalogue::load_dir(&topics_dir)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let applied = runtime.block_on(eventgate_core::db::run_migrations(&database_url))?;
-            eprintln!("applied {applied} migration(s)");
-            let created = runtime.block_on(eventgate_core::db::ensure_field_indexes(
-                &database_url,
-                &catalogue,
-            ))?;
-            eprintln!("created {created} field index(es)");
-            Ok(())
+        } => chore(ops::migrate(&database_url, &topics_dir)),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Closed) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::from(failure.exit_code())
         }
     }
 }
 
-fn keygen(dir: &Path) -> anyhow::Result<()> {
-    let private_path = dir.join("private.pem");
-    let public_path = dir.join("public.pem");
-    if private_path.exists() && public_path.exists() {
-        eprintln!("keeping the existing key pair in {}", dir.display());
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let private =
-        rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).context("generating an RSA key")?;
-    let private_pem = private
-        .to_pkcs8_pem(LineEnding::LF)
-        .context("encoding the private key")?;
-    let public_pem = private
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .context("encoding the public key")?;
-    write_private(&private_path, private_pem.as_bytes())?;
-    std::fs::write(&public_path, public_pem)
-        .with_context(|| format!("writing {}", public_path.display()))?;
-    eprintln!("created a development key pair in {}", dir.display());
-    Ok(())
+/// The commands that talk to the services run on one thread: they wait on the network, not the CPU.
+fn block_on(
+    command: impl std::future::Future<Output = Result<u8, Failure>>,
+) -> Result<u8, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Usage(format!("cannot start the runtime: {e}")))?
+        .block_on(command)
 }
 
-#[cfg(unix)]
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(contents)?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
-}
-
-/// What a development token says about its bearer.
-struct TokenClaims {
-    sub: String,
-    ttl_secs: i64,
-    issuer: Option<String>,
-    audience: Option<String>,
-    groups: Vec<String>,
-}
-
-fn token(key: &Path, wanted: TokenClaims) -> anyhow::Result<String> {
-    let TokenClaims {
-        sub,
-        ttl_secs,
-        issuer,
-        audience,
-        groups,
-    } = wanted;
-    if sub.is_empty() {
-        bail!("--sub must not be empty");
-    }
-    let pem = std::fs::read(key).with_context(|| {
-        format!(
-            "reading {} (run `make run` or `eventgate keygen` first)",
-            key.display()
-        )
-    })?;
-    let encoding_key =
-        EncodingKey::from_rsa_pem(&pem).context("the key is not an RSA private key in PEM")?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut claims = serde_json::json!({"sub": sub, "iat": now, "nbf": now, "exp": now + ttl_secs});
-    if let Some(issuer) = issuer {
-        claims["iss"] = issuer.into();
-    }
-    if let Some(audience) = audience {
-        claims["aud"] = audience.into();
-    }
-    if !groups.is_empty() {
-        claims["groups"] = groups.into();
-    }
-    Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &encoding_key,
-    )?)
+/// The operator's chores report with anyhow; a failure is exit 2.
+fn chore(result: anyhow::Result<()>) -> Result<u8, Failure> {
+    result
+        .map(|()| 0)
+        .map_err(|e| Failure::Usage(format!("{e:#}")))
 }
