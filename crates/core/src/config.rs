@@ -397,8 +397,13 @@ pub struct WriterConfig {
     pub group_id: String,
     /// Flush a batch when it holds this many events...
     pub batch_size: usize,
-    /// ...or when its oldest event has waited this long.
+    /// ...or when its oldest event has waited this long...
     pub batch_timeout_ms: u64,
+    /// ...or when its messages (their Kafka keys and values, as read) reach this many bytes (a larger
+    /// message is a batch of its own). A writer holds at most three batches (one collected, two being
+    /// written), and librdkafka prefetches at most this much, so its memory for messages is bounded by
+    /// about four times this, whatever the producers send.
+    pub max_batch_bytes: usize,
     /// Apply pending migrations at start-up.
     pub run_migrations: bool,
     /// Backoff between retries of a failed insert: starts here, doubles, capped at `retry_max_ms`.
@@ -427,6 +432,7 @@ impl Default for WriterConfig {
             group_id: "eventgate-db-writer".into(),
             batch_size: 1000,
             batch_timeout_ms: 200,
+            max_batch_bytes: 16 * 1024 * 1024,
             run_migrations: true,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,

@@ -1,16 +1,19 @@
 //! eventgate-db-writer: a member of a Kafka consumer group that writes events into Postgres.
 //!
 //! Run as many instances as there are partitions: the group shares the partitions among them.
-//! Loop ([`writer`]): consume → batch (`batch`: flush at `batch_size` events or `batch_timeout_ms`) →
+//! Loop ([`writer`]): consume → batch (`batch`: flush at `batch_size` events, `max_batch_bytes` of
+//! messages or `batch_timeout_ms`; payloads kept as the JSON text they arrived as, [`envelope`]) →
 //! one transaction per batch ([`write`]: a plain `INSERT ... SELECT FROM unnest(...)` of the events plus
-//! the batch's dead letters; only when that meets an id stored already is it written again with
-//! `ON CONFLICT (id) DO NOTHING`) → commit the batch's offsets. All of the writer's SQL is in [`db`].
+//! the batch's dead letters; only when that meets a key stored already — an event is unique per
+//! (id, topic, producer) — is it written again with `ON CONFLICT ... DO NOTHING`, parking a re-sent id
+//! with another payload as a `conflicting_duplicate`) → commit the batch's offsets. All of the writer's
+//! SQL is in [`db`].
 //!
 //! Invariants:
 //! - Offsets are committed only after the rows are committed, and only for partitions still owned since
 //!   their messages were read ([`rebalance`]: cooperative-sticky assignment; a revoked partition's
 //!   messages in hand are left to its next owner). A writer that dies mid-batch leaves the offsets where
-//!   they were, the batch is read again, and the unique id makes the replay harmless.
+//!   they were, the batch is read again, and the unique key makes the replay harmless.
 //! - A database outage never drops a batch: the writer keeps it and retries with capped backoff.
 //! - A message the database will never accept goes to `dead_letters` and its offset is committed, so it
 //!   cannot block its partition. Which failure is which is decided by its SQLSTATE ([`error`]).
@@ -24,6 +27,7 @@
 pub mod alerts;
 mod batch;
 pub mod db;
+pub mod envelope;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -44,7 +48,7 @@ use eventgate_core::shutdown::Lifecycle;
 
 pub use crate::error::WriterError;
 pub use crate::metrics::WriterMetrics;
-pub use crate::writer::{Writer, WRITES_IN_FLIGHT};
+pub use crate::writer::{WRITES_IN_FLIGHT, Writer};
 
 /// The writer with its health and metrics listener, as the binary runs it.
 pub struct Application {

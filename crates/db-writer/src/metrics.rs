@@ -8,7 +8,7 @@ use prometheus::{
 use rdkafka::statistics::Statistics;
 
 use eventgate_core::db::PgPool;
-use eventgate_core::metrics::{counter_vec, gauge_vec, HttpMetrics, PoolCollector};
+use eventgate_core::metrics::{HttpMetrics, PoolCollector, counter_vec, gauge_vec};
 
 use crate::alerts::AlertKind;
 use crate::db::Written;
@@ -18,6 +18,9 @@ pub struct WriterMetrics {
     pub http: HttpMetrics,
     pub rows_inserted: IntCounter,
     pub dead_letters: IntCounter,
+    /// Events whose producer re-sent an id it had used on the topic with another payload (parked as
+    /// `conflicting_duplicate` dead letters, also counted in `dead_letters`).
+    pub conflicting_duplicates: IntCounter,
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
     pub flush_seconds: Histogram,
@@ -54,6 +57,10 @@ impl WriterMetrics {
         let dead_letters = counter(
             "eventgate_writer_dead_letters_total",
             "Messages parked in dead_letters",
+        );
+        let conflicting_duplicates = counter(
+            "eventgate_writer_conflicting_duplicates_total",
+            "Events re-sent by their producer with a stored id and another payload (parked)",
         );
         let write_retries = counter(
             "eventgate_writer_write_retries_total",
@@ -122,6 +129,7 @@ impl WriterMetrics {
             registry,
             rows_inserted,
             dead_letters,
+            conflicting_duplicates,
             write_retries,
             batch_size,
             flush_seconds,
@@ -153,6 +161,8 @@ impl WriterMetrics {
         self.flush_seconds.observe(elapsed.as_secs_f64());
         self.rows_inserted.inc_by(written.events as u64);
         self.dead_letters.inc_by(written.dead_letters as u64);
+        self.conflicting_duplicates
+            .inc_by(written.conflicts.len() as u64);
     }
 
     /// Consumer lag per owned partition from one librdkafka statistics report. Partitions this writer no

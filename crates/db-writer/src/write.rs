@@ -11,20 +11,22 @@ use tokio_util::sync::CancellationToken;
 
 use eventgate_core::config::WriterConfig;
 use eventgate_core::db::PgPool;
-use eventgate_core::envelope::Event;
 
 use crate::alerts::{AlertKind, Alerts};
 use crate::batch::Batch;
-use crate::db::{self, DeadLetter, StoredIds, Written};
+use crate::db::{self, DeadLetter, DeadLetterReason, StoredIds, Written};
+use crate::envelope::Envelope;
 use crate::error::{Remedy, WriterError};
 use crate::metrics::WriterMetrics;
 
-/// Inserts events and dead letters in one transaction, each event once. A plain `INSERT` first; when it
-/// meets an id stored already (a unique violation), the transaction is written again skipping the
-/// stored ids. Both give the same rows; the second costs a round trip only when there are duplicates.
+/// Inserts events and dead letters in one transaction, each event once per (id, topic, producer). A
+/// plain `INSERT` first; when it meets a key stored already (a unique violation), the transaction is
+/// written again skipping the stored keys and parking the skipped events whose payload differs
+/// (conflicting duplicates). Both give the same rows; the second costs round trips only when there are
+/// duplicates.
 pub async fn store_batch(
     conn: &mut Client,
-    events: &[&Event],
+    events: &[&Envelope],
     dead_letters: &[DeadLetter],
 ) -> Result<Written, WriterError> {
     match insert(conn, events, dead_letters, StoredIds::Refuse).await {
@@ -37,7 +39,7 @@ pub async fn store_batch(
 
 async fn insert(
     conn: &mut Client,
-    events: &[&Event],
+    events: &[&Envelope],
     dead_letters: &[DeadLetter],
     stored_ids: StoredIds,
 ) -> Result<Written, WriterError> {
@@ -75,7 +77,7 @@ impl BatchStore {
     /// (then false), without committing its offsets.
     pub async fn write(&self, batch: &Batch, shutdown: &CancellationToken) -> bool {
         let started = Instant::now();
-        let mut events: Vec<&Event> = Vec::with_capacity(batch.len());
+        let mut events: Vec<&Envelope> = Vec::with_capacity(batch.len());
         let mut dead_letters: Vec<DeadLetter> = Vec::new();
         for message in &batch.messages {
             match &message.decoded {
@@ -112,10 +114,11 @@ impl BatchStore {
             self.alerts.up(AlertKind::DatabaseUnreachable);
         }
         // Only the messages parked by this write: a replayed poison message was reported already.
-        let newly_parked: Vec<DeadLetter> = parked
+        let mut newly_parked: Vec<DeadLetter> = parked
             .into_iter()
             .filter(|dead| written.parked.binary_search(&dead.key()).is_ok())
             .collect();
+        newly_parked.extend(written.conflicts.iter().cloned());
         self.alerts.dead_letters(&newly_parked);
         self.metrics
             .record_flush(batch.len(), written, started.elapsed());
@@ -127,7 +130,7 @@ impl BatchStore {
     async fn try_write(
         &self,
         batch: &Batch,
-        events: &[&Event],
+        events: &[&Envelope],
         dead_letters: &[DeadLetter],
     ) -> Result<(Written, Vec<DeadLetter>), WriterError> {
         let mut conn =
@@ -145,30 +148,38 @@ impl BatchStore {
             return Err(error);
         }
         tracing::warn!(%error, db.sqlstate = error.db_error().sqlstate(), "database refused the batch; isolating the messages it cannot store");
-        let mut good: Vec<&Event> = Vec::new();
+        let mut good: Vec<&Envelope> = Vec::new();
         let mut parked: Vec<DeadLetter> = dead_letters.to_vec();
+        // Conflicting duplicates are parked by the row's own write; the final write finds them parked.
+        let mut conflicts: Vec<DeadLetter> = Vec::new();
+        let mut inserted = 0;
         for message in &batch.messages {
             let Ok(event) = &message.decoded else {
                 continue;
             };
             match store_batch(&mut conn, &[event], &[]).await {
-                Ok(_) => good.push(event),
+                Ok(single) => {
+                    inserted += single.events;
+                    conflicts.extend(single.conflicts);
+                    good.push(event);
+                }
                 Err(refused) if refused.remedy() == Remedy::IsolateRefusedRows => {
                     parked.push(DeadLetter {
-                        topic: Some(event.topic.clone()),
-                        kafka_topic: message.kafka_topic.clone(),
-                        partition: message.partition,
-                        offset: message.offset,
-                        raw: Some(event.to_json_bytes()),
+                        // The error text starts as it always did ("database refused …").
                         error: format!("database refused the event: {}", refused.refusal()),
+                        ..DeadLetter::of_event(event, DeadLetterReason::Refused, String::new())
                     })
                 }
                 Err(outage) => return Err(outage),
             }
         }
-        // The good rows are already in; writing them again is a no-op, and keeps the count honest.
+        // The good rows are in already; writing them again is a no-op that parks the refused ones in the
+        // same transaction as the batch's other dead letters.
         let mut written = store_batch(&mut conn, &good, &parked).await?;
-        written.events = good.len();
+        written.events = inserted;
+        written.dead_letters += conflicts.len();
+        written.parked.extend(conflicts.iter().map(DeadLetter::key));
+        written.conflicts.extend(conflicts);
         written.parked.sort();
         Ok((written, parked))
     }

@@ -1,7 +1,9 @@
 //! The consume → batch → write → commit loop of one member of the consumer group.
 //!
 //! Up to [`WRITES_IN_FLIGHT`] batches are written at once (each on its own connection) while the next
-//! one is consumed; their offsets are committed in batch order, each only once it and every earlier
+//! one is consumed (each closed by count, bytes or time: [`crate::batch`], so a writer holds at most
+//! `WRITES_IN_FLIGHT + 1` batches' bytes of messages, plus librdkafka's prefetch, bounded by the same
+//! `writer.max_batch_bytes`); their offsets are committed in batch order, each only once it and every earlier
 //! batch are written ([`crate::write`] writes them), and only for partitions still owned since their
 //! messages were read ([`crate::rebalance`]). A stopping writer writes and commits the batch in hand,
 //! records its clean stop and leaves the group.
@@ -22,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use eventgate_core::catalogue::Catalogue;
 use eventgate_core::config::{AlertsConfig, Config, KafkaConfig, WriterConfig};
-use eventgate_core::db::pool::PoolSettings;
 use eventgate_core::db::PgPool;
+use eventgate_core::db::pool::PoolSettings;
 
 use crate::alerts::{AlertTasks, Alerts};
-use crate::batch::{Batch, Consumed};
+use crate::batch::{Batch, BatchLimits, Consumed};
 use crate::error::WriterError;
 use crate::health;
 use crate::metrics::WriterMetrics;
@@ -133,6 +135,9 @@ impl Writer {
             // hold every fetch for the whole wait (tansu, the local stack's) would add up to this much
             // to every event's way into Postgres (default 500 ms; docs/PERFORMANCE.md, end to end).
             .set("fetch.wait.max.ms", "100")
+            // What librdkafka prefetches is bounded by the operator's batch budget too, not by its
+            // default of 64 MiB (unless set in `kafka.client`).
+            .set("queued.max.messages.kbytes", prefetch_kbytes(config))
             // Statistics feed the consumer lag gauges (0 turns them off).
             .set(
                 "statistics.interval.ms",
@@ -213,6 +218,7 @@ impl Writer {
             .run(monitor_stop.clone()),
         );
         let timeout = Duration::from_millis(self.config.batch_timeout_ms);
+        let limits = BatchLimits::of(&self.config);
         let stall_before_pause =
             STALL_BEFORE_PAUSE.min(Duration::from_millis(self.config.max_poll_interval_ms / 4));
         let mut batch = Batch::default();
@@ -228,7 +234,7 @@ impl Writer {
         let mut revocations_seen = 0;
         loop {
             let deadline = batch.started.map(|started| started + timeout);
-            let room = batch.len() < self.config.batch_size;
+            let room = !batch.is_full(limits);
             let pause_at = full_since
                 .filter(|_| !paused)
                 .map(|since| since + stall_before_pause);
@@ -290,7 +296,7 @@ impl Writer {
                 }
             }
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            let full = batch.len() >= self.config.batch_size || (due && !batch.is_empty());
+            let full = batch.is_full(limits) || (due && !batch.is_empty());
             if full && writing.len() < WRITES_IN_FLIGHT {
                 let next = std::mem::take(&mut batch);
                 // Now, before more messages arrive: the spans are those of this batch's messages.
@@ -302,7 +308,7 @@ impl Writer {
                     (next, written, spans)
                 }));
             }
-            if batch.len() >= self.config.batch_size {
+            if batch.is_full(limits) {
                 full_since.get_or_insert_with(tokio::time::Instant::now);
             } else {
                 full_since = None;
@@ -482,6 +488,22 @@ impl Writer {
             }
             Err(error) => tracing::error!(%error, "offset commit task failed"),
         }
+    }
+}
+
+/// `queued.max.messages.kbytes` for the consumer: `writer.max_batch_bytes` in KiB, unless the operator
+/// set the property in `kafka.client`.
+fn prefetch_kbytes(config: &Config) -> String {
+    match config
+        .kafka
+        .client
+        .properties()
+        .get("queued.max.messages.kbytes")
+    {
+        Some(value) => (*value).to_owned(),
+        None => (config.writer.max_batch_bytes / 1024)
+            .clamp(1, 2_097_151)
+            .to_string(),
     }
 }
 

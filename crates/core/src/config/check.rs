@@ -86,6 +86,12 @@ impl Config {
             c.writer.batch_timeout_ms,
             1..=DAY_MS,
         )?;
+        // librdkafka's prefetch limit (`queued.max.messages.kbytes`) follows it: 1 KiB to 2 GiB.
+        in_range(
+            "writer.max_batch_bytes",
+            c.writer.max_batch_bytes,
+            1024..=2_097_151 * 1024,
+        )?;
         in_range(
             "writer.retry_initial_ms",
             c.writer.retry_initial_ms,
@@ -454,6 +460,10 @@ mod tests {
         let mut config = Config::default();
         config.writer.batch_size = 0;
         assert_eq!(invalid_key(&config), Some("writer.batch_size"));
+
+        let mut config = Config::default();
+        config.writer.max_batch_bytes = 0;
+        assert_eq!(invalid_key(&config), Some("writer.max_batch_bytes"));
 
         let mut config = Config::default();
         config.stats.pool_size = 0;

@@ -276,6 +276,7 @@ mod tests {
             partition: 1,
             offset,
             raw: Some(b"not json".to_vec()),
+            reason: crate::db::DeadLetterReason::Undecodable,
             error: "message is not a valid event envelope".into(),
         }
     }

@@ -1,27 +1,64 @@
 //! The batch insert: a batch's events in one statement (`INSERT ... SELECT FROM unnest(...)`, one array
 //! per column: the cheapest way to send many rows in one round trip short of `COPY`), in one transaction
-//! with the batch's dead letters.
+//! with the batch's dead letters. Payloads go as the JSON text they arrived in (binary `jsonb` is a
+//! version byte and that text): no `serde_json::Value` is built or serialised on the way.
 //!
-//! Ids stored already: the caller chooses ([`StoredIds`]). `ON CONFLICT (id) DO NOTHING` makes Postgres
-//! probe the primary key and write a speculative-insertion record for every row (≈ 8 % of the writer's
-//! rate against `COPY`, see docs/PERFORMANCE.md), so the writer tries the plain `INSERT` first and skips
-//! stored ids only when that met one (`crate::write::store_batch`).
+//! An event is stored once per (id, topic, producer), the primary key (migration
+//! `2025-02-01-000000_idempotency_per_producer`): another producer's id, or the same id on another
+//! topic, never suppresses an event. Keys stored already: the caller chooses ([`StoredIds`]).
+//! `ON CONFLICT ... DO NOTHING` makes Postgres probe the key and write a speculative-insertion record for
+//! every row (≈ 8 % of the writer's rate against `COPY`, see docs/PERFORMANCE.md), so the writer tries
+//! the plain `INSERT` first and skips stored keys only when that met one (`crate::write::store_batch`).
+//! Only that second path looks at what was skipped: a skipped event whose payload differs from the
+//! stored one is a *conflicting duplicate* (the producer re-sent an id with other content), parked as a
+//! dead letter in the same transaction. A Kafka redelivery carries the same payload and is no conflict;
+//! `received_at` is not compared (every HTTP retry has its own).
+
+use std::collections::HashSet;
 
 use time::OffsetDateTime;
-use tokio_postgres::types::Type;
-use tokio_postgres::Client;
+use tokio_postgres::types::{IsNull, ToSql, Type};
+use tokio_postgres::{Client, Transaction};
 
 use eventgate_core::db::DbError;
-use eventgate_core::envelope::Event;
+
+use crate::envelope::Envelope;
+pub use crate::envelope::KafkaCoordinates as ParkedKey;
+
+/// Why a message is parked: the `reason` column of `dead_letters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// Not an event envelope (not JSON, a field missing or malformed, no payload).
+    Undecodable,
+    /// An envelope naming another topic than the Kafka topic it was read from.
+    TopicMismatch,
+    /// The database refused the event (a constraint, a NUL character, a value too large).
+    Refused,
+    /// The producer re-sent an id it had used on the topic, with a different payload; the first stays.
+    ConflictingDuplicate,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Undecodable => "undecodable",
+            DeadLetterReason::TopicMismatch => "topic_mismatch",
+            DeadLetterReason::Refused => "refused",
+            DeadLetterReason::ConflictingDuplicate => "conflicting_duplicate",
+        }
+    }
+}
 
 /// A message parked in `dead_letters` instead of `events`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub topic: Option<String>,
     pub kafka_topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The message value as read from Kafka.
     pub raw: Option<Vec<u8>>,
+    pub reason: DeadLetterReason,
     pub error: String,
 }
 
@@ -33,14 +70,9 @@ pub struct Written {
     /// Kafka coordinates of the dead letters this write parked; a replayed poison message that was
     /// parked before is not among them, so it is not reported twice.
     pub parked: Vec<ParkedKey>,
-}
-
-/// Where a parked message came from: (Kafka topic, partition, offset), unique in `dead_letters`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ParkedKey {
-    pub kafka_topic: String,
-    pub kafka_partition: i32,
-    pub kafka_offset: i64,
+    /// The conflicting duplicates this write parked (also among `parked`): a redelivered one that was
+    /// parked before is not among them, so it is counted once.
+    pub conflicts: Vec<DeadLetter>,
 }
 
 impl DeadLetter {
@@ -51,77 +83,131 @@ impl DeadLetter {
             kafka_offset: self.offset,
         }
     }
+
+    /// An event parked for `reason`, with its message as read.
+    pub fn of_event(event: &Envelope, reason: DeadLetterReason, error: String) -> DeadLetter {
+        DeadLetter {
+            topic: Some(event.topic.clone()),
+            kafka_topic: event.origin.kafka_topic.clone(),
+            partition: event.origin.kafka_partition,
+            offset: event.origin.kafka_offset,
+            raw: Some(event.raw().to_vec()),
+            reason,
+            error: format!("{}: {error}", reason.as_str()),
+        }
+    }
 }
 
-/// What the events' insert does with an id stored already.
+/// What the events' insert does with a key stored already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredIds {
-    /// A plain `INSERT`: an id stored already (or twice in the batch) fails the transaction with a
+    /// A plain `INSERT`: a key stored already (or twice in the batch) fails the transaction with a
     /// unique violation. The common case, and the cheaper one.
     Refuse,
-    /// `ON CONFLICT (id) DO NOTHING`: stored ids are skipped, their first content stays.
+    /// `ON CONFLICT ... DO NOTHING`: stored keys are skipped, their first content stays; the skipped
+    /// ones with other content are parked as conflicting duplicates.
     Skip,
 }
 
 const INSERT_NEW_EVENTS: &str = "INSERT INTO events (id, topic, received_at, producer, payload) \
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[])";
 
-const INSERT_EVENTS_SKIPPING_STORED: &str =
-    "INSERT INTO events (id, topic, received_at, producer, payload) \
+/// `RETURNING` names the rows inserted; every other row of the batch was skipped.
+const INSERT_EVENTS_SKIPPING_STORED: &str = "INSERT INTO events (id, topic, received_at, producer, payload) \
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[]) \
-     ON CONFLICT (id) DO NOTHING";
+     ON CONFLICT (id, topic, producer) DO NOTHING \
+     RETURNING id, topic, producer";
+
+/// Which of the skipped rows (by their index `$5`) hold another payload than the stored event with
+/// their key. A statement of its own, after the insert: under READ COMMITTED it sees what the insert
+/// waited for (another writer's row committed meanwhile) and this transaction's own rows (the same key
+/// twice in the batch). `jsonb` equality: key order, spaces and the spelling of numbers do not count.
+const CONFLICTING_PAYLOADS: &str = "SELECT n.i FROM unnest($1::uuid[], $2::text[], $3::text[], \
+     $4::jsonb[], $5::int[]) AS n (id, topic, producer, payload, i) \
+     JOIN events e ON e.id = n.id AND e.topic = n.topic AND e.producer = n.producer \
+     WHERE e.payload <> n.payload";
 
 /// Dead letters always skip what is parked already: a replayed poison message is parked, and reported,
 /// once (`RETURNING` tells which ones are new).
-const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (topic, kafka_topic, kafka_partition, kafka_offset, raw, error) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bytea[], $6::text[]) \
+const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (topic, kafka_topic, kafka_partition, kafka_offset, raw, reason, error) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bytea[], $6::text[], $7::text[]) \
      ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING \
      RETURNING kafka_topic, kafka_partition, kafka_offset";
+
+/// JSON text sent as a `jsonb` parameter: binary `jsonb` is a version byte (1) and the text, which
+/// Postgres parses as it would parse the text of a `serde_json::Value`.
+#[derive(Debug)]
+struct JsonbText<'a>(&'a [u8]);
+
+impl ToSql for JsonbText<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
 
 /// Inserts events and dead letters in one transaction. Statements go with their parameter types
 /// (`*_typed`): one round trip each, no statement to prepare first.
 pub async fn insert_batch(
     conn: &mut Client,
-    events: &[&Event],
+    events: &[&Envelope],
     dead_letters: &[DeadLetter],
     stored_ids: StoredIds,
 ) -> Result<Written, DbError> {
     let transaction = conn.transaction().await?;
     let mut written = Written::default();
+    let mut conflicts: Vec<DeadLetter> = Vec::new();
     if !events.is_empty() {
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id).collect();
         let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
-        let received_at: Vec<OffsetDateTime> = events.iter().map(|e| e.timestamp).collect();
+        let received_at: Vec<OffsetDateTime> = events.iter().map(|e| e.received_at).collect();
         let producers: Vec<&str> = events.iter().map(|e| e.producer.as_str()).collect();
-        let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
-        let statement = match stored_ids {
-            StoredIds::Refuse => INSERT_NEW_EVENTS,
-            StoredIds::Skip => INSERT_EVENTS_SKIPPING_STORED,
-        };
-        let inserted = transaction
-            .execute_typed(
-                statement,
-                &[
-                    (&ids, Type::UUID_ARRAY),
-                    (&topics, Type::TEXT_ARRAY),
-                    (&received_at, Type::TIMESTAMPTZ_ARRAY),
-                    (&producers, Type::TEXT_ARRAY),
-                    (&payloads, Type::JSONB_ARRAY),
-                ],
-            )
-            .await?;
-        written.events = usize::try_from(inserted).unwrap_or(usize::MAX);
+        let payloads: Vec<JsonbText<'_>> =
+            events.iter().map(|e| JsonbText(e.payload_json())).collect();
+        let params: [(&(dyn ToSql + Sync), Type); 5] = [
+            (&ids, Type::UUID_ARRAY),
+            (&topics, Type::TEXT_ARRAY),
+            (&received_at, Type::TIMESTAMPTZ_ARRAY),
+            (&producers, Type::TEXT_ARRAY),
+            (&payloads, Type::JSONB_ARRAY),
+        ];
+        match stored_ids {
+            StoredIds::Refuse => {
+                let inserted = transaction
+                    .execute_typed(INSERT_NEW_EVENTS, &params)
+                    .await?;
+                written.events = usize::try_from(inserted).unwrap_or(usize::MAX);
+            }
+            StoredIds::Skip => {
+                let rows = transaction
+                    .query_typed(INSERT_EVENTS_SKIPPING_STORED, &params)
+                    .await?;
+                written.events = rows.len();
+                let skipped = skipped_rows(events, &rows)?;
+                conflicts = conflicting(&transaction, events, &skipped).await?;
+            }
+        }
     }
-    if !dead_letters.is_empty() {
-        let topics: Vec<Option<&str>> = dead_letters.iter().map(|d| d.topic.as_deref()).collect();
-        let kafka_topics: Vec<&str> = dead_letters
-            .iter()
-            .map(|d| d.kafka_topic.as_str())
-            .collect();
-        let partitions: Vec<i32> = dead_letters.iter().map(|d| d.partition).collect();
-        let offsets: Vec<i64> = dead_letters.iter().map(|d| d.offset).collect();
-        let raw: Vec<Option<&[u8]>> = dead_letters.iter().map(|d| d.raw.as_deref()).collect();
-        let errors: Vec<&str> = dead_letters.iter().map(|d| d.error.as_str()).collect();
+    let parking: Vec<&DeadLetter> = dead_letters.iter().chain(conflicts.iter()).collect();
+    if !parking.is_empty() {
+        let topics: Vec<Option<&str>> = parking.iter().map(|d| d.topic.as_deref()).collect();
+        let kafka_topics: Vec<&str> = parking.iter().map(|d| d.kafka_topic.as_str()).collect();
+        let partitions: Vec<i32> = parking.iter().map(|d| d.partition).collect();
+        let offsets: Vec<i64> = parking.iter().map(|d| d.offset).collect();
+        let raw: Vec<Option<&[u8]>> = parking.iter().map(|d| d.raw.as_deref()).collect();
+        let reasons: Vec<&str> = parking.iter().map(|d| d.reason.as_str()).collect();
+        let errors: Vec<&str> = parking.iter().map(|d| d.error.as_str()).collect();
         let rows = transaction
             .query_typed(
                 INSERT_DEAD_LETTERS,
@@ -131,6 +217,7 @@ pub async fn insert_batch(
                     (&partitions, Type::INT4_ARRAY),
                     (&offsets, Type::INT8_ARRAY),
                     (&raw, Type::BYTEA_ARRAY),
+                    (&reasons, Type::TEXT_ARRAY),
                     (&errors, Type::TEXT_ARRAY),
                 ],
             )
@@ -146,7 +233,83 @@ pub async fn insert_batch(
             })
             .collect::<Result<_, tokio_postgres::Error>>()?;
         written.dead_letters = written.parked.len();
+        let parked: HashSet<&ParkedKey> = written.parked.iter().collect();
+        conflicts.retain(|dead| parked.contains(&dead.key()));
+        written.conflicts = conflicts;
     }
     transaction.commit().await?;
     Ok(written)
+}
+
+/// The indexes of the batch's rows the insert skipped, given the keys it `RETURNING`ed: a key inserted
+/// is its first row in the batch (rows go in in order); every other row with that key, and every row of
+/// a key not returned, was skipped.
+fn skipped_rows(
+    events: &[&Envelope],
+    inserted: &[tokio_postgres::Row],
+) -> Result<Vec<usize>, tokio_postgres::Error> {
+    let mut keys: HashSet<(uuid::Uuid, &str, &str)> = HashSet::with_capacity(inserted.len());
+    for row in inserted {
+        keys.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+    }
+    Ok(events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !keys.remove(&(e.id, e.topic.as_str(), e.producer.as_str())))
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// The skipped rows whose payload differs from the stored event's, as dead letters.
+async fn conflicting(
+    transaction: &Transaction<'_>,
+    events: &[&Envelope],
+    skipped: &[usize],
+) -> Result<Vec<DeadLetter>, DbError> {
+    if skipped.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<uuid::Uuid> = skipped.iter().map(|&i| events[i].id).collect();
+    let topics: Vec<&str> = skipped.iter().map(|&i| events[i].topic.as_str()).collect();
+    let producers: Vec<&str> = skipped
+        .iter()
+        .map(|&i| events[i].producer.as_str())
+        .collect();
+    let payloads: Vec<JsonbText<'_>> = skipped
+        .iter()
+        .map(|&i| JsonbText(events[i].payload_json()))
+        .collect();
+    let indexes: Vec<i32> = skipped
+        .iter()
+        .map(|&i| i32::try_from(i).unwrap_or(i32::MAX))
+        .collect();
+    let rows = transaction
+        .query_typed(
+            CONFLICTING_PAYLOADS,
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&topics, Type::TEXT_ARRAY),
+                (&producers, Type::TEXT_ARRAY),
+                (&payloads, Type::JSONB_ARRAY),
+                (&indexes, Type::INT4_ARRAY),
+            ],
+        )
+        .await?;
+    let mut conflicts = Vec::with_capacity(rows.len());
+    for row in rows {
+        let index: i32 = row.try_get(0)?;
+        let Some(event) = usize::try_from(index).ok().and_then(|i| events.get(i)) else {
+            continue;
+        };
+        conflicts.push(DeadLetter::of_event(
+            event,
+            DeadLetterReason::ConflictingDuplicate,
+            format!(
+                "event id {} was stored before for this topic and producer with another payload; \
+                 the first payload stays",
+                event.id
+            ),
+        ));
+    }
+    Ok(conflicts)
 }

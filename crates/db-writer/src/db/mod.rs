@@ -9,4 +9,4 @@
 pub mod events;
 pub mod runs;
 
-pub use events::{insert_batch, DeadLetter, ParkedKey, StoredIds, Written};
+pub use events::{DeadLetter, DeadLetterReason, ParkedKey, StoredIds, Written, insert_batch};
