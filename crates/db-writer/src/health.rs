@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{web, App, HttpResponse, HttpServer};
 
 use eventgate_core::db::PgPool;
 use eventgate_core::health::HealthReport;
-use eventgate_core::http::{RequestTelemetry, check_dependency, health_response};
+use eventgate_core::http::{check_dependency, health_response, RequestTelemetry};
 use eventgate_core::shutdown::Lifecycle;
 
 use crate::metrics::WriterMetrics;

@@ -48,7 +48,7 @@ use eventgate_core::shutdown::Lifecycle;
 
 pub use crate::error::WriterError;
 pub use crate::metrics::WriterMetrics;
-pub use crate::writer::{WRITES_IN_FLIGHT, Writer};
+pub use crate::writer::{Writer, WRITES_IN_FLIGHT};
 
 /// The writer with its health and metrics listener, as the binary runs it.
 pub struct Application {

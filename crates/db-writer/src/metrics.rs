@@ -8,7 +8,7 @@ use prometheus::{
 use rdkafka::statistics::Statistics;
 
 use eventgate_core::db::PgPool;
-use eventgate_core::metrics::{HttpMetrics, PoolCollector, counter_vec, gauge_vec};
+use eventgate_core::metrics::{counter_vec, gauge_vec, HttpMetrics, PoolCollector};
 
 use crate::alerts::AlertKind;
 use crate::db::Written;

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use eventgate_core::db::PgPool;
 
-use crate::alerts::rules::{CrashLoopDecision, crash_loop_decision, crash_loop_notice};
+use crate::alerts::rules::{crash_loop_decision, crash_loop_notice, CrashLoopDecision};
 use crate::alerts::{AlertPolicy, Notice};
 use crate::db;
 use crate::error::WriterError;

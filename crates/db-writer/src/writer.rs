@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use eventgate_core::catalogue::Catalogue;
 use eventgate_core::config::{AlertsConfig, Config, KafkaConfig, WriterConfig};
-use eventgate_core::db::PgPool;
 use eventgate_core::db::pool::PoolSettings;
+use eventgate_core::db::PgPool;
 
 use crate::alerts::{AlertTasks, Alerts};
 use crate::batch::{Batch, BatchLimits, Consumed};

@@ -16,29 +16,29 @@ const BODY_WIDTH: usize = 72;
 /// What a kind of failure means for the events, and what to do: the last paragraph of its alert.
 fn what_it_means(kind: AlertKind) -> &'static str {
     match kind {
-        AlertKind::DeadLetters => {
-            "These Kafka messages can never be written (not a valid event envelope, or refused by the \
+            AlertKind::DeadLetters => {
+                "These Kafka messages can never be written (not a valid event envelope, or refused by the \
                  database). Each was parked in the dead_letters table with the raw message, its Kafka \
                  coordinates and the error, and its offset was committed, so its partition kept moving and \
                  every other event was written.\n\
                  List them: GET /stats/{topic}/dead-letters (stats-api, read access to the topic)."
-        }
-        AlertKind::DatabaseUnreachable => {
-            "The writer cannot reach Postgres. It keeps the batch in hand and retries with backoff; \
+            }
+            AlertKind::DatabaseUnreachable => {
+                "The writer cannot reach Postgres. It keeps the batch in hand and retries with backoff; \
                  offsets are not committed, so no accepted event is lost: events wait in Kafka and are \
                  written once the database is back. The stats-api answers 503 meanwhile."
-        }
-        AlertKind::BrokerUnreachable => {
-            "The writer cannot reach the Kafka brokers. The ingest-api answers 503 (type queue) to \
+            }
+            AlertKind::BrokerUnreachable => {
+                "The writer cannot reach the Kafka brokers. The ingest-api answers 503 (type queue) to \
                  producers instead of accepting events; the writers resume by themselves when the brokers \
                  return."
-        }
-        AlertKind::CrashLoop => {
-            "Writers of this consumer group keep dying without a clean stop (killed, out of memory, \
+            }
+            AlertKind::CrashLoop => {
+                "Writers of this consumer group keep dying without a clean stop (killed, out of memory, \
                  panic). Nothing is lost (a restarted writer re-reads the uncommitted batch and the unique \
                  event id makes the replay harmless), but the group may make little progress. Check the \
                  writers' logs and their restarts."
-        }
+            }
     }
 }
 
@@ -206,7 +206,11 @@ impl Notice {
 }
 
 fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
-    if n == 1 { one } else { many }
+    if n == 1 {
+        one
+    } else {
+        many
+    }
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -295,8 +299,8 @@ pub fn human_duration(duration: impl TryInto<Duration>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::rules::tests::{policy, secs, T0};
     use crate::alerts::rules::Alerter;
-    use crate::alerts::rules::tests::{T0, policy, secs};
 
     #[test]
     fn the_body_says_what_happened_and_what_to_do() {

@@ -113,7 +113,8 @@ const INSERT_NEW_EVENTS: &str = "INSERT INTO events (id, topic, received_at, pro
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[])";
 
 /// `RETURNING` names the rows inserted; every other row of the batch was skipped.
-const INSERT_EVENTS_SKIPPING_STORED: &str = "INSERT INTO events (id, topic, received_at, producer, payload) \
+const INSERT_EVENTS_SKIPPING_STORED: &str =
+    "INSERT INTO events (id, topic, received_at, producer, payload) \
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[]) \
      ON CONFLICT (id, topic, producer) DO NOTHING \
      RETURNING id, topic, producer";

@@ -9,4 +9,4 @@
 pub mod events;
 pub mod runs;
 
-pub use events::{DeadLetter, DeadLetterReason, ParkedKey, StoredIds, Written, insert_batch};
+pub use events::{insert_batch, DeadLetter, DeadLetterReason, ParkedKey, StoredIds, Written};
