@@ -247,3 +247,124 @@ async fn invalid_field_indexes_are_built_again() {
     );
     assert!(is_valid().await);
 }
+
+/// The migration that scopes idempotency to (id, topic, producer) carries a history over: a database
+/// migrated up to the one before it, holding events and dead letters, is migrated the rest of the way;
+/// every row is still there, unchanged, dead letters are classified, and from then on the same id is
+/// another event for another producer or topic but still one event for the same producer and topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_producer_key_carries_existing_rows_over() {
+    use diesel::migration::MigrationSource;
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+    use diesel_async::AsyncPgConnection;
+    use diesel_migrations::MigrationHarness;
+
+    const KEYED_PER_PRODUCER: &str = "2025-02-01-000000_idempotency_per_producer";
+    let stack = eventgate_test_support::stack().await;
+    let name = stack.unique_name("eg_upgrade_");
+    admin(&stack.database_url("postgres", "postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER eventgate"))
+        .await
+        .expect("empty database");
+    let owner = stack.database_url("eventgate", &name);
+
+    // The schema as it was before: every migration up to the new one.
+    let connection = eventgate_core::db::tls::diesel_connection(&owner)
+        .await
+        .expect("connect");
+    let applied = tokio::task::spawn_blocking(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
+        let migrations = MigrationSource::<Pg>::migrations(&eventgate_core::db::MIGRATIONS)
+            .expect("embedded migrations");
+        // What `run_pending_migrations` does first: the table of applied migrations.
+        diesel::migration::MigrationConnection::setup(&mut conn).expect("migrations table");
+        let mut applied = Vec::new();
+        for migration in migrations {
+            let migration_name = migration.name().to_string();
+            if migration_name.as_str() >= KEYED_PER_PRODUCER {
+                break;
+            }
+            conn.run_migration(&*migration).expect("an old migration");
+            applied.push(migration_name);
+        }
+        applied
+    })
+    .await
+    .expect("migration task");
+    assert_eq!(applied.len(), 3, "{applied:?}");
+
+    let db = admin(&stack.database_url("postgres", &name)).await;
+    db.batch_execute(
+        "INSERT INTO events (id, topic, received_at, producer, payload)
+         SELECT ('0190a3b2-1c2d-7e3f-8a9b-' || lpad(n::text, 12, '0'))::uuid, 'audit.logs',
+                '2025-01-15T10:00:00Z'::timestamptz + n * interval '1 second', 'alice',
+                jsonb_build_object('n', n)
+         FROM generate_series(1, 50) AS n;
+         INSERT INTO dead_letters (topic, kafka_topic, kafka_partition, kafka_offset, raw, error) VALUES
+           ('audit.logs', 'eventgate.audit.logs', 0, 1, 'x', 'message is not a valid event envelope: x'),
+           ('audit.logs', 'eventgate.audit.logs', 0, 2, 'y', 'topic_mismatch: the envelope names …'),
+           ('audit.logs', 'eventgate.audit.logs', 0, 3, 'z', 'database refused the event: …');",
+    )
+    .await
+    .expect("an old history");
+    let snapshot = "SELECT string_agg(id::text || topic || received_at::text || producer || payload::text, ',' ORDER BY id) FROM events";
+    let before: String = db.query_one(snapshot, &[]).await.expect("rows").get(0);
+
+    let rest = eventgate_core::db::run_migrations(&owner)
+        .await
+        .expect("the rest migrates");
+    assert!(rest >= 1, "the new migration ran");
+
+    let after: String = db.query_one(snapshot, &[]).await.expect("rows").get(0);
+    assert_eq!(after, before, "every event carried over unchanged");
+    let key: Vec<String> = db
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = 'events'::regclass AND i.indisprimary
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[],
+        )
+        .await
+        .expect("primary key")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(key, ["id", "topic", "producer"]);
+    let reasons: Vec<String> = db
+        .query("SELECT reason FROM dead_letters ORDER BY kafka_offset", &[])
+        .await
+        .expect("reasons")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(reasons, ["undecodable", "topic_mismatch", "refused"]);
+
+    // The writer's role can still insert (the grants survived) under the new key.
+    let writer = admin(&stack.database_url("eventgate_writer", &name)).await;
+    let insert = "INSERT INTO events (id, topic, received_at, producer, payload)
+                  VALUES ('0190a3b2-1c2d-7e3f-8a9b-000000000001', $1, now(), $2, '{}')";
+    writer
+        .execute(insert, &[&"audit.logs", &"bob"])
+        .await
+        .expect("another producer's event with a stored id");
+    writer
+        .execute(insert, &[&"web.events", &"alice"])
+        .await
+        .expect("the same producer's id on another topic");
+    let again = writer
+        .execute(insert, &[&"audit.logs", &"alice"])
+        .await
+        .expect_err("the same producer, topic and id once only");
+    assert_eq!(
+        again.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    let reader = admin(&stack.database_url("eventgate_stats", &name)).await;
+    let reasons = reader
+        .query("SELECT reason FROM dead_letters", &[])
+        .await
+        .expect("the stats role reads the new column");
+    assert_eq!(reasons.len(), 3);
+}
