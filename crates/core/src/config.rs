@@ -361,8 +361,16 @@ pub struct IngestConfig {
     /// A payload field whose value (a UUID) becomes the event id instead of a fresh UUIDv7; lets a
     /// producer retry without creating duplicates.
     pub id_field: String,
-    /// Largest accepted request body, in bytes (413 beyond).
+    /// Largest accepted request body, in bytes (413 beyond): bounds a batch.
     pub max_body_bytes: usize,
+    /// Largest event, in bytes, as it is queued: its Kafka record's key and value (the envelope JSON:
+    /// payload, id, topic, timestamp, producer). 413 beyond (in a batch: that event's outcome). The
+    /// ingest-api refuses to start when this plus the record overhead is above a topic's
+    /// `max.message.bytes` (`core::kafka::check_message_limits`).
+    pub max_event_bytes: usize,
+    /// Most JSON values (objects, arrays, strings, numbers, literals) in one event, counted on the raw
+    /// bytes before parsing (413 beyond): bounds the memory a parsed event takes.
+    pub max_event_nodes: usize,
     /// Most events in one batch request.
     pub max_batch_events: usize,
     /// How long a request waits for the broker's acknowledgement before answering 503.
@@ -377,6 +385,9 @@ impl Default for IngestConfig {
             admin_listen: None,
             id_field: "event_id".into(),
             max_body_bytes: 1024 * 1024,
+            // A quarter of Kafka's default message limit (1 MiB): room for the envelope and batching.
+            max_event_bytes: 256 * 1024,
+            max_event_nodes: 10_000,
             max_batch_events: 1000,
             publish_timeout_ms: 5000,
             workers: None,

@@ -1,8 +1,10 @@
 //! The rules of accepting events, applied by the ingest-api before anything is published:
-//! a body is one JSON object or a non-empty array of them; each event must satisfy its topic's schema;
-//! each accepted event gets its envelope (id, received-at time, producer).
+//! a body is one JSON object or a non-empty array of them; each event must hold at most
+//! `max_event_nodes` JSON values and satisfy its topic's schema; each accepted event gets its envelope
+//! (id, received-at time, producer), and its Kafka record must fit in `max_event_bytes`. A refused event
+//! of a batch refuses only itself. What the client is answered once the broker had its say: [`answer`].
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -16,6 +18,37 @@ pub struct IngestRules {
     /// The payload field that may carry a producer-chosen event id (a UUID).
     pub id_field: String,
     pub max_batch_events: usize,
+    /// Most JSON values in one event (counted on the raw bytes, before parsing).
+    pub max_event_nodes: usize,
+    /// Largest Kafka record (key + envelope) of one event.
+    pub max_event_bytes: usize,
+}
+
+/// What a Kafka record may take besides an event's key and value, reserved when an event's size is
+/// compared with the broker's limit: the record batch's header and the record's varints (≈ 100 bytes),
+/// the trace-context headers (at most [`TRACE_HEADERS_MAX_BYTES`]; larger ones are not sent) and slack
+/// for compression that does not pay off.
+pub const RECORD_OVERHEAD_BYTES: usize = 8 * 1024;
+
+/// The trace-context headers a record may carry (a caller's `tracestate` can be long); larger ones are
+/// left off the record rather than let it outgrow [`RECORD_OVERHEAD_BYTES`].
+pub const TRACE_HEADERS_MAX_BYTES: usize = 4 * 1024;
+
+/// An accepted event as the broker will hold it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: Uuid,
+    pub key: String,
+    /// The envelope JSON.
+    pub value: Vec<u8>,
+}
+
+/// The broker's answer for one published record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    Acknowledged,
+    /// Not acknowledged: a `queue` error (transient: retry) or `too_large` (the broker's limit).
+    Failed(ErrorDetail),
 }
 
 /// The outcome for one event of a request, in request order.
@@ -78,20 +111,22 @@ pub fn prepare(
     rules: &IngestRules,
     now: OffsetDateTime,
 ) -> Result<PreparedBody, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    // Checked without building anything (IgnoredAny), so that the events can be split and their values
+    // counted on the raw bytes, and no event beyond `max_event_nodes` is ever parsed into a tree.
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
         ApiError::new(ErrorKind::Malformed, format!("body is not valid JSON: {e}"))
             .with_field("body")
     })?;
-    let (is_batch, items) = match value {
-        Value::Array(items) => (true, items),
-        object @ Value::Object(_) => (false, vec![object]),
-        _ => {
-            return Err(ApiError::from(ErrorDetail::validation(
-                "body",
-                "body must be one JSON object (an event) or an array of them (a batch)",
-            )))
-        }
-    };
+    let (is_batch, items) = crate::limits::json_items(body);
+    let is_object = items
+        .first()
+        .is_some_and(|item| body.get(item.range.start) == Some(&b'{'));
+    if !is_batch && !is_object {
+        return Err(ApiError::from(ErrorDetail::validation(
+            "body",
+            "body must be one JSON object (an event) or an array of them (a batch)",
+        )));
+    }
     if is_batch && items.is_empty() {
         return Err(ApiError::from(ErrorDetail::validation(
             "body",
@@ -115,16 +150,189 @@ pub fn prepare(
     let outcomes = items
         .into_iter()
         .enumerate()
-        .map(|(index, payload)| {
+        .map(|(index, item)| {
             let prefix = if is_batch {
                 format!("[{index}].")
             } else {
                 String::new()
             };
-            prepare_one(payload, topic, producer, rules, now, &prefix)
+            if item.nodes > rules.max_event_nodes {
+                return EventOutcome::Rejected(vec![crate::limits::too_many_nodes(
+                    event_field(&prefix),
+                    item.nodes,
+                    rules.max_event_nodes,
+                )]);
+            }
+            match serde_json::from_slice::<Value>(&body[item.range]) {
+                Ok(payload) => prepare_one(payload, topic, producer, rules, now, &prefix),
+                // Unreachable after the check of the whole body, but never a panic on outside data.
+                Err(e) => EventOutcome::Rejected(vec![ErrorDetail::new(
+                    ErrorKind::Malformed,
+                    format!("event is not valid JSON: {e}"),
+                )
+                .with_field(event_field(&prefix))]),
+            }
         })
         .collect();
     Ok(PreparedBody { is_batch, outcomes })
+}
+
+/// The field that names a whole event: `body`, or `[3]` in a batch (`prefix` is `""` or `"[3]."`).
+fn event_field(prefix: &str) -> String {
+    if prefix.is_empty() {
+        "body".to_owned()
+    } else {
+        prefix.trim_end_matches('.').to_owned()
+    }
+}
+
+impl PreparedBody {
+    /// Encodes every accepted event into its Kafka record, in order. An event whose record (key +
+    /// envelope) is larger than `max_event_bytes` is refused here (413 `too_large` naming the limit):
+    /// its outcome becomes a rejection, and it gets no record.
+    pub fn records(&mut self, topic: &Topic, max_event_bytes: usize) -> Vec<Record> {
+        let is_batch = self.is_batch;
+        let mut records = Vec::new();
+        for (index, outcome) in self.outcomes.iter_mut().enumerate() {
+            let EventOutcome::Accepted(event) = outcome else {
+                continue;
+            };
+            let key = topic.message_key(&event.payload, &event.id);
+            let value = event.to_json_bytes();
+            let size = key.len() + value.len();
+            if size > max_event_bytes {
+                let field = if is_batch {
+                    format!("[{index}]")
+                } else {
+                    "body".to_owned()
+                };
+                *outcome = EventOutcome::Rejected(vec![ErrorDetail::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "the event takes {size} bytes as queued (its envelope — payload, id, topic, \
+                         timestamp, producer — and its key), at most {max_event_bytes} allowed \
+                         (ingest.max_event_bytes)"
+                    ),
+                )
+                .with_field(field)]);
+                continue;
+            }
+            records.push(Record {
+                id: event.id,
+                key,
+                value,
+            });
+        }
+        records
+    }
+}
+
+/// A successful answer to a write: its status (202, or 207 when some events were not accepted), its
+/// body, and the `Retry-After` seconds when some of them may be retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after_secs: Option<u32>,
+}
+
+/// The answer to a write once the broker had its say. `deliveries` are those of the accepted events,
+/// in order (see [`PreparedBody::records`]).
+///
+/// - every event acknowledged → 202 with the ids;
+/// - some acknowledged → 207: `ids` holds the acknowledged ones, `results` every event's outcome by
+///   `index` (`statusCode` 202 with its `id`; 400/413 with `errors` for a refused one, never published;
+///   503 with its `id` and `errors` for one the broker did not acknowledge), and `Retry-After` when one
+///   may be retried (resend it with its `id` as the event id: it is stored once);
+/// - none acknowledged → an error: 503 `queue` (with `Retry-After`) when a retry may help, else every
+///   event's errors (400, 413).
+pub fn answer(prepared: &PreparedBody, deliveries: &[Delivery]) -> Result<Answer, ApiError> {
+    let field = |index: usize| {
+        if prepared.is_batch {
+            format!("[{index}]")
+        } else {
+            "body".to_owned()
+        }
+    };
+    let mut deliveries = deliveries.iter();
+    let mut ids = Vec::new();
+    let mut results = Vec::with_capacity(prepared.outcomes.len());
+    // Every failure, with its field; the transient ones first: they decide the status.
+    let mut transient = Vec::new();
+    let mut permanent = Vec::new();
+    for (index, outcome) in prepared.outcomes.iter().enumerate() {
+        match outcome {
+            EventOutcome::Rejected(errors) => {
+                let status = errors.first().map_or(400, |e| e.kind.status());
+                permanent.extend(errors.iter().cloned());
+                results.push(json!({"index": index, "statusCode": status, "errors": errors}));
+            }
+            EventOutcome::Accepted(event) => match deliveries.next() {
+                Some(Delivery::Acknowledged) => {
+                    ids.push(event.id.to_string());
+                    results.push(json!({"index": index, "statusCode": 202, "id": event.id}));
+                }
+                Some(Delivery::Failed(error)) => {
+                    let error = error.clone().with_field(field(index));
+                    results.push(json!({
+                        "index": index,
+                        "statusCode": error.kind.status(),
+                        "id": event.id,
+                        "errors": [&error],
+                    }));
+                    if error.kind.retry_after_secs().is_some() {
+                        transient.push(error);
+                    } else {
+                        permanent.push(error);
+                    }
+                }
+                // A caller's bug (fewer deliveries than records); the event's fate is unknown.
+                None => {
+                    let error = ErrorDetail::new(
+                        ErrorKind::Internal,
+                        "the event's delivery was not reported",
+                    )
+                    .with_field(field(index));
+                    results.push(json!({
+                        "index": index,
+                        "statusCode": 500,
+                        "id": event.id,
+                        "errors": [&error],
+                    }));
+                    permanent.push(error);
+                }
+            },
+        }
+    }
+    if ids.is_empty() {
+        if let Some(first) = transient.first() {
+            let mut details = vec![ErrorDetail::new(
+                ErrorKind::Queue,
+                format!("{}; nothing was accepted, retry later", first.message),
+            )];
+            details.extend(permanent);
+            return Err(ApiError::from_details(details));
+        }
+        if permanent.is_empty() {
+            permanent.push(ErrorDetail::new(ErrorKind::Internal, "no event to answer"));
+        }
+        return Err(ApiError::from_details(permanent));
+    }
+    if ids.len() == prepared.outcomes.len() {
+        return Ok(Answer {
+            status: 202,
+            body: json!({"success": true, "statusCode": 202, "ids": ids}),
+            retry_after_secs: None,
+        });
+    }
+    Ok(Answer {
+        status: 207,
+        body: json!({"success": false, "statusCode": 207, "ids": ids, "results": results}),
+        retry_after_secs: transient
+            .iter()
+            .filter_map(|e| e.kind.retry_after_secs())
+            .max(),
+    })
 }
 
 fn prepare_one(
@@ -136,13 +344,8 @@ fn prepare_one(
     prefix: &str,
 ) -> EventOutcome {
     if !payload.is_object() {
-        let field = if prefix.is_empty() {
-            "body".to_owned()
-        } else {
-            prefix.trim_end_matches('.').to_owned()
-        };
         return EventOutcome::Rejected(vec![ErrorDetail::validation(
-            field,
+            event_field(prefix),
             "an event must be a JSON object",
         )]);
     }
@@ -236,6 +439,8 @@ mod tests {
         IngestRules {
             id_field: "event_id".into(),
             max_batch_events: 3,
+            max_event_nodes: 100,
+            max_event_bytes: 1024,
         }
     }
 
@@ -351,6 +556,117 @@ mod tests {
         .unwrap();
         assert_eq!(single.status(), 400);
         assert!(single.details[0].message.contains("NUL"), "{single:?}");
+    }
+
+    #[test]
+    fn an_event_with_too_many_values_is_refused_before_parsing() {
+        let bomb = format!(r#"{{"event_name": "x", "a": [{}0]}}"#, "0,".repeat(200));
+        let single = prepare(bomb.as_bytes(), &topic(), "a", &rules(), now())
+            .unwrap()
+            .all_rejected_error()
+            .unwrap();
+        assert_eq!(single.status(), 413);
+        assert_eq!(single.details[0].field.as_deref(), Some("body"));
+        assert!(
+            single.details[0].message.contains("at most 100"),
+            "{single:?}"
+        );
+        let batch = format!(r#"[{{"event_name": "ok"}}, {bomb}]"#);
+        let prepared = prepare(batch.as_bytes(), &topic(), "a", &rules(), now()).unwrap();
+        assert_eq!(prepared.accepted().count(), 1);
+        match &prepared.outcomes[1] {
+            EventOutcome::Rejected(details) => {
+                assert_eq!(details[0].kind, ErrorKind::TooLarge);
+                assert_eq!(details[0].field.as_deref(), Some("[1]"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_as_queued_gets_no_record() {
+        let big = "x".repeat(900);
+        let body =
+            format!(r#"[{{"event_name": "a"}}, {{"event_name": "{big}"}}, {{"event_name": "c"}}]"#);
+        let mut prepared = prepare(body.as_bytes(), &topic(), "alice", &rules(), now()).unwrap();
+        let records = prepared.records(&topic(), 1024);
+        assert_eq!(records.len(), 2);
+        for record in &records {
+            // The key (the id, no key field) and the envelope are what the limit measures.
+            assert_eq!(record.key, record.id.to_string());
+            let event = Event::from_json_bytes(&record.value).unwrap();
+            assert_eq!(event.id, record.id);
+        }
+        match &prepared.outcomes[1] {
+            EventOutcome::Rejected(details) => {
+                assert_eq!(details[0].kind, ErrorKind::TooLarge);
+                assert_eq!(details[0].field.as_deref(), Some("[1]"));
+                assert!(details[0].message.contains("at most 1024"), "{details:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The envelope counts: an event of 900 bytes alone fits, its envelope does not.
+        let single = format!(r#"{{"event_name": "{}"}}"#, "y".repeat(880));
+        assert!(single.len() < 1024);
+        let mut prepared = prepare(single.as_bytes(), &topic(), "alice", &rules(), now()).unwrap();
+        assert!(prepared.records(&topic(), 1024).is_empty());
+        let error = answer(&prepared, &[]).unwrap_err();
+        assert_eq!(error.status(), 413);
+        assert_eq!(error.details[0].field.as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn the_answer_says_what_the_broker_acknowledged() {
+        let body = br#"[{"event_name": "a"}, {"event_name": 5}, {"event_name": "c"}]"#;
+        let prepared = prepare(body, &topic(), "a", &rules(), now()).unwrap();
+        let ids: Vec<String> = prepared.accepted().map(|e| e.id.to_string()).collect();
+        let queue = || Delivery::Failed(ErrorDetail::new(ErrorKind::Queue, "timed out"));
+
+        // One acknowledged, one not: 207, the failed one with its id and a Retry-After.
+        let partial = answer(&prepared, &[Delivery::Acknowledged, queue()]).unwrap();
+        assert_eq!(partial.status, 207);
+        assert_eq!(partial.retry_after_secs, Some(5));
+        assert_eq!(partial.body["ids"], json!([ids[0]]));
+        let results = &partial.body["results"];
+        assert_eq!(results[0]["statusCode"], 202);
+        assert_eq!(results[1]["statusCode"], 400);
+        assert!(results[1]["id"].is_null(), "never published: {results}");
+        assert_eq!(results[2]["statusCode"], 503);
+        assert_eq!(results[2]["id"], json!(ids[1]));
+        assert_eq!(results[2]["errors"][0]["type"], "queue");
+        assert_eq!(results[2]["errors"][0]["field"], "[2]");
+
+        // Invalid ones only refused: 207 without Retry-After.
+        let refused = answer(&prepared, &[Delivery::Acknowledged, Delivery::Acknowledged]).unwrap();
+        assert_eq!((refused.status, refused.retry_after_secs), (207, None));
+        assert_eq!(refused.body["ids"], json!(ids));
+
+        // None acknowledged: 503, naming the invalid event too.
+        let none = answer(&prepared, &[queue(), queue()]).unwrap_err();
+        assert_eq!(none.status(), 503);
+        assert!(none.details[0].message.contains("nothing was accepted"));
+        assert_eq!(none.details[1].field.as_deref(), Some("[1].event_name"));
+
+        // Too large at the broker, nothing else: 413, no retry.
+        let too_large = || Delivery::Failed(ErrorDetail::new(ErrorKind::TooLarge, "too large"));
+        let none = answer(&prepared, &[too_large(), too_large()]).unwrap_err();
+        assert_eq!(
+            none.status(),
+            413,
+            "the errors in request order, the first decides"
+        );
+        assert!(none
+            .details
+            .iter()
+            .any(|d| d.field.as_deref() == Some("[2]")));
+
+        // Everything acknowledged: 202.
+        let body = br#"[{"event_name": "a"}, {"event_name": "b"}]"#;
+        let prepared = prepare(body, &topic(), "a", &rules(), now()).unwrap();
+        let all = answer(&prepared, &[Delivery::Acknowledged, Delivery::Acknowledged]).unwrap();
+        assert_eq!(all.status, 202);
+        assert_eq!(all.body["success"], true);
+        assert_eq!(all.body["ids"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, ConfigResource, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -82,7 +84,7 @@ pub enum BrokerCheck {
 pub async fn start_up(
     config: &KafkaConfig,
     catalogue: &Catalogue,
-) -> Result<(), KafkaSettingError> {
+) -> Result<BrokerCheck, KafkaSettingError> {
     tracing::info!(
         kafka.brokers = %config.brokers,
         kafka.security_protocol = config.security_protocol.as_str(),
@@ -93,7 +95,8 @@ pub async fn start_up(
         kafka.client = ?config.client,
         "connecting to Kafka"
     );
-    match check_brokers(config, START_UP_CHECK).await? {
+    let check = check_brokers(config, START_UP_CHECK).await?;
+    match &check {
         BrokerCheck::Reachable => tracing::info!("Kafka brokers reachable, settings accepted"),
         BrokerCheck::Unreachable(reason) => tracing::warn!(
             %reason,
@@ -104,7 +107,196 @@ pub async fn start_up(
         // Not fatal: the broker may come up later, and ops may own topic creation.
         tracing::warn!(%error, "could not ensure Kafka topics exist");
     }
-    Ok(())
+    Ok(check)
+}
+
+/// The largest message (record batch) the broker takes for a topic, as it told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageLimit {
+    /// The topic's `max.message.bytes`.
+    Topic(u64),
+    /// The broker's `message.max.bytes` (the topic did not name its own).
+    Broker(u64),
+    /// The broker did not tell (it does not answer DescribeConfigs, or without these keys): why.
+    Unknown(String),
+}
+
+/// What [`check_message_limits`] found when the configured event size fits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// The smallest limit of a topic that told one, and that topic.
+    pub smallest: Option<(String, u64)>,
+    /// The topics whose limit is unknown, with why.
+    pub unknown: Vec<(String, String)>,
+}
+
+/// Whether the largest event the ingest-api accepts (`max_event_bytes`, its record's key and value)
+/// plus the record's overhead fits every topic's limit, and whether the producer's `batch.size` (when
+/// `kafka.client` sets it) does: a record batch above the limit is refused whole, valid events with it.
+/// A limit the broker did not tell is only reported: the check cannot be made, and start-up goes on.
+pub fn check_message_limits(
+    max_event_bytes: usize,
+    configured_batch_size: Option<u64>,
+    limits: &[(String, MessageLimit)],
+) -> Result<MessageLimits, KafkaSettingError> {
+    let needed = (max_event_bytes + crate::ingest::RECORD_OVERHEAD_BYTES) as u64;
+    let mut found = MessageLimits {
+        smallest: None,
+        unknown: Vec::new(),
+    };
+    for (topic, limit) in limits {
+        let (bytes, whose) = match limit {
+            MessageLimit::Topic(bytes) => (*bytes, "the topic's max.message.bytes"),
+            MessageLimit::Broker(bytes) => (*bytes, "the broker's message.max.bytes"),
+            MessageLimit::Unknown(why) => {
+                found.unknown.push((topic.clone(), why.clone()));
+                continue;
+            }
+        };
+        if needed > bytes {
+            return Err(KafkaSettingError {
+                setting: "ingest.max_event_bytes",
+                message: format!(
+                    "Kafka topic `{topic}` takes messages of at most {bytes} bytes ({whose}), but \
+                     ingest.max_event_bytes {max_event_bytes} plus {} bytes of record overhead needs \
+                     {needed}: lower ingest.max_event_bytes to at most {} or raise the topic's \
+                     max.message.bytes",
+                    crate::ingest::RECORD_OVERHEAD_BYTES,
+                    bytes.saturating_sub(crate::ingest::RECORD_OVERHEAD_BYTES as u64)
+                ),
+            });
+        }
+        if found
+            .smallest
+            .as_ref()
+            .is_none_or(|(_, smallest)| bytes < *smallest)
+        {
+            found.smallest = Some((topic.clone(), bytes));
+        }
+    }
+    if let (Some(batch_size), Some((topic, bytes))) = (configured_batch_size, &found.smallest) {
+        if batch_size > *bytes {
+            return Err(KafkaSettingError {
+                setting: "kafka.client",
+                message: format!(
+                    "batch.size {batch_size} is above the {bytes} bytes Kafka topic `{topic}` takes \
+                     in one message: the broker would refuse a full batch, valid events with it"
+                ),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Asks the brokers for each topic's message limit: DescribeConfigs of the topic (`max.message.bytes`),
+/// else of a broker (`message.max.bytes`). A broker that does not answer, or answers without these keys
+/// (tansu keeps only the configs a topic was created with, and none of a broker's), leaves the limit
+/// [`MessageLimit::Unknown`].
+pub async fn message_limits(
+    config: &KafkaConfig,
+    topics: &[String],
+    timeout: Duration,
+) -> Vec<(String, MessageLimit)> {
+    let unknown = |why: String| -> Vec<(String, MessageLimit)> {
+        topics
+            .iter()
+            .map(|topic| (topic.clone(), MessageLimit::Unknown(why.clone())))
+            .collect()
+    };
+    let admin: AdminClient<DefaultClientContext> = match client_config(config).create() {
+        Ok(admin) => admin,
+        Err(error) => return unknown(format!("no admin client: {error}")),
+    };
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let specifiers: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|topic| ResourceSpecifier::Topic(topic))
+        .collect();
+    let described = match admin.describe_configs(&specifiers, &options).await {
+        Ok(described) => described,
+        Err(error) => return unknown(format!("DescribeConfigs of the topics failed: {error}")),
+    };
+    let mut limits: Vec<(String, MessageLimit)> = topics
+        .iter()
+        .zip(described)
+        .map(|(topic, result)| {
+            let limit = match result {
+                Ok(resource) => config_bytes(&resource, "max.message.bytes")
+                    .map(MessageLimit::Topic)
+                    .unwrap_or_else(|| {
+                        MessageLimit::Unknown(
+                            "the topic's configs hold no max.message.bytes".into(),
+                        )
+                    }),
+                Err(code) => MessageLimit::Unknown(format!("DescribeConfigs of the topic: {code}")),
+            };
+            (topic.clone(), limit)
+        })
+        .collect();
+    if limits
+        .iter()
+        .any(|(_, limit)| matches!(limit, MessageLimit::Unknown(_)))
+    {
+        if let Some(broker) = broker_message_limit(config, &admin, &options, timeout).await {
+            for (_, limit) in &mut limits {
+                if let MessageLimit::Unknown(why) = limit {
+                    *limit = match &broker {
+                        Ok(bytes) => MessageLimit::Broker(*bytes),
+                        Err(broker_why) => MessageLimit::Unknown(format!("{why}; {broker_why}")),
+                    };
+                }
+            }
+        }
+    }
+    limits
+}
+
+/// A broker's `message.max.bytes`, asked of the first broker the metadata names.
+async fn broker_message_limit(
+    config: &KafkaConfig,
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    timeout: Duration,
+) -> Option<Result<u64, String>> {
+    // A metadata request blocks: on a blocking thread, with a client of its own.
+    let client = client_config(config);
+    let ids = tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = client.create().map_err(|error| error.to_string())?;
+        let metadata = producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map_err(|error| error.to_string())?;
+        Ok::<_, String>(
+            metadata
+                .brokers()
+                .iter()
+                .map(|b| b.id())
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .unwrap_or_else(|error| Err(error.to_string()));
+    let id = match ids {
+        Ok(ids) => *ids.first()?,
+        Err(error) => return Some(Err(format!("no broker metadata: {error}"))),
+    };
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Broker(id)], options)
+        .await;
+    Some(match described.as_deref() {
+        Ok([Ok(resource)]) => config_bytes(resource, "message.max.bytes")
+            .ok_or_else(|| format!("broker {id}'s configs hold no message.max.bytes")),
+        Ok([Err(code)]) => Err(format!("DescribeConfigs of broker {id}: {code}")),
+        Ok(_) => Err(format!("DescribeConfigs of broker {id}: no answer")),
+        Err(error) => Err(format!("DescribeConfigs of broker {id}: {error}")),
+    })
+}
+
+fn config_bytes(resource: &ConfigResource, name: &str) -> Option<u64> {
+    resource
+        .get(name)
+        .and_then(|entry| entry.value.as_deref())
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// Asks the brokers for metadata with these settings, within `timeout`, and tells a refused setting
@@ -629,5 +821,47 @@ mod tests {
         );
         let plain = with_hint(&config, "Connect failed: Connection refused".into());
         assert_eq!(plain, "Connect failed: Connection refused");
+    }
+
+    #[test]
+    fn an_event_limit_above_a_topic_limit_is_refused_naming_both() {
+        let limits = vec![
+            ("t.a".to_owned(), MessageLimit::Topic(1_048_588)),
+            ("t.b".to_owned(), MessageLimit::Broker(200_000)),
+        ];
+        let error = check_message_limits(256 * 1024, None, &limits).unwrap_err();
+        assert_eq!(error.setting, "ingest.max_event_bytes");
+        for part in ["`t.b`", "200000", "262144", "message.max.bytes"] {
+            assert!(error.message.contains(part), "{part}: {error}");
+        }
+        let fits = check_message_limits(128 * 1024, None, &limits).unwrap();
+        assert_eq!(fits.smallest, Some(("t.b".to_owned(), 200_000)));
+        assert!(fits.unknown.is_empty());
+        // The overhead counts: an event limit equal to the topic's does not fit.
+        let exact = vec![("t".to_owned(), MessageLimit::Topic(300_000))];
+        assert!(check_message_limits(300_000, None, &exact).is_err());
+        assert!(
+            check_message_limits(300_000 - crate::ingest::RECORD_OVERHEAD_BYTES, None, &exact)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_unknown_limit_is_reported_not_fatal_and_batch_size_must_fit() {
+        let limits = vec![
+            ("t.a".to_owned(), MessageLimit::Unknown("no answer".into())),
+            ("t.b".to_owned(), MessageLimit::Topic(500_000)),
+        ];
+        let found = check_message_limits(256 * 1024, Some(400_000), &limits).unwrap();
+        assert_eq!(
+            found.unknown,
+            vec![("t.a".to_owned(), "no answer".to_owned())]
+        );
+        let error = check_message_limits(256 * 1024, Some(600_000), &limits).unwrap_err();
+        assert_eq!(error.setting, "kafka.client");
+        assert!(error.message.contains("batch.size 600000"), "{error}");
+        let unknown = vec![("t".to_owned(), MessageLimit::Unknown("no answer".into()))];
+        let found = check_message_limits(100 * 1024 * 1024, Some(u64::MAX), &unknown).unwrap();
+        assert_eq!(found.smallest, None);
     }
 }

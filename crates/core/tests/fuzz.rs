@@ -211,11 +211,17 @@ proptest! {
         let restrictions = rules()
             .write_access(&Principal::user("bot"), &topic.name)
             .expect("bot writes");
-        let rules = IngestRules { id_field: "event_id".into(), max_batch_events: 100 };
+        let rules = IngestRules {
+            id_field: "event_id".into(),
+            max_batch_events: 100,
+            max_event_nodes: 50,
+            max_event_bytes: 2048,
+        };
         let outcome = check_json_depth(&body, 32, true)
             .and_then(|()| ingest::prepare(&body, topic, "bot", &rules, time::OffsetDateTime::now_utc()))
-            .and_then(|prepared| {
+            .and_then(|mut prepared| {
                 restrictions.check_write(&prepared, "bot")?;
+                prepared.records(topic, rules.max_event_bytes);
                 match prepared.all_rejected_error() {
                     Some(error) => Err(error),
                     None => Ok(prepared),

@@ -1,7 +1,8 @@
 //! eventgate-ingest-api: the HTTP front door for producers.
 //!
 //! `POST /topics/{topic}` → authenticate (401) → topic exists (404) → may write (403) → body valid (400)
-//! → publish to Kafka and wait for the acknowledgement → 202 (or 207 for a partly invalid batch).
+//! → publish to Kafka and wait for each event's acknowledgement → 202 (or 207 when only some events of a
+//! batch were acknowledged: the others refused before publishing, or not acknowledged).
 //! The rules themselves live in `eventgate_core` (`auth`, `access`, `ingest`); this crate wires them to
 //! HTTP and Kafka. Invariant: a 202 is sent only after the broker acknowledged every accepted event.
 
@@ -21,7 +22,61 @@ use eventgate_core::http::{ApiServer, ApiServerSettings};
 use eventgate_core::ingest::IngestRules;
 use eventgate_core::shutdown::Lifecycle;
 
-use crate::publisher::Publisher;
+use crate::publisher::{Publisher, SizeLimits};
+
+/// How long the start-up waits for the brokers to tell the topics' message limits.
+const LIMITS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refuses to start when the largest event the ingest-api accepts would not fit a topic's message
+/// limit (an error naming the topic and both numbers); the smallest limit a topic told, which the
+/// producer's batches must fit. A broker that cannot be asked (unreachable now, or one that does not
+/// tell: tansu keeps no `max.message.bytes` unless a topic was created with one) is a warning: the
+/// check is skipped for those topics.
+async fn check_message_limits(
+    config: &Config,
+    gate: &Gatekeeping,
+    brokers: &eventgate_core::kafka::BrokerCheck,
+) -> anyhow::Result<Option<u64>> {
+    use eventgate_core::kafka::{self, BrokerCheck};
+    let topics = kafka::kafka_topics(&config.kafka, &gate.catalogue);
+    let limits = match brokers {
+        BrokerCheck::Reachable => {
+            kafka::message_limits(&config.kafka, &topics, LIMITS_TIMEOUT).await
+        }
+        BrokerCheck::Unreachable(_) => {
+            tracing::warn!(
+                "Kafka brokers unreachable: the topics' message limits were not checked against \
+                 ingest.max_event_bytes"
+            );
+            return Ok(None);
+        }
+    };
+    let batch_size = config
+        .kafka
+        .client
+        .properties()
+        .get("batch.size")
+        .and_then(|value| value.trim().parse().ok());
+    let found = kafka::check_message_limits(config.ingest.max_event_bytes, batch_size, &limits)?;
+    for (topic, why) in &found.unknown {
+        tracing::warn!(
+            kafka.topic = %topic,
+            reason = %why,
+            ingest.max_event_bytes = config.ingest.max_event_bytes,
+            "the broker did not tell the topic's message limit: not checked against \
+             ingest.max_event_bytes"
+        );
+    }
+    if let Some((topic, bytes)) = &found.smallest {
+        tracing::info!(
+            kafka.topic = %topic,
+            kafka.max_message_bytes = bytes,
+            ingest.max_event_bytes = config.ingest.max_event_bytes,
+            "events fit the topics' message limits (the smallest named)"
+        );
+    }
+    Ok(found.smallest.map(|(_, bytes)| bytes))
+}
 
 /// What the handlers need besides the gate (token, rate, topic, permission: `eventgate_core::gate`,
 /// registered beside this state and passed by the `TopicWriter` extractor), shared by all workers.
@@ -48,17 +103,25 @@ impl Application {
         let gate = Arc::new(eventgate_core::reload::load_gatekeeping(&config).await?);
         let timeout = Duration::from_millis(config.ingest.publish_timeout_ms);
         let metrics = metrics::IngestMetrics::new();
-        let publisher =
-            Publisher::new(&config.kafka, timeout, &metrics).context("creating Kafka producer")?;
+        eventgate_core::metrics::JwksCollector::register(&metrics.registry, gate.verifier.clone());
         // Refused credentials or certificates stop the start; unreachable brokers do not (they may come
         // later), nor does topic creation (ops may own it).
-        eventgate_core::kafka::start_up(&config.kafka, &gate.catalogue).await?;
+        let brokers = eventgate_core::kafka::start_up(&config.kafka, &gate.catalogue).await?;
+        let smallest_topic_limit = check_message_limits(&config, &gate, &brokers).await?;
+        let sizes = SizeLimits {
+            max_event_bytes: config.ingest.max_event_bytes,
+            smallest_topic_limit,
+        };
+        let publisher = Publisher::new(&config.kafka, timeout, sizes, &metrics)
+            .context("creating Kafka producer")?;
         let lifecycle = Lifecycle::new();
         let state = Arc::new(AppState {
             limits: config.limits.clone(),
             rules: IngestRules {
                 id_field: config.ingest.id_field.clone(),
                 max_batch_events: config.ingest.max_batch_events,
+                max_event_nodes: config.ingest.max_event_nodes,
+                max_event_bytes: config.ingest.max_event_bytes,
             },
             publisher,
             max_body_bytes: config.ingest.max_body_bytes,
@@ -85,6 +148,11 @@ impl Application {
             state,
             gate,
         })
+    }
+
+    /// The producer's generation: how many times it was replaced after a failure that wedged it.
+    pub fn producer_generation(&self) -> u64 {
+        self.state.publisher.generation()
     }
 
     pub fn port(&self) -> u16 {

@@ -1,9 +1,9 @@
 //! The ingest-api's Prometheus collectors (all listed in `docs/OPERATIONS.md`).
 
-use prometheus::{HistogramVec, IntCounterVec, Registry};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, Registry};
 
 use eventgate_core::error::ErrorKind;
-use eventgate_core::ingest::EventOutcome;
+use eventgate_core::ingest::{Delivery, EventOutcome};
 use eventgate_core::metrics::{counter_vec, histogram_vec, HttpMetrics, LATENCY_BUCKETS};
 
 pub struct IngestMetrics {
@@ -11,13 +11,16 @@ pub struct IngestMetrics {
     pub http: HttpMetrics,
     /// Events acknowledged by the broker (the ids of a 202/207), by topic.
     pub events_accepted: IntCounterVec,
-    /// Events refused, by topic and reason: the error kind of the event (`validation`), or `queue` when
-    /// the broker did not acknowledge them (the client got a 503 and should retry).
+    /// Events refused, by topic and reason: the error kind of the event (`validation`, `too_large`), or
+    /// `queue` when the broker did not acknowledge them (the client got a 503, or a 207 naming them, and
+    /// should retry them).
     pub events_rejected: IntCounterVec,
     /// Time from handing a message to the producer to the broker's acknowledgement, by topic.
     pub produce_duration: HistogramVec,
     /// Messages the broker did not acknowledge, by topic and librdkafka error code.
     pub produce_errors: IntCounterVec,
+    /// Kafka producers replaced after a failure that wedged the producer (`publisher.rs`).
+    pub producer_replaced: IntCounter,
 }
 
 impl IngestMetrics {
@@ -29,13 +32,13 @@ impl IngestMetrics {
             events_accepted: counter_vec(
                 &registry,
                 "eventgate_ingest_events_accepted_total",
-                "Events acknowledged by Kafka and answered 202, by topic",
+                "Events acknowledged by Kafka (answered 202, or 202 within a 207), by topic",
                 &["topic"],
             ),
             events_rejected: counter_vec(
                 &registry,
                 "eventgate_ingest_events_rejected_total",
-                "Events refused (validation) or not acknowledged by Kafka (queue), by topic and reason",
+                "Events refused (validation, too_large) or not acknowledged by Kafka (queue), by topic and reason",
                 &["topic", "reason"],
             ),
             produce_duration: histogram_vec(
@@ -51,6 +54,18 @@ impl IngestMetrics {
                 "Messages the broker did not acknowledge, by topic and librdkafka error",
                 &["topic", "error"],
             ),
+            producer_replaced: {
+                let counter = IntCounter::new(
+                    "eventgate_kafka_producer_replaced_total",
+                    "Kafka producers replaced after a failure that wedged the producer (not after one \
+                     event's refusal)",
+                )
+                .expect("a valid metric");
+                registry
+                    .register(Box::new(counter.clone()))
+                    .expect("registered once");
+                counter
+            },
             registry,
         }
     }
@@ -73,6 +88,19 @@ impl IngestMetrics {
                 self.rejected(topic, reason.as_str(), 1);
             }
         }
+    }
+
+    /// Counts the broker's answers: acknowledged events, and the others under their error kind
+    /// (`queue`, `too_large`).
+    pub fn delivered(&self, topic: &str, deliveries: &[Delivery]) {
+        let mut acknowledged = 0;
+        for delivery in deliveries {
+            match delivery {
+                Delivery::Acknowledged => acknowledged += 1,
+                Delivery::Failed(error) => self.rejected(topic, error.kind.as_str(), 1),
+            }
+        }
+        self.accepted(topic, acknowledged);
     }
 
     pub fn rejected(&self, topic: &str, reason: &str, events: usize) {

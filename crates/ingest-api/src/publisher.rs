@@ -2,6 +2,11 @@
 //! every one of its events (acks=all, idempotent producer): an acknowledged event is durable in Kafka and
 //! will reach Postgres through the writers. Each message carries the request's trace context in a
 //! `traceparent` header, so the writer's insert joins the trace of the request that published it.
+//!
+//! Each event's delivery is reported on its own ([`Delivery`]): a request whose events were partly
+//! acknowledged is answered so (`core::ingest::answer`), and only a failure that means the producer
+//! itself is wedged (timeouts, fencing, a lost producer id) replaces it; one event's refusal (too large,
+//! an unknown topic) does not.
 
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -17,8 +22,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use eventgate_core::catalogue::Topic;
 use eventgate_core::config::KafkaConfig;
-use eventgate_core::envelope::Event;
-use eventgate_core::error::{ApiError, ErrorKind};
+use eventgate_core::error::{ErrorDetail, ErrorKind};
+use eventgate_core::ingest::{Delivery, Record, RECORD_OVERHEAD_BYTES, TRACE_HEADERS_MAX_BYTES};
+use rdkafka::message::Headers;
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::metrics::IngestMetrics;
 
@@ -31,12 +38,26 @@ pub struct Publisher {
     timeout: Duration,
     produce_duration: prometheus::HistogramVec,
     produce_errors: prometheus::IntCounterVec,
+    producer_replaced: prometheus::IntCounter,
+}
+
+/// librdkafka's defaults of `message.max.bytes` and `batch.size`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+const LIBRDKAFKA_BATCH_SIZE: u64 = 1_000_000;
+
+/// What the producer's sizes follow: the largest event the ingest-api accepts, and the smallest
+/// message limit a topic told at start-up (`core::kafka::check_message_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    pub max_event_bytes: usize,
+    pub smallest_topic_limit: Option<u64>,
 }
 
 impl Publisher {
     pub fn new(
         kafka: &KafkaConfig,
         timeout: Duration,
+        sizes: SizeLimits,
         metrics: &IngestMetrics,
     ) -> Result<Publisher, KafkaError> {
         let timeout_ms = timeout.as_millis().max(1).to_string();
@@ -49,6 +70,23 @@ impl Publisher {
             .set("message.timeout.ms", &timeout_ms)
             // Small batching window: concurrent requests share produce requests.
             .set("linger.ms", "5");
+        let properties = kafka.client.properties();
+        // The producer refuses locally a record above its message.max.bytes: room for the largest event
+        // (`Config::validate` refused a configured value that is smaller).
+        if !properties.contains_key("message.max.bytes") {
+            let needed = (sizes.max_event_bytes + RECORD_OVERHEAD_BYTES) as u64;
+            client_config.set(
+                "message.max.bytes",
+                needed.max(LIBRDKAFKA_MESSAGE_MAX_BYTES).to_string(),
+            );
+        }
+        // A record batch above a topic's limit is refused whole, with every valid event in it: batches
+        // no larger than the smallest limit (a single record larger than batch.size still goes alone).
+        if let Some(limit) = sizes.smallest_topic_limit {
+            if !properties.contains_key("batch.size") && limit < LIBRDKAFKA_BATCH_SIZE {
+                client_config.set("batch.size", limit.to_string());
+            }
+        }
         let producer: FutureProducer = client_config.create()?;
         Ok(Publisher {
             producer: RwLock::new((0, producer)),
@@ -58,88 +96,103 @@ impl Publisher {
             timeout,
             produce_duration: metrics.produce_duration.clone(),
             produce_errors: metrics.produce_errors.clone(),
+            producer_replaced: metrics.producer_replaced.clone(),
         })
     }
 
-    /// Publishes the events and waits for the broker's acknowledgement of every one of them.
-    /// Any failure (broker down, queue full, timeout) is a 503 of type `queue`.
-    pub async fn publish(&self, topic: &Topic, events: &[&Event]) -> Result<(), ApiError> {
+    /// Publishes the records and waits for the broker's answer for each, in order: acknowledged, or
+    /// failed with a `queue` error (transient: the client may retry) or `too_large`.
+    pub async fn publish(&self, topic: &Topic, records: &[Record]) -> Vec<Delivery> {
         let span = tracing::info_span!(
             "kafka.publish",
             otel.name = %format_args!("publish {}", topic.name),
             otel.kind = "producer",
             kafka.topic = %self.kafka.kafka_topic(&topic.name),
-            batch.size = events.len(),
+            batch.size = records.len(),
         );
-        self.publish_traced(topic, events, &span)
+        self.publish_traced(topic, records, &span)
             .instrument(span.clone())
             .await
+    }
+
+    /// The producer's generation: how many times it was replaced (for tests and logs).
+    pub fn generation(&self) -> u64 {
+        self.producer().0
     }
 
     async fn publish_traced(
         &self,
         topic: &Topic,
-        events: &[&Event],
+        records: &[Record],
         span: &tracing::Span,
-    ) -> Result<(), ApiError> {
+    ) -> Vec<Delivery> {
         let kafka_topic = self.kafka.kafka_topic(&topic.name);
         let (generation, producer) = self.producer();
         let headers = if eventgate_core::telemetry::tracing_enabled() {
-            eventgate_core::telemetry::kafka_context::inject(OwnedHeaders::new(), &span.context())
+            let headers = eventgate_core::telemetry::kafka_context::inject(
+                OwnedHeaders::new(),
+                &span.context(),
+            );
+            // A caller's long `tracestate` must not make a record outgrow the overhead reserved for it.
+            if headers_size(&headers) > TRACE_HEADERS_MAX_BYTES {
+                tracing::debug!("trace headers too large for a record: not sent");
+                OwnedHeaders::new()
+            } else {
+                headers
+            }
         } else {
             OwnedHeaders::new()
         };
-        let messages: Vec<(String, Vec<u8>)> = events
-            .iter()
-            .map(|event| {
-                (
-                    topic.message_key(&event.payload, &event.id),
-                    event.to_json_bytes(),
-                )
-            })
-            .collect();
-        let deliveries = messages.iter().map(|(key, payload)| {
-            let record = FutureRecord::to(&kafka_topic)
-                .key(key)
-                .payload(payload)
+        // librdkafka's message.timeout.ms bounds each delivery; this deadline is a backstop for each.
+        let deadline = tokio::time::Instant::now() + self.timeout + Duration::from_secs(1);
+        let deliveries = records.iter().map(|record| {
+            let future_record = FutureRecord::to(&kafka_topic)
+                .key(&record.key)
+                .payload(&record.value)
                 .headers(headers.clone());
             let started = Instant::now();
             // Waiting for room in a full local queue counts against the same budget as the delivery.
-            let delivery = producer.send(record, Timeout::After(self.timeout));
+            let delivery = producer.send(future_record, Timeout::After(self.timeout));
             async move {
-                let result = delivery.await;
+                let result = tokio::time::timeout_at(deadline, delivery).await;
                 self.produce_duration
                     .with_label_values(&[topic.name.as_str()])
                     .observe(started.elapsed().as_secs_f64());
-                if let Err((error, _)) = &result {
-                    self.produce_errors
-                        .with_label_values(&[topic.name.as_str(), &error_label(error)])
-                        .inc();
+                match result {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => {
+                        self.produce_errors
+                            .with_label_values(&[topic.name.as_str(), &error_label(&error)])
+                            .inc();
+                        Err(Failure::Kafka(error))
+                    }
+                    Err(_) => {
+                        self.produce_errors
+                            .with_label_values(&[topic.name.as_str(), "timeout"])
+                            .inc();
+                        Err(Failure::Timeout)
+                    }
                 }
-                result
             }
         });
-        // librdkafka's message.timeout.ms already bounds each delivery; the outer timeout is a backstop.
-        let results =
-            tokio::time::timeout(self.timeout + Duration::from_secs(1), join_all(deliveries))
-                .await
-                .map_err(|_| {
-                    self.produce_errors
-                        .with_label_values(&[topic.name.as_str(), "timeout"])
-                        .inc_by(messages.len() as u64);
-                    self.replace_after_failure(generation);
-                    queue_unavailable("the broker did not acknowledge in time")
-                })?;
-        for result in results {
-            if let Err((error, _message)) = result {
-                tracing::warn!(kafka.topic = %kafka_topic, %error, "publish failed");
-                self.replace_after_failure(generation);
-                return Err(queue_unavailable(&format!(
-                    "the broker did not acknowledge: {error}"
-                )));
-            }
+        let results = join_all(deliveries).await;
+        let mut producer_broken = false;
+        let answers = results
+            .into_iter()
+            .map(|result| match result {
+                Ok(()) => Delivery::Acknowledged,
+                Err(failure) => {
+                    let (detail, broken) = failure.judge();
+                    tracing::warn!(kafka.topic = %kafka_topic, error = %detail.message, producer.broken = broken, "publish failed");
+                    producer_broken |= broken;
+                    Delivery::Failed(detail)
+                }
+            })
+            .collect();
+        if producer_broken {
+            self.replace_after_failure(generation);
         }
-        Ok(())
+        answers
     }
 
     fn producer(&self) -> (u64, FutureProducer) {
@@ -180,6 +233,7 @@ impl Publisher {
         let old = std::mem::replace(&mut *current, (failed_generation + 1, fresh));
         drop(current);
         *replaced_at = Instant::now();
+        self.producer_replaced.inc();
         tracing::warn!(
             producer.generation = failed_generation + 1,
             "Kafka producer replaced after a failed publish"
@@ -210,9 +264,119 @@ fn error_label(error: &KafkaError) -> String {
         .unwrap_or_else(|| "other".to_owned())
 }
 
-fn queue_unavailable(message: &str) -> ApiError {
-    ApiError::new(
-        ErrorKind::Queue,
-        format!("{message}; nothing was accepted, retry later"),
+/// Bytes the headers take in a record (names, values and their varint lengths, roughly).
+fn headers_size(headers: &OwnedHeaders) -> usize {
+    headers
+        .iter()
+        .map(|header| header.key.len() + header.value.map_or(0, <[u8]>::len) + 10)
+        .sum()
+}
+
+/// Why one record was not acknowledged.
+#[derive(Debug)]
+enum Failure {
+    Kafka(KafkaError),
+    /// Not even a failure report before the deadline.
+    Timeout,
+}
+
+impl Failure {
+    /// What the client is told about the event, and whether the failure means the producer itself is
+    /// broken (then it is replaced; see `replace_after_failure`).
+    fn judge(&self) -> (ErrorDetail, bool) {
+        match self {
+            Failure::Timeout => (
+                ErrorDetail::new(ErrorKind::Queue, "the broker did not acknowledge in time"),
+                true,
+            ),
+            Failure::Kafka(error) => {
+                let code = error.rdkafka_error_code();
+                if code.is_some_and(is_too_large) {
+                    return (
+                        ErrorDetail::new(
+                            ErrorKind::TooLarge,
+                            format!("the broker refused the event as too large: {error}"),
+                        ),
+                        false,
+                    );
+                }
+                (
+                    ErrorDetail::new(
+                        ErrorKind::Queue,
+                        format!("the broker did not acknowledge: {error}"),
+                    ),
+                    code.is_none_or(means_broken_producer),
+                )
+            }
+        }
+    }
+}
+
+fn is_too_large(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge
     )
+}
+
+/// Whether a produce error may mean the producer is wedged, so that a fresh one (a new producer id)
+/// helps: anything but a refusal of the message itself or of its topic, and back-pressure. After a
+/// broker outage the failures are timeouts, fenced epochs, unknown producer ids, sequence errors and
+/// transport errors, all of which do.
+fn means_broken_producer(code: RDKafkaErrorCode) -> bool {
+    !matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidTimestamp
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::QueueFull
+            | RDKafkaErrorCode::BadMessage
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(code: RDKafkaErrorCode) -> (ErrorKind, bool) {
+        let (detail, broken) = Failure::Kafka(KafkaError::MessageProduction(code)).judge();
+        (detail.kind, broken)
+    }
+
+    #[test]
+    fn one_events_refusal_keeps_the_producer_a_wedged_producer_is_replaced() {
+        assert_eq!(
+            judged(RDKafkaErrorCode::MessageSizeTooLarge),
+            (ErrorKind::TooLarge, false)
+        );
+        assert_eq!(
+            judged(RDKafkaErrorCode::UnknownTopicOrPartition),
+            (ErrorKind::Queue, false)
+        );
+        assert_eq!(
+            judged(RDKafkaErrorCode::QueueFull),
+            (ErrorKind::Queue, false)
+        );
+        for wedged in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+            RDKafkaErrorCode::ProducerFenced,
+            RDKafkaErrorCode::UnknownProducerId,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::AllBrokersDown,
+        ] {
+            assert_eq!(judged(wedged), (ErrorKind::Queue, true), "{wedged:?}");
+        }
+        let (detail, broken) = Failure::Timeout.judge();
+        assert_eq!((detail.kind, broken), (ErrorKind::Queue, true));
+    }
 }

@@ -10,7 +10,7 @@ use eventgate_core::health::HealthReport;
 use eventgate_core::http::{
     authorization, metrics_response, read_body, record_request_events, TopicWriter,
 };
-use eventgate_core::ingest::{self, EventOutcome};
+use eventgate_core::ingest;
 use eventgate_core::limits;
 
 use crate::AppState;
@@ -50,7 +50,7 @@ async fn post_events(
         .await
         .map_err(|_| limits::body_timeout(body_timeout))??;
     limits::check_json_depth(&body, state.limits.max_json_depth, true)?;
-    let prepared = ingest::prepare(
+    let mut prepared = ingest::prepare(
         &body,
         topic,
         &principal.user,
@@ -59,46 +59,32 @@ async fn post_events(
     )?;
     // Field restrictions (403) are checked on the events that would be published, before anything is.
     restrictions.check_write(&prepared, &principal.user)?;
+    let records = prepared.records(topic, state.rules.max_event_bytes);
     state
         .metrics
         .rejected_events(&topic.name, &prepared.outcomes);
-    if let Some(error) = prepared.all_rejected_error() {
-        return Err(error);
-    }
-    let accepted: Vec<_> = prepared.accepted().collect();
-    if let Err(error) = state.publisher.publish(topic, &accepted).await {
-        state
-            .metrics
-            .rejected(&topic.name, error.kind().as_str(), accepted.len());
-        return Err(error);
-    }
-    state.metrics.accepted(&topic.name, accepted.len());
-    let ids: Vec<String> = accepted.iter().map(|e| e.id.to_string()).collect();
+    let deliveries = if records.is_empty() {
+        Vec::new()
+    } else {
+        state.publisher.publish(topic, &records).await
+    };
+    state.metrics.delivered(&topic.name, &deliveries);
+    let acknowledged = deliveries
+        .iter()
+        .filter(|d| matches!(d, ingest::Delivery::Acknowledged))
+        .count();
     // Logged with the request's one line (`request served`), not a line of its own: at tens of
     // thousands of requests a second, every log line costs (docs/PERFORMANCE.md).
-    record_request_events(accepted.len());
-    if prepared.rejected_count() == 0 {
-        return Ok(
-            HttpResponse::Accepted().json(json!({"success": true, "statusCode": 202, "ids": ids}))
-        );
+    record_request_events(acknowledged);
+    let answer = ingest::answer(&prepared, &deliveries)?;
+    let mut response = HttpResponse::build(
+        actix_web::http::StatusCode::from_u16(answer.status)
+            .unwrap_or(actix_web::http::StatusCode::MULTI_STATUS),
+    );
+    if let Some(seconds) = answer.retry_after_secs {
+        response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
     }
-    let results: Vec<_> = prepared
-        .outcomes
-        .iter()
-        .enumerate()
-        .map(|(index, outcome)| match outcome {
-            EventOutcome::Accepted(event) => {
-                json!({"index": index, "statusCode": 202, "id": event.id})
-            }
-            EventOutcome::Rejected(errors) => {
-                json!({"index": index, "statusCode": 400, "errors": errors})
-            }
-        })
-        .collect();
-    Ok(
-        HttpResponse::build(actix_web::http::StatusCode::MULTI_STATUS)
-            .json(json!({"success": false, "statusCode": 207, "ids": ids, "results": results})),
-    )
+    Ok(response.json(answer.body))
 }
 
 /// The topics the caller may write or read: topic names and schemas are not for anonymous eyes.

@@ -67,6 +67,17 @@ impl Config {
             1..=256 * MIB,
         )?;
         in_range(
+            "ingest.max_event_bytes",
+            c.ingest.max_event_bytes,
+            1024..=256 * MIB,
+        )?;
+        in_range(
+            "ingest.max_event_nodes",
+            c.ingest.max_event_nodes,
+            1..=10_000_000,
+        )?;
+        check_producer_message_size(c)?;
+        in_range(
             "ingest.max_batch_events",
             c.ingest.max_batch_events,
             1..=100_000,
@@ -297,6 +308,33 @@ const RESERVED_CLIENT_PROPERTIES: [(&str, &str); 31] = [
         "a Java client setting: set kafka.ssl_ca_location (PEM)",
     ),
 ];
+
+/// The producer refuses, locally, a record larger than its `message.max.bytes`: when `kafka.client`
+/// sets it, it must hold the largest event the ingest-api accepts plus the record's overhead (unset, the
+/// ingest-api sets it so: `ingest-api/src/publisher.rs`).
+fn check_producer_message_size(c: &Config) -> Result<(), ConfigError> {
+    let properties = c.kafka.client.properties();
+    let Some(value) = properties.get("message.max.bytes") else {
+        return Ok(());
+    };
+    let needed = c.ingest.max_event_bytes + crate::ingest::RECORD_OVERHEAD_BYTES;
+    match value.trim().parse::<usize>() {
+        Ok(bytes) if bytes < needed => Err(invalid(
+            "kafka.client",
+            format!(
+                "message.max.bytes {bytes} is below ingest.max_event_bytes {} plus {} bytes of record \
+                 overhead ({needed}): the producer would refuse events the ingest-api accepts",
+                c.ingest.max_event_bytes,
+                crate::ingest::RECORD_OVERHEAD_BYTES
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(invalid(
+            "kafka.client",
+            format!("message.max.bytes {value:?} is not a number of bytes"),
+        )),
+    }
+}
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -542,6 +580,26 @@ mod tests {
 
         config.kafka.client = KafkaClientProperties::new([("ssl.keystore.password", "CHANGE-ME")]);
         assert_eq!(invalid_key(&config), Some("kafka.client"));
+    }
+
+    #[test]
+    fn event_limits_are_in_range_and_fit_the_producer() {
+        let mut config = Config::default();
+        config.ingest.max_event_bytes = 100;
+        assert_eq!(invalid_key(&config), Some("ingest.max_event_bytes"));
+        config.ingest.max_event_bytes = 256 * 1024;
+        config.ingest.max_event_nodes = 0;
+        assert_eq!(invalid_key(&config), Some("ingest.max_event_nodes"));
+        config.ingest.max_event_nodes = 10_000;
+        config.kafka.client = KafkaClientProperties::new([("message.max.bytes", "200000")]);
+        assert_eq!(invalid_key(&config), Some("kafka.client"));
+        let reason = invalid_reason(&config);
+        assert!(
+            reason.contains("200000") && reason.contains("262144"),
+            "{reason}"
+        );
+        config.kafka.client = KafkaClientProperties::new([("message_max_bytes", "2000000")]);
+        assert!(config.validate().is_ok());
     }
 
     #[test]
