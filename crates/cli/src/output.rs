@@ -96,6 +96,7 @@ impl<W: Write> EventWriter<W> {
                         .load_preset(presets::UTF8_FULL_CONDENSED)
                         .set_content_arrangement(ContentArrangement::Dynamic)
                         .set_header(&self.columns);
+                    fit_width(&mut table);
                     for event in events {
                         table.add_row(self.columns.iter().map(|c| table_cell(cell(event, c))));
                     }
@@ -121,6 +122,23 @@ impl<W: Write> EventWriter<W> {
             _ => {}
         }
         self.out.flush()
+    }
+}
+
+/// Wraps the table to `COLUMNS` when set, else to the terminal's width; with no usable width (a pipe,
+/// a terminal that reports none) lines are left as long as they are.
+fn fit_width(table: &mut Table) {
+    let columns = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<u16>().ok());
+    match columns {
+        Some(width) if width >= 20 => {
+            table.set_width(width);
+        }
+        _ if table.width().is_some_and(|width| width >= 20) => {}
+        _ => {
+            table.set_content_arrangement(ContentArrangement::Disabled);
+        }
     }
 }
 
