@@ -64,15 +64,34 @@ pub struct AuthConfig {
     /// A JWKS document (`{"keys": [...]}`) on disk; its keys are selected by the token's `kid`.
     /// Re-read every `jwks_refresh_secs` and on SIGHUP.
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS document served by the identity provider (http or https), fetched at start-up and every
-    /// `jwks_refresh_secs`, and early (at most every 30 s) when a token names an unknown `kid`.
+    /// A JWKS document served by the identity provider over https, fetched at start-up and every
+    /// `jwks_refresh_secs`, and early (at most every `jwks_min_refetch_secs`) when a token names an
+    /// unknown `kid`. Redirects are followed only to the same scheme, host and port.
     pub jwks_url: Option<String>,
     pub jwks_refresh_secs: u64,
+    /// Allows an `http://` `jwks_url`: for a local identity provider in development only (keys fetched
+    /// in clear text can be replaced by anyone on the path, and then any token is accepted).
+    pub jwks_allow_http: bool,
+    /// A PEM file of certificate authorities trusted for `jwks_url`, besides the public (Mozilla) roots:
+    /// an identity provider with a certificate of an internal CA.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// When every fetch of `jwks_url` failed for this long, its keys are dropped: tokens that need them
+    /// are answered 503 `auth_unavailable` (a key the identity provider withdrew must not stay valid
+    /// forever because it cannot be reached). At least twice `jwks_refresh_secs`.
+    pub jwks_max_stale_secs: u64,
+    /// Tokens naming an unknown `kid` make `jwks_url` be fetched early, at most once per this many
+    /// seconds (since the last fetch): made-up key ids cannot make us hammer the identity provider.
+    pub jwks_min_refetch_secs: u64,
     /// The signature algorithms accepted; only `RS256` and `ES256` are supported.
     pub algorithms: Vec<String>,
-    /// When set, a token's `iss` must equal it.
+    /// A development set-up (`make run` sets it): no start-up warnings about what is unsafe in
+    /// production (no `issuer`/`audience`, `jwks_allow_http`). Changes nothing else.
+    pub development: bool,
+    /// When set, a token's `iss` must equal it. Unset (outside development a start-up warning): tokens
+    /// of any issuer whose key is configured are accepted.
     pub issuer: Option<String>,
-    /// When set, a token's `aud` must contain it.
+    /// When set, a token's `aud` must contain it. Unset (outside development a start-up warning): a token
+    /// the identity provider issued for any other application is accepted.
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
@@ -89,6 +108,11 @@ impl Default for AuthConfig {
             jwks_file: None,
             jwks_url: None,
             jwks_refresh_secs: 300,
+            development: false,
+            jwks_allow_http: false,
+            jwks_ca_file: None,
+            jwks_max_stale_secs: 86_400,
+            jwks_min_refetch_secs: 30,
             algorithms: vec!["RS256".into(), "ES256".into()],
             issuer: None,
             audience: None,

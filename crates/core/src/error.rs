@@ -31,6 +31,9 @@ pub enum ErrorKind {
     Queue,
     /// The database is unreachable or the statement timed out: 503 with Retry-After.
     Database,
+    /// The token could be signed by a key of the identity provider's JWKS, which cannot be fetched
+    /// (not yet, or not for longer than `auth.jwks_max_stale_secs`): 503 with Retry-After.
+    AuthUnavailable,
     /// A bug or an unexpected failure on our side: 500.
     Internal,
 }
@@ -46,7 +49,7 @@ impl ErrorKind {
             ErrorKind::Timeout => 408,
             ErrorKind::RateLimit => 429,
             // 503 rather than 500: the failure is transient and the client should retry later.
-            ErrorKind::Queue | ErrorKind::Database => 503,
+            ErrorKind::Queue | ErrorKind::Database | ErrorKind::AuthUnavailable => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -56,6 +59,8 @@ impl ErrorKind {
         match self {
             ErrorKind::RateLimit => Some(1),
             ErrorKind::Queue | ErrorKind::Database => Some(5),
+            // The JWKS is fetched again at most every `auth.jwks_min_refetch_secs` (30 s by default).
+            ErrorKind::AuthUnavailable => Some(30),
             _ => None,
         }
     }
@@ -72,6 +77,7 @@ impl ErrorKind {
             ErrorKind::RateLimit => "rate_limit",
             ErrorKind::Queue => "queue",
             ErrorKind::Database => "database",
+            ErrorKind::AuthUnavailable => "auth_unavailable",
             ErrorKind::Internal => "internal",
         }
     }

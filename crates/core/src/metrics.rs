@@ -227,6 +227,75 @@ impl prometheus::core::Collector for PoolCollector {
     }
 }
 
+/// The JWKS URL's health, read from the verifier at scrape time (registered by both APIs):
+/// `eventgate_jwks_keys_age_seconds` (since the last successful fetch; since start-up when none
+/// succeeded yet), `eventgate_jwks_keys` (keys from the URL in use: 0 before the first fetch and once they
+/// expired after `auth.jwks_max_stale_secs`) and `eventgate_jwks_refresh_failures_total`. Nothing is
+/// exported without a JWKS URL.
+pub struct JwksCollector {
+    verifier: std::sync::Arc<crate::auth::JwtVerifier>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const JWKS_METRICS: [(&str, &str); 3] = [
+    (
+        "eventgate_jwks_keys_age_seconds",
+        "Seconds since the JWKS URL was last fetched successfully (since start-up when never)",
+    ),
+    (
+        "eventgate_jwks_keys",
+        "Keys from the JWKS URL in use (0: not fetched yet, or expired after auth.jwks_max_stale_secs)",
+    ),
+    (
+        "eventgate_jwks_refresh_failures_total",
+        "Fetches of the JWKS URL that failed",
+    ),
+];
+
+impl JwksCollector {
+    pub fn register(registry: &Registry, verifier: std::sync::Arc<crate::auth::JwtVerifier>) {
+        let descs = JWKS_METRICS
+            .iter()
+            .map(|(name, help)| {
+                prometheus::core::Desc::new(
+                    (*name).into(),
+                    (*help).into(),
+                    Vec::new(),
+                    Default::default(),
+                )
+                .expect("static metric definition")
+            })
+            .collect();
+        registry
+            .register(Box::new(JwksCollector { verifier, descs }))
+            .expect("metric registered once");
+    }
+}
+
+impl prometheus::core::Collector for JwksCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::{Gauge, IntCounter, IntGauge};
+        let Some(status) = self.verifier.jwks_status() else {
+            return Vec::new();
+        };
+        let opts = |i: usize| Opts::new(JWKS_METRICS[i].0, JWKS_METRICS[i].1);
+        let age = Gauge::with_opts(opts(0)).expect("static metric definition");
+        age.set(status.age_secs);
+        let keys = IntGauge::with_opts(opts(1)).expect("static metric definition");
+        keys.set(i64::try_from(status.keys).unwrap_or(i64::MAX));
+        let failures = IntCounter::with_opts(opts(2)).expect("static metric definition");
+        failures.inc_by(status.failures);
+        let mut families = age.collect();
+        families.extend(keys.collect());
+        families.extend(failures.collect());
+        families
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

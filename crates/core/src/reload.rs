@@ -77,6 +77,8 @@ pub enum GatekeepingError {
 pub async fn load_gatekeeping(
     config: &crate::config::Config,
 ) -> Result<Gatekeeping, GatekeepingError> {
+    // Here rather than in `Config::load`: logging is up by now, and only the APIs verify tokens.
+    config.log_warnings();
     let catalogue = crate::catalogue::Catalogue::load_dir(&config.catalogue.topics_dir)?;
     let access = Arc::new(SharedAccess::load(&config.catalogue.access_file)?);
     let verifier = Arc::new(JwtVerifier::from_config(&config.auth)?);

@@ -61,6 +61,7 @@ impl Application {
         let pool =
             eventgate_core::db::build_pool(config.stats.database_url.expose(), &pool_settings)?;
         let metrics = metrics::StatsMetrics::new(&pool, config.stats.pool_size);
+        eventgate_core::metrics::JwksCollector::register(&metrics.registry, gate.verifier.clone());
         let lifecycle = Lifecycle::new();
         let state = Arc::new(AppState {
             request_limits: config.limits.clone(),

@@ -17,17 +17,25 @@
 //! Keys are held behind a lock and swapped whole: [`JwtVerifier::reload_files`] re-reads the PEM files
 //! and the JWKS file (on SIGHUP), and with the `reload` feature the JWKS URL is fetched and refreshed in
 //! the background, never in a request's path.
+//!
+//! The JWKS URL is trusted like a key file, so it is guarded like one: https only (http only with
+//! `auth.jwks_allow_http`, for development), redirects only to the same scheme, host and port, keys
+//! dropped when no fetch succeeded for `auth.jwks_max_stale_secs` (then a token that needs them is a 503
+//! `auth_unavailable`, not a 401: the token may be fine), and early refetches for unknown `kid`s at most
+//! once per `auth.jwks_min_refetch_secs`, which never forget the tokens verified with keys still there.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
 use crate::error::{ApiError, ErrorKind};
@@ -69,6 +77,20 @@ impl Principal {
     }
 }
 
+/// What identifies a key across reloads: a digest of its algorithm, `kid` and public key material.
+/// A cached verdict stays valid exactly as long as a key with the same fingerprint is configured.
+type Fingerprint = [u8; 32];
+
+fn fingerprint(algorithm: Algorithm, kid: Option<&str>, material: &[u8]) -> Fingerprint {
+    let mut digest = Sha256::new();
+    digest.update(algorithm_name(algorithm));
+    digest.update([0]);
+    digest.update(kid.unwrap_or_default());
+    digest.update([0]);
+    digest.update(material);
+    digest.finalize().into()
+}
+
 /// One public key and the one algorithm it verifies.
 #[derive(Clone)]
 struct VerificationKey {
@@ -76,6 +98,7 @@ struct VerificationKey {
     /// The JWKS `kid`; PEM keys have none.
     kid: Option<String>,
     key: DecodingKey,
+    fingerprint: Fingerprint,
 }
 
 /// Every key in use, from all sources; replaced whole on reload.
@@ -84,9 +107,30 @@ struct KeySet {
     pem: Vec<VerificationKey>,
     jwks_file: Vec<VerificationKey>,
     jwks_url: Vec<VerificationKey>,
+    /// Why the JWKS URL's keys are missing (not fetched yet, or dropped as stale); `None` when they are
+    /// there or no URL is configured. A token no other key verifies is then a 503, not a 401.
+    jwks_url_missing: Option<String>,
+    fingerprints: std::collections::HashSet<Fingerprint>,
 }
 
 impl KeySet {
+    fn new(
+        pem: Vec<VerificationKey>,
+        jwks_file: Vec<VerificationKey>,
+        jwks_url: Vec<VerificationKey>,
+        jwks_url_missing: Option<String>,
+    ) -> KeySet {
+        let mut set = KeySet {
+            pem,
+            jwks_file,
+            jwks_url,
+            jwks_url_missing,
+            fingerprints: Default::default(),
+        };
+        set.fingerprints = set.all().map(|k| k.fingerprint).collect();
+        set
+    }
+
     fn all(&self) -> impl Iterator<Item = &VerificationKey> {
         self.pem
             .iter()
@@ -95,12 +139,62 @@ impl KeySet {
     }
 }
 
+/// The JWKS URL is acceptable: https, or http when `allow_http` (development). Used by the
+/// configuration check (a clear start-up error) and by the verifier itself.
+pub fn check_jwks_url(url: &str, allow_http: bool) -> Result<(), String> {
+    let url = url.trim();
+    let lower = url.to_ascii_lowercase();
+    let rest = if let Some(rest) = lower.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = lower.strip_prefix("http://") {
+        if !allow_http {
+            return Err(format!(
+                "{url:?} is plain http: keys fetched in clear text can be replaced by anyone on the \
+                 path, and then any token is accepted. Use https, or set auth.jwks_allow_http = true \
+                 for a local identity provider in development"
+            ));
+        }
+        rest
+    } else {
+        return Err(format!("{url:?} is not an https:// URL"));
+    };
+    if rest.split(['/', '?', '#']).next().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
+}
+
+/// How the JWKS URL's keys are doing, for the metrics (`eventgate_jwks_*`) and the expiry.
+struct JwksUrlHealth {
+    /// When the verifier was made: the age of keys never fetched counts from here.
+    created: Instant,
+    /// The last fetch that installed keys.
+    fetched: Mutex<Option<Instant>>,
+    failures: AtomicU64,
+}
+
+/// The JWKS URL's state as the metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JwksStatus {
+    /// Seconds since the keys were last fetched successfully (since start-up when never).
+    pub age_secs: f64,
+    /// Keys from the URL in use (0 before the first fetch and once they expired).
+    pub keys: usize,
+    /// Fetches that failed since start-up.
+    pub failures: u64,
+}
+
 pub struct JwtVerifier {
     keys: RwLock<Arc<KeySet>>,
     pem_paths: Vec<PathBuf>,
     jwks_file: Option<PathBuf>,
     jwks_url: Option<String>,
+    jwks_allow_http: bool,
+    jwks_ca_file: Option<PathBuf>,
     refresh_secs: u64,
+    max_stale: Duration,
+    min_refetch: Duration,
+    jwks_health: JwksUrlHealth,
     algorithms: Vec<Algorithm>,
     issuer: Option<String>,
     audience: Option<String>,
@@ -168,10 +262,13 @@ impl JwtVerifier {
             .iter()
             .map(|(path, bytes)| pem_key(path, bytes, &verifier.algorithms))
             .collect::<Result<Vec<_>, _>>()?;
-        verifier.swap(|old| KeySet {
-            pem,
-            jwks_file: Vec::new(),
-            jwks_url: old.jwks_url.clone(),
+        verifier.swap(|old| {
+            KeySet::new(
+                pem,
+                Vec::new(),
+                old.jwks_url.clone(),
+                old.jwks_url_missing.clone(),
+            )
         });
         Ok(verifier)
     }
@@ -191,12 +288,41 @@ impl JwtVerifier {
         if algorithms.is_empty() {
             return Err(KeyError::NoAlgorithms);
         }
+        let jwks_url = config
+            .jwks_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned);
+        if let Some(url) = &jwks_url {
+            check_jwks_url(url, config.jwks_allow_http).map_err(|message| KeyError::Jwks {
+                source_name: "auth.jwks_url".to_owned(),
+                message,
+            })?;
+        }
+        let missing = jwks_url
+            .as_ref()
+            .map(|_| "the JWKS has not been fetched yet".to_owned());
         Ok(JwtVerifier {
-            keys: RwLock::new(Arc::new(KeySet::default())),
+            keys: RwLock::new(Arc::new(KeySet::new(
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                missing,
+            ))),
             pem_paths: config.public_keys.clone(),
             jwks_file: config.jwks_file.clone(),
-            jwks_url: config.jwks_url.clone().filter(|url| !url.trim().is_empty()),
+            jwks_url,
+            jwks_allow_http: config.jwks_allow_http,
+            jwks_ca_file: config.jwks_ca_file.clone(),
             refresh_secs: config.jwks_refresh_secs.max(1),
+            max_stale: Duration::from_secs(config.jwks_max_stale_secs.max(1)),
+            min_refetch: Duration::from_secs(config.jwks_min_refetch_secs.max(1)),
+            jwks_health: JwksUrlHealth {
+                created: Instant::now(),
+                fetched: Mutex::new(None),
+                failures: AtomicU64::new(0),
+            },
             algorithms,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -215,16 +341,17 @@ impl JwtVerifier {
     }
 
     /// Replaces the key set with `build(old)`; a request sees the old set or the new one, never a mix.
+    /// Verified tokens whose key is gone are forgotten; those whose key is still there stay verified.
     fn swap(&self, build: impl FnOnce(&KeySet) -> KeySet) {
         let mut guard = self
             .keys
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let next = build(&guard);
-        *guard = Arc::new(next);
-        // Under the write lock: a verification that read the old keys cannot cache its verdict for the
-        // new ones (it tagged it with the old generation).
-        self.verified.invalidate();
+        let next = Arc::new(build(&guard));
+        *guard = next.clone();
+        drop(guard);
+        // Only frees memory: a hit counts only while its key is in the current set (see `verify`).
+        self.verified.retain(&next.fingerprints);
     }
 
     /// Re-reads the PEM files and the JWKS file. On any error nothing changes (the keys in use stay).
@@ -248,10 +375,13 @@ impl JwtVerifier {
                 parse_jwks(&text, &name, &self.algorithms)?
             }
         };
-        self.swap(|old| KeySet {
-            pem,
-            jwks_file,
-            jwks_url: old.jwks_url.clone(),
+        self.swap(|old| {
+            KeySet::new(
+                pem,
+                jwks_file,
+                old.jwks_url.clone(),
+                old.jwks_url_missing.clone(),
+            )
         });
         Ok(())
     }
@@ -261,13 +391,69 @@ impl JwtVerifier {
         let name = self.jwks_url.clone().unwrap_or_else(|| "URL".to_owned());
         let keys = parse_jwks(document, &name, &self.algorithms)?;
         let count = keys.len();
-        self.swap(|old| KeySet {
-            pem: old.pem.clone(),
-            jwks_file: old.jwks_file.clone(),
-            jwks_url: keys,
-        });
+        self.swap(|old| KeySet::new(old.pem.clone(), old.jwks_file.clone(), keys, None));
+        *self.lock_fetched() = Some(Instant::now());
         self.unknown_kid_seen.store(false, Ordering::Relaxed);
         Ok(count)
+    }
+
+    fn lock_fetched(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.jwks_health
+            .fetched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a failed fetch of the JWKS URL (`eventgate_jwks_refresh_failures_total`).
+    pub fn record_jwks_failure(&self) {
+        self.jwks_health.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The JWKS URL's state for the metrics; `None` without a JWKS URL.
+    pub fn jwks_status(&self) -> Option<JwksStatus> {
+        self.jwks_url.as_ref()?;
+        let since = self.lock_fetched().unwrap_or(self.jwks_health.created);
+        Some(JwksStatus {
+            age_secs: since.elapsed().as_secs_f64(),
+            keys: self.current().jwks_url.len(),
+            failures: self.jwks_health.failures.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Drops the JWKS URL's keys when, at `now`, the last successful fetch is older than
+    /// `auth.jwks_max_stale_secs`; returns whether it did. Called by the refresher every second.
+    pub fn expire_stale_jwks(&self, now: Instant) -> bool {
+        let Some(fetched) = *self.lock_fetched() else {
+            return false;
+        };
+        let age = now.saturating_duration_since(fetched);
+        if age <= self.max_stale || self.current().jwks_url.is_empty() {
+            return false;
+        }
+        let reason = format!(
+            "the identity provider's keys (JWKS) could not be fetched for {} s, longer than \
+             auth.jwks_max_stale_secs ({} s)",
+            age.as_secs(),
+            self.max_stale.as_secs()
+        );
+        tracing::error!(
+            failures = self.jwks_health.failures.load(Ordering::Relaxed),
+            "{reason}: its keys are dropped; tokens signed with them are answered 503 until a fetch succeeds"
+        );
+        self.swap(|old| {
+            KeySet::new(
+                old.pem.clone(),
+                old.jwks_file.clone(),
+                Vec::new(),
+                Some(reason),
+            )
+        });
+        true
+    }
+
+    /// The least time between two fetches of the JWKS URL caused by unknown `kid`s.
+    pub fn min_refetch_interval(&self) -> Duration {
+        self.min_refetch
     }
 
     pub fn jwks_url(&self) -> Option<&str> {
@@ -303,9 +489,8 @@ impl JwtVerifier {
             return Err(unauthorized("token is too long"));
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        // Read before the keys: a verdict is cached under the generation of the keys it was reached with.
-        let generation = self.verified.generation();
-        if let Some(principal) = self.verified.get(token, generation, now, self.leeway_secs) {
+        let keys = self.current();
+        if let Some(principal) = self.verified.get(token, &keys, now, self.leeway_secs) {
             return Ok(principal);
         }
         let (alg_name, kid) = token_header(token)?;
@@ -322,7 +507,6 @@ impl JwtVerifier {
                 accepted.join(", ")
             )));
         };
-        let keys = self.current();
         let by_algorithm = || keys.all().filter(|k| k.algorithm == algorithm);
         let candidates: Vec<&VerificationKey> = match &kid {
             Some(kid) => {
@@ -340,7 +524,20 @@ impl JwtVerifier {
             }
             None => by_algorithm().collect(),
         };
+        // No key we have verifies it, and the JWKS URL's keys are missing: one of them might. That is
+        // our outage, not the client's mistake.
+        let keys_unavailable = || {
+            keys.jwks_url_missing.as_deref().map(|reason| {
+                ApiError::new(
+                    ErrorKind::AuthUnavailable,
+                    format!("the token cannot be verified now: {reason}; retry later"),
+                )
+            })
+        };
         if candidates.is_empty() {
+            if let Some(error) = keys_unavailable() {
+                return Err(error);
+            }
             return Err(unauthorized(match kid {
                 Some(_) => "token key id (kid) is not one of the configured keys",
                 None => "no configured key verifies this token's algorithm",
@@ -367,7 +564,7 @@ impl JwtVerifier {
                 Ok(data) => {
                     let principal = self.principal(&data.claims)?;
                     self.verified
-                        .insert(token, generation, &principal, &data.claims);
+                        .insert(token, candidate.fingerprint, &principal, &data.claims);
                     return Ok(principal);
                 }
                 Err(error) => {
@@ -392,6 +589,9 @@ impl JwtVerifier {
                     return Err(unauthorized(reason));
                 }
             }
+        }
+        if let Some(error) = keys_unavailable() {
+            return Err(error);
         }
         Err(unauthorized(
             "token signature does not match any configured key",
@@ -435,40 +635,38 @@ const MAX_VERIFIED_TOKENS: usize = 4096;
 /// The tokens that verified recently, by their exact text. A producer sends the same token with every
 /// request, and checking an RS256 signature costs about 0.1 ms of CPU, most of a one-event request (see
 /// docs/PERFORMANCE.md). A hit skips only the signature and the claims already checked: `exp` and `nbf`
-/// are checked again against the clock, every key change (reload, JWKS refresh) starts a new generation
-/// whose cache is empty, and failures are never cached.
+/// are checked again against the clock, a hit counts only while the key that verified the token is
+/// still configured (a key change forgets exactly the tokens of the keys that went; a JWKS refetch
+/// that keeps the keys forgets nothing), and failures are never cached — so tokens with made-up `kid`s
+/// neither fill nor flush it.
 #[derive(Default)]
 struct VerifiedTokens {
-    generation: AtomicU64,
     tokens: Mutex<HashMap<String, VerifiedToken>>,
 }
 
 struct VerifiedToken {
-    generation: u64,
+    /// The key that verified it.
+    key: Fingerprint,
     principal: Principal,
     exp: i64,
     nbf: Option<i64>,
 }
 
 impl VerifiedTokens {
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VerifiedToken>> {
         self.tokens
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The principal of a token verified under `generation` that is still within its validity window
+    /// The principal of a token verified with a key of `keys` that is still within its validity window
     /// (the same leeway as the full check); `None` sends the token through the full check, which also
     /// words the refusal.
-    fn get(&self, token: &str, generation: u64, now: i64, leeway_secs: u64) -> Option<Principal> {
+    fn get(&self, token: &str, keys: &KeySet, now: i64, leeway_secs: u64) -> Option<Principal> {
         let leeway = i64::try_from(leeway_secs).unwrap_or(i64::MAX);
         let tokens = self.lock();
         let entry = tokens.get(token)?;
-        let current = entry.generation == generation
+        let current = keys.fingerprints.contains(&entry.key)
             && entry.exp >= now.saturating_sub(leeway)
             && entry
                 .nbf
@@ -479,7 +677,7 @@ impl VerifiedTokens {
     fn insert(
         &self,
         token: &str,
-        generation: u64,
+        key: Fingerprint,
         principal: &Principal,
         claims: &Map<String, Value>,
     ) {
@@ -498,7 +696,7 @@ impl VerifiedTokens {
         tokens.insert(
             token.to_owned(),
             VerifiedToken {
-                generation,
+                key,
                 principal: principal.clone(),
                 exp,
                 nbf: seconds("nbf"),
@@ -506,11 +704,9 @@ impl VerifiedTokens {
         );
     }
 
-    /// The keys changed: what was verified with the old ones no longer counts.
-    fn invalidate(&self) {
-        let mut tokens = self.lock();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        tokens.clear();
+    /// The keys changed: forgets the tokens verified with keys no longer in `keys`.
+    fn retain(&self, keys: &std::collections::HashSet<Fingerprint>) {
+        self.lock().retain(|_, entry| keys.contains(&entry.key));
     }
 }
 
@@ -569,6 +765,7 @@ fn pem_key(path: &Path, pem: &[u8], accepted: &[Algorithm]) -> Result<Verificati
         algorithm,
         kid: None,
         key,
+        fingerprint: fingerprint(algorithm, None, pem),
     })
 }
 
@@ -615,8 +812,11 @@ fn parse_jwks(
         let Ok(key) = DecodingKey::from_jwk(&jwk) else {
             continue;
         };
+        // The key material as parsed (not the document's text, whose order and spacing may change).
+        let material = serde_json::to_vec(&jwk.algorithm).unwrap_or_default();
         keys.push(VerificationKey {
             algorithm,
+            fingerprint: fingerprint(algorithm, jwk.common.key_id.as_deref(), &material),
             kid: jwk.common.key_id.clone(),
             key,
         });
@@ -646,33 +846,115 @@ mod refresh {
 
     use super::{JwtVerifier, KeyError, MAX_JWKS_BYTES};
 
-    /// An unknown `kid` makes the URL be fetched again, but not more often than this: a client sending
-    /// made-up key ids cannot make us hammer the identity provider.
-    const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(30);
     const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Redirects followed, all within the URL's origin (an identity provider moving its document).
+    const MAX_REDIRECTS: usize = 3;
+
+    /// `scheme://host:port` of a URL, the port made explicit.
+    fn origin(url: &reqwest::Url) -> (String, Option<String>, Option<u16>) {
+        (
+            url.scheme().to_owned(),
+            url.host_str().map(str::to_ascii_lowercase),
+            url.port_or_known_default(),
+        )
+    }
+
+    /// Follows a redirect only to the same scheme, host and port: a redirect must not downgrade the
+    /// fetch to http, nor hand the choice of our keys to another host.
+    fn same_origin_redirects() -> reqwest::redirect::Policy {
+        reqwest::redirect::Policy::custom(|attempt| {
+            let Some(first) = attempt.previous().first() else {
+                return attempt.stop();
+            };
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            if origin(attempt.url()) != origin(first) {
+                let refused = format!(
+                    "redirect to {} refused: the JWKS may only be redirected within {}://{}",
+                    attempt.url(),
+                    first.scheme(),
+                    first.host_str().unwrap_or_default(),
+                );
+                return attempt.error(refused);
+            }
+            attempt.follow()
+        })
+    }
+
+    /// An error with its causes: reqwest's own message hides why a redirect or TLS failed.
+    fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
 
     impl JwtVerifier {
-        /// Fetches the JWKS URL (if configured) and installs its keys; returns how many.
+        fn jwks_client(&self, source_name: &str) -> Result<reqwest::Client, KeyError> {
+            let error = |message: String| KeyError::Jwks {
+                source_name: source_name.to_owned(),
+                message,
+            };
+            let mut builder = reqwest::Client::builder()
+                .timeout(FETCH_TIMEOUT)
+                .https_only(!self.jwks_allow_http)
+                .redirect(same_origin_redirects());
+            if let Some(path) = &self.jwks_ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    error(format!(
+                        "cannot read auth.jwks_ca_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    error(format!(
+                        "auth.jwks_ca_file {}: {}",
+                        path.display(),
+                        describe(&e)
+                    ))
+                })?;
+                for certificate in certificates {
+                    builder = builder.add_root_certificate(certificate);
+                }
+            }
+            builder.build().map_err(|e| error(describe(&e)))
+        }
+
+        /// Fetches the JWKS URL (if configured) and installs its keys; returns how many. A failure is
+        /// counted (`eventgate_jwks_refresh_failures_total`) and leaves the keys in use.
         pub async fn fetch_jwks_url(&self) -> Result<usize, KeyError> {
             let Some(url) = self.jwks_url.clone() else {
                 return Ok(0);
             };
+            let result = self.fetch_and_install(&url).await;
+            if result.is_err() {
+                self.record_jwks_failure();
+            }
+            result
+        }
+
+        async fn fetch_and_install(&self, url: &str) -> Result<usize, KeyError> {
             let error = |message: String| KeyError::Jwks {
-                source_name: url.clone(),
+                source_name: url.to_owned(),
                 message,
             };
-            let client = reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .build()
-                .map_err(|e| error(e.to_string()))?;
+            let client = self.jwks_client(url)?;
             let mut response = client
-                .get(&url)
+                .get(url)
                 .send()
                 .await
                 .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| error(e.to_string()))?;
+                .map_err(|e| error(describe(&e)))?;
             let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| error(e.to_string()))? {
+            while let Some(chunk) = response.chunk().await.map_err(|e| error(describe(&e)))? {
                 if body.len() + chunk.len() > MAX_JWKS_BYTES {
                     return Err(error(format!("larger than {MAX_JWKS_BYTES} bytes")));
                 }
@@ -681,7 +963,8 @@ mod refresh {
             self.install_jwks_url_keys(&body)
         }
 
-        /// Re-reads every key source; failures are logged and the keys in use stay.
+        /// Re-reads every key source; failures are logged and the keys in use stay (the JWKS URL's
+        /// until they are older than `auth.jwks_max_stale_secs`).
         pub async fn refresh_all(&self) {
             if let Err(error) = self.reload_files() {
                 tracing::error!(%error, "token keys not reloaded; the previous keys stay in use");
@@ -693,11 +976,14 @@ mod refresh {
                         tracing::error!(%error, "JWKS not fetched; the previous keys stay in use")
                     }
                 }
+                self.expire_stale_jwks(Instant::now());
             }
         }
 
-        /// Re-reads the JWKS file and URL every `jwks_refresh_secs`, and the URL early when a token named
-        /// an unknown `kid`. Does nothing (returns `None`) without a JWKS source.
+        /// Re-reads the JWKS file and URL every `jwks_refresh_secs`, the URL early when a token named an
+        /// unknown `kid` (at most once per `jwks_min_refetch_secs` since the last fetch), and drops the
+        /// URL's keys once they are older than `jwks_max_stale_secs`. Does nothing (returns `None`)
+        /// without a JWKS source.
         pub fn spawn_jwks_refresh(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
             if !self.has_jwks() {
                 return None;
@@ -708,10 +994,11 @@ mod refresh {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
+                    verifier.expire_stale_jwks(Instant::now());
                     let due = last.elapsed() >= verifier.refresh_interval();
                     let wanted = verifier.jwks_url.is_some()
                         && verifier.unknown_kid_seen()
-                        && last.elapsed() >= MIN_FETCH_INTERVAL;
+                        && last.elapsed() >= verifier.min_refetch_interval();
                     if due || wanted {
                         verifier.refresh_all().await;
                         last = Instant::now();

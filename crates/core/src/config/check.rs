@@ -5,7 +5,7 @@
 
 use std::ops::RangeInclusive;
 
-use super::{Config, ConfigError, KafkaClientProperties, KafkaConfig, Secret};
+use super::{AuthConfig, Config, ConfigError, KafkaClientProperties, KafkaConfig, Secret};
 
 /// Words that mark a value as a template's placeholder, never a real secret.
 const PLACEHOLDERS: [&str; 3] = ["change-me", "changeme", "replace-me"];
@@ -55,6 +55,7 @@ impl Config {
             1..=86_400,
         )?;
         in_range("auth.leeway_secs", c.auth.leeway_secs, 0..=3_600)?;
+        check_auth(&c.auth)?;
         in_range("kafka.partitions", c.kafka.partitions, 1..=10_000)?;
         in_range(
             "kafka.replication_factor",
@@ -221,6 +222,70 @@ impl Config {
         }
         check_kafka_security(&c.kafka)?;
         Ok(())
+    }
+}
+
+/// The JWKS settings: an https URL (http only when explicitly allowed), a readable CA file, keys that do
+/// not expire between two regular refreshes.
+fn check_auth(a: &AuthConfig) -> Result<(), ConfigError> {
+    if let Some(url) = a.jwks_url.as_deref().filter(|url| !url.trim().is_empty()) {
+        crate::auth::check_jwks_url(url, a.jwks_allow_http)
+            .map_err(|reason| invalid("auth.jwks_url", reason))?;
+    }
+    readable_file("auth.jwks_ca_file", &a.jwks_ca_file)?;
+    in_range(
+        "auth.jwks_max_stale_secs",
+        a.jwks_max_stale_secs,
+        a.jwks_refresh_secs.saturating_mul(2)..=30 * 86_400,
+    )?;
+    in_range(
+        "auth.jwks_min_refetch_secs",
+        a.jwks_min_refetch_secs,
+        1..=86_400,
+    )?;
+    Ok(())
+}
+
+impl Config {
+    /// What is allowed but unsafe outside development (`auth.development`, set by `make run`): each a
+    /// sentence naming the setting and the risk, logged as a warning at start-up by the APIs.
+    pub fn warnings(&self) -> Vec<String> {
+        let a = &self.auth;
+        if a.development {
+            return Vec::new();
+        }
+        let unset = |value: &Option<String>| value.as_deref().is_none_or(|v| v.trim().is_empty());
+        let mut warnings = Vec::new();
+        match (unset(&a.issuer), unset(&a.audience)) {
+            (false, false) => {}
+            (issuer, audience) => {
+                let missing = match (issuer, audience) {
+                    (true, true) => "auth.issuer and auth.audience are",
+                    (true, false) => "auth.issuer is",
+                    _ => "auth.audience is",
+                };
+                warnings.push(format!(
+                    "{missing} not set: tokens issued by your identity provider for any other \
+                     application are accepted (set EVENTGATE_AUTH__ISSUER and EVENTGATE_AUTH__AUDIENCE \
+                     to the values of your tokens; docs/SECURITY.md, \"Issuer and audience\")"
+                ));
+            }
+        }
+        if a.jwks_allow_http {
+            warnings.push(
+                "auth.jwks_allow_http is on: the JWKS may be fetched over plain http, where anyone on \
+                 the path can replace the keys and have any token accepted (development only)"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+
+    /// Logs [`Config::warnings`], one warning each.
+    pub fn log_warnings(&self) {
+        for warning in self.warnings() {
+            tracing::warn!("{warning}");
+        }
     }
 }
 
@@ -600,6 +665,88 @@ mod tests {
         );
         config.kafka.client = KafkaClientProperties::new([("message_max_bytes", "2000000")]);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn jwks_settings_are_checked_at_start_up() {
+        let mut config = Config::default();
+        config.auth.jwks_url = Some("http://idp.internal/jwks.json".into());
+        assert_eq!(invalid_key(&config), Some("auth.jwks_url"));
+        let reason = invalid_reason(&config);
+        assert!(reason.contains("plain http"), "{reason}");
+        assert!(reason.contains("auth.jwks_allow_http"), "{reason}");
+        config.auth.jwks_allow_http = true;
+        assert!(config.validate().is_ok());
+        config.auth.jwks_url = Some("https://idp.example.com/jwks.json".into());
+        config.auth.jwks_allow_http = false;
+        assert!(config.validate().is_ok());
+
+        config.auth.jwks_ca_file = Some("/nonexistent/ca.pem".into());
+        assert_eq!(invalid_key(&config), Some("auth.jwks_ca_file"));
+        config.auth.jwks_ca_file = None;
+
+        // Keys must outlive the refresh interval, with room for a failed refresh.
+        config.auth.jwks_max_stale_secs = config.auth.jwks_refresh_secs;
+        assert_eq!(invalid_key(&config), Some("auth.jwks_max_stale_secs"));
+        config.auth.jwks_max_stale_secs = 2 * config.auth.jwks_refresh_secs;
+        assert!(config.validate().is_ok());
+        config.auth.jwks_min_refetch_secs = 0;
+        assert_eq!(invalid_key(&config), Some("auth.jwks_min_refetch_secs"));
+    }
+
+    #[test]
+    fn missing_issuer_or_audience_is_a_warning_outside_development() {
+        let mut config = Config::default();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("auth.issuer and auth.audience are not set"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[0].contains(
+                "tokens issued by your identity provider for any other application are accepted"
+            ),
+            "{warnings:?}"
+        );
+        config.auth.issuer = Some("https://login.example.com".into());
+        assert!(config.warnings()[0].starts_with("auth.audience is not set"));
+        config.auth.audience = Some("eventgate".into());
+        assert!(config.warnings().is_empty());
+        config.auth.issuer = Some(" ".into());
+        assert!(config.warnings()[0].starts_with("auth.issuer is not set"));
+
+        config.auth.jwks_allow_http = true;
+        assert_eq!(config.warnings().len(), 2);
+        assert!(config.warnings()[1].contains("auth.jwks_allow_http"));
+
+        config.auth.development = true;
+        assert!(config.warnings().is_empty(), "make run is not warned");
+    }
+
+    #[test]
+    fn warnings_are_logged() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let lines = crate::json_log::tests::Lines::default();
+        let writer = lines.clone();
+        let telemetry = crate::config::TelemetryConfig {
+            log_format: crate::config::LogFormat::Json,
+            ..Default::default()
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(crate::telemetry::log_layer(&telemetry, move || {
+                writer.clone()
+            }));
+        tracing::subscriber::with_default(subscriber, || Config::default().log_warnings());
+        let logged = lines.parsed();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(logged[0]["level"], "WARN");
+        assert!(
+            logged[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("for any other application are accepted")),
+            "{logged:?}"
+        );
     }
 
     #[test]

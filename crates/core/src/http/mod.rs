@@ -178,7 +178,8 @@ impl Extractor for HeaderExtractor<'_> {
 /// - takes the caller's `X-Request-ID` when valid, else makes one (a UUIDv7), stores it as a
 ///   [`RequestId`] extension and echoes it on the response;
 /// - runs the request inside an `http.request` span carrying `request_id` (so every log line written
-///   while serving it has the id), continuing the caller's trace when a `traceparent` header came in;
+///   while serving it has the id), continuing the caller's trace when a `traceparent` header came in —
+///   with the caller's sampling decision only for a request with a valid token (see [`trace_parent`]);
 /// - writes one log line when the response is ready, with status, duration and the error if any (4xx
 ///   included; health and metrics probes at debug level);
 /// - counts it in [`HttpMetrics`] by route pattern, method and status.
@@ -259,10 +260,11 @@ where
             eventgate.events = Empty,
         );
         if crate::telemetry::tracing_enabled() {
-            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-            if parent.span().span_context().is_valid() {
+            match trace_parent(&request) {
                 // Only fails when the span is disabled; then there is no trace to continue anyway.
-                let _ = span.set_parent(parent);
+                RemoteParent::Continue(parent) => drop(span.set_parent(parent)),
+                RemoteParent::Link(caller) => span.add_link(caller),
+                RemoteParent::None => {}
             }
             let trace_id = span.context().span().span_context().trace_id();
             if trace_id != opentelemetry::trace::TraceId::INVALID {
@@ -298,6 +300,46 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+/// What a request's `traceparent` does to its span.
+enum RemoteParent {
+    /// The caller's trace is continued, with its sampling decision.
+    Continue(opentelemetry::Context),
+    /// A new trace, sampled by our own ratio, linked to the caller's.
+    Link(opentelemetry::trace::SpanContext),
+    None,
+}
+
+/// The caller's trace context, taken as the parent only when it cannot force recording: a `sampled`
+/// flag is the caller's to set, so an anonymous client could make every request of a flood be recorded
+/// and exported whatever `telemetry.sampling_ratio` says. A sampled parent is continued only for a
+/// request whose token verifies (the verdict is cached, so the gate's check that follows is a lookup);
+/// otherwise the request starts a trace of its own, sampled by our ratio on a trace id we chose, and
+/// keeps the caller's as a link. An unsampled parent is always continued: it can only record less.
+fn trace_parent(request: &ServiceRequest) -> RemoteParent {
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+    let caller = parent.span().span_context().clone();
+    if !caller.is_valid() {
+        return RemoteParent::None;
+    }
+    if !caller.is_sampled() {
+        return RemoteParent::Continue(parent);
+    }
+    let authenticated = request
+        .app_data::<actix_web::web::Data<crate::gate::Gatekeeping>>()
+        .is_some_and(|gate| {
+            let authorization = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            gate.verifier.authenticate(authorization).is_ok()
+        });
+    if authenticated {
+        RemoteParent::Continue(parent)
+    } else {
+        RemoteParent::Link(caller)
     }
 }
 
