@@ -574,8 +574,27 @@ pub struct StatsConfig {
     pub pool_size: u32,
     /// Signs pagination cursors; a cursor signed with another secret is rejected.
     pub cursor_secret: Secret,
-    /// Postgres `statement_timeout` for queries; a query that hits it answers 503.
+    /// Postgres `statement_timeout` of every statement the stats-api runs (queries, aggregates, each
+    /// export batch, dead letters, the readiness probe); a statement that hits it answers 503.
     pub statement_timeout_ms: u64,
+    /// How long a request waits for a free database connection before it is answered 503 with
+    /// `Retry-After` (the pool is `pool_size` connections shared by every analyst).
+    pub pool_wait_ms: u64,
+    /// Statements one user (the token's `sub`) may have running at once on this instance; one more is
+    /// answered 429 with `Retry-After`. An export holds one for as long as it streams.
+    pub max_concurrent_per_user: u32,
+    /// Byte budget of one answer: a query page, a dead-letter page, an aggregate's groups and each batch
+    /// an export reads are filled until the next row would pass it (at least one row always comes, so
+    /// an event larger than the budget is still served alone). A query page cut short keeps `has_more`
+    /// and its cursor continues with the next row.
+    pub max_page_bytes: usize,
+    /// Most events one export writes; beyond, it ends with a truncation marker (docs/API.md).
+    pub export_max_rows: u64,
+    /// Longest time one export may stream; beyond, it ends with a truncation marker.
+    pub export_max_ms: u64,
+    /// An export whose client does not take the next piece of the body within this time is dropped:
+    /// the connection is aborted and what was buffered for it is freed.
+    pub export_send_timeout_ms: u64,
     pub workers: Option<usize>,
 }
 
@@ -588,6 +607,12 @@ impl Default for StatsConfig {
             pool_size: 8,
             cursor_secret: Secret::new(""),
             statement_timeout_ms: 5000,
+            pool_wait_ms: 2000,
+            max_concurrent_per_user: 4,
+            max_page_bytes: 4 * 1024 * 1024,
+            export_max_rows: 1_000_000,
+            export_max_ms: 600_000,
+            export_send_timeout_ms: 30_000,
             workers: None,
         }
     }

@@ -32,10 +32,22 @@ pub(crate) async fn post_aggregate(
             &AggregateLimits::default(),
             &restrictions,
         )?;
+        let slot = state.slot(&reader.principal.user)?;
         if let Some(bucketing) = plan.interval.as_mut() {
             bucketing.time_zone = resolve_time_zone(&state, &bucketing.time_zone).await?;
         }
-        let result = db::aggregate::fetch_aggregate(&state.pool, &topic.name, &plan).await?;
+        let (result, cut) = db::aggregate::fetch_aggregate(
+            &state.pool,
+            &topic.name,
+            &plan,
+            state.answers.max_page_bytes,
+        )
+        .await
+        .map_err(|e| state.store_error(e))?;
+        drop(slot);
+        if cut {
+            state.metrics.limit_hit("page_bytes");
+        }
         // Core writes the answer's members; the HTTP envelope is this service's.
         let mut answer = serde_json::Map::new();
         answer.insert("success".to_owned(), true.into());
@@ -57,7 +69,8 @@ async fn resolve_time_zone(state: &AppState, name: &str) -> Result<String, ApiEr
         return Ok(name.to_owned());
     }
     db::aggregate::time_zone_spelling(&state.pool, name)
-        .await?
+        .await
+        .map_err(|e| state.store_error(e))?
         .ok_or_else(|| {
             ErrorDetail::validation(
                 "interval.time_zone",

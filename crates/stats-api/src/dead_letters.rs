@@ -3,7 +3,8 @@
 //!
 //! Same checks as queries, in the same order: token (401) → topic exists (404) → may read the topic
 //! (403). Parameters: `limit` (1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]) and `cursor` (the
-//! `pagination.cursor` of the previous page); anything else is a 400.
+//! `pagination.cursor` of the previous page); anything else is a 400. A page also ends before `limit`
+//! when the next row would take the answer past `stats.max_page_bytes` (then `has_more` and a cursor).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
@@ -97,20 +98,12 @@ fn decode_cursor(token: &str, topic: &str, key: &CursorKey) -> Option<After> {
     })
 }
 
-/// The listing's view of a row: its position and its JSON.
+/// The listing's view of a row: its JSON.
 trait Listed {
-    fn after(&self) -> After;
     fn to_json(&self) -> Value;
 }
 
 impl Listed for DeadLetterRow {
-    fn after(&self) -> After {
-        After {
-            created_at_micros: micros(self.created_at),
-            id: self.id,
-        }
-    }
-
     fn to_json(&self) -> Value {
         json!({
             "id": self.id,
@@ -151,22 +144,48 @@ pub async fn list(
     let after = listing
         .after
         .and_then(|a| Some((from_micros(a.created_at_micros)?, a.id)));
-    let mut rows =
-        // One row more than the page tells whether another page exists.
-        crate::db::dead_letters::fetch(&state.pool, &topic.name, after, listing.limit + 1).await?;
-    let has_more = rows.len() as i64 > listing.limit;
-    rows.truncate(listing.limit as usize);
-    let cursor = match (has_more, rows.last()) {
-        (true, Some(last)) => Some(encode_cursor(last.after(), &topic.name, &state.cursor_key)),
+    let slot = state.slot(&reader.principal.user)?;
+    let page = crate::db::dead_letters::fetch(
+        &state.pool,
+        &topic.name,
+        after,
+        listing.limit,
+        br#"{"success":true,"statusCode":200,"data":["#.to_vec(),
+        state.answers.max_page_bytes,
+        |out, index, row| {
+            if index > 0 {
+                out.push(b',');
+            }
+            crate::routes::write_json(out, &row.to_json());
+        },
+    )
+    .await
+    .map_err(|e| state.store_error(e))?;
+    drop(slot);
+    if page.cut_by_bytes {
+        state.metrics.limit_hit("page_bytes");
+    }
+    let cursor = match (page.has_more, page.last) {
+        (true, Some((created_at, id))) => Some(encode_cursor(
+            After {
+                created_at_micros: micros(created_at),
+                id,
+            },
+            &topic.name,
+            &state.cursor_key,
+        )),
         _ => None,
     };
-    let data: Vec<Value> = rows.iter().map(Listed::to_json).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "statusCode": 200,
-        "data": data,
-        "pagination": {"cursor": cursor, "has_more": has_more, "limit": listing.limit},
-    })))
+    let mut body = page.body;
+    body.extend_from_slice(b"],\"pagination\":");
+    crate::routes::write_json(
+        &mut body,
+        &json!({"cursor": cursor, "has_more": page.has_more, "limit": listing.limit}),
+    );
+    body.push(b'}');
+    Ok(HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(body))
 }
 
 #[cfg(test)]

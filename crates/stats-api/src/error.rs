@@ -12,6 +12,12 @@ impl From<StoreError> for ApiError {
                 ErrorKind::Database,
                 "the query took longer than the configured statement timeout; narrow it or retry later",
             ),
+            // Fail fast: the pool is shared by every analyst, a request does not queue behind a
+            // burst of expensive statements for longer than `stats.pool_wait_ms`.
+            StoreError::Busy(_) => ApiError::new(
+                ErrorKind::Database,
+                "every database connection of the stats-api is busy with other statements; retry later",
+            ),
             StoreError::Unavailable(error) => {
                 tracing::warn!(%error, sqlstate = error.sqlstate(), "the event store is unavailable");
                 ApiError::new(

@@ -1,34 +1,53 @@
-//! `GET /stats/{topic}/export?format=ndjson|csv&fields=…&<filters>&sort=…`: every event the filters
-//! select, streamed.
+//! `GET /stats/{topic}/export?format=ndjson|csv&fields=…&<filters>&sort=…[&cursor=…]`: every event the
+//! filters select, streamed.
 //!
-//! Token (401) → topic (404) → may read (403, restrictions) → plan (the query language, 400) → the first
-//! batch is read before the answer starts (so an outage is still a clean 503) → then keyset batches of
-//! [`BATCH_ROWS`] through the page query itself, each fetched only when the client has taken the previous
-//! one (actix polls the body stream only while its write buffer has room). Memory per export is one batch,
-//! whatever the number of rows. Each batch is its own statement, bounded by the statement timeout; a
-//! failure after the answer started aborts the connection, so the client sees an incomplete transfer
-//! (chunked encoding never terminated), never a silently short file.
+//! Token (401) → topic (404) → may read (403, restrictions) → plan (the query language, 400) → one of
+//! the user's concurrent-statement slots (429) → the first batch is read before the answer starts (so an
+//! outage or a busy pool is still a clean 503) → then keyset batches of at most [`BATCH_ROWS`] events
+//! and `stats.max_page_bytes` bytes through the page query itself, payloads passed through as JSON text.
+//!
+//! A task writes the batches into a channel of one piece ([`PIECE_BYTES`] at most) that the body stream
+//! reads, so the next batch is fetched only when the client has taken the previous one, and memory per
+//! export is one batch whatever the number of rows. Bounds:
+//! - `stats.export_max_rows` events and `stats.export_max_ms` of streaming: then the export ends with
+//!   its truncation marker, a last NDJSON line `{"truncated":true,…,"cursor":"…"}` or a last CSV line
+//!   `#eventgate-export-truncated,<reason>,<rows>,<cursor>`; the same request with `cursor` resumes it.
+//! - A client that does not take a piece within `stats.export_send_timeout_ms` is dropped: the task
+//!   ends (its batch freed, the user's slot given back) and the body fails, so actix aborts the
+//!   connection.
+//! - Each batch is its own statement, bounded by the statement timeout; a failure after the answer
+//!   started aborts the connection, so the client sees an incomplete transfer (chunked encoding never
+//!   terminated), never a silently short file.
+
+use std::time::Instant;
 
 use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use eventgate_core::http::TopicReader;
-use serde_json::Value;
+use serde_json::json;
+use tokio::sync::mpsc;
 
 use eventgate_core::catalogue::Topic;
-use eventgate_core::db::PgPool;
-use eventgate_core::envelope::Event;
 use eventgate_core::error::{ApiError, ErrorDetail};
+use eventgate_core::http::TopicReader;
 use eventgate_core::query::fields::FieldSource;
-use eventgate_core::query::{self, payload_at, FieldCatalogue, FieldDef, QueryPlan, QueryRequest};
+use eventgate_core::query::{self, FieldCatalogue, FieldDef, QueryPlan, QueryRequest};
 
 use crate::db::page::{fetch_page, Page};
+use crate::db::StoreError;
+use crate::fair_use::Slot;
+use crate::raw_json::{raw_at, rfc3339, RawEvent};
 use crate::AppState;
 
-/// Events per batch (one page query each).
+/// Events per batch (one page query each), at most.
 pub const BATCH_ROWS: u32 = 1000;
+/// The largest piece of body handed to actix at a time: what a client that stopped reading leaves
+/// buffered once its export task has gone.
+pub const PIECE_BYTES: usize = 64 * 1024;
 /// Columns a CSV export may ask for.
 const MAX_COLUMNS: usize = 500;
+/// The first cell of a CSV export's truncation marker.
+pub const CSV_TRUNCATED: &str = "#eventgate-export-truncated";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -56,18 +75,39 @@ pub(crate) async fn export(
         &state.cursor_key,
         &restrictions,
     )?;
-    plan.limit = BATCH_ROWS;
-    let first = fetch_page(&state.pool, &topic.name, &plan).await?;
+    let slot = state.slot(&reader.principal.user)?;
+    // The time cap counts from here: the first batch is part of the export.
+    let started = Instant::now();
+    plan.limit = batch_rows(state.answers.export_max_rows, 0);
+    let mut header = Vec::new();
+    if options.format == Format::Csv {
+        write_csv_header(&mut header, &options.columns);
+    }
+    let first = fetch_batch(&state, &topic.name, &plan, &options, header)
+        .await
+        .map_err(|e| state.store_error(e))?;
+    let (sender, receiver) = mpsc::channel(1);
     let export = Export {
-        pool: state.pool.clone(),
+        state: state.clone(),
         topic: topic.name.clone(),
         plan,
         options: options.clone(),
-        pending: Some(first),
-        header_written: false,
-        done: false,
+        rows: 0,
+        started,
+        sender,
+        _slot: slot,
     };
-    let body = futures_util::stream::unfold(export, Export::next_chunk);
+    tokio::spawn(export.run(first));
+    let body = futures_util::stream::unfold(Some(receiver), |receiver| async move {
+        let mut receiver = receiver?;
+        match receiver.recv().await {
+            Some(Piece::Data(bytes)) => Some((Ok(bytes), Some(receiver))),
+            Some(Piece::End) => None,
+            // The task gave up (a failed batch, a client too slow): fail the body, so the transfer is
+            // visibly incomplete.
+            None => Some((Err(std::io::Error::other("the export was aborted")), None)),
+        }
+    });
     let (content_type, extension) = match options.format {
         Format::Ndjson => ("application/x-ndjson", "ndjson"),
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
@@ -82,6 +122,39 @@ pub(crate) async fn export(
             ))],
         })
         .streaming(body))
+}
+
+/// Rows of the next batch: at most [`BATCH_ROWS`], and no more than the row cap leaves.
+fn batch_rows(max_rows: u64, written: u64) -> u32 {
+    u32::try_from(max_rows.saturating_sub(written).min(u64::from(BATCH_ROWS)))
+        .unwrap_or(BATCH_ROWS)
+        .max(1)
+}
+
+/// One batch, written in the export's format after `body`.
+async fn fetch_batch(
+    state: &AppState,
+    topic: &str,
+    plan: &QueryPlan,
+    options: &ExportOptions,
+    body: Vec<u8>,
+) -> Result<Page, StoreError> {
+    let max_bytes = state.answers.max_page_bytes;
+    fetch_page(
+        &state.pool,
+        topic,
+        plan,
+        body,
+        max_bytes,
+        |out, _, event| match options.format {
+            Format::Ndjson => {
+                event.write_json(out);
+                out.push(b'\n');
+            }
+            Format::Csv => write_csv_row(out, &options.columns, event),
+        },
+    )
+    .await
 }
 
 /// A file name safe everywhere: the topic's letters, digits, `.`, `-` and `_`.
@@ -108,8 +181,9 @@ pub struct ExportOptions {
 }
 
 impl ExportOptions {
-    /// Takes `format` and `fields` out of the query parameters and returns the rest (filters and
-    /// `sort`). `cursor` and `limit` are refused: an export has no pages.
+    /// Takes `format` and `fields` out of the query parameters and returns the rest (filters, `sort`
+    /// and `cursor`, which resumes an export its truncation marker ended). `limit` is refused: an
+    /// export has no pages.
     pub fn from_pairs(
         pairs: Vec<(String, String)>,
         fields: &FieldCatalogue,
@@ -129,9 +203,9 @@ impl ExportOptions {
                     )),
                 },
                 "fields" => columns = Some(value),
-                "cursor" | "limit" => details.push(ErrorDetail::validation(
+                "limit" => details.push(ErrorDetail::validation(
                     key,
-                    "an export has no pages: it streams every matching event",
+                    "an export has no pages: it streams every matching event (up to stats.export_max_rows)",
                 )),
                 _ => rest.push((key, value)),
             }
@@ -215,54 +289,174 @@ pub fn default_columns(fields: &FieldCatalogue) -> Vec<FieldDef> {
         .collect()
 }
 
-/// One export in progress: the state of the body stream.
+/// What the body stream receives: a piece of the body, or the sign that it is complete (a channel
+/// closed without it means the export was aborted).
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
+/// Why an export ended before its last row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Truncation {
+    Rows,
+    Time,
+}
+
+impl Truncation {
+    fn reason(self) -> &'static str {
+        match self {
+            Truncation::Rows => "row_limit",
+            Truncation::Time => "time_limit",
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Truncation::Rows => "export_rows",
+            Truncation::Time => "export_time",
+        }
+    }
+}
+
+/// One export in progress: the task that reads batches and hands them to the body stream.
 struct Export {
-    pool: PgPool,
+    state: web::Data<AppState>,
     topic: String,
     plan: QueryPlan,
     options: ExportOptions,
-    /// A batch read but not yet written (the first one, read before the answer started).
-    pending: Option<Page>,
-    header_written: bool,
-    done: bool,
+    /// Events written so far.
+    rows: u64,
+    started: Instant,
+    sender: mpsc::Sender<Piece>,
+    /// The user's concurrent-statement slot, held while the export runs.
+    _slot: Slot,
 }
 
 impl Export {
-    async fn next_chunk(mut self) -> Option<(Result<Bytes, std::io::Error>, Export)> {
-        if self.done {
-            return None;
-        }
-        let page = match self.pending.take() {
-            Some(page) => page,
-            None => match fetch_page(&self.pool, &self.topic, &self.plan).await {
+    async fn run(mut self, first: Page) {
+        let limits = self.state.answers.clone();
+        let mut page = first;
+        loop {
+            self.rows += page.rows as u64;
+            if page.cut_by_bytes {
+                self.state.metrics.limit_hit("page_bytes");
+            }
+            let next_after = match (page.has_more, &page.last) {
+                (true, Some(last)) => Some(last),
+                _ => None,
+            };
+            let after = next_after.map(|last| self.plan.sort_values(last));
+            let cursor = next_after.map(|last| self.plan.next_cursor(last, &self.state.cursor_key));
+            if !self.send(Bytes::from(page.body)).await {
+                return;
+            }
+            let (Some(after), Some(cursor)) = (after, cursor) else {
+                let _ = self.sender.send(Piece::End).await;
+                return;
+            };
+            let truncation = if self.rows >= limits.export_max_rows {
+                Some(Truncation::Rows)
+            } else if self.started.elapsed() >= limits.export_max_time {
+                Some(Truncation::Time)
+            } else {
+                None
+            };
+            if let Some(truncation) = truncation {
+                self.state.metrics.limit_hit(truncation.metric());
+                let marker = self.marker(truncation, &cursor);
+                if self.send(Bytes::from(marker)).await {
+                    let _ = self.sender.send(Piece::End).await;
+                }
+                return;
+            }
+            // The next batch starts strictly after this one's last row, in the query's order.
+            self.plan.after = Some(after);
+            self.plan.limit = batch_rows(limits.export_max_rows, self.rows);
+            page = match fetch_batch(
+                &self.state,
+                &self.topic,
+                &self.plan,
+                &self.options,
+                Vec::new(),
+            )
+            .await
+            {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(topic = %self.topic, %error, "export aborted");
-                    self.done = true;
-                    return Some((Err(std::io::Error::other(error.to_string())), self));
+                    // Dropping the sender without `End` fails the body.
+                    return;
                 }
-            },
-        };
-        let mut out = Vec::with_capacity(page.events.len() * 256);
-        if self.options.format == Format::Csv && !self.header_written {
-            write_csv_header(&mut out, &self.options.columns);
+            };
         }
-        self.header_written = true;
-        for event in &page.events {
-            match self.options.format {
-                Format::Ndjson => {
-                    out.extend_from_slice(&event.to_json_bytes());
-                    out.push(b'\n');
+    }
+
+    /// Hands `bytes` to the body stream in pieces; `false` when the client went away or did not take a
+    /// piece within the send timeout (then the export is over).
+    async fn send(&self, mut bytes: Bytes) -> bool {
+        let timeout = self.state.answers.export_send_timeout;
+        while !bytes.is_empty() {
+            let piece = bytes.split_to(bytes.len().min(PIECE_BYTES));
+            match tokio::time::timeout(timeout, self.sender.send(Piece::Data(piece))).await {
+                Ok(Ok(())) => {}
+                // The body stream is gone: the client disconnected.
+                Ok(Err(_)) => return false,
+                Err(_) => {
+                    self.state.metrics.limit_hit("export_send_timeout");
+                    tracing::warn!(
+                        topic = %self.topic,
+                        rows = self.rows,
+                        timeout_ms = timeout.as_millis() as u64,
+                        "export dropped: the client stopped reading"
+                    );
+                    return false;
                 }
-                Format::Csv => write_csv_row(&mut out, &self.options.columns, event),
             }
         }
-        match (page.has_more, page.events.last()) {
-            // The next batch starts strictly after this one's last row, in the query's order.
-            (true, Some(last)) => self.plan.after = Some(self.plan.sort_values(last)),
-            _ => self.done = true,
+        true
+    }
+
+    /// The last line of a truncated export: what stopped it and the cursor that resumes it.
+    fn marker(&self, truncation: Truncation, cursor: &str) -> Vec<u8> {
+        let limits = &self.state.answers;
+        let message = match truncation {
+            Truncation::Rows => format!(
+                "the export stopped after {} events (stats.export_max_rows); repeat the request with this cursor to export the rest",
+                limits.export_max_rows
+            ),
+            Truncation::Time => format!(
+                "the export stopped after {} ms (stats.export_max_ms); repeat the request with this cursor to export the rest",
+                limits.export_max_time.as_millis()
+            ),
+        };
+        let mut out = Vec::new();
+        match self.options.format {
+            Format::Ndjson => {
+                crate::routes::write_json(
+                    &mut out,
+                    &json!({
+                        "truncated": true,
+                        "reason": truncation.reason(),
+                        "rows": self.rows,
+                        "cursor": cursor,
+                        "message": message,
+                    }),
+                );
+                out.push(b'\n');
+            }
+            Format::Csv => {
+                write_csv_cell(&mut out, CSV_TRUNCATED, false);
+                out.push(b',');
+                write_csv_cell(&mut out, truncation.reason(), false);
+                out.push(b',');
+                write_csv_cell(&mut out, &self.rows.to_string(), false);
+                out.push(b',');
+                write_csv_cell(&mut out, cursor, false);
+                out.extend_from_slice(b"\r\n");
+            }
         }
-        Some((Ok(Bytes::from(out)), self))
+        out
     }
 }
 
@@ -276,25 +470,29 @@ pub fn write_csv_header(out: &mut Vec<u8>, columns: &[FieldDef]) {
     out.extend_from_slice(b"\r\n");
 }
 
-pub fn write_csv_row(out: &mut Vec<u8>, columns: &[FieldDef], event: &Event) {
+/// One event as a CSV row: each column's value found in the payload's text (nothing else of it is
+/// parsed); strings unquoted, other values as compact JSON.
+pub fn write_csv_row(out: &mut Vec<u8>, columns: &[FieldDef], event: &RawEvent) {
     for (i, column) in columns.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         match &column.source {
             FieldSource::Id => write_csv_cell(out, &event.id.to_string(), false),
-            FieldSource::Timestamp => {
-                let text = event
-                    .timestamp
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default();
-                write_csv_cell(out, &text, false);
-            }
-            FieldSource::Producer => write_csv_cell(out, &event.producer, true),
-            FieldSource::Payload(path) => match payload_at(&event.payload, path) {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) => write_csv_cell(out, s, true),
-                Some(other) => write_csv_cell(out, &other.to_string(), false),
+            FieldSource::Timestamp => write_csv_cell(out, &rfc3339(event.received_at), false),
+            FieldSource::Producer => write_csv_cell(out, event.producer, true),
+            FieldSource::Payload(path) => match raw_at(event.payload, path) {
+                None | Some("null") => {}
+                Some(text) if text.starts_with('"') => {
+                    if let Ok(s) = serde_json::from_str::<String>(text) {
+                        write_csv_cell(out, &s, true);
+                    }
+                }
+                Some(text) => {
+                    let mut compact = Vec::with_capacity(text.len());
+                    crate::raw_json::minify_into(&mut compact, text);
+                    write_csv_cell(out, &String::from_utf8_lossy(&compact), false);
+                }
             },
         }
     }
@@ -387,13 +585,11 @@ mod tests {
         assert_eq!(names, ["name", "info.region", "timestamp"]);
         assert_eq!(rest, pairs(&[("name", "x"), ("sort", "n")]));
 
-        let err = ExportOptions::from_pairs(
-            pairs(&[("format", "xlsx"), ("limit", "5"), ("cursor", "x")]),
-            &catalogue(),
-        )
-        .expect_err("invalid");
+        let err =
+            ExportOptions::from_pairs(pairs(&[("format", "xlsx"), ("limit", "5")]), &catalogue())
+                .expect_err("invalid");
         let fields: Vec<_> = err.details.iter().filter_map(|d| d.field.clone()).collect();
-        assert_eq!(fields, ["format", "limit", "cursor"]);
+        assert_eq!(fields, ["format", "limit"]);
         let err = ExportOptions::from_pairs(
             pairs(&[("format", "csv"), ("fields", "name,nope")]),
             &catalogue(),
@@ -423,12 +619,13 @@ mod tests {
         .iter()
         .map(|n| catalogue().lookup(n).expect("field").clone())
         .collect();
-        let event = Event {
+        let payload = serde_json::to_string_pretty(&json!({"name": "a \"quoted\", multi\nline", "n": -1.5, "info": {"region": "-eu"}, "tags": [1, "x"], "blob": {"k": "v,w"}})).expect("json");
+        let event = RawEvent {
             id: uuid::Uuid::nil(),
-            topic: "t".into(),
-            timestamp: time::OffsetDateTime::UNIX_EPOCH,
-            producer: "=cmd|' /C calc'!A0".into(),
-            payload: json!({"name": "a \"quoted\", multi\nline", "n": -1.5, "info": {"region": "-eu"}, "tags": [1, "x"], "blob": {"k": "v,w"}}),
+            topic: "t",
+            received_at: time::OffsetDateTime::UNIX_EPOCH,
+            producer: "=cmd|' /C calc'!A0",
+            payload: &payload,
         };
         let mut out = Vec::new();
         write_csv_header(&mut out, &columns);

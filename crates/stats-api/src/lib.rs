@@ -18,14 +18,17 @@ pub mod dead_letters;
 mod error;
 mod explorer;
 pub mod export;
+pub mod fair_use;
 pub mod metrics;
+pub mod raw_json;
 mod routes;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::bail;
 
-use eventgate_core::config::{Config, LimitsConfig};
+use eventgate_core::config::{Config, LimitsConfig, StatsConfig};
 use eventgate_core::db::pool::PoolSettings;
 use eventgate_core::db::PgPool;
 use eventgate_core::http::{ApiServer, ApiServerSettings};
@@ -41,8 +44,49 @@ pub struct AppState {
     pub cursor_key: CursorKey,
     pub limits: QueryLimits,
     pub metrics: metrics::StatsMetrics,
+    /// Statements running per user (`stats.max_concurrent_per_user`).
+    pub slots: fair_use::UserSlots,
+    /// Byte budget of answers, export caps.
+    pub answers: AnswerLimits,
     /// Readiness answers 503 once a shutdown started.
     pub lifecycle: Lifecycle,
+}
+
+impl AppState {
+    /// A slot of the user's concurrent statements, or 429 (counted).
+    pub fn slot(&self, user: &str) -> Result<fair_use::Slot, eventgate_core::error::ApiError> {
+        self.slots.acquire(user).inspect_err(|_| {
+            self.metrics.limit_hit("concurrency");
+        })
+    }
+
+    /// The HTTP answer to a store failure; a pool that stayed busy is counted.
+    pub fn store_error(&self, error: db::StoreError) -> eventgate_core::error::ApiError {
+        if matches!(error, db::StoreError::Busy(_)) {
+            self.metrics.limit_hit("pool_wait");
+        }
+        error.into()
+    }
+}
+
+/// What one answer may hold and how long an export may run (from `[stats]`).
+#[derive(Debug, Clone)]
+pub struct AnswerLimits {
+    pub max_page_bytes: usize,
+    pub export_max_rows: u64,
+    pub export_max_time: Duration,
+    pub export_send_timeout: Duration,
+}
+
+impl AnswerLimits {
+    pub fn from_config(stats: &StatsConfig) -> AnswerLimits {
+        AnswerLimits {
+            max_page_bytes: stats.max_page_bytes,
+            export_max_rows: stats.export_max_rows,
+            export_max_time: Duration::from_millis(stats.export_max_ms),
+            export_send_timeout: Duration::from_millis(stats.export_send_timeout_ms),
+        }
+    }
 }
 
 pub struct Application {
@@ -54,10 +98,15 @@ impl Application {
         let gate = Arc::new(eventgate_core::reload::load_gatekeeping(&config).await?);
         let secret = config.stats.cursor_secret.expose();
         if secret.len() < 16 {
-            bail!("stats.cursor_secret must be set to at least 16 characters (EVENTGATE_STATS__CURSOR_SECRET)");
+            bail!(
+                "stats.cursor_secret must be set to at least 16 characters (EVENTGATE_STATS__CURSOR_SECRET)"
+            );
         }
         let mut pool_settings = PoolSettings::new(config.stats.pool_size);
+        // Set at connect time, so every statement on every connection has it (also the connection the
+        // readiness probe opens when the pool is busy).
         pool_settings.statement_timeout_ms = Some(config.stats.statement_timeout_ms);
+        pool_settings.connection_timeout = Duration::from_millis(config.stats.pool_wait_ms);
         let pool =
             eventgate_core::db::build_pool(config.stats.database_url.expose(), &pool_settings)?;
         let metrics = metrics::StatsMetrics::new(&pool, config.stats.pool_size);
@@ -69,6 +118,8 @@ impl Application {
             cursor_key: CursorKey::new(secret.as_bytes()),
             limits: QueryLimits::default(),
             metrics,
+            slots: fair_use::UserSlots::new(config.stats.max_concurrent_per_user),
+            answers: AnswerLimits::from_config(&config.stats),
             lifecycle: lifecycle.clone(),
         });
         let http_metrics = state.metrics.http.clone();

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramVec, Registry};
+use prometheus::{HistogramVec, IntCounterVec, Registry};
 
 use eventgate_core::db::PgPool;
 use eventgate_core::error::ApiError;
-use eventgate_core::metrics::{histogram_vec, HttpMetrics, PoolCollector, LATENCY_BUCKETS};
+use eventgate_core::metrics::{
+    counter_vec, histogram_vec, HttpMetrics, PoolCollector, LATENCY_BUCKETS,
+};
 
 pub struct StatsMetrics {
     pub registry: Registry,
@@ -14,6 +16,10 @@ pub struct StatsMetrics {
     /// Time to plan and run a query, by topic and outcome: `ok`, or the error kind of the answer
     /// (`validation` for a refused query, `database` for an outage or a statement timeout, `internal`).
     pub query_duration: HistogramVec,
+    /// Times a fair-use limit acted, by limit: `concurrency` (429), `pool_wait` (503), `page_bytes` (an
+    /// answer cut by the byte budget), `export_rows`, `export_time` (an export ended with its truncation
+    /// marker), `export_send_timeout` (a client that stopped reading was dropped).
+    pub limit_hits: IntCounterVec,
 }
 
 impl StatsMetrics {
@@ -31,8 +37,18 @@ impl StatsMetrics {
                 &["topic", "outcome"],
                 LATENCY_BUCKETS,
             ),
+            limit_hits: counter_vec(
+                &registry,
+                "eventgate_stats_limit_hits_total",
+                "Times a fair-use limit acted, by limit (concurrency, pool_wait, page_bytes, export_rows, export_time, export_send_timeout)",
+                &["limit"],
+            ),
             registry,
         }
+    }
+
+    pub fn limit_hit(&self, limit: &str) {
+        self.limit_hits.with_label_values(&[limit]).inc();
     }
 
     pub fn observe_query<T>(&self, topic: &str, result: &Result<T, ApiError>, elapsed: Duration) {

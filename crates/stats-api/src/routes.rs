@@ -87,7 +87,7 @@ async fn post_query(
     let restrictions = reader.read_filters()?;
     let body = read_json_body(&state, payload).await?;
     let query_request = QueryRequest::from_json(&body)?;
-    answer(&state, &reader.topic, &query_request, &restrictions).await
+    answer(&state, &reader, &query_request, &restrictions).await
 }
 
 async fn get_query(
@@ -98,30 +98,33 @@ async fn get_query(
     let restrictions = reader.read_filters()?;
     let pairs = query_pairs(&request)?;
     let query_request = QueryRequest::from_query_pairs(&pairs, &reader.topic.fields)?;
-    answer(&state, &reader.topic, &query_request, &restrictions).await
+    answer(&state, &reader, &query_request, &restrictions).await
 }
 
 /// Plans and runs a query, timed by topic and outcome.
 async fn answer(
     state: &AppState,
-    topic: &Topic,
+    reader: &TopicReader,
     request: &QueryRequest,
     restrictions: &[query::Filter],
 ) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
-    let result = run_query(state, topic, request, restrictions).await;
+    let result = run_query(state, reader, request, restrictions).await;
     state
         .metrics
-        .observe_query(&topic.name, &result, started.elapsed());
+        .observe_query(&reader.topic.name, &result, started.elapsed());
     result
 }
 
+/// The answer is written as the rows arrive (payloads spliced as JSON text), until `limit` rows or
+/// `stats.max_page_bytes`; a page the budget cut keeps `has_more` and a cursor after its last row.
 async fn run_query(
     state: &AppState,
-    topic: &Topic,
+    reader: &TopicReader,
     request: &QueryRequest,
     restrictions: &[query::Filter],
 ) -> Result<HttpResponse, ApiError> {
+    let topic: &Topic = &reader.topic;
     let plan = query::plan_restricted(
         &topic.name,
         request,
@@ -130,17 +133,45 @@ async fn run_query(
         &state.cursor_key,
         restrictions,
     )?;
-    let page = db::page::fetch_page(&state.pool, &topic.name, &plan).await?;
-    let cursor = match (page.has_more, page.events.last()) {
+    let slot = state.slot(&reader.principal.user)?;
+    let page = db::page::fetch_page(
+        &state.pool,
+        &topic.name,
+        &plan,
+        br#"{"success":true,"statusCode":200,"data":["#.to_vec(),
+        state.answers.max_page_bytes,
+        |out, index, event| {
+            if index > 0 {
+                out.push(b',');
+            }
+            event.write_json(out);
+        },
+    )
+    .await
+    .map_err(|e| state.store_error(e))?;
+    drop(slot);
+    if page.cut_by_bytes {
+        state.metrics.limit_hit("page_bytes");
+    }
+    let cursor = match (page.has_more, &page.last) {
         (true, Some(last)) => Some(plan.next_cursor(last, &state.cursor_key)),
         _ => None,
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "statusCode": 200,
-        "data": page.events,
-        "pagination": {"cursor": cursor, "has_more": page.has_more, "limit": plan.limit},
-    })))
+    let mut body = page.body;
+    body.extend_from_slice(b"],\"pagination\":");
+    write_json(
+        &mut body,
+        &json!({"cursor": cursor, "has_more": page.has_more, "limit": plan.limit}),
+    );
+    body.push(b'}');
+    Ok(HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(body))
+}
+
+/// Appends a small JSON value (writing into a `Vec` cannot fail).
+pub(crate) fn write_json(out: &mut Vec<u8>, value: &serde_json::Value) {
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// The fields a topic can be filtered and sorted by, with their types: what an analyst (or the explorer

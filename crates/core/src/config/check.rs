@@ -158,6 +158,28 @@ impl Config {
             c.stats.statement_timeout_ms,
             1..=DAY_MS,
         )?;
+        in_range("stats.pool_wait_ms", c.stats.pool_wait_ms, 1..=600_000)?;
+        in_range(
+            "stats.max_concurrent_per_user",
+            c.stats.max_concurrent_per_user,
+            1..=10_000,
+        )?;
+        in_range(
+            "stats.max_page_bytes",
+            c.stats.max_page_bytes,
+            4 * 1024..=256 * MIB,
+        )?;
+        in_range(
+            "stats.export_max_rows",
+            c.stats.export_max_rows,
+            1..=u64::MAX,
+        )?;
+        in_range("stats.export_max_ms", c.stats.export_max_ms, 1..=DAY_MS)?;
+        in_range(
+            "stats.export_send_timeout_ms",
+            c.stats.export_send_timeout_ms,
+            1..=3_600_000,
+        )?;
         if let Some(workers) = c.stats.workers {
             in_range("stats.workers", workers, 1..=1024)?;
         }
@@ -571,6 +593,14 @@ mod tests {
         let mut config = Config::default();
         config.stats.pool_size = 0;
         assert_eq!(invalid_key(&config), Some("stats.pool_size"));
+
+        let mut config = Config::default();
+        config.stats.max_concurrent_per_user = 0;
+        assert_eq!(invalid_key(&config), Some("stats.max_concurrent_per_user"));
+
+        let mut config = Config::default();
+        config.stats.max_page_bytes = 100;
+        assert_eq!(invalid_key(&config), Some("stats.max_page_bytes"));
 
         let mut config = Config::default();
         config.writer.retry_max_ms = config.writer.retry_initial_ms - 1;

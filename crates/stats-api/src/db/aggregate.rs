@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use futures_util::{pin_mut, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use eventgate_core::db::PgPool;
@@ -10,26 +11,63 @@ use eventgate_core::query::aggregate::{AggregatePlan, AggregateResult};
 use super::aggregate_sql::{aggregate_sql, decode, AggregateRow};
 use super::{SqlParts, StoreError};
 
-/// Runs the plan's statement (bounded by the pool's statement timeout, like queries).
+/// Runs the plan's statement (bounded by the pool's statement timeout, like queries). The groups are
+/// read as Postgres sends them until their text would pass `max_bytes` (at least one group): a group
+/// key can be a long free-text value. Whether groups were left out shows in the answer as `has_more`
+/// (the number of groups in all, `total.groups`, comes with every row). Returns the result and whether
+/// the budget cut it.
 pub async fn fetch_aggregate(
     pool: &PgPool,
     topic: &str,
     plan: &AggregatePlan,
-) -> Result<AggregateResult, StoreError> {
+    max_bytes: usize,
+) -> Result<(AggregateResult, bool), StoreError> {
     let parts = aggregate_sql(topic, plan).map_err(|reason| {
         StoreError::Decode(format!("aggregate cannot be translated: {reason}"))
     })?;
-    let rows = load_rows(pool, &parts).await?;
-    decode(plan, rows).map_err(StoreError::Decode)
+    let (rows, cut) = load_rows_within(pool, &parts, max_bytes).await?;
+    Ok((decode(plan, rows).map_err(StoreError::Decode)?, cut))
 }
 
 /// Runs an aggregate statement and returns its rows undecoded (tests compare them with the reference).
 pub async fn load_rows(pool: &PgPool, parts: &SqlParts) -> Result<Vec<AggregateRow>, StoreError> {
-    super::query(pool, parts)
-        .await?
+    Ok(load_rows_within(pool, parts, usize::MAX).await?.0)
+}
+
+/// The rows of an aggregate statement until the groups' text passes `max_bytes`: the totals row (the
+/// statement's first) and at least one group always come. `true` when rows were left unread.
+async fn load_rows_within(
+    pool: &PgPool,
+    parts: &SqlParts,
+    max_bytes: usize,
+) -> Result<(Vec<AggregateRow>, bool), StoreError> {
+    let conn = pool.get().await?;
+    let stream = conn.query_typed_raw(&parts.sql, parts.params()).await?;
+    pin_mut!(stream);
+    let mut rows = Vec::new();
+    let mut groups = 0;
+    let mut bytes = 0usize;
+    while let Some(row) = stream.try_next().await? {
+        let row = AggregateRow::from_row(&row).map_err(|e| StoreError::Decode(e.to_string()))?;
+        if !row.is_total {
+            bytes = bytes.saturating_add(answer_bytes(&row));
+            if groups > 0 && bytes > max_bytes {
+                return Ok((rows, true));
+            }
+            groups += 1;
+        }
+        rows.push(row);
+    }
+    Ok((rows, false))
+}
+
+/// About what a group takes in the answer: its cells' text, quoted, with a field name each.
+fn answer_bytes(row: &AggregateRow) -> usize {
+    row.cells
         .iter()
-        .map(|row| AggregateRow::from_row(row).map_err(|e| StoreError::Decode(e.to_string())))
-        .collect()
+        .map(|cell| cell.as_ref().map_or(4, String::len) + 24)
+        .sum::<usize>()
+        + 40
 }
 
 /// The database's time zone names, lower-cased, to their own spelling. The names are those of the

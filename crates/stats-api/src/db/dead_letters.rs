@@ -1,6 +1,8 @@
 //! A page of a topic's dead letters, newest first, keyset by `(created_at, id)`.
 
+use futures_util::{pin_mut, TryStreamExt};
 use time::OffsetDateTime;
+use tokio_postgres::types::{ToSql, Type};
 
 use eventgate_core::db::PgPool;
 
@@ -34,14 +36,31 @@ impl DeadLetterRow {
     }
 }
 
-/// The newest `limit` dead letters of `topic` after `(created_at, id)` (from the start when `None`).
-/// Served by the index `(topic, created_at, id)` read backwards.
+/// A page of dead letters, written.
+pub struct DeadLetterPage {
+    /// What the caller started with, then the rows as its writer wrote them.
+    pub body: Vec<u8>,
+    pub rows: usize,
+    pub has_more: bool,
+    /// The byte budget ended the page before `limit`.
+    pub cut_by_bytes: bool,
+    /// `(created_at, id)` of the last row written: where the next page starts.
+    pub last: Option<(OffsetDateTime, i64)>,
+}
+
+/// The newest `limit` dead letters of `topic` after `(created_at, id)` (from the start when `None`),
+/// each written after `body` by `write(body, index, row)` as it arrives, until the next row would take
+/// `body` past `max_bytes` (the first row is always written: a raw message can be as large as a Kafka
+/// message). Served by the index `(topic, created_at, id)` read backwards.
 pub async fn fetch(
     pool: &PgPool,
     topic: &str,
     after: Option<(OffsetDateTime, i64)>,
     limit: i64,
-) -> Result<Vec<DeadLetterRow>, StoreError> {
+    body: Vec<u8>,
+    max_bytes: usize,
+    mut write: impl FnMut(&mut Vec<u8>, usize, &DeadLetterRow),
+) -> Result<DeadLetterPage, StoreError> {
     const FIRST_PAGE: &str =
         "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at \
          FROM dead_letters WHERE topic = $1 ORDER BY created_at DESC, id DESC LIMIT $2";
@@ -50,14 +69,43 @@ pub async fn fetch(
          FROM dead_letters WHERE topic = $1 AND (created_at, id) < ($3, $4) \
          ORDER BY created_at DESC, id DESC LIMIT $2";
     let conn = pool.get().await?;
-    let rows = match after {
-        None => conn.query(FIRST_PAGE, &[&topic, &limit]).await?,
+    // One row more than the page tells whether another page exists.
+    let fetched = limit.saturating_add(1);
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+        vec![(&topic, Type::TEXT), (&fetched, Type::INT8)];
+    let sql = match &after {
+        None => FIRST_PAGE,
         Some((created_at, id)) => {
-            conn.query(NEXT_PAGE, &[&topic, &limit, &created_at, &id])
-                .await?
+            params.push((created_at, Type::TIMESTAMPTZ));
+            params.push((id, Type::INT8));
+            NEXT_PAGE
         }
     };
-    rows.iter()
-        .map(|row| DeadLetterRow::from_row(row).map_err(|e| StoreError::Decode(e.to_string())))
-        .collect()
+    let stream = conn.query_typed_raw(sql, params).await?;
+    pin_mut!(stream);
+    let mut page = DeadLetterPage {
+        body,
+        rows: 0,
+        has_more: false,
+        cut_by_bytes: false,
+        last: None,
+    };
+    while let Some(row) = stream.try_next().await? {
+        if page.rows as i64 == limit {
+            page.has_more = true;
+            break;
+        }
+        let row = DeadLetterRow::from_row(&row).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let mark = page.body.len();
+        write(&mut page.body, page.rows, &row);
+        if page.rows > 0 && page.body.len() > max_bytes {
+            page.body.truncate(mark);
+            page.has_more = true;
+            page.cut_by_bytes = true;
+            break;
+        }
+        page.rows += 1;
+        page.last = Some((row.created_at, row.id));
+    }
+    Ok(page)
 }

@@ -21,6 +21,9 @@ pub enum StoreError {
     /// The statement ran longer than the statement timeout (or was cancelled).
     #[error("the statement was cancelled by the statement timeout: {0}")]
     Timeout(#[source] DbError),
+    /// Every connection of the pool stayed busy for `stats.pool_wait_ms`: other statements hold them.
+    #[error("no database connection became free in time: {0}")]
+    Busy(#[source] DbError),
     /// No connection, or the connection broke: the database is down, restarting or saturated.
     #[error("the event store is unavailable: {0}")]
     Unavailable(#[source] DbError),
@@ -34,6 +37,9 @@ pub enum StoreError {
 
 impl From<DbError> for StoreError {
     fn from(error: DbError) -> Self {
+        if matches!(error, DbError::Pool(bb8::RunError::TimedOut)) {
+            return StoreError::Busy(error);
+        }
         match error.cause() {
             Cause::Timeout => StoreError::Timeout(error),
             Cause::Unavailable => StoreError::Unavailable(error),

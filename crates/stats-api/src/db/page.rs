@@ -1,5 +1,10 @@
-//! A page of events: the page query of [`super::query_sql::page_sql`], one row more than the page to
-//! know whether another follows.
+//! A page of events: the page query of [`super::query_sql::page_sql`], read row by row as Postgres sends
+//! it and written out at once, until `plan.limit` rows or the byte budget, whichever comes first (one
+//! row more tells whether another page follows). Payloads stay JSON text ([`crate::raw_json`]): the
+//! memory of a page is its answer's bytes plus one row, whatever the events hold.
+
+use futures_util::{pin_mut, TryStreamExt};
+use tokio_postgres::types::{FromSql, Type};
 
 use eventgate_core::db::{EventRow, PgPool};
 use eventgate_core::envelope::Event;
@@ -7,22 +12,107 @@ use eventgate_core::query::QueryPlan;
 
 use super::query_sql::page_sql;
 use super::StoreError;
+use crate::raw_json::RawEvent;
 
-/// One page of a query: `plan.limit` events at most, and whether more follow.
+/// One page, written.
 pub struct Page {
-    pub events: Vec<Event>,
+    /// What the caller started with, then the rows as its writer wrote them, in the query's order.
+    pub body: Vec<u8>,
+    pub rows: usize,
+    /// More rows follow (beyond `limit`, or beyond the byte budget).
     pub has_more: bool,
+    /// The byte budget ended the page before `limit`.
+    pub cut_by_bytes: bool,
+    /// The last row written, its payload reduced to the sort keys: where the next page starts.
+    pub last: Option<Event>,
 }
 
-pub async fn fetch_page(pool: &PgPool, topic: &str, plan: &QueryPlan) -> Result<Page, StoreError> {
-    let rows = load_events(pool, &page_sql(topic, plan)).await?;
+/// Runs the page query of `plan` and writes each row after `body` with `write(body, index, event)` until
+/// `plan.limit` rows are written or the next one would take `body` past `max_bytes` (the first row is
+/// always written, so a page makes progress whatever the size of one event). Rows after the page are not
+/// read: dropping the stream leaves the connection to discard them.
+pub async fn fetch_page(
+    pool: &PgPool,
+    topic: &str,
+    plan: &QueryPlan,
+    body: Vec<u8>,
+    max_bytes: usize,
+    mut write: impl FnMut(&mut Vec<u8>, usize, &RawEvent),
+) -> Result<Page, StoreError> {
+    let parts = page_sql(topic, plan);
+    let conn = pool.get().await?;
+    let rows = conn.query_typed_raw(&parts.sql, parts.params()).await?;
+    pin_mut!(rows);
     let limit = plan.limit as usize;
-    let has_more = rows.len() > limit;
-    let events = rows.into_iter().take(limit).map(Event::from).collect();
-    Ok(Page { events, has_more })
+    let mut page = Page {
+        body,
+        rows: 0,
+        has_more: false,
+        cut_by_bytes: false,
+        last: None,
+    };
+    let mut last_row = None;
+    while let Some(row) = rows.try_next().await? {
+        if page.rows == limit {
+            page.has_more = true;
+            break;
+        }
+        let mark = page.body.len();
+        write(&mut page.body, page.rows, &raw_event(&row)?);
+        if page.rows > 0 && page.body.len() > max_bytes {
+            page.body.truncate(mark);
+            page.has_more = true;
+            page.cut_by_bytes = true;
+            break;
+        }
+        page.rows += 1;
+        last_row = Some(row);
+    }
+    if let Some(row) = last_row {
+        page.last = Some(raw_event(&row)?.sort_key_event(plan));
+    }
+    Ok(page)
 }
 
-/// Runs a statement that selects [`EventRow::COLUMNS`] (the page query; tests run it directly).
+/// A row of the page query (`id, topic, received_at, producer, payload`), the payload as text.
+fn raw_event(row: &tokio_postgres::Row) -> Result<RawEvent<'_>, StoreError> {
+    let decode = |e: tokio_postgres::Error| StoreError::Decode(e.to_string());
+    Ok(RawEvent {
+        id: row.try_get(0).map_err(decode)?,
+        topic: row.try_get(1).map_err(decode)?,
+        received_at: row.try_get(2).map_err(decode)?,
+        producer: row.try_get(3).map_err(decode)?,
+        payload: row.try_get::<_, JsonText>(4).map_err(decode)?.0,
+    })
+}
+
+/// A `jsonb` (or `json`) value as its text, borrowed from the row: `jsonb`'s binary form is a version
+/// byte (1) and the text. Never parsed here.
+struct JsonText<'a>(&'a str);
+
+impl<'a> FromSql<'a> for JsonText<'a> {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = if *ty == Type::JSONB {
+            match raw.split_first() {
+                Some((1, text)) => text,
+                _ => return Err("unsupported jsonb version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(JsonText(std::str::from_utf8(text)?))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSONB | Type::JSON | Type::TEXT)
+    }
+}
+
+/// Runs a statement that selects [`EventRow::COLUMNS`] and loads every row as a tree (the tests compare
+/// them with the in-memory reference).
 pub async fn load_events(
     pool: &PgPool,
     parts: &super::SqlParts,
