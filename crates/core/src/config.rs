@@ -17,6 +17,15 @@ use serde::{Deserialize, Serialize};
 /// The environment variable that names the configuration file.
 pub const CONFIG_FILE_ENV: &str = "EVENTGATE_CONFIG";
 pub const DEFAULT_CONFIG_FILE: &str = "config/eventgate.toml";
+/// `EVENTGATE_*` variables that are not service settings: the configuration file's name and the CLI's.
+const NOT_SETTINGS: [&str; 6] = [
+    "config",
+    "token",
+    "profile",
+    "cli_config",
+    "ingest_url",
+    "stats_url",
+];
 
 mod check;
 
@@ -821,11 +830,12 @@ impl Config {
         Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
             .merge(
-                // EVENTGATE_CONFIG names the file; EVENTGATE_TEST_* belong to the test harness.
+                // EVENTGATE_CONFIG names the file; EVENTGATE_TEST_* belong to the test harness; the
+                // `eventgate` CLI's variables (docs/CLI.md) may be set in the same shell.
                 Env::prefixed("EVENTGATE_")
                     .filter(|key| {
                         let key = key.as_str().to_ascii_lowercase();
-                        key != "config" && !key.starts_with("test_")
+                        !NOT_SETTINGS.contains(&key.as_str()) && !key.starts_with("test_")
                     })
                     .split("__"),
             )

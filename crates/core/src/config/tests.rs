@@ -26,6 +26,12 @@ fn harness_and_file_variables_are_not_config_keys() {
     figment::Jail::expect_with(|jail| {
         jail.set_env("EVENTGATE_TEST_KAFKA_BROKERS", "127.0.0.1:1");
         jail.set_env("EVENTGATE_CONFIG", "elsewhere.toml");
+        // The CLI's own variables, exported in the shell that also runs `make run`.
+        jail.set_env("EVENTGATE_TOKEN", "eyJ…");
+        jail.set_env("EVENTGATE_PROFILE", "local");
+        jail.set_env("EVENTGATE_CLI_CONFIG", "cli.toml");
+        jail.set_env("EVENTGATE_INGEST_URL", "http://127.0.0.1:8080");
+        jail.set_env("EVENTGATE_STATS_URL", "http://127.0.0.1:8081");
         let config: Config = Config::figment(Path::new("missing.toml")).extract()?;
         assert_eq!(config, Config::default());
         Ok(())
