@@ -208,6 +208,8 @@ cmd_run() {
     EVENTGATE_WRITER__MIGRATION_DATABASE_URL=$(writer_url)
     export EVENTGATE_STATS__DATABASE_URL="postgres://eventgate_stats@127.0.0.1:$PG_PORT/eventgate"
     export EVENTGATE_AUTH__PUBLIC_KEYS="[\"$KEYS/public.pem\"]"
+    # The dev key signs tokens without iss/aud: no production warning about it here.
+    export EVENTGATE_AUTH__DEVELOPMENT=true
     export EVENTGATE_STATS__CURSOR_SECRET
     EVENTGATE_STATS__CURSOR_SECRET=$(<"$DATA/cursor_secret")
 

@@ -637,6 +637,8 @@ async fn jwks_url_is_fetched_and_refreshed() {
     let system = System::start_with(stack().await, 0, |config| {
         config.auth.public_keys = Vec::new();
         config.auth.jwks_url = Some(jwks_url.clone());
+        // The test's identity provider is plain http (tests/jwks.rs and core's auth tests cover https).
+        config.auth.jwks_allow_http = true;
         config.auth.jwks_refresh_secs = 1;
     })
     .await;
