@@ -7,8 +7,8 @@
 //! up to finish the writes in progress: the messages of revoked partitions still being collected are
 //! dropped, the batches already being written are written to the end (a transaction is not torn
 //! down halfway), and none of their offsets of a revoked partition is committed. The next owner reads
-//! those messages again from the last committed offset, and the unique event id makes the second write
-//! a no-op (`ON CONFLICT (id) DO NOTHING`). Why not finish and commit before letting the partition go:
+//! those messages again from the last committed offset, and the unique event key makes the second
+//! write a no-op (`ON CONFLICT (id, topic, producer) DO NOTHING`). Why not finish and commit before letting the partition go:
 //! librdkafka runs the revocation callback inside `recv()`, on the task that drives the writes, so
 //! waiting there for them cannot work, and deferring the revocation would hold up the whole group's
 //! rebalance for as long as a write takes — in the case that matters most, a database outage, for
