@@ -392,7 +392,7 @@ async fn post(retrying: &Retrying, events: &[Pending]) -> Answer {
         }
     };
     match status {
-        202 | 200 | 201 => Answer::Accepted,
+        200..=202 => Answer::Accepted,
         207 => match serde_json::from_slice::<MultiStatus>(&body) {
             Ok(multi) => Answer::PerEvent(multi.results, retry_after(&headers)),
             Err(e) => Answer::Transport {
