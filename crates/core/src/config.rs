@@ -693,7 +693,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the exported spans; unset, each service uses its own binary name.
     pub service_name: Option<String>,
-    /// Share of new traces recorded (0.0–1.0). A trace started upstream keeps its caller's decision.
+    /// Share of new traces recorded (0.0–1.0). A trace started upstream keeps its caller's decision when
+    /// the request's token verifies; without one, a sampled `traceparent` cannot force recording (see
+    /// `http::trace_parent`).
     pub sampling_ratio: f64,
     /// How often librdkafka reports its statistics (consumer lag per partition), in ms; 0 turns it off.
     pub kafka_stats_interval_ms: u64,
