@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The local development stack, behind `make run`, `make token`, `make migrate` and `make stop`.
 #
-#   scripts/run-local.sh [run]        PostgreSQL (.data/postgres, port $PG_PORT) + tansu (port $KAFKA_PORT)
-#                                     + the three services, in the foreground, restarted with a back-off
-#                                     when one exits (`supervise`); Ctrl-C stops everything
+#   scripts/run-local.sh [run]        PostgreSQL (.data/postgres, port $PG_PORT) + tansu (port $KAFKA_PORT,
+#                                     its queue in the database tansu of that cluster) + the three services,
+#                                     in the foreground, restarted with a back-off when one exits
+#                                     (`supervise`); Ctrl-C stops everything
 #   scripts/run-local.sh token [SUB] [TTL_SECS]
 #                                     print a dev JWT for SUB (default dev) alone on stdout
 #   scripts/run-local.sh keys         create the dev key pair in .data/keys unless it exists
@@ -13,6 +14,9 @@
 # Ports: PG_PORT (55432), KAFKA_PORT (19092); the services listen where config/eventgate.toml says
 # (ingest 127.0.0.1:8080, stats 127.0.0.1:8081, writer health/metrics 127.0.0.1:8082), overridable with
 # EVENTGATE_INGEST__LISTEN and friends. Everything local lives in .data/ (git-ignored; `make clean`).
+# The broker keeps topics, events and committed offsets in PostgreSQL (tansu's postgres storage), so a
+# restart of `make run` or of the broker alone loses nothing it acknowledged, as with Kafka;
+# TANSU_STORAGE_ENGINE=memory://tansu/ runs it on memory instead (faster; a restart empties it).
 
 set -euo pipefail
 
@@ -184,7 +188,9 @@ cmd_run() {
     stack_ensure_postgres >/dev/null
     stack_ensure_tansu >/dev/null
     stack_start_postgres "$DATA/postgres" "$PG_PORT"
-    stack_start_tansu "$KAFKA_PORT" "$DATA/tansu.log" "$DATA/tansu.pid"
+    local storage=${TANSU_STORAGE_ENGINE:-}
+    [[ -n $storage ]] || storage=$(stack_tansu_database "$PG_PORT" tansu)
+    TANSU_STORAGE_ENGINE=$storage stack_start_tansu "$KAFKA_PORT" "$DATA/tansu.log" "$DATA/tansu.pid"
 
     # librdkafka is built with TLS and SASL against the system OpenSSL: its headers and pkg-config.
     if ! pkg-config --exists openssl 2>/dev/null; then
@@ -240,6 +246,7 @@ cmd_run() {
  eventgate is running (Ctrl-C stops everything; 'make stop' from another terminal does too)
    ingest-api  http://$INGEST_LISTEN     stats-api  http://$STATS_LISTEN     writer  http://$WRITER_LISTEN/health
    postgres    postgres://eventgate@127.0.0.1:$PG_PORT/eventgate     kafka  127.0.0.1:$KAFKA_PORT
+               (the broker's queue: ${storage%%\?*})
 
    TOKEN=\$(make -s token SUB=dev)          # config/access.json grants 'dev' every topic
    curl -s -X POST http://$INGEST_LISTEN/topics/audit.logs -H "Authorization: Bearer \$TOKEN" \\

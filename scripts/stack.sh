@@ -14,7 +14,10 @@
 #   tansu-path                           print where ensure-tansu keeps the patched binary (without building)
 #   start-postgres DATADIR PORT          initdb if needed, start on 127.0.0.1:PORT, create roles and database
 #   stop-postgres DATADIR [MODE]         pg_ctl stop -m MODE (fast by default; smart|fast|immediate)
-#   start-tansu PORT LOGFILE [PIDFILE]   start the broker in the background (memory storage), wait for the port
+#   tansu-database PG_PORT [DATABASE]    create the role tansu and its DATABASE (default tansu) in the cluster on
+#                                        PG_PORT, with the tables of tansu's postgres storage engine; print its URL
+#   start-tansu PORT LOGFILE [PIDFILE]   start the broker in the background, wait for the port (storage: see
+#                                        TANSU_STORAGE_ENGINE)
 #   stop-tansu [PIDFILE]                 stop the broker started with that pidfile (default .data/tansu.pid)
 #   wait-port PORT [TIMEOUT_SECS]        wait until 127.0.0.1:PORT accepts connections (default 30 s)
 #   free-port                            print a TCP port that is free on 127.0.0.1 right now
@@ -30,6 +33,10 @@
 #   PG_BINDIR      use the PostgreSQL server binaries in this directory instead
 #   PG_EXTRA_OPTS  extra server options for start-postgres, e.g. "-c fsync=off" for throw-away test clusters
 #   PG_OS_USER     OS user that runs the server when this script runs as root (default postgres)
+#   TANSU_STORAGE_ENGINE
+#                  start-tansu's storage: memory://tansu/ (the default: a restarted broker is empty) or the
+#                  postgres://… URL that tansu-database prints (topics, records, committed offsets and SCRAM
+#                  users survive a restart, as with Kafka; `make run` uses it)
 
 set -euo pipefail
 
@@ -296,7 +303,9 @@ stack_stop_postgres() {
 # (${XDG_CACHE_HOME:-$HOME/.cache}/eventgate/tansu-build), so a rebuild after a patch change only
 # recompiles the patched crates and what depends on them.
 
-STACK_TANSU_FEATURES="dynostore"
+# dynostore: memory:// storage (tests, bench). postgres: the storage engine `make run` and the broker-restart
+# tests use (scripts/tansu-patches/postgres-schema.sql; ~1 min more to build, docs/tansu-bugs.md).
+STACK_TANSU_FEATURES="dynostore,postgres"
 STACK_TANSU_PATCHES="$STACK_REPO_ROOT/scripts/tansu-patches"
 
 stack_cache_tools_dir() {
@@ -552,14 +561,15 @@ stack_start_tansu() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         stack_die "port $port is already in use"
     fi
-    stack_log "starting tansu on 127.0.0.1:$port (log: $logfile)"
+    local storage=${TANSU_STORAGE_ENGINE:-memory://tansu/}
+    stack_log "starting tansu on 127.0.0.1:$port, storage ${storage%%\?*} (log: $logfile)"
     # cwd /: tansu loads a .env from its working directory and its parents. setsid (when this shell has
     # no job control, so that setsid execs in place and $! stays tansu's pid): a Ctrl-C in the terminal
     # must not kill the broker under the services; whoever started it stops it.
     local detach=()
     if [[ $- != *m* ]] && command -v setsid >/dev/null 2>&1; then detach=(setsid); fi
     (cd / && exec "${detach[@]}" "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/) \
+        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$storage") \
         </dev/null >>"$logfile" 2>&1 &
     pid=$!
     printf '%s\n' "$pid" >"$pidfile"
@@ -573,6 +583,26 @@ stack_start_tansu() {
         fi
         sleep 0.1
     done
+}
+
+# The database of tansu's postgres storage engine in the cluster on PG_PORT (started by start-postgres):
+# role tansu (trust authentication, like the others), DATABASE owned by it, and the engine's tables, which
+# tansu does not create itself (scripts/tansu-patches/postgres-schema.sql; idempotent). Prints the URL for
+# TANSU_STORAGE_ENGINE.
+stack_tansu_database() {
+    local port=${1:?usage: tansu-database PG_PORT [DATABASE]} db=${2:-tansu} bindir
+    [[ $db =~ ^[a-z_][a-z0-9_]*$ ]] || stack_die "tansu-database: '$db' is not a plain lower-case database name"
+    bindir=$(stack_ensure_postgres)
+    stack_pg_psql "$bindir" "$port" -d postgres >/dev/null <<SQL
+SELECT 'CREATE ROLE tansu LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tansu')
+\\gexec
+SELECT 'CREATE DATABASE $db OWNER tansu' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$db')
+\\gexec
+SQL
+    PGOPTIONS="-c client_min_messages=warning" PGCONNECT_TIMEOUT=10 "$bindir/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h 127.0.0.1 -p "$port" -U tansu -d "$db" -f "$STACK_TANSU_PATCHES/postgres-schema.sql" >/dev/null ||
+        stack_die "creating the tables of tansu's postgres storage in database $db failed"
+    printf 'postgres://tansu@127.0.0.1:%s/%s\n' "$port" "$db"
 }
 
 stack_stop_tansu() {
@@ -601,12 +631,13 @@ stack_clean_dir() {
     for sub in "$dir" "$dir"/*/; do
         sub=${sub%/}
         [[ -d $sub ]] || continue
+        # The broker first: it may keep its data in that cluster.
+        if [[ -e $sub/tansu.pid ]]; then stack_stop_tansu "$sub/tansu.pid" || true; fi
         if [[ -e $sub/postgres ]]; then
             stack_stop_postgres "$sub/postgres" immediate || true
             real=$(cd "$sub/postgres" 2>/dev/null && pwd -P) || real=""
             if [[ -n $real && -L $sub/postgres ]]; then rm -rf "$real" || true; fi
         fi
-        if [[ -e $sub/tansu.pid ]]; then stack_stop_tansu "$sub/tansu.pid" || true; fi
     done
     rm -rf "$dir" || true
 }
@@ -629,6 +660,7 @@ stack_main() {
         tansu-path) stack_tansu_path "$@" ;;
         start-postgres) stack_start_postgres "$@" ;;
         stop-postgres) stack_stop_postgres "$@" ;;
+        tansu-database) stack_tansu_database "$@" ;;
         start-tansu) stack_start_tansu "$@" ;;
         stop-tansu) stack_stop_tansu "$@" ;;
         wait-port) stack_wait_port "$@" ;;

@@ -4,7 +4,8 @@
 //!   Under `make test` both are started once by `scripts/test.sh` and found through `EVENTGATE_TEST_*`
 //!   variables; otherwise the first call starts private ones in `target/test-stack/<pid>` (through
 //!   `scripts/stack.sh`), stopped by a watchdog when the process exits. [`private_stack()`] always starts
-//!   a stack of its own, for tests that stop and restart servers.
+//!   a stack of its own, for tests that stop and restart servers; [`private_stack_with`] with the
+//!   broker's data in PostgreSQL ([`BrokerStorage`]), so that it survives a broker restart.
 //! - [`Stack::fresh_database`]: a new database cloned from the migrated template `eventgate_template`.
 //! - [`test_keys`], [`token`], [`token_with`]: an RS256 key pair and JWTs signed with it.
 //! - [`SmtpSink`]: an SMTP server that records every message it receives.
@@ -31,7 +32,9 @@ pub use keys::{test_keys, token, token_with, TestKeys};
 pub use process::{get_json, metric, ServiceProcess};
 pub use secure_broker::{SecureBroker, SecureBrokerOptions, TestPki, CLIENT_KEY_PASSWORD};
 pub use smtp::{ReceivedMail, SmtpSink};
-pub use stack::{private_stack, stack, Stack, TestDatabase, TEMPLATE_DATABASE};
+pub use stack::{
+    private_stack, private_stack_with, stack, BrokerStorage, Stack, TestDatabase, TEMPLATE_DATABASE,
+};
 
 /// A TCP port free on 127.0.0.1 at the time of the call (the OS picks it; nothing keeps it reserved).
 pub fn free_port() -> u16 {

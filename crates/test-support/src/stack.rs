@@ -9,7 +9,9 @@
 //! Without them (plain `cargo test` / `cargo nextest run`), the first [`stack()`] call of a process starts
 //! a private cluster and broker in `target/test-stack/<pid>` on free ports through `scripts/stack.sh`, and
 //! a watchdog (`stack.sh reap`, in its own process group) stops them and removes the directory when the
-//! process exits, however it exits.
+//! process exits, however it exits. `EVENTGATE_TEST_BROKER_STORAGE=postgres` makes the broker this
+//! process starts keep its data in the cluster ([`BrokerStorage`]), e.g. to run the broker regression
+//! tests against tansu's postgres storage engine.
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
@@ -56,6 +58,33 @@ struct BrokerControl {
     port: u16,
     pidfile: PathBuf,
     logfile: PathBuf,
+    /// `TANSU_STORAGE_ENGINE` for `stack.sh start-tansu`: a restart uses the same storage.
+    storage_engine: Option<String>,
+}
+
+/// Where a broker started by the harness keeps topics, records, committed offsets and group state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// tansu's memory storage (the default, and what `make test` and `make bench` use): fast, and a
+    /// restarted broker is empty, which no Kafka cluster is.
+    #[default]
+    Memory,
+    /// tansu's postgres storage engine, in the database `tansu` of the stack's cluster (what `make run`
+    /// uses): a broker killed and started again has everything it acknowledged, as Kafka does.
+    Postgres,
+}
+
+impl BrokerStorage {
+    /// `EVENTGATE_TEST_BROKER_STORAGE`: `memory` (or unset) or `postgres`.
+    fn from_env() -> anyhow::Result<BrokerStorage> {
+        match env_var("EVENTGATE_TEST_BROKER_STORAGE").as_deref() {
+            None | Some("memory") => Ok(BrokerStorage::Memory),
+            Some("postgres") => Ok(BrokerStorage::Postgres),
+            Some(other) => anyhow::bail!(
+                "EVENTGATE_TEST_BROKER_STORAGE={other}: expected `memory` or `postgres`"
+            ),
+        }
+    }
 }
 
 /// A database of its own for one test, cloned from [`TEMPLATE_DATABASE`] and owned by `eventgate`.
@@ -86,11 +115,17 @@ pub async fn stack() -> &'static Stack {
 }
 
 /// A cluster and broker for this test alone, whatever the environment says: for tests that stop and
-/// restart servers without disturbing the others. Stopped and removed when dropped.
+/// restart servers without disturbing the others. Stopped and removed when dropped. The broker keeps
+/// its data in memory ([`private_stack_with`] for another storage).
 pub async fn private_stack() -> Stack {
+    private_stack_with(BrokerStorage::Memory).await
+}
+
+/// Like [`private_stack()`], with the broker's data kept in `storage`.
+pub async fn private_stack_with(storage: BrokerStorage) -> Stack {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = process_dir().join(format!("private-{}", NEXT.fetch_add(1, Ordering::SeqCst)));
-    let mut stack = Stack::start_owned(&dir, true, true)
+    let mut stack = Stack::start_owned(&dir, true, true, storage)
         .await
         .unwrap_or_else(|e| panic!("cannot start a private test stack: {e:#}"));
     stack.private_dir = Some(dir);
@@ -101,20 +136,18 @@ impl Stack {
     async fn shared() -> anyhow::Result<Stack> {
         let pg_url = env_var("EVENTGATE_TEST_PG_URL");
         let brokers = env_var("EVENTGATE_TEST_KAFKA_BROKERS");
-        let mut stack = if pg_url.is_some() && brokers.is_some() {
-            Stack::blank()
-        } else {
-            Stack::start_owned(&process_dir(), pg_url.is_none(), brokers.is_none()).await?
-        };
-        if let Some(url) = pg_url {
-            let (host, port) = parse_pg_authority(&url)?;
+        let mut stack = Stack::blank();
+        if let Some(url) = &pg_url {
+            let (host, port) = parse_pg_authority(url)?;
             stack.admin_url = url.trim_end_matches('/').to_owned();
             stack.pg_host = host;
             stack.pg_port = port;
             stack.pg_datadir = env_var("EVENTGATE_TEST_PG_DATADIR").map(PathBuf::from);
             stack.ensure_template().await?;
+        } else {
+            stack.start_postgres_in(&process_dir()).await?;
         }
-        if let Some(brokers) = brokers {
+        if let Some(brokers) = &brokers {
             stack.broker = match (
                 env_var("EVENTGATE_TEST_TANSU_PIDFILE"),
                 env_var("EVENTGATE_TEST_TANSU_LOG"),
@@ -127,10 +160,18 @@ impl Stack {
                         .unwrap_or(9092),
                     pidfile: pidfile.into(),
                     logfile: logfile.into(),
+                    storage_engine: None,
                 }),
                 _ => None,
             };
-            stack.kafka_brokers = brokers;
+            stack.kafka_brokers.clone_from(brokers);
+        } else {
+            stack
+                .start_broker_in(&process_dir(), BrokerStorage::from_env()?)
+                .await?;
+        }
+        if pg_url.is_none() || brokers.is_none() {
+            stack.announce(&process_dir(), pg_url.is_none(), brokers.is_none());
         }
         Ok(stack)
     }
@@ -147,74 +188,123 @@ impl Stack {
         }
     }
 
-    /// Starts a cluster (when `pg`) and a broker (when `kafka`) kept in `dir`.
-    async fn start_owned(dir: &Path, pg: bool, kafka: bool) -> anyhow::Result<Stack> {
-        std::fs::create_dir_all(dir)?;
+    /// Starts a cluster (when `pg`) and a broker (when `kafka`, its data in `storage`) kept in `dir`.
+    async fn start_owned(
+        dir: &Path,
+        pg: bool,
+        kafka: bool,
+        storage: BrokerStorage,
+    ) -> anyhow::Result<Stack> {
         let mut stack = Stack::blank();
         if pg {
-            let datadir = dir.join("postgres");
-            let port = retry_on_port_clash(|port| {
-                let datadir = datadir.clone();
-                async move {
-                    stack_sh(
-                        &[
-                            "start-postgres".as_ref(),
-                            datadir.as_os_str(),
-                            port.to_string().as_ref(),
-                        ],
-                        true,
-                    )
-                    .await
-                }
-            })
-            .await?;
-            stack.pg_port = port;
-            stack.admin_url = format!("postgres://postgres@127.0.0.1:{port}");
-            stack.pg_datadir = Some(datadir);
-            stack.ensure_template().await?;
+            stack.start_postgres_in(dir).await?;
         }
         if kafka {
-            let pidfile = dir.join("tansu.pid");
-            let logfile = dir.join("tansu.log");
-            let port = retry_on_port_clash(|port| {
-                let (pidfile, logfile) = (pidfile.clone(), logfile.clone());
-                async move {
-                    let port = port.to_string();
-                    stack_sh(
-                        &[
-                            "start-tansu".as_ref(),
-                            port.as_ref(),
-                            logfile.as_os_str(),
-                            pidfile.as_os_str(),
-                        ],
-                        false,
-                    )
-                    .await
-                }
-            })
-            .await?;
-            stack.kafka_brokers = format!("127.0.0.1:{port}");
-            stack.broker = Some(BrokerControl {
-                port,
-                pidfile,
-                logfile,
-            });
+            stack.start_broker_in(dir, storage).await?;
         }
+        stack.announce(dir, pg, kafka);
+        Ok(stack)
+    }
+
+    /// Starts a cluster in `dir/postgres` on a free port, with the migrated template.
+    async fn start_postgres_in(&mut self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let datadir = dir.join("postgres");
+        let port = retry_on_port_clash(|port| {
+            let datadir = datadir.clone();
+            async move {
+                stack_sh(
+                    &[
+                        "start-postgres".as_ref(),
+                        datadir.as_os_str(),
+                        port.to_string().as_ref(),
+                    ],
+                    true,
+                    None,
+                )
+                .await
+            }
+        })
+        .await?;
+        self.pg_port = port;
+        self.admin_url = format!("postgres://postgres@127.0.0.1:{port}");
+        self.pg_datadir = Some(datadir);
+        self.ensure_template().await
+    }
+
+    /// Starts a broker (pid file and log in `dir`) on a free port; with [`BrokerStorage::Postgres`], its
+    /// data goes to the database `tansu` of this stack's cluster (`stack.sh tansu-database`).
+    async fn start_broker_in(&mut self, dir: &Path, storage: BrokerStorage) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let storage_engine = match storage {
+            BrokerStorage::Memory => None,
+            BrokerStorage::Postgres => {
+                anyhow::ensure!(
+                    self.pg_port != 0,
+                    "a broker with postgres storage needs the stack's PostgreSQL cluster"
+                );
+                let port = self.pg_port.to_string();
+                Some(
+                    stack_sh(
+                        &["tansu-database".as_ref(), port.as_ref(), "tansu".as_ref()],
+                        false,
+                        None,
+                    )
+                    .await?,
+                )
+            }
+        };
+        let pidfile = dir.join("tansu.pid");
+        let logfile = dir.join("tansu.log");
+        let port = retry_on_port_clash(|port| {
+            let (pidfile, logfile) = (pidfile.clone(), logfile.clone());
+            let storage_engine = storage_engine.clone();
+            async move {
+                let port = port.to_string();
+                stack_sh(
+                    &[
+                        "start-tansu".as_ref(),
+                        port.as_ref(),
+                        logfile.as_os_str(),
+                        pidfile.as_os_str(),
+                    ],
+                    false,
+                    storage_engine.as_deref(),
+                )
+                .await
+            }
+        })
+        .await?;
+        self.kafka_brokers = format!("127.0.0.1:{port}");
+        self.broker = Some(BrokerControl {
+            port,
+            pidfile,
+            logfile,
+            storage_engine,
+        });
+        Ok(())
+    }
+
+    /// Says on stderr where the servers this process started are.
+    fn announce(&self, dir: &Path, pg_owned: bool, broker_owned: bool) {
+        let storage = match self.broker.as_ref() {
+            Some(broker) if broker.storage_engine.is_some() => " (postgres storage)",
+            _ => "",
+        };
         eprintln!(
-            "test stack in {}: postgres {} kafka {}",
+            "test stack in {}: postgres {} kafka {}{storage}",
             dir.display(),
-            if pg {
-                stack.admin_url.as_str()
+            if pg_owned {
+                self.admin_url.as_str()
             } else {
                 "(from env)"
             },
-            if kafka {
-                stack.kafka_brokers.as_str()
+            if broker_owned {
+                self.kafka_brokers.as_str()
             } else {
                 "(from env)"
             },
         );
-        Ok(stack)
     }
 
     /// `postgres://USER@HOST:PORT/DATABASE` on this cluster (trust authentication: no passwords).
@@ -337,6 +427,7 @@ impl Stack {
                 "immediate".as_ref(),
             ],
             false,
+            None,
         )
         .unwrap_or_else(|e| panic!("cannot stop postgres: {e:#}"));
     }
@@ -353,6 +444,7 @@ impl Stack {
                 port.as_ref(),
             ],
             true,
+            None,
         )
         .unwrap_or_else(|e| panic!("cannot start postgres: {e:#}"));
     }
@@ -381,14 +473,39 @@ impl Stack {
         assert!(status.success(), "kill {signal} {} failed", pid.trim());
     }
 
-    /// Stops the broker. tansu keeps topics and messages in memory: a restarted broker is empty.
+    /// Stops the broker (SIGTERM, SIGKILL after 10 s). With [`BrokerStorage::Memory`] a restarted broker
+    /// is empty; with [`BrokerStorage::Postgres`] it has everything it acknowledged.
     pub fn stop_broker(&self) {
         let broker = self.broker();
-        stack_sh_blocking(&["stop-tansu".as_ref(), broker.pidfile.as_os_str()], false)
-            .unwrap_or_else(|e| panic!("cannot stop tansu: {e:#}"));
+        stack_sh_blocking(
+            &["stop-tansu".as_ref(), broker.pidfile.as_os_str()],
+            false,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("cannot stop tansu: {e:#}"));
     }
 
-    /// Starts the broker again on the same port (empty: see [`Stack::stop_broker`]).
+    /// Kills the broker with SIGKILL, as a crash or an OOM kill would, and returns once it is gone.
+    pub fn kill_broker(&self) {
+        let broker = self.broker();
+        let pid = std::fs::read_to_string(&broker.pidfile)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", broker.pidfile.display()));
+        let pid = pid.trim();
+        self.signal_broker("-KILL");
+        let proc = PathBuf::from(format!("/proc/{pid}/cmdline"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Gone, or a zombie (an empty command line) until it is reaped.
+        while std::fs::read(&proc).is_ok_and(|cmdline| !cmdline.is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "tansu (pid {pid}) still runs 10 s after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&broker.pidfile);
+    }
+
+    /// Starts the broker again on the same port, with the same storage (see [`Stack::stop_broker`]).
     pub fn start_broker(&self) {
         let broker = self.broker();
         let port = broker.port.to_string();
@@ -398,7 +515,24 @@ impl Stack {
             broker.logfile.as_os_str(),
             broker.pidfile.as_os_str(),
         ];
-        stack_sh_blocking(&args, false).unwrap_or_else(|e| panic!("cannot start tansu: {e:#}"));
+        stack_sh_blocking(&args, false, broker.storage_engine.as_deref())
+            .unwrap_or_else(|e| panic!("cannot start tansu: {e:#}"));
+    }
+
+    /// The last `lines` lines of the broker's log under a heading, for failure messages (empty when this
+    /// process does not control the broker).
+    pub fn broker_log_tail(&self, lines: usize) -> String {
+        let Some(broker) = &self.broker else {
+            return String::new();
+        };
+        let log = std::fs::read_to_string(&broker.logfile).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "--- tansu log ({}), last lines:\n{}",
+            broker.logfile.display(),
+            tail.join("\n")
+        )
     }
 
     fn pg_datadir(&self) -> &Path {
@@ -419,7 +553,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         if let Some(dir) = &self.private_dir {
-            let _ = stack_sh_blocking(&["clean-dir".as_ref(), dir.as_os_str()], false);
+            let _ = stack_sh_blocking(&["clean-dir".as_ref(), dir.as_os_str()], false, None);
         }
     }
 }
@@ -508,7 +642,7 @@ fn process_dir() -> PathBuf {
         let dir = target_dir().join("test-stack").join(pid.to_string());
         if dir.exists() {
             // Left by an earlier process with the same pid.
-            let _ = stack_sh_blocking(&["clean-dir".as_ref(), dir.as_os_str()], false);
+            let _ = stack_sh_blocking(&["clean-dir".as_ref(), dir.as_os_str()], false, None);
         }
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
@@ -530,7 +664,9 @@ fn process_dir() -> PathBuf {
     .clone()
 }
 
-fn stack_sh_command(args: &[&OsStr], pg_test_opts: bool) -> Command {
+/// `bash scripts/stack.sh ARGS…`; `pg_test_opts`: the server options of throw-away clusters;
+/// `storage_engine`: the broker's `TANSU_STORAGE_ENGINE` (memory when `None`).
+fn stack_sh_command(args: &[&OsStr], pg_test_opts: bool, storage_engine: Option<&str>) -> Command {
     let mut command = Command::new("bash");
     command
         .arg(workspace_root().join("scripts/stack.sh"))
@@ -539,6 +675,10 @@ fn stack_sh_command(args: &[&OsStr], pg_test_opts: bool) -> Command {
     if pg_test_opts {
         command.env("PG_EXTRA_OPTS", PG_TEST_OPTS);
     }
+    match storage_engine {
+        Some(url) => command.env("TANSU_STORAGE_ENGINE", url),
+        None => command.env_remove("TANSU_STORAGE_ENGINE"),
+    };
     command
 }
 
@@ -555,15 +695,24 @@ fn check_output(args: &[&OsStr], output: std::process::Output) -> anyhow::Result
     )
 }
 
-async fn stack_sh(args: &[&OsStr], pg_test_opts: bool) -> anyhow::Result<String> {
-    let output = tokio::process::Command::from(stack_sh_command(args, pg_test_opts))
-        .output()
-        .await?;
+async fn stack_sh(
+    args: &[&OsStr],
+    pg_test_opts: bool,
+    storage_engine: Option<&str>,
+) -> anyhow::Result<String> {
+    let output =
+        tokio::process::Command::from(stack_sh_command(args, pg_test_opts, storage_engine))
+            .output()
+            .await?;
     check_output(args, output)
 }
 
-fn stack_sh_blocking(args: &[&OsStr], pg_test_opts: bool) -> anyhow::Result<String> {
-    let output = stack_sh_command(args, pg_test_opts).output()?;
+fn stack_sh_blocking(
+    args: &[&OsStr],
+    pg_test_opts: bool,
+    storage_engine: Option<&str>,
+) -> anyhow::Result<String> {
+    let output = stack_sh_command(args, pg_test_opts, storage_engine).output()?;
     check_output(args, output)
 }
 

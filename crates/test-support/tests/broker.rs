@@ -7,6 +7,11 @@
 //!   not the base offset of the last batch plus one;
 //! - a group member that stops heartbeating without leaving (SIGKILL) is evicted after its session
 //!   timeout, and its partitions go to the members that are left, the leader's too.
+//!
+//! And, with tansu's postgres storage (what `make run` uses): a broker killed with SIGKILL and started
+//! again has every record it acknowledged and every committed offset, as a Kafka broker does. The other
+//! tests run on the memory storage of the test stack, or on the postgres storage with
+//! `EVENTGATE_TEST_BROKER_STORAGE=postgres` (docs/tansu-bugs.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -14,8 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventgate_test_support::{stack, Stack};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use eventgate_test_support::{private_stack_with, stack, BrokerStorage, Stack};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -468,4 +473,163 @@ async fn killed_member_is_evicted_and_its_partitions_reassigned() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_group_leader_is_evicted_and_its_partitions_reassigned() {
     killed_member_is_evicted(true).await;
+}
+
+// ---------------------------------------------------------------------------------------------- restart
+
+/// With the postgres storage, a broker killed with SIGKILL (no shutdown of any kind) and started again
+/// keeps its topics, records and the group's committed offset: the group resumes at that offset, inside
+/// a batch, and reads exactly the records after it; new records get the offsets after the old ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_and_committed_offsets_survive_a_broker_kill_with_postgres_storage() {
+    let stack = private_stack_with(BrokerStorage::Postgres).await;
+    let topic = topic_with_two_batches(&stack).await;
+    let group = stack.unique_name("broker-restart-group-");
+    // Inside the second batch: what a writer commits after storing part of what it fetched.
+    let committed = ROUND + 7;
+
+    let consumer: StreamConsumer = consumer_config(&stack, &group).create().expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.last().is_none_or(|last| *last < committed - 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the group received only {seen:?} before the restart"
+        );
+        if let Ok(message) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            seen.push(message.expect("consume").offset());
+        }
+    }
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&topic, 0, Offset::Offset(committed))
+        .expect("partition offset");
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("commit before the restart");
+    drop(consumer);
+
+    tokio::task::block_in_place(|| {
+        stack.kill_broker();
+        stack.start_broker();
+    });
+
+    // The committed offset, as a restarted writer asks for it.
+    let consumer: StreamConsumer = consumer_config(&stack, &group).create().expect("consumer");
+    let mut partition = TopicPartitionList::new();
+    partition.add_partition(&topic, 0);
+    let stored = consumer
+        .committed_offsets(partition, Duration::from_secs(10))
+        .expect("committed offsets after the restart");
+    assert_eq!(
+        stored.find_partition(&topic, 0).map(|p| p.offset()),
+        Some(Offset::Offset(committed)),
+        "the group's committed offset after the broker was killed and started again"
+    );
+
+    // The records after it, exactly.
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let end = 2 * ROUND;
+    let mut after = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while after.last().is_none_or(|last| *last < end - 1) && Instant::now() < deadline {
+        if let Ok(message) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            let message = message.expect("consume after the restart");
+            assert_eq!(
+                message.payload(),
+                Some(format!("record-{}", message.offset()).as_bytes()),
+                "payload of offset {} after the restart",
+                message.offset()
+            );
+            after.push(message.offset());
+        }
+    }
+    assert_eq!(
+        after,
+        (committed..end).collect::<Vec<_>>(),
+        "after the restart the group did not resume at its committed offset {committed} and read \
+         exactly the records up to {end}"
+    );
+
+    // New records go after the old ones (the partition's end survived too).
+    let new = produce_round(&producer(&stack), &topic, 0, end, ROUND).await;
+    assert_eq!(
+        new,
+        (end..end + ROUND).collect::<Vec<_>>(),
+        "offsets of the records produced after the restart"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------- probe
+
+/// Not a check: the produce and fetch rates of the broker of the test stack, printed, to compare the
+/// storages by hand (docs/tansu-bugs.md, "Storage"):
+/// `EVENTGATE_TEST_BROKER_STORAGE=postgres cargo nextest run -p eventgate-test-support --test broker
+/// --run-ignored only --no-capture throughput_probe` (and again with `memory`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, run by hand"]
+async fn throughput_probe() {
+    const PARTITIONS: i32 = 3;
+    const RECORDS: usize = 60_000;
+    let stack = stack().await;
+    let topic = stack.unique_name("broker-probe-");
+    stack.create_kafka_topic(&topic, PARTITIONS).await;
+    let payload = "x".repeat(300);
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    let deliveries: Vec<_> = (0..RECORDS)
+        .map(|i| {
+            producer
+                .send_result(
+                    FutureRecord::<(), _>::to(&topic)
+                        .partition(i32::try_from(i % PARTITIONS as usize).expect("partition"))
+                        .payload(&payload),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueue")
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery
+            .await
+            .expect("delivery future")
+            .unwrap_or_else(|(e, _)| panic!("not delivered: {e}"));
+    }
+    let produce = started.elapsed();
+
+    let consumer: StreamConsumer = consumer_config(stack, &stack.unique_name("broker-probe-"))
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // From the first record on: joining the group is not fetching.
+    let mut first = None;
+    let mut received = 0;
+    while received < RECORDS {
+        assert!(Instant::now() < deadline, "{received} of {RECORDS} fetched");
+        if let Ok(message) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            message.expect("consume");
+            first.get_or_insert_with(Instant::now);
+            received += 1;
+        }
+    }
+    let fetch = first.map(|first| first.elapsed()).unwrap_or_default();
+    eprintln!(
+        "throughput probe: {RECORDS} records of {} bytes over {PARTITIONS} partitions: produce {:.1} s \
+         ({:.0}/s), fetch {:.1} s ({:.0}/s)",
+        payload.len(),
+        produce.as_secs_f64(),
+        RECORDS as f64 / produce.as_secs_f64(),
+        fetch.as_secs_f64(),
+        RECORDS as f64 / fetch.as_secs_f64()
+    );
 }
