@@ -542,6 +542,50 @@ async fn export_streams_csv_and_ndjson_to_a_file_or_stdout() {
     assert!(refused.stderr.contains("limit"), "{}", refused.stderr);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cut_at_the_servers_row_cap_is_resumed_with_its_cursor() {
+    let env = Env::start_with(|config| config.stats.export_max_rows = 40).await;
+    let file = env.path("events.ndjson");
+    write_lines(
+        &file,
+        (1..=100).map(|i| json!({"seq": i, "name": format!("n{i}")}).to_string()),
+    );
+    env.run(&["send", TOPIC, file.to_str().expect("path")])
+        .await
+        .expect(0);
+    env.system.wait_for_rows(100, WAIT).await;
+
+    // Three answers (40 + 40 + 20), one file: a header, every event once, no marker.
+    let csv = env
+        .run(&[
+            "export", TOPIC, "--format", "csv", "--fields", "seq,name", "--sort", "seq",
+        ])
+        .await
+        .expect(0);
+    let expected: String = std::iter::once("seq,name\r\n".to_owned())
+        .chain((1..=100).map(|i| format!("{i},n{i}\r\n")))
+        .collect();
+    assert_eq!(csv.stdout, expected);
+    assert_eq!(
+        csv.stderr.matches("asking for the rest").count(),
+        2,
+        "{}",
+        csv.stderr
+    );
+
+    let ndjson = env.run(&["export", TOPIC, "--sort", "seq"]).await.expect(0);
+    assert_eq!(
+        ndjson.lines().iter().map(seq).collect::<Vec<_>>(),
+        (1..=100).collect::<Vec<_>>()
+    );
+
+    // --no-resume keeps the stats-api's marker as the last line.
+    let cut = env.run(&["export", TOPIC, "--no-resume"]).await.expect(0);
+    let lines = cut.lines();
+    assert_eq!(lines.len(), 41);
+    assert_eq!(lines[40]["truncated"], true);
+}
+
 #[test]
 fn completions_are_generated_for_the_shells() {
     for shell in ["bash", "zsh", "fish"] {

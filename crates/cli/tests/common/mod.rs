@@ -57,6 +57,11 @@ impl Drop for Env {
 
 impl Env {
     pub async fn start() -> Env {
+        Env::start_with(|_| {}).await
+    }
+
+    /// As [`Env::start`], with the services' configuration changed by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut eventgate_core::config::Config)) -> Env {
         let dir =
             std::env::temp_dir().join(format!("eventgate-cli-{}", uuid::Uuid::new_v4().simple()));
         let topics = dir.join("topics");
@@ -68,6 +73,7 @@ impl Env {
         let system = System::start_with(stack().await, 1, |config| {
             config.catalogue.topics_dir = topics.clone();
             config.catalogue.access_file = dir.join("access.json");
+            configure(config);
         })
         .await;
         Env {
