@@ -169,12 +169,14 @@ impl ApiError {
 
 /// A transport failure (no answer at all), as a sentence.
 pub fn describe_transport(service: &str, url: &str, error: &reqwest::Error) -> String {
+    // The innermost cause says what happened ("Connection refused"); the layers above repeat the URL.
     let mut cause = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(inner) = source {
-        cause = format!("{cause}: {inner}");
+        cause = inner.to_string();
         source = inner.source();
     }
+    let url = url.split('?').next().unwrap_or(url);
     if error.is_timeout() {
         format!("{service} at {url} did not answer in time ({cause})")
     } else if error.is_connect() {
