@@ -478,8 +478,9 @@ async fn killed_group_leader_is_evicted_and_its_partitions_reassigned() {
 // ---------------------------------------------------------------------------------------------- restart
 
 /// With the postgres storage, a broker killed with SIGKILL (no shutdown of any kind) and started again
-/// keeps its topics, records and the group's committed offset: the group resumes at that offset, inside
-/// a batch, and reads exactly the records after it; new records get the offsets after the old ones.
+/// keeps its topics, records and the group's committed offset: the watermarks are those of before, the
+/// group resumes at its offset, inside a batch, and reads exactly the records after it; new records get
+/// the offsets after the old ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn records_and_committed_offsets_survive_a_broker_kill_with_postgres_storage() {
     let stack = private_stack_with(BrokerStorage::Postgres).await;
@@ -526,6 +527,26 @@ async fn records_and_committed_offsets_survive_a_broker_kill_with_postgres_stora
         stored.find_partition(&topic, 0).map(|p| p.offset()),
         Some(Offset::Offset(committed)),
         "the group's committed offset after the broker was killed and started again"
+    );
+
+    // The partition's bounds, as a client asks for them (ListOffsets, read_committed: on PostgreSQL 15
+    // the query of the unpatched engine fails, scripts/tansu-patches/tansu-storage/0004-*).
+    let watermarks: BaseConsumer =
+        consumer_config(&stack, &stack.unique_name("broker-restart-watermarks-"))
+            .create()
+            .expect("consumer");
+    let partition_topic = topic.clone();
+    let bounds = tokio::task::spawn_blocking(move || {
+        watermarks
+            .fetch_watermarks(&partition_topic, 0, Duration::from_secs(10))
+            .expect("watermarks after the restart")
+    })
+    .await
+    .expect("watermarks task");
+    assert_eq!(
+        bounds,
+        (0, 2 * ROUND),
+        "low and high watermark after the restart"
     );
 
     // The records after it, exactly.
