@@ -415,7 +415,7 @@ stack_tansu_build() {
         return
     fi
     stack_log "building tansu $STACK_TANSU_VERSION with the patches of scripts/tansu-patches into $dest" \
-        "(15-20 min on 2 cores when nothing is cached, ~3 min when only the patches changed; log: $log)"
+        "(15-20 min on 2 cores when nothing is cached, ~5 min when only the patches changed; log: $log)"
     command -v cargo >/dev/null 2>&1 || stack_die "cargo not found: cannot build tansu"
     stack_tansu_need_patch
     rm -rf "$src"
