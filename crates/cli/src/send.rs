@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -48,9 +47,10 @@ pub struct SendArgs {
     /// Attempts after the first for a batch the service could not confirm (429, 5xx, lost connection).
     #[arg(long, default_value_t = 10)]
     pub retries: u32,
-    /// Whether to give events without an id one before sending (auto: when the topic's schema allows
-    /// the id field).
-    #[arg(long, value_enum, default_value_t = IdMode::Auto)]
+    /// Whether to give events without an id one before sending. The gateway takes its id field on every
+    /// topic (it is the envelope's, not the schema's); `never` sends events as they are, and then an
+    /// unconfirmed batch is not sent again, since that could store it twice.
+    #[arg(long, value_enum, default_value_t = IdMode::Always)]
     pub ids: IdMode,
     /// The field that carries an event's id (the ingest-api's `ingest.id_field`) [default: the
     /// profile's `id_field`, else event_id].
@@ -68,7 +68,6 @@ pub struct SendArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum IdMode {
-    Auto,
     Always,
     Never,
 }
@@ -99,22 +98,9 @@ pub async fn run(args: SendArgs) -> Result<u8, Failure> {
     let api = Arc::new(Api::new(settings)?);
 
     let (source, size) = open_input(args.file.as_ref())?;
-    let ids = match args.ids {
-        IdMode::Always => true,
-        IdMode::Never => false,
-        IdMode::Auto => {
-            let allowed = schema_allows_field(&api, &args.topic, &id_field).await?;
-            if !allowed {
-                eprintln!(
-                    "warning: the schema of {} does not allow `{id_field}`, so events go without ids of \
-                     their own: an unconfirmed batch (a 5xx, a lost connection) is not sent again, since \
-                     that could store it twice (--ids always sends ids anyway)",
-                    args.topic
-                );
-            }
-            allowed
-        }
-    };
+    // The token and the topic are checked before anything is read (401, 403, 404).
+    check_topic(&api, &args.topic).await?;
+    let ids = args.ids == IdMode::Always;
 
     let bytes_read = Arc::new(AtomicU64::new(0));
     let (items_tx, mut items) = mpsc::channel::<Item>(2 * args.batch_size.min(10_000) as usize);
@@ -269,22 +255,13 @@ fn open_input(file: Option<&PathBuf>) -> Result<(Box<dyn Read + Send>, Option<u6
     }
 }
 
-/// Whether events may carry `field`: the topic's schema declares it, or does not forbid undeclared
-/// properties. Also checks the token and the topic before anything is read (401, 403, 404).
-async fn schema_allows_field(api: &Api, topic: &str, field: &str) -> Result<bool, Failure> {
+/// Asks the ingest-api for the topic: a wrong token, a topic the token may not write or an unknown
+/// topic stops the run before any input is read.
+async fn check_topic(api: &Api, topic: &str) -> Result<(), Failure> {
     let request = api.get(api.ingest(&["topics", topic]));
-    let (answer, _) = api
-        .get_json(INGEST, &format!("the topic {topic}"), request)
-        .await?;
-    Ok(allows_field(&answer["schema"], field))
-}
-
-pub(crate) fn allows_field(schema: &Value, field: &str) -> bool {
-    if schema["properties"].get(field).is_some() {
-        return true;
-    }
-    schema.get("additionalProperties") != Some(&Value::Bool(false))
-        && schema.get("unevaluatedProperties") != Some(&Value::Bool(false))
+    api.get_json(INGEST, &format!("the topic {topic}"), request)
+        .await
+        .map(|_| ())
 }
 
 fn progress_bar(quiet: bool, size: Option<u64>) -> Option<ProgressBar> {
@@ -495,28 +472,5 @@ fn report(args: &SendArgs, summary: &Summary, elapsed: Duration) -> u8 {
         EXIT_REFUSED
     } else {
         0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn the_id_field_is_allowed_when_declared_or_when_extra_properties_are() {
-        assert!(allows_field(
-            &json!({"properties": {"event_id": {}}, "additionalProperties": false}),
-            "event_id"
-        ));
-        assert!(allows_field(&json!({"properties": {"a": {}}}), "event_id"));
-        assert!(!allows_field(
-            &json!({"properties": {"a": {}}, "additionalProperties": false}),
-            "event_id"
-        ));
-        assert!(!allows_field(
-            &json!({"unevaluatedProperties": false}),
-            "event_id"
-        ));
     }
 }

@@ -110,12 +110,52 @@ impl Topic {
     /// Every way `payload` violates the topic's schema, each naming the JSON path of the offending value
     /// (`jobs[0].status`) relative to the event, prefixed with `prefix` (for batches: `[3].`).
     pub fn validate(&self, payload: &Value, prefix: &str) -> Vec<ErrorDetail> {
+        self.validate_event(payload, prefix, None)
+    }
+
+    /// [`Topic::validate`] for an event as a producer sends it: `id_field` (`ingest.id_field`), the
+    /// event's own idempotency key, belongs to the gateway's envelope, so a schema that closes its
+    /// properties (`additionalProperties: false`) without declaring it does not refuse it. The id's
+    /// own check (a UUID) is the gateway's. Any other unexpected property is still refused.
+    pub fn validate_event(
+        &self,
+        payload: &Value,
+        prefix: &str,
+        id_field: Option<&str>,
+    ) -> Vec<ErrorDetail> {
         self.validator
             .iter_errors(payload)
-            .map(|error| {
-                let field = field_name(prefix, &error.instance_path().to_string());
-                let detail =
-                    ErrorDetail::new(crate::error::ErrorKind::Validation, error.to_string());
+            .filter_map(|error| {
+                let path = error.instance_path().to_string();
+                let message = match (error.kind(), id_field) {
+                    (
+                        jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected },
+                        Some(id_field),
+                    ) if path.is_empty() && unexpected.iter().any(|name| name == id_field) => {
+                        let others: Vec<String> = unexpected
+                            .iter()
+                            .filter(|name| *name != id_field)
+                            .map(|name| format!("'{name}'"))
+                            .collect();
+                        match others.len() {
+                            0 => return None,
+                            1 => format!(
+                                "Additional properties are not allowed ({} was unexpected)",
+                                others[0]
+                            ),
+                            _ => format!(
+                                "Additional properties are not allowed ({} were unexpected)",
+                                others.join(", ")
+                            ),
+                        }
+                    }
+                    _ => error.to_string(),
+                };
+                Some((path, message))
+            })
+            .map(|(path, message)| {
+                let field = field_name(prefix, &path);
+                let detail = ErrorDetail::new(crate::error::ErrorKind::Validation, message);
                 if field.is_empty() {
                     detail
                 } else {
@@ -289,6 +329,36 @@ mod tests {
     fn every_violation_is_reported() {
         let errors = runs_topic().validate(&json!({"run_id": "x"}), "");
         assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn the_id_field_is_the_gateways_even_when_a_schema_closes_its_properties() {
+        let closed = Topic::from_schema(
+            "closed",
+            json!({"type": "object", "properties": {"a": {"type": "integer"}},
+                   "additionalProperties": false}),
+        )
+        .unwrap();
+        let with_id = json!({"a": 1, "event_id": "0191e6a2-59d8-7a31-9f62-5d2f04a1c0de"});
+        assert!(closed
+            .validate_event(&with_id, "", Some("event_id"))
+            .is_empty());
+        // Without the id field named, the schema alone decides.
+        assert_eq!(closed.validate(&with_id, "").len(), 1);
+        // Any other unexpected property is still refused, and only it is named.
+        let errors = closed.validate_event(
+            &json!({"a": 1, "event_id": "x", "b": 2}),
+            "[1].",
+            Some("event_id"),
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("'b'"), "{}", errors[0].message);
+        assert!(
+            !errors[0].message.contains("event_id"),
+            "{}",
+            errors[0].message
+        );
+        assert_eq!(errors[0].field.as_deref(), Some("[1]"));
     }
 
     #[test]

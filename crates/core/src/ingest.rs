@@ -349,7 +349,7 @@ fn prepare_one(
             "an event must be a JSON object",
         )]);
     }
-    let mut errors = topic.validate(&payload, prefix);
+    let mut errors = topic.validate_event(&payload, prefix, Some(&rules.id_field));
     if let Some(pointer) = nul_character_at(&payload, &mut String::new()) {
         errors.push(ErrorDetail::validation(
             crate::catalogue::field_name(prefix, &pointer),

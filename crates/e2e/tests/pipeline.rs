@@ -39,7 +39,35 @@ async fn single_event_and_batch_travel_to_the_stats_api() {
     let batch_ids = ids(&answer);
     assert_eq!(batch_ids.len(), 3);
 
-    system.wait_for_rows(4, WAIT).await;
+    // audit.logs closes its properties (additionalProperties: false) without declaring `event_id`: the
+    // id field is the gateway's, so the producer's own id is still taken, and the row carries it.
+    let own_id = uuid::Uuid::now_v7().to_string();
+    let mut with_id = audit(5);
+    with_id["event_id"] = json!(own_id);
+    let (status, answer) = system.post("audit.logs", "dev", &with_id).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(ids(&answer), std::slice::from_ref(&own_id));
+    // Any other undeclared property is still refused.
+    let mut extra = audit(6);
+    extra["event_id"] = json!(uuid::Uuid::now_v7().to_string());
+    extra["unexpected"] = json!(1);
+    let (status, answer) = system.post("audit.logs", "dev", &extra).await;
+    assert_eq!(status, 400, "{answer}");
+    let text = answer.to_string();
+    assert!(
+        text.contains("'unexpected'") && !text.contains("'event_id'"),
+        "{answer}"
+    );
+
+    system.wait_for_rows(5, WAIT).await;
+    let stored = system
+        .database
+        .count(&format!(
+            "SELECT count(*) FROM events WHERE id = '{own_id}'"
+        ))
+        .await
+        .expect("count");
+    assert_eq!(stored, 1);
 
     let (status, answer) = system
         .query(
@@ -60,11 +88,12 @@ async fn single_event_and_batch_travel_to_the_stats_api() {
     // Default order is newest first: the batch came after the single event.
     let all = system.query_all("audit.logs", json!({"limit": 10})).await;
     let returned: Vec<&str> = all.iter().map(|e| e["id"].as_str().expect("id")).collect();
-    assert_eq!(returned.len(), 4);
-    assert_eq!(returned[3], single[0], "oldest last");
+    assert_eq!(returned.len(), 5);
+    assert_eq!(returned[4], single[0], "oldest last");
     let expected: HashSet<&str> = single
         .iter()
         .chain(&batch_ids)
+        .chain(std::iter::once(&own_id))
         .map(String::as_str)
         .collect();
     assert_eq!(returned.iter().copied().collect::<HashSet<_>>(), expected);
