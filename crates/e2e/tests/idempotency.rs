@@ -139,6 +139,7 @@ async fn an_event_id_is_unique_per_topic_and_producer() {
     assert_eq!(status, 200, "{answer}");
     let listed = answer["data"].as_array().expect("data");
     assert_eq!(listed.len(), 1, "{answer}");
+    assert_eq!(listed[0]["reason"], "conflicting_duplicate", "{answer}");
     let error = listed[0]["error"].as_str().unwrap_or_default();
     assert!(error.starts_with("conflicting_duplicate"), "{error}");
     assert!(error.contains(&id), "{error}");

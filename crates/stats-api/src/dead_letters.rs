@@ -111,6 +111,7 @@ impl Listed for DeadLetterRow {
             "kafka_topic": self.kafka_topic,
             "partition": self.kafka_partition,
             "offset": self.kafka_offset,
+            "reason": self.reason,
             "error": self.error,
             "created_at": self.created_at
                 .format(&time::format_description::well_known::Rfc3339)

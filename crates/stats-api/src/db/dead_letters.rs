@@ -19,6 +19,8 @@ pub struct DeadLetterRow {
     pub raw: Option<Vec<u8>>,
     pub error: String,
     pub created_at: OffsetDateTime,
+    /// Why it was parked: `undecodable`, `topic_mismatch`, `refused` or `conflicting_duplicate`.
+    pub reason: String,
 }
 
 impl DeadLetterRow {
@@ -32,6 +34,7 @@ impl DeadLetterRow {
             raw: row.try_get(5)?,
             error: row.try_get(6)?,
             created_at: row.try_get(7)?,
+            reason: row.try_get(8)?,
         })
     }
 }
@@ -62,10 +65,10 @@ pub async fn fetch(
     mut write: impl FnMut(&mut Vec<u8>, usize, &DeadLetterRow),
 ) -> Result<DeadLetterPage, StoreError> {
     const FIRST_PAGE: &str =
-        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at \
+        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at, reason \
          FROM dead_letters WHERE topic = $1 ORDER BY created_at DESC, id DESC LIMIT $2";
     const NEXT_PAGE: &str =
-        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at \
+        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at, reason \
          FROM dead_letters WHERE topic = $1 AND (created_at, id) < ($3, $4) \
          ORDER BY created_at DESC, id DESC LIMIT $2";
     let conn = pool.get().await?;
