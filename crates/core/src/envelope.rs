@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// UUIDv7 minted at ingest, unless the producer supplied its own id; the idempotency key.
+    /// UUIDv7 minted at ingest, unless the producer supplied its own id. With `topic` and `producer` it
+    /// is the idempotency key: unique per (topic, producer), not across producers.
     pub id: Uuid,
     pub topic: String,
     /// When the gateway received the event (the envelope's `timestamp` field).
