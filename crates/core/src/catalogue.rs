@@ -7,6 +7,9 @@
 //! the same key stay in order on one partition); without it the event id is the key.
 //! `{"indexed_fields": ["source_app"]}` — payload fields queried often enough to deserve an expression
 //! index of their own (the GIN index already serves equality on every field).
+//! `{"naive_time_zone": "UTC"}` — date-times written without an offset are read in that zone and stored
+//! as RFC 3339 with its offset ([`crate::naive_time`]; a property may name its own zone with
+//! `"x-eventgate-naive-time-zone"`).
 //! A property may be marked `"x-eventgate-type": "epoch-ms"` to be queried as a point in time.
 
 use std::collections::BTreeMap;
@@ -14,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
+
+use jsonschema::error::ValidationErrorKind;
 
 use crate::error::ErrorDetail;
 use crate::query::FieldCatalogue;
@@ -60,6 +65,10 @@ pub struct TopicSettings {
     /// Payload fields analysts filter and sort by often: each gets an expression index
     /// `(topic, <typed value>, id)`, created by `eventgate migrate` and the writer at start-up.
     pub indexed_fields: Vec<String>,
+    /// The time zone date-time properties written without an offset are read in (`UTC`, `+02:00`, an
+    /// IANA name); they are stored as RFC 3339 with the offset ([`crate::naive_time`]). A property may
+    /// name its own with `"x-eventgate-naive-time-zone"`.
+    pub naive_time_zone: Option<String>,
 }
 
 pub struct Topic {
@@ -67,6 +76,8 @@ pub struct Topic {
     pub schema: Value,
     pub settings: TopicSettings,
     pub fields: FieldCatalogue,
+    /// Where naive date-times are rewritten, and in which zone.
+    pub naive_times: Vec<crate::naive_time::Rule>,
     validator: jsonschema::Validator,
 }
 
@@ -98,11 +109,13 @@ impl Topic {
             .map_err(|e| e.to_string())?;
         let mut fields = FieldCatalogue::from_schema(&schema);
         fields.mark_indexed(&settings.indexed_fields)?;
+        let naive_times = crate::naive_time::rules(&schema, settings.naive_time_zone.as_deref())?;
         Ok(Topic {
             name: name.to_owned(),
             schema,
             settings,
             fields,
+            naive_times,
             validator,
         })
     }
@@ -123,38 +136,42 @@ impl Topic {
         prefix: &str,
         id_field: Option<&str>,
     ) -> Vec<ErrorDetail> {
-        self.validator
-            .iter_errors(payload)
-            .filter_map(|error| {
-                let path = error.instance_path().to_string();
-                let message = match (error.kind(), id_field) {
-                    (
-                        jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected },
-                        Some(id_field),
-                    ) if path.is_empty() && unexpected.iter().any(|name| name == id_field) => {
-                        let others: Vec<String> = unexpected
-                            .iter()
-                            .filter(|name| *name != id_field)
-                            .map(|name| format!("'{name}'"))
-                            .collect();
-                        match others.len() {
-                            0 => return None,
-                            1 => format!(
-                                "Additional properties are not allowed ({} was unexpected)",
-                                others[0]
-                            ),
-                            _ => format!(
-                                "Additional properties are not allowed ({} were unexpected)",
-                                others.join(", ")
-                            ),
+        let mut found: Vec<(String, String)> = Vec::new();
+        for error in self.validator.iter_errors(payload) {
+            let path = error.instance_path().to_string();
+            match error.kind() {
+                // A missing property is named by its own path (`jobs[0].status`), not its parent's.
+                ValidationErrorKind::Required { property } => {
+                    let name = property
+                        .as_str()
+                        .map_or_else(|| property.to_string(), str::to_owned);
+                    found.push((child_pointer(&path, &name), error.to_string()));
+                }
+                // One error per unexpected property, each named by its path; the gateway's id field
+                // at the top is not one.
+                ValidationErrorKind::AdditionalProperties { unexpected }
+                | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+                    let what = match error.kind() {
+                        ValidationErrorKind::AdditionalProperties { .. } => "Additional",
+                        _ => "Unevaluated",
+                    };
+                    for name in unexpected {
+                        if path.is_empty() && id_field == Some(name.as_str()) {
+                            continue;
                         }
+                        found.push((
+                            child_pointer(&path, name),
+                            format!("{what} properties are not allowed ('{name}' was unexpected)"),
+                        ));
                     }
-                    _ => error.to_string(),
-                };
-                Some((path, message))
-            })
-            .map(|(path, message)| {
-                let field = field_name(prefix, &path);
+                }
+                _ => found.push((path, error.to_string())),
+            }
+        }
+        found
+            .into_iter()
+            .map(|(pointer, message)| {
+                let field = field_name(prefix, &pointer);
                 let detail = ErrorDetail::new(crate::error::ErrorKind::Validation, message);
                 if field.is_empty() {
                     detail
@@ -163,6 +180,12 @@ impl Topic {
                 }
             })
             .collect()
+    }
+
+    /// Rewrites the event's naive date-times as the topic declares ([`crate::naive_time`]); to be done
+    /// before [`Topic::validate_event`], so that what is checked is what is stored.
+    pub fn normalise_naive_times(&self, payload: &mut Value) -> usize {
+        crate::naive_time::normalise(&self.naive_times, payload)
     }
 
     /// The Kafka message key for an event: the configured key field's value, or the id.
@@ -191,6 +214,11 @@ pub fn field_name(prefix: &str, pointer: &str) -> String {
         }
         (false, false) => format!("{prefix}{path}"),
     }
+}
+
+/// The JSON pointer of the member `name` of the object at `pointer`.
+fn child_pointer(pointer: &str, name: &str) -> String {
+    format!("{pointer}/{}", name.replace('~', "~0").replace('/', "~1"))
 }
 
 /// `/jobs/0/status` → `jobs[0].status`: the notation producers know from their own code.
@@ -358,7 +386,76 @@ mod tests {
             "{}",
             errors[0].message
         );
-        assert_eq!(errors[0].field.as_deref(), Some("[1]"));
+        assert_eq!(errors[0].field.as_deref(), Some("[1].b"));
+    }
+
+    #[test]
+    fn missing_and_unexpected_properties_are_named_by_their_own_path() {
+        let topic = Topic::from_schema(
+            "runs",
+            json!({
+                "type": "object",
+                "required": ["description", "jobs"],
+                "properties": {
+                    "description": {"type": "string"},
+                    "jobs": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"type": "string"}},
+                        "additionalProperties": false
+                    }}
+                },
+                "additionalProperties": false
+            }),
+        )
+        .unwrap();
+        let fields = |payload: Value, prefix: &str| -> Vec<String> {
+            let mut fields: Vec<String> = topic
+                .validate(&payload, prefix)
+                .into_iter()
+                .map(|e| e.field.unwrap_or_default())
+                .collect();
+            fields.sort();
+            fields
+        };
+        assert_eq!(fields(json!({"jobs": []}), ""), ["description"]);
+        assert_eq!(fields(json!({"jobs": []}), "[1]."), ["[1].description"]);
+        assert_eq!(
+            fields(
+                json!({"description": "d", "jobs": [{"stat": "x"}], "a/b": 1, "c": 2}),
+                ""
+            ),
+            ["a/b", "c", "jobs[0].stat", "jobs[0].status"]
+        );
+        let errors = topic.validate(&json!({"jobs": [], "c": 2}), "");
+        let unexpected = errors
+            .iter()
+            .find(|e| e.field.as_deref() == Some("c"))
+            .expect("c named");
+        assert_eq!(
+            unexpected.message,
+            "Additional properties are not allowed ('c' was unexpected)"
+        );
+    }
+
+    #[test]
+    fn a_topic_may_read_naive_date_times_in_a_zone() {
+        let topic = Topic::from_schema(
+            "t",
+            json!({"x-eventgate": {"naive_time_zone": "UTC"},
+                   "properties": {"at": {"type": "string", "format": "date-time"}}}),
+        )
+        .unwrap();
+        let mut event = json!({"at": "2021-01-01 09:15:29.243860"});
+        assert_eq!(topic.normalise_naive_times(&mut event), 1);
+        assert_eq!(event["at"], "2021-01-01T09:15:29.243860Z");
+        assert!(topic.validate(&event, "").is_empty());
+        let err = Topic::from_schema(
+            "t",
+            json!({"x-eventgate": {"naive_time_zone": "Nowhere/Land"}}),
+        )
+        .expect_err("unknown zone");
+        assert!(err.contains("naive_time_zone"), "{err}");
     }
 
     #[test]

@@ -336,7 +336,7 @@ pub fn answer(prepared: &PreparedBody, deliveries: &[Delivery]) -> Result<Answer
 }
 
 fn prepare_one(
-    payload: Value,
+    mut payload: Value,
     topic: &Topic,
     producer: &str,
     rules: &IngestRules,
@@ -349,6 +349,8 @@ fn prepare_one(
             "an event must be a JSON object",
         )]);
     }
+    // Before validation: the schema checks, and the history stores, the normalised date-times.
+    topic.normalise_naive_times(&mut payload);
     let mut errors = topic.validate_event(&payload, prefix, Some(&rules.id_field));
     if let Some(pointer) = nul_character_at(&payload, &mut String::new()) {
         errors.push(ErrorDetail::validation(
@@ -513,6 +515,83 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(prepared.all_rejected_error().is_none());
+    }
+
+    /// the-eye's documented event, verbatim (its README, "Send event"): a naive `timestamp` that the
+    /// shipped `web.events` reads in UTC and stores as RFC 3339.
+    const THE_EYE_EVENT: &str = r#"{
+        "session_id": "e2085be5-9137-4e4e-80b5-f1ffddc25423",
+        "category": "click",
+        "name": "pageview",
+        "data": {
+            "host": "www.consumeraffairs.com",
+            "path": "/"
+        },
+        "timestamp": "2021-01-01 09:15:29.243860"
+    }"#;
+
+    fn shipped_topic(name: &str) -> Topic {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../config/topics/{name}.json"));
+        let schema = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        Topic::from_schema(name, schema).unwrap()
+    }
+
+    #[test]
+    fn the_eyes_naive_timestamp_is_accepted_and_stored_normalised() {
+        let topic = shipped_topic("web.events");
+        let prepared = prepare(THE_EYE_EVENT.as_bytes(), &topic, "eye", &rules(), now()).unwrap();
+        let event = prepared
+            .accepted()
+            .next()
+            .unwrap_or_else(|| panic!("refused: {:?}", prepared.all_rejected_error()));
+        assert_eq!(event.payload["timestamp"], "2021-01-01T09:15:29.243860Z");
+        assert_eq!(event.payload["data"]["host"], "www.consumeraffairs.com");
+        // In a batch too, and a naive time that does not exist is refused by the schema, named.
+        let batch = format!(
+            "[{THE_EYE_EVENT}, {}]",
+            THE_EYE_EVENT.replace("2021-01-01 09:15:29", "2021-02-30 09:15:29")
+        );
+        let prepared = prepare(batch.as_bytes(), &topic, "eye", &rules(), now()).unwrap();
+        assert_eq!(prepared.accepted().count(), 1);
+        match &prepared.outcomes[1] {
+            EventOutcome::Rejected(details) => {
+                assert_eq!(details[0].field.as_deref(), Some("[1].timestamp"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A topic that declares no zone still refuses it.
+        let strict = Topic::from_schema(
+            "strict",
+            json!({"properties": {"timestamp": {"type": "string", "format": "date-time"}}}),
+        )
+        .unwrap();
+        let prepared = prepare(THE_EYE_EVENT.as_bytes(), &strict, "eye", &rules(), now()).unwrap();
+        let err = prepared.all_rejected_error().expect("refused");
+        assert_eq!(err.details[0].field.as_deref(), Some("timestamp"));
+    }
+
+    #[test]
+    fn a_missing_required_property_is_named_by_its_own_path() {
+        let topic = shipped_topic("audit.logs");
+        let prepared =
+            prepare(br#"{"event_name": "login"}"#, &topic, "a", &rules(), now()).unwrap();
+        let err = prepared.all_rejected_error().expect("refused");
+        assert_eq!(err.details[0].field.as_deref(), Some("description"));
+        let prepared = prepare(
+            br#"[{"event_name": "a", "description": "d"}, {"event_name": "b"}]"#,
+            &topic,
+            "a",
+            &rules(),
+            now(),
+        )
+        .unwrap();
+        match &prepared.outcomes[1] {
+            EventOutcome::Rejected(details) => {
+                assert_eq!(details[0].field.as_deref(), Some("[1].description"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

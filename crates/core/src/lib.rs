@@ -10,6 +10,7 @@
 //! - [`limits`]: JSON nesting depth of request bodies; [`ratelimit`]: token buckets per user.
 //! - [`reload`] (feature `reload`): SIGHUP reloads the access file and token keys.
 //! - [`ingest`]: the rules of accepting a write: body shape, schema validation, ids.
+//! - [`naive_time`]: date-times without an offset read in a topic's declared time zone.
 //! - [`envelope`]: the event as it travels through Kafka and is stored and returned.
 //! - [`query`]: the analysts' query language (AST, parser, field catalogue, cursor codec); pure code.
 //! - [`error`]: the one error envelope and the mapping of failures to HTTP statuses.
@@ -41,6 +42,7 @@ mod json_log;
 pub mod kafka;
 pub mod limits;
 pub mod metrics;
+pub mod naive_time;
 pub mod query;
 pub mod ratelimit;
 #[cfg(all(unix, feature = "reload"))]
