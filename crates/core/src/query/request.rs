@@ -269,13 +269,22 @@ impl QueryRequest {
                     )),
                 },
                 _ => {
-                    let value = match resolve_key(key, fields) {
+                    // the-eye's `timestamp_after` / `timestamp_before` (django-filter's range).
+                    let key = time_alias(key, fields).unwrap_or_else(|| key.clone());
+                    let value = match resolve_key(&key, fields) {
                         KeyResolution::Found { field, op } => {
                             convert_query_value(raw, field.ty, op)
                         }
                         KeyResolution::Unknown { .. } => Value::String(raw.clone()),
                     };
-                    request.filter.insert(key.clone(), value);
+                    if request.filter.contains_key(&key) {
+                        details.push(ErrorDetail::validation(
+                            shorten(&key, 100),
+                            "given more than once (`_after` is `_gte`, `_before` is `_lte`)",
+                        ));
+                        continue;
+                    }
+                    request.filter.insert(key, value);
                 }
             }
         }
@@ -285,6 +294,23 @@ impl QueryRequest {
             Err(ApiError::from_details(details))
         }
     }
+}
+
+/// The GET form's aliases for time fields, as the-eye's django-filter range names them:
+/// `<field>_after` is `<field>_gte` and `<field>_before` is `<field>_lte` (both inclusive, like
+/// django-filter's). Only when the key is not a field itself and the rest names a date-time or epoch-ms
+/// field.
+fn time_alias(key: &str, fields: &FieldCatalogue) -> Option<String> {
+    if fields.lookup(key).is_some() {
+        return None;
+    }
+    let (base, op) = [("_after", Operator::Gte), ("_before", Operator::Lte)]
+        .into_iter()
+        .find_map(|(suffix, op)| Some((key.strip_suffix(suffix)?, op)))?;
+    fields
+        .lookup(base)
+        .filter(|field| field.ty.is_time())
+        .map(|_| format!("{base}{}", op.suffix()))
 }
 
 fn convert_query_value(raw: &str, ty: FieldType, op: Operator) -> Value {

@@ -904,6 +904,58 @@ fn get_form_means_the_same_as_post() {
     assert_eq!(pg, pp);
 }
 
+/// the-eye's documented query parameters: `timestamp_after` / `timestamp_before` are django-filter's
+/// inclusive range, here `_gte` / `_lte` of any time field, in the GET form.
+#[test]
+fn get_form_takes_the_eyes_after_and_before() {
+    let c = catalogue();
+    let get = QueryRequest::from_query_pairs(
+        &pairs(&[
+            ("timestamp_after", "2021-01-01"),
+            ("timestamp_before", "2021-01-02"),
+            ("payload.finished_at_after", "2021-06-01"),
+            ("timestamp_start_before", "1735689600000"),
+        ]),
+        &c,
+    )
+    .expect("get form");
+    let post = request(json!({"filter": {
+        "timestamp_gte": "2021-01-01",
+        "timestamp_lte": "2021-01-02",
+        "payload.finished_at_gte": "2021-06-01",
+        "timestamp_start_lte": 1_735_689_600_000_i64,
+    }}));
+    assert_eq!(get, post);
+    // Inclusive, like django-filter's range: an event at the bound matches.
+    let p = plan("web", &get, &c, &QueryLimits::default(), &key()).expect("plan");
+    let at = |ts: time::OffsetDateTime, finished: &str| Event {
+        id: Uuid::nil(),
+        topic: "web".into(),
+        timestamp: ts,
+        producer: "p".into(),
+        payload: json!({"finished_at": finished, "timestamp_start": 1_735_689_600_000_i64}),
+    };
+    assert!(p.matches(&at(datetime!(2021-01-02 00:00 UTC), "2021-06-01T00:00:00Z")));
+    assert!(!p.matches(&at(
+        datetime!(2021-01-02 00:00:00.000001 UTC),
+        "2021-06-01T00:00:00Z"
+    )));
+    // Not for fields without time, and the same bound twice is refused.
+    let f = QueryRequest::from_query_pairs(&pairs(&[("source_app_after", "a")]), &c)
+        .expect("get form")
+        .filter;
+    assert!(f.contains_key("source_app_after"));
+    let err = QueryRequest::from_query_pairs(
+        &pairs(&[
+            ("timestamp_gte", "2021-01-01"),
+            ("timestamp_after", "2021-01-02"),
+        ]),
+        &c,
+    )
+    .expect_err("twice");
+    assert_eq!(err.details[0].field.as_deref(), Some("timestamp_gte"));
+}
+
 #[test]
 fn get_form_converts_by_type() {
     let c = catalogue();
@@ -1324,7 +1376,7 @@ proptest! {
         limit in prop::option::of(0u64..2000),
         event in arb_event(),
     ) {
-        let req = QueryRequest { filter: filter.into_iter().collect(), sort, cursor, limit };
+        let req = QueryRequest { filter: filter.into_iter().collect(), sort, cursor, limit, ..QueryRequest::default() };
         match plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()) {
             Ok(p) => {
                 prop_assert!(p.limit >= 1 && p.limit <= 1000);
