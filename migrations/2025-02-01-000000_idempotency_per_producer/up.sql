@@ -15,7 +15,12 @@
 --   (RANGE on id) keeps it as the partitioned table's unique key.
 -- Its cost is a wider index (the topic and producer text in every entry); inserts measured within
 -- noise of the single-column key. Keyset pagination is unchanged: it orders by
--- (topic, received_at, id) on the existing btree.
+-- (topic, received_at, id) on the existing btree (the cursor's tie-breaker is `id`, so two producers'
+-- events with the same id, topic and microsecond are not told apart by a cursor stopping between them).
+--
+-- Not backward compatible with writers of an older release: their `ON CONFLICT (id)` names a key that
+-- is gone, so a replayed batch of theirs fails (42P10) and is retried, uncommitted, until they are
+-- replaced. Nothing is lost (docs/OPERATIONS.md, Migrations).
 --
 -- Existing rows carry over as they are: ids were unique, so they are unique per (topic, producer) too.
 -- The new unique index is built before the old key is dropped. On a large history, build it beforehand
