@@ -249,6 +249,13 @@ fn parse_columns(
     let mut columns = Vec::new();
     for name in names {
         match fields.lookup(name) {
+            Some(field) if field.is_array_item() => details.push(ErrorDetail::validation(
+                "fields",
+                format!(
+                    "`{}` is inside an array (one value per element): export the array itself",
+                    field.name
+                ),
+            )),
             Some(field) => columns.push(field.clone()),
             None => {
                 let valid = fields.names();
@@ -280,6 +287,8 @@ pub fn default_columns(fields: &FieldCatalogue) -> Vec<FieldDef> {
     fields
         .fields()
         .filter(|f| match &f.source {
+            // The array is a column already (its JSON).
+            FieldSource::Items { .. } => false,
             FieldSource::Payload(path) => !paths
                 .iter()
                 .any(|other| other.len() > path.len() && other.starts_with(path)),
@@ -481,6 +490,8 @@ pub fn write_csv_row(out: &mut Vec<u8>, columns: &[FieldDef], event: &RawEvent) 
             FieldSource::Id => write_csv_cell(out, &event.id.to_string(), false),
             FieldSource::Timestamp => write_csv_cell(out, &rfc3339(event.received_at), false),
             FieldSource::Producer => write_csv_cell(out, event.producer, true),
+            // Refused as a column by `parse_columns`, left out of the default ones.
+            FieldSource::Items { .. } => {}
             FieldSource::Payload(path) => match raw_at(event.payload, path) {
                 None | Some("null") => {}
                 Some(text) if text.starts_with('"') => {

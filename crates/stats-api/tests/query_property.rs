@@ -4,7 +4,9 @@
 //!
 //! Values are drawn from small domains (with ties, nulls, missing and wrong-typed values, tricky
 //! date-time strings, numbers that are equal but written differently, byte-order traps like `B < a < é`)
-//! so that filters hit and sort keys collide.
+//! so that filters hit and sort keys collide. Arrays (`jobs`, `labels`) hold elements of every kind —
+//! objects with and without the field, wrong types, nested arrays, `null` — and are sometimes not arrays
+//! at all, for the filters on `jobs[].status`, `jobs[].n`, `jobs[].at`, `jobs[].note` and `labels[]`.
 
 mod common;
 
@@ -121,9 +123,11 @@ fn arb_payload() -> impl Strategy<Value = Value> {
         maybe(times(), json!(1_735_689_600_000_i64)),
         maybe(info.boxed(), json!(null)),
         maybe(tags, json!(null)),
+        maybe(arb_jobs(), json!({"status": "a"})),
+        maybe(arb_labels(), json!("a")),
     )
         .prop_map(
-            |(source_app, run_id, score, ok, ts_ms, finished_at, info, tags)| {
+            |(source_app, run_id, score, ok, ts_ms, finished_at, info, tags, jobs, labels)| {
                 Value::Object(object_of([
                     ("source_app", source_app),
                     ("run_id", run_id),
@@ -133,9 +137,52 @@ fn arb_payload() -> impl Strategy<Value = Value> {
                     ("finished_at", finished_at),
                     ("info", info),
                     ("tags", tags),
+                    ("jobs", jobs),
+                    ("labels", labels),
                 ]))
             },
         )
+}
+
+/// An array of jobs: objects with or without each field (of the wrong type sometimes), and elements
+/// that are no object (a nested array of a job, a string, `null`).
+fn arb_jobs() -> BoxedStrategy<Value> {
+    let job = (
+        maybe(strings(), json!(5)),
+        maybe(one_of(numbers()), json!("1")),
+        maybe(times(), json!(1_735_689_600_000_i64)),
+        maybe(
+            one_of(vec![json!({}), json!({"a": 1}), json!([])]),
+            json!(null),
+        ),
+    )
+        .prop_map(|(status, n, at, note)| {
+            Value::Object(object_of([
+                ("status", status),
+                ("n", n),
+                ("at", at),
+                ("note", note),
+            ]))
+        });
+    let element = prop_oneof![
+        6 => job.clone().boxed(),
+        1 => job.prop_map(|j| json!([j])).boxed(),
+        1 => one_of(vec![json!("a"), json!(null), json!(1)]),
+    ];
+    prop::collection::vec(element, 0..4)
+        .prop_map(Value::Array)
+        .boxed()
+}
+
+/// An array of strings, with elements of other kinds among them.
+fn arb_labels() -> BoxedStrategy<Value> {
+    let element = prop_oneof![
+        6 => strings(),
+        1 => one_of(vec![json!(["a"]), json!(null), json!(1), json!({"a": "a"})]),
+    ];
+    prop::collection::vec(element, 0..4)
+        .prop_map(Value::Array)
+        .boxed()
 }
 
 fn arb_timestamp() -> impl Strategy<Value = OffsetDateTime> {
@@ -173,9 +220,11 @@ fn arb_filter() -> BoxedStrategy<(String, Value)> {
         "payload.source_app",
         "producer",
         "info.region",
+        "jobs[].status",
+        "labels[]",
     ]);
-    let number_fields = select(vec!["run_id", "score", "info.0"]);
-    let time_fields = select(vec!["ts_ms", "finished_at", "timestamp"]);
+    let number_fields = select(vec!["run_id", "score", "info.0", "jobs[].n"]);
+    let time_fields = select(vec!["ts_ms", "finished_at", "timestamp", "jobs[].at"]);
     let time_operands = prop_oneof![
         times(),
         one_of(vec![
@@ -255,7 +304,15 @@ fn arb_filter() -> BoxedStrategy<(String, Value)> {
                 let v = if k == "ok_in" { json!([b]) } else { json!(b) };
                 (k.to_owned(), v)
             }),
-        (select(vec!["tags_exists", "info_exists"]), any::<bool>())
+        (
+            select(vec![
+                "tags_exists",
+                "info_exists",
+                "jobs_exists",
+                "jobs[].note_exists"
+            ]),
+            any::<bool>()
+        )
             .prop_map(|(k, b)| (k.to_owned(), json!(b))),
         any::<u128>().prop_map(|u| ("id_gt".to_owned(), json!(Uuid::from_u128(u).to_string()))),
     ]

@@ -8,9 +8,14 @@
 //! - The envelope fields `id` (uuid), `timestamp` (the `received_at` column, a date-time) and `producer`
 //!   (string) are always present.
 //! - Every property of the schema is a field, nested ones by dot path (`additional_info.region`), up to
-//!   [`MAX_SCHEMA_DEPTH`] levels. An object property is itself a field of type `Other`. Arrays are not
-//!   descended into. Property names that are empty or contain a `.` cannot be written as a dot path and are
-//!   left out.
+//!   [`MAX_SCHEMA_DEPTH`] levels. An object property is itself a field of type `Other`. Property names
+//!   that are empty or contain a `.` or `[` cannot be written as a dot path and are left out.
+//! - Arrays: an array property is a field of type `Other` (only `_exists`); the values inside its
+//!   elements are fields too, written with `[]`: `jobs[].status` (the `status` of each element of
+//!   `jobs`, from the schema's `items`), `tags[]` (each element of an array of scalars). One array level:
+//!   arrays inside array elements are not descended into. Such a field has one value per element, and a
+//!   filter on it holds when some element's value passes ([`FieldSource::Items`]); it cannot be sorted
+//!   or grouped by.
 //! - A payload field is reachable as `payload.<path>` and, unless that clashes with an envelope name, as
 //!   `<path>`. `payload.<path>` always means the schema property path `<path>`.
 //! - Types: `"type"` (a `["string","null"]` array counts as its non-null member; `["integer","number"]` as
@@ -50,6 +55,13 @@ pub enum FieldSource {
     Producer,
     /// A value inside the `payload` column, by object keys from the top.
     Payload(Vec<String>),
+    /// The values inside the elements of an array of the payload: `array` is the array's path (object
+    /// keys from the top), `item` the path inside each element (object keys; empty for the element
+    /// itself). A filter holds when it holds for some element's value.
+    Items {
+        array: Vec<String>,
+        item: Vec<String>,
+    },
 }
 
 /// The type of a field, which decides which operators apply and how values compare.
@@ -112,23 +124,47 @@ impl FieldDef {
     pub fn depth(&self) -> usize {
         match &self.source {
             FieldSource::Payload(path) => path.len(),
+            FieldSource::Items { array, item } => array.len() + item.len(),
             _ => 1,
         }
     }
 
+    /// Whether the field is inside an array: one value per element, not one per event.
+    pub fn is_array_item(&self) -> bool {
+        matches!(self.source, FieldSource::Items { .. })
+    }
+
     /// Envelope fields are columns and never null.
     pub fn is_envelope(&self) -> bool {
-        !matches!(self.source, FieldSource::Payload(_))
+        !matches!(
+            self.source,
+            FieldSource::Payload(_) | FieldSource::Items { .. }
+        )
     }
 }
 
-/// The typed value of `field` in `event` (see the docs of [`super`]); always `None` for `Other` fields.
+/// The typed value of `field` in `event` (see the docs of [`super`]); always `None` for `Other` fields
+/// and for fields inside arrays, which have one value per element ([`item_values`]).
 pub fn field_value(field: &FieldDef, event: &Event) -> SortValue {
     match &field.source {
         FieldSource::Id => Some(Scalar::Uuid(event.id)),
         FieldSource::Timestamp => Some(Scalar::Instant(event_micros(event.timestamp))),
         FieldSource::Producer => Some(Scalar::Text(event.producer.clone())),
         FieldSource::Payload(path) => typed_json(field.ty, payload_at(&event.payload, path)?),
+        FieldSource::Items { .. } => None,
+    }
+}
+
+/// The JSON values at `item` inside each element of the array at `array` of `payload` (walking objects
+/// only, like [`payload_at`]; nothing when `array` is not an array), in element order, missing ones left
+/// out.
+pub fn item_values<'a>(payload: &'a Value, array: &[String], item: &[String]) -> Vec<&'a Value> {
+    match payload_at(payload, array) {
+        Some(Value::Array(elements)) => elements
+            .iter()
+            .filter_map(|element| payload_at(element, item))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -198,13 +234,13 @@ impl FieldCatalogue {
             root: schema,
             out: Vec::new(),
         };
-        walker.object_properties(schema, &mut Vec::new());
+        walker.object_properties(schema, &mut Vec::new(), None);
         let mut payload = BTreeMap::new();
-        for (path, ty) in walker.out {
-            let key = path.join(".");
+        for (source, ty) in walker.out {
+            let key = source_key(&source);
             payload.entry(key).or_insert_with(|| FieldDef {
                 name: String::new(),
-                source: FieldSource::Payload(path),
+                source,
                 ty,
                 indexed: false,
             });
@@ -213,7 +249,9 @@ impl FieldCatalogue {
         // Canonical names: the bare path where `lookup` resolves it to this very field.
         let keys: Vec<String> = catalogue.payload.keys().cloned().collect();
         for key in keys {
-            let bare_ok = matches!(catalogue.lookup(&key), Some(def) if def.source == FieldSource::Payload(split(&key)));
+            let source = catalogue.payload.get(&key).map(|def| def.source.clone());
+            let bare_ok =
+                matches!(catalogue.lookup(&key), Some(def) if Some(&def.source) == source.as_ref());
             let name = if bare_ok {
                 key.clone()
             } else {
@@ -231,6 +269,15 @@ impl FieldCatalogue {
     pub fn mark_indexed(&mut self, names: &[String]) -> Result<(), String> {
         for name in names {
             let key = match self.lookup(name) {
+                Some(FieldDef {
+                    source: FieldSource::Items { .. },
+                    name,
+                    ..
+                }) => return Err(format!(
+                    "indexed field {name:?} is inside an array: equality on it is served by the \
+                         GIN index of every payload, ranges are checked on the rows the other \
+                         filters leave"
+                )),
                 Some(FieldDef {
                     source: FieldSource::Payload(path),
                     ty,
@@ -300,8 +347,15 @@ impl FieldCatalogue {
     }
 }
 
-fn split(key: &str) -> Vec<String> {
-    key.split('.').map(str::to_owned).collect()
+/// The catalogue key of a payload field: its dot path, with `[]` after the array for a field inside
+/// an array's elements (`jobs[].status`, `tags[]`).
+fn source_key(source: &FieldSource) -> String {
+    match source {
+        FieldSource::Payload(path) => path.join("."),
+        FieldSource::Items { array, item } if item.is_empty() => format!("{}[]", array.join(".")),
+        FieldSource::Items { array, item } => format!("{}[].{}", array.join("."), item.join(".")),
+        FieldSource::Id | FieldSource::Timestamp | FieldSource::Producer => String::new(),
+    }
 }
 
 /// Whether `name` is one of the envelope field names.
@@ -311,7 +365,7 @@ pub fn is_envelope_name(name: &str) -> bool {
 
 struct Walker<'a> {
     root: &'a Value,
-    out: Vec<(Vec<String>, FieldType)>,
+    out: Vec<(FieldSource, FieldType)>,
 }
 
 /// What a schema node says about itself once `$ref`s and `allOf` are merged.
@@ -323,10 +377,19 @@ struct NodeInfo<'a> {
     enum_values: Option<Vec<&'a Value>>,
     properties: Vec<(&'a String, &'a Value)>,
     branches: Vec<&'a Value>,
+    /// `items` when it is one schema for every element.
+    items: Option<&'a Value>,
 }
 
 impl<'a> Walker<'a> {
-    fn object_properties(&mut self, node: &'a Value, path: &mut Vec<String>) {
+    /// The fields below `node` at `path`; inside the elements of the array at `array` when given
+    /// (`path` is then the path inside an element).
+    fn object_properties(
+        &mut self,
+        node: &'a Value,
+        path: &mut Vec<String>,
+        array: Option<&Vec<String>>,
+    ) {
         let info = self.info(node);
         let properties =
             if info.properties.is_empty() && info.types.is_none() && info.enum_values.is_none() {
@@ -338,20 +401,59 @@ impl<'a> Walker<'a> {
             } else {
                 info.properties
             };
+        let depth = path.len() + array.map_or(0, Vec::len);
         for (name, sub) in properties {
-            if self.out.len() >= MAX_SCHEMA_FIELDS || path.len() >= MAX_SCHEMA_DEPTH {
+            if self.out.len() >= MAX_SCHEMA_FIELDS || depth >= MAX_SCHEMA_DEPTH {
                 return;
             }
-            if name.is_empty() || name.contains('.') {
+            if name.is_empty() || name.contains('.') || name.contains('[') {
                 continue;
             }
             path.push(name.clone());
             let (ty, is_object, object_node) = self.classify(sub);
-            self.out.push((path.clone(), ty));
+            let source = match array {
+                None => FieldSource::Payload(path.clone()),
+                Some(array) => FieldSource::Items {
+                    array: array.clone(),
+                    item: path.clone(),
+                },
+            };
+            self.out.push((source, ty));
             if is_object {
-                self.object_properties(object_node, path);
+                self.object_properties(object_node, path, array);
+            } else if array.is_none() {
+                self.array_items(sub, path);
             }
             path.pop();
+        }
+    }
+
+    /// The fields inside the elements of `node` when it is an array with one `items` schema: the
+    /// element itself (`tags[]`) when it is a scalar, its properties (`jobs[].status`) when an object.
+    fn array_items(&mut self, node: &'a Value, array: &[String]) {
+        let info = self.info(node);
+        let is_array = match &info.types {
+            Some(types) => types.contains(&"array"),
+            None => true,
+        };
+        let Some(items) = info.items.filter(|_| is_array) else {
+            return;
+        };
+        if self.out.len() >= MAX_SCHEMA_FIELDS || array.len() >= MAX_SCHEMA_DEPTH {
+            return;
+        }
+        let array = array.to_vec();
+        let (ty, is_object, object_node) = self.classify(items);
+        if is_object {
+            self.object_properties(object_node, &mut Vec::new(), Some(&array));
+        } else if ty != FieldType::Other {
+            self.out.push((
+                FieldSource::Items {
+                    array,
+                    item: Vec::new(),
+                },
+                ty,
+            ));
         }
     }
 
@@ -456,6 +558,9 @@ impl<'a> Walker<'a> {
                     (_, Some(value)) => Some(vec![value]),
                     _ => None,
                 };
+            }
+            if info.items.is_none() {
+                info.items = obj.get("items").filter(|items| items.is_object());
             }
             if let Some(Value::Object(props)) = obj.get("properties") {
                 for (name, sub) in props {

@@ -201,6 +201,13 @@ pub fn restriction(
     if field.ty == FieldType::Other {
         return Err(format!("`{}` has no comparable values", field.name));
     }
+    if field.is_array_item() {
+        // "Some element is allowed" would show the other elements: a restriction needs one value.
+        return Err(format!(
+            "`{}` is inside an array: a restriction needs a field with one value per event",
+            field.name
+        ));
+    }
     if values.is_empty() {
         return Err(format!("no allowed values for `{}`", field.name));
     }

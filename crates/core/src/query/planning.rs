@@ -83,8 +83,15 @@ pub(super) fn unknown_field_message(name: &str, key: &str, fields: &FieldCatalog
     } else {
         format!(" (in `{}`)", shorten(key, 200))
     };
+    // `jobs.status` for `jobs[].status`: a path through an array is written with `[]`.
+    let bare = name.strip_prefix("payload.").unwrap_or(name);
+    let hint = names
+        .iter()
+        .find(|n| n.contains("[]") && n.replace("[]", "") == bare)
+        .map(|n| format!("; did you mean `{n}` (a path through an array is written with `[]`)?"))
+        .unwrap_or_default();
     format!(
-        "unknown field `{}`{origin}; valid fields: {listed}",
+        "unknown field `{}`{origin}{hint}; valid fields: {listed}",
         shorten(name, 200)
     )
 }
@@ -122,6 +129,13 @@ pub(super) fn key_field<'a, 'b>(
     if field.ty == FieldType::Other {
         return Err(format!(
             "cannot {verb} `{}`: objects, arrays and untyped values have no {lacking}",
+            field.name
+        ));
+    }
+    if field.is_array_item() {
+        return Err(format!(
+            "cannot {verb} `{}`: a field inside an array has one value per element, not one per \
+             event; filter on it instead (a filter holds when some element's value passes)",
             field.name
         ));
     }

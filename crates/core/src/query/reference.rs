@@ -4,7 +4,9 @@
 
 use std::cmp::Ordering;
 
-use super::fields::{field_value, payload_at, FieldDef, FieldSource, FieldType};
+use super::fields::{
+    field_value, item_values, payload_at, typed_json, FieldDef, FieldSource, FieldType,
+};
 use super::plan::{Filter, FilterOp, QueryPlan, SortKey};
 use super::value::{Scalar, SortValue};
 use crate::envelope::Event;
@@ -26,9 +28,33 @@ fn contains_ascii_ci(haystack: &str, needle: &str) -> bool {
         .contains(&needle.to_ascii_lowercase())
 }
 
+/// Whether a typed value passes an operator that needs one.
+fn passes(op: &FilterOp, v: &Scalar) -> bool {
+    match op {
+        FilterOp::Eq(x) => v == x,
+        FilterOp::In { values, .. } => values.contains(v),
+        FilterOp::Ne(x) => v != x,
+        FilterOp::Gt(x) => v > x,
+        FilterOp::Gte(x) => v >= x,
+        FilterOp::Lt(x) => v < x,
+        FilterOp::Lte(x) => v <= x,
+        FilterOp::Between(lo, hi) => {
+            lo.as_ref().is_none_or(|lo| v >= lo) && hi.as_ref().is_none_or(|hi| v <= hi)
+        }
+        FilterOp::Contains(needle) => match v {
+            Scalar::Text(text) => contains_ascii_ci(text, needle),
+            _ => false,
+        },
+        FilterOp::Exists(_) | FilterOp::IsNull => false,
+    }
+}
+
 impl Filter {
     /// Whether the event passes this filter.
     pub fn holds(&self, event: &Event) -> bool {
+        if let FieldSource::Items { array, item } = &self.field.source {
+            return self.holds_for_some_element(&item_values(&event.payload, array, item));
+        }
         match &self.op {
             FilterOp::Exists(wanted) => has_value(&self.field, event) == *wanted,
             FilterOp::IsNull => !has_value(&self.field, event),
@@ -36,24 +62,30 @@ impl Filter {
                 let Some(v) = field_value(&self.field, event) else {
                     return matches!(op, FilterOp::In { or_null: true, .. });
                 };
-                match op {
-                    FilterOp::Eq(x) => v == *x,
-                    FilterOp::In { values, .. } => values.contains(&v),
-                    FilterOp::Ne(x) => v != *x,
-                    FilterOp::Gt(x) => v > *x,
-                    FilterOp::Gte(x) => v >= *x,
-                    FilterOp::Lt(x) => v < *x,
-                    FilterOp::Lte(x) => v <= *x,
-                    FilterOp::Between(lo, hi) => {
-                        lo.as_ref().is_none_or(|lo| v >= *lo)
-                            && hi.as_ref().is_none_or(|hi| v <= *hi)
-                    }
-                    FilterOp::Contains(needle) => match &v {
-                        Scalar::Text(text) => contains_ascii_ci(text, needle),
-                        _ => false,
-                    },
-                    FilterOp::Exists(_) | FilterOp::IsNull => false,
-                }
+                passes(op, &v)
+            }
+        }
+    }
+
+    /// A field inside an array: the filter holds when some element's value passes it; "no value"
+    /// (`null`, `_exists: false`, the `null` of an `_in`) means no element has one.
+    fn holds_for_some_element(&self, values: &[&serde_json::Value]) -> bool {
+        let ty = self.field.ty;
+        let has_value = |v: &&serde_json::Value| match ty {
+            FieldType::Other => !v.is_null(),
+            _ => typed_json(ty, v).is_some(),
+        };
+        let some_value = values.iter().any(has_value);
+        match &self.op {
+            FilterOp::Exists(wanted) => some_value == *wanted,
+            FilterOp::IsNull => !some_value,
+            op => {
+                let or_null = matches!(op, FilterOp::In { or_null: true, .. });
+                values
+                    .iter()
+                    .filter_map(|v| typed_json(ty, v))
+                    .any(|v| passes(op, &v))
+                    || (or_null && !some_value)
             }
         }
     }

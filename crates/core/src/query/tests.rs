@@ -168,6 +168,154 @@ fn catalogue_has_envelope_and_schema_fields_with_types() {
     assert_eq!(ty("nope"), None);
 }
 
+// ---------------------------------------------------------------- fields inside arrays
+
+/// The shipped runs topic's schema: `jobs` is an array of objects.
+fn runs_catalogue() -> FieldCatalogue {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config/topics/public.cps.za.runs.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("JSON");
+    FieldCatalogue::from_schema(&schema)
+}
+
+#[test]
+fn fields_inside_arrays_are_written_with_brackets() {
+    let c = runs_catalogue();
+    let status = c.lookup("jobs[].status").expect("jobs[].status");
+    assert_eq!(status.ty, FieldType::String);
+    assert_eq!(
+        status.source,
+        FieldSource::Items {
+            array: vec!["jobs".into()],
+            item: vec!["status".into()]
+        }
+    );
+    assert!(status.is_array_item() && !status.is_envelope());
+    assert_eq!(
+        c.lookup("payload.jobs[].timestamp_start").map(|d| d.ty),
+        Some(FieldType::EpochMillis)
+    );
+    assert_eq!(
+        c.lookup("jobs[].additional_info").map(|d| d.ty),
+        Some(FieldType::Other)
+    );
+    assert_eq!(c.lookup("jobs").map(|d| d.ty), Some(FieldType::Other));
+    assert_eq!(c.lookup("jobs.status"), None);
+    // An array of scalars: the element itself.
+    let tags = catalogue();
+    let tag = tags.lookup("tags[]").expect("tags[]");
+    assert_eq!(tag.ty, FieldType::String);
+    assert_eq!(
+        tag.source,
+        FieldSource::Items {
+            array: vec!["tags".into()],
+            item: vec![]
+        }
+    );
+}
+
+fn runs_event(payload: Value) -> Event {
+    Event {
+        id: Uuid::nil(),
+        topic: "runs".into(),
+        timestamp: datetime!(2025-01-15 10:00 UTC),
+        producer: "p".into(),
+        payload,
+    }
+}
+
+fn runs_plan(filter: Value) -> Result<QueryPlan, ApiError> {
+    plan(
+        "runs",
+        &request(json!({ "filter": filter })),
+        &runs_catalogue(),
+        &QueryLimits::default(),
+        &key(),
+    )
+}
+
+#[test]
+fn a_filter_inside_an_array_holds_when_some_element_passes() {
+    let failed_second = runs_event(json!({"jobs": [
+        {"status": "succeeded", "timestamp_start": 1000},
+        {"status": "failed", "timestamp_start": 5000, "message": "Out of memory"}
+    ]}));
+    let all_good = runs_event(json!({"jobs": [{"status": "succeeded", "timestamp_start": 2000}]}));
+    let no_jobs = runs_event(json!({"jobs": []}));
+    let odd = runs_event(json!({"jobs": {"status": "failed"}}));
+    let nested = runs_event(json!({"jobs": [[{"status": "failed"}]], "status": "failed"}));
+    let events = [&failed_second, &all_good, &no_jobs, &odd, &nested];
+    let hits = |filter: Value| -> Vec<usize> {
+        let p = runs_plan(filter.clone()).unwrap_or_else(|e| panic!("{filter}: {e:?}"));
+        (0..events.len())
+            .filter(|&i| p.matches(events[i]))
+            .collect()
+    };
+    assert_eq!(hits(json!({"jobs[].status": "failed"})), [0]);
+    assert_eq!(hits(json!({"jobs[].status_in": ["failed", "killed"]})), [0]);
+    assert_eq!(
+        hits(json!({"jobs[].status_ne": "failed"})),
+        [0, 1],
+        "some element differs"
+    );
+    assert_eq!(
+        hits(json!({"jobs[].timestamp_start_gt": 4000})),
+        [0],
+        "5,000 ms after the epoch"
+    );
+    assert_eq!(hits(json!({"jobs[].timestamp_start_lt": 3000})), [0, 1]);
+    assert_eq!(
+        hits(json!({"jobs[].timestamp_start_between": [2000, 4000]})),
+        [1],
+        "one element within both bounds"
+    );
+    assert_eq!(
+        hits(json!({"jobs[].timestamp_start_gte": 2000, "jobs[].timestamp_start_lte": 4000})),
+        [0, 1],
+        "two filters may be passed by two elements"
+    );
+    assert_eq!(hits(json!({"jobs[].message_exists": true})), [0]);
+    assert_eq!(hits(json!({"jobs[].message_exists": false})), [1, 2, 3, 4]);
+    assert_eq!(hits(json!({"jobs[].message": null})), [1, 2, 3, 4]);
+    assert_eq!(
+        hits(json!({"jobs[].message_in": ["x", null]})),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(hits(json!({"jobs[].message_contains": "MEMORY"})), [0]);
+}
+
+#[test]
+fn fields_inside_arrays_cannot_be_sorted_grouped_or_restricted() {
+    let c = runs_catalogue();
+    let err = plan(
+        "runs",
+        &request(json!({"sort": ["jobs[].status"]})),
+        &c,
+        &QueryLimits::default(),
+        &key(),
+    )
+    .expect_err("sort");
+    assert_eq!(err.details[0].field.as_deref(), Some("sort[0]"));
+    assert!(
+        err.details[0].message.contains("one value per element"),
+        "{}",
+        err.details[0].message
+    );
+    assert!(restriction(&c, "jobs[].status", &[json!("failed")]).is_err());
+    // `jobs.status` is not a field; the message shows how to write it.
+    let err = runs_plan(json!({"jobs.status": "failed"})).expect_err("unknown");
+    assert!(
+        err.details[0]
+            .message
+            .contains("did you mean `jobs[].status`"),
+        "{}",
+        err.details[0].message
+    );
+    let mut indexed = runs_catalogue();
+    assert!(indexed.mark_indexed(&["jobs[].status".to_owned()]).is_err());
+}
+
 #[test]
 fn envelope_names_win_and_payload_prefix_reaches_the_schema_property() {
     let c = catalogue();

@@ -45,7 +45,14 @@ fn schema() -> Value {
             "ts_ms": {"type": "integer", "x-eventgate-type": "epoch-ms"},
             "finished_at": {"type": "string", "format": "date-time"},
             "info": {"type": "object", "properties": {"region": {"type": "string"}, "0": {"type": "integer"}}},
-            "tags": {"type": "array"}
+            "tags": {"type": "array"},
+            "jobs": {"type": "array", "items": {"type": "object", "properties": {
+                "status": {"type": "string"},
+                "n": {"type": "number"},
+                "at": {"type": "string", "format": "date-time"},
+                "note": {"type": "object"}
+            }}},
+            "labels": {"type": "array", "items": {"type": "string"}}
         }
     })
 }

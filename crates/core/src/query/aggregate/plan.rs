@@ -140,6 +140,17 @@ fn parse_interval(
             ));
             None
         }
+        Some(field) if field.is_array_item() => {
+            errors.push(ErrorDetail::validation(
+                "interval.field",
+                format!(
+                    "`{}` is inside an array (one value per element): time buckets need a field \
+                     with one value per event",
+                    field.name
+                ),
+            ));
+            None
+        }
         Some(field) if !field.ty.is_time() => {
             errors.push(ErrorDetail::validation(
                 "interval.field",
@@ -203,6 +214,14 @@ pub fn parse_metric(text: &str, fields: &FieldCatalogue) -> Result<Metric, Strin
     let field = fields
         .lookup(name)
         .ok_or_else(|| unknown_field_message(name, name, fields))?;
+    if field.is_array_item() {
+        return Err(format!(
+            "`{}` cannot take `{}`: a field inside an array has one value per element, not one per \
+             event; filter on it instead",
+            kind.as_str(),
+            field.name
+        ));
+    }
     let applies = match kind {
         MetricKind::CountDistinct => field.ty != FieldType::Other,
         // An epoch-ms value is a number: its least and greatest are the earliest and latest instant.
