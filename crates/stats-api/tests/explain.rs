@@ -1,7 +1,7 @@
 //! The plans Postgres chooses for the generated queries on a realistic amount of data (120,000 events over
 //! three topics, statistics up to date, no planner switches): the default order and deep cursor pages are
-//! served by the `(topic, received_at, id)` btree without a sort, payload equality by the GIN index, and
-//! fields a topic declares indexed by their expression indexes.
+//! served by the `(topic, received_at, id)` btree without a sort, payload equality by the GIN index (inside
+//! arrays too: `jobs[].status`), and fields a topic declares indexed by their expression indexes.
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::{json, Value};
@@ -36,7 +36,11 @@ async fn setup() -> Ctx {
                 timestamptz '2025-01-01' + i * interval '1 second',
                 'producer-' || (i % 7),
                 jsonb_build_object('source_app', 'app-' || (i % 1000), 'run_id', i,
-                                   'timestamp_start', 1735689600000 + i * 1000::bigint)
+                                   'timestamp_start', 1735689600000 + i * 1000::bigint,
+                                   'jobs', jsonb_build_array(
+                                       jsonb_build_object('status', 'succeeded', 'timestamp_start', 1735689600000 + i * 1000::bigint),
+                                       jsonb_build_object('status', CASE WHEN i % 3000 = 0 THEN 'failed' ELSE 'succeeded' END,
+                                                          'timestamp_start', 1735689600000 + i * 1000::bigint + 500)))
          FROM generate_series(1, 120000) AS i;
          ANALYZE events;",
     )
@@ -160,6 +164,39 @@ async fn generated_queries_use_the_indexes() {
         "equality:\n{text}"
     );
     assert!(!text.contains("Seq Scan"), "equality:\n{text}");
+
+    // "Runs with a failed job" (one in 1,000 runs: 40 of 40,000): containment inside the array, through the GIN index.
+    for filter in [
+        json!({"jobs[].status": "failed"}),
+        json!({"jobs[].status_in": ["failed", "killed"]}),
+    ] {
+        let failed = plan_for(&ctx, json!({ "filter": filter }));
+        let text = explain(&ctx, &failed).await;
+        assert!(
+            text.contains("Bitmap Index Scan on events_payload_path_ops"),
+            "{filter}:\n{text}"
+        );
+        assert!(!text.contains("Seq Scan"), "{filter}:\n{text}");
+        let rows = load_events(&ctx.reader, &page_sql(TOPIC, &failed))
+            .await
+            .expect("runs with a failed job");
+        assert_eq!(
+            rows.len(),
+            40,
+            "{filter}: every 3,000th event, all in this topic"
+        );
+    }
+    // A range inside the array is checked per row, on the rows the topic's btree gives in order: the
+    // first page stops as soon as it is full, never a scan of the table.
+    let range = plan_for(
+        &ctx,
+        json!({"filter": {"jobs[].timestamp_start_gt": "2025-01-01T10:00:00Z"}}),
+    );
+    let text = explain(&ctx, &range).await;
+    assert!(
+        text.contains("events_topic_received_at_id") && !text.contains("Seq Scan"),
+        "range inside an array:\n{text}"
+    );
 
     // Equality and `_in` on a field the topic declares indexed (40 and 200 of 40,000 events) compare its
     // expression, which has statistics: its index (or the time order), never a guess through the GIN.
