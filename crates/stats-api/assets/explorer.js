@@ -137,7 +137,8 @@
     state.fields = answer.fields;
     select.replaceChildren();
     for (const field of state.fields) {
-      if (field.type === "other") continue;
+      // Objects, arrays and fields inside arrays (`jobs[].status`: one value per element) have no order.
+      if (field.type === "other" || field.name.includes("[]")) continue;
       select.append(option(field.name, field.name, field.name === "timestamp"));
     }
     $("filters").replaceChildren();
