@@ -18,8 +18,38 @@ fn catalogue() -> FieldCatalogue {
             "ts_ms": {"type": "integer", "x-eventgate-type": "epoch-ms"},
             "finished_at": {"type": "string", "format": "date-time"},
             "info": {"type": "object", "properties": {"region": {"type": "string"}}},
+            "jobs": {"type": "array", "items": {"type": "object", "properties": {
+                "status": {"type": "string"}, "n": {"type": "number"},
+                "at": {"type": "string", "format": "date-time"}
+            }}},
         }
     }))
+}
+
+/// A field inside an array has one value per element: it filters aggregates (some element passes) but
+/// is no group, bucket or metric argument.
+#[test]
+fn fields_inside_arrays_filter_but_do_not_group() {
+    let plan = plan_of(json!({"filter": {"jobs[].status": "failed"}})).expect("a filter");
+    assert_eq!(plan.filters.len(), 1);
+    let err = plan_of(json!({
+        "group_by": ["jobs[].status"],
+        "metrics": ["count", "sum(jobs[].n)"],
+        "interval": {"unit": "day", "field": "jobs[].at"}
+    }))
+    .expect_err("refused");
+    assert_eq!(
+        fields_of(&err),
+        ["group_by[0]", "interval.field", "metrics[1]"],
+        "{err:?}"
+    );
+    for detail in &err.details {
+        assert!(
+            detail.message.contains("inside an array") || detail.message.contains("per element"),
+            "{}",
+            detail.message
+        );
+    }
 }
 
 fn plan_of(body: Value) -> Result<AggregatePlan, ApiError> {
