@@ -87,6 +87,10 @@ if ! locale -a 2>/dev/null | grep -qiE '^de_DE\.utf-?8$'; then
     stack_as_root localedef -i de_DE -f UTF-8 de_DE.UTF-8
 fi
 
+# crates/e2e/tests/openapi.rs runs schemathesis (PyPI) against both APIs: a venv of its own.
+EVENTGATE_SCHEMATHESIS=$(bash scripts/schemathesis.sh)
+export EVENTGATE_SCHEMATHESIS
+
 for leftover in "$ROOT"/target/test-stack/make-test "$ROOT"/target/test-stack/make-test-*; do
     [[ -d $leftover ]] || continue
     owner=${leftover##*-}

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 /// What went wrong, as the `type` of one error entry. Each kind maps to exactly one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The body or query does not follow the rules (schema, query language): 400.
@@ -85,11 +86,13 @@ impl ErrorKind {
 
 /// One entry of the `errors` array.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     #[serde(rename = "type")]
     pub kind: ErrorKind,
     pub message: String,
     /// The JSON path or query field the problem is about, when there is one.
+    #[cfg_attr(feature = "http", schema(example = "jobs[0].status"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

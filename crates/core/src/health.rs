@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
@@ -23,6 +24,7 @@ pub enum Status {
 
 /// One dependency's answer to a readiness probe.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct DependencyHealth {
     /// `ok` or `unreachable`.
     pub status: &'static str,
@@ -54,6 +56,7 @@ impl DependencyHealth {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct HealthReport {
     pub success: bool,
     #[serde(rename = "statusCode")]

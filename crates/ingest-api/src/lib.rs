@@ -7,6 +7,7 @@
 //! HTTP and Kafka. Invariant: a 202 is sent only after the broker acknowledged every accepted event.
 
 pub mod metrics;
+pub mod openapi;
 pub mod publisher;
 mod routes;
 
@@ -136,6 +137,8 @@ impl Application {
                 workers: config.ingest.workers,
                 routes: routes::configure,
                 admin_routes: routes::configure_admin,
+                openapi: openapi::document,
+                admin_openapi: openapi::admin_document,
             },
             state.clone(),
             gate.clone(),

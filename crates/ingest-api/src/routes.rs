@@ -28,14 +28,43 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Probes and metrics: on `ingest.admin_listen` when it is set, else beside the API.
 pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
-        .route("/health/live", web::get().to(health))
+        .route("/health/live", web::get().to(health_live))
         .route("/health/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics));
 }
 
 /// The gate (401 → 429 → 404 → 403) is the `TopicWriter` extractor.
-async fn post_events(
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}",
+    tag = "events",
+    summary = "Send one event or a batch",
+    description = "Each event is validated against the topic's JSON Schema (`GET /topics/{topic}`) and \
+        published to Kafka; `202` only after the broker acknowledged every event. In a batch, a refused \
+        event refuses only itself (`207`). Checks in order: token (401), the user's write rate (429), \
+        the topic (404), the right to write it (403), the body (413, 408, 400).",
+    params(("topic" = String, Path, description = "The topic's name.")),
+    request_body(content = crate::openapi::Events, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Every event was acknowledged by the broker.",
+         body = crate::openapi::Accepted),
+        (status = 207, description = "Some events were acknowledged, others were refused or not \
+            acknowledged (each event's outcome in `results`; `Retry-After` when one may be retried).",
+         body = crate::openapi::MultiStatus),
+        (status = 400, response = eventgate_core::http::openapi::BadRequest),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 403, response = eventgate_core::http::openapi::Forbidden),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+        (status = 408, response = eventgate_core::http::openapi::RequestTimeout),
+        (status = 413, response = eventgate_core::http::openapi::PayloadTooLarge),
+        (status = 429, response = eventgate_core::http::openapi::TooManyRequests),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
+pub(crate) async fn post_events(
     writer: TopicWriter,
+    gate: web::Data<Gatekeeping>,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -57,6 +86,10 @@ async fn post_events(
         &state.rules,
         OffsetDateTime::now_utc(),
     )?;
+    // Writes are counted in events: the gate took the first, the rest of a batch is taken here, all or
+    // none (429 before anything is published).
+    gate.rate_limits
+        .check_write_rest(&principal.user, prepared.outcomes.len())?;
     // Field restrictions (403) are checked on the events that would be published, before anything is.
     restrictions.check_write(&prepared, &principal.user)?;
     let records = prepared.records(topic, state.rules.max_event_bytes);
@@ -88,7 +121,19 @@ async fn post_events(
 }
 
 /// The topics the caller may write or read: topic names and schemas are not for anonymous eyes.
-async fn list_topics(
+#[utoipa::path(
+    get,
+    path = "/topics",
+    tag = "topics",
+    summary = "The topics the token may write or read",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Their names.", body = crate::openapi::TopicList),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
+pub(crate) async fn list_topics(
     request: HttpRequest,
     gate: web::Data<Gatekeeping>,
 ) -> Result<HttpResponse, ApiError> {
@@ -106,7 +151,24 @@ async fn list_topics(
 }
 
 /// A topic's schema, for those who may write or read it: 401 → 404 → 403.
-async fn get_topic(
+#[utoipa::path(
+    get,
+    path = "/topics/{topic}",
+    tag = "topics",
+    summary = "A topic's JSON Schema",
+    description = "The schema every event sent to the topic must satisfy, for a token that may write \
+        or read the topic.",
+    params(("topic" = String, Path, description = "The topic's name.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The topic and its schema.", body = crate::openapi::TopicSchema),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 403, response = eventgate_core::http::openapi::Forbidden),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
+pub(crate) async fn get_topic(
     request: HttpRequest,
     gate: web::Data<Gatekeeping>,
     path: web::Path<String>,
@@ -122,12 +184,42 @@ async fn get_topic(
     ))
 }
 
-async fn health() -> HttpResponse {
+/// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "The process serves HTTP.",
+               body = eventgate_core::health::HealthReport)),
+)]
+pub(crate) async fn health() -> HttpResponse {
     eventgate_core::http::liveness_response(SERVICE)
 }
 
+/// Liveness, under the name orchestrators use.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    responses((status = 200, description = "The process serves HTTP.",
+               body = eventgate_core::health::HealthReport)),
+)]
+pub(crate) async fn health_live() -> HttpResponse {
+    health().await
+}
+
 /// Ready when the broker answers a metadata request; 503 when it does not or a shutdown started.
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The broker answers.", body = eventgate_core::health::HealthReport),
+        (status = 503, description = "The broker does not answer, or a shutdown started.",
+         body = eventgate_core::health::HealthReport),
+    ),
+)]
+pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let kafka =
         eventgate_core::http::check_dependency(READY_TIMEOUT, state.publisher.check_broker()).await;
     let report = HealthReport::ready(
@@ -138,6 +230,14 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     eventgate_core::http::health_response(&report)
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics, in Prometheus' text format.",
+               content_type = "text/plain", body = String)),
+)]
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics_response(&state.metrics.registry)
 }

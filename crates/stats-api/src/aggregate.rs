@@ -12,6 +12,29 @@ use eventgate_core::query::value::shorten;
 use crate::db;
 use crate::AppState;
 
+#[utoipa::path(
+    post,
+    path = "/stats/{topic}/aggregate",
+    tag = "aggregates",
+    summary = "Count and summarise a topic's events",
+    description = "Groups by fields and/or time buckets, with metrics, in one statement; the same \
+        filters, read rules and limits as queries (503 beyond the statement timeout).",
+    params(("topic" = String, Path, description = "The topic's name.")),
+    request_body(content = crate::openapi::AggregateBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The groups, and the totals over all of them.",
+         body = crate::openapi::AggregateAnswer),
+        (status = 400, response = eventgate_core::http::openapi::BadRequest),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 403, response = eventgate_core::http::openapi::Forbidden),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+        (status = 408, response = eventgate_core::http::openapi::RequestTimeout),
+        (status = 413, response = eventgate_core::http::openapi::PayloadTooLarge),
+        (status = 429, response = eventgate_core::http::openapi::TooManyRequests),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
 pub(crate) async fn post_aggregate(
     reader: TopicReader,
     state: web::Data<AppState>,

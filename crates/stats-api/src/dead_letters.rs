@@ -133,6 +133,30 @@ fn from_micros(micros: i64) -> Option<OffsetDateTime> {
 
 /// Dead letters are raw messages no field restriction can filter: only an unrestricted reader of the
 /// topic may list them.
+#[utoipa::path(
+    get,
+    path = "/stats/{topic}/dead-letters",
+    tag = "dead letters",
+    summary = "The messages of a topic the writers could never store",
+    description = "Newest first, keyset-paginated; only for readers without field restrictions (raw \
+        messages cannot be filtered).",
+    params(
+        ("topic" = String, Path, description = "The topic's name."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Rows per page \
+            (default 20)."),
+        ("cursor" = Option<String>, Query, description = "The `pagination.cursor` of the previous page."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of dead letters.", body = crate::openapi::DeadLetterPage),
+        (status = 400, response = eventgate_core::http::openapi::BadRequest),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 403, response = eventgate_core::http::openapi::Forbidden),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+        (status = 429, response = eventgate_core::http::openapi::TooManyRequests),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
 pub async fn list(
     reader: TopicReader,
     request: HttpRequest,

@@ -42,10 +42,30 @@ fn asset_response(body: &'static str, content_type: &'static str) -> HttpRespons
         .body(body)
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "explorer",
+    summary = "The explorer page",
+    responses((status = 200, description = "The page (HTML).", content_type = "text/html", body = String)),
+)]
 pub(crate) async fn page() -> HttpResponse {
     asset_response(PAGE, "text/html; charset=utf-8")
 }
 
+#[utoipa::path(
+    get,
+    path = "/explorer/{file}",
+    tag = "explorer",
+    params(("file" = String, Path, description = "`explorer.js` or `explorer.css`.")),
+    responses(
+        (status = 200, description = "The asset.", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+        )),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+    ),
+)]
 pub(crate) async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     match path.as_str() {
         "explorer.js" => Ok(asset_response(SCRIPT, "text/javascript; charset=utf-8")),
@@ -55,6 +75,19 @@ pub(crate) async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiEr
 }
 
 /// `GET /stats`: the topics the token may read, by name (401 without a valid token).
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "topics",
+    summary = "The topics the token may read",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Their names.", body = crate::openapi::TopicNames),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 429, response = eventgate_core::http::openapi::TooManyRequests),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
 pub(crate) async fn topics(
     request: HttpRequest,
     gate: web::Data<Gatekeeping>,

@@ -57,6 +57,40 @@ pub enum Format {
     Csv,
 }
 
+#[utoipa::path(
+    get,
+    path = "/stats/{topic}/export",
+    tag = "exports",
+    summary = "Stream every matching event",
+    description = "NDJSON (one event per line, as in query answers) or CSV, streamed however many \
+        events match, up to `stats.export_max_rows` events and `stats.export_max_ms`: then a last \
+        truncation line carries the cursor that resumes it. The query's filters and sort as parameters.",
+    params(
+        ("topic" = String, Path, description = "The topic's name."),
+        ("format" = Option<String>, Query, description = "`ndjson` (default) or `csv`."),
+        ("fields" = Option<String>, Query, description = "CSV columns, comma-separated (CSV only)."),
+        ("sort" = Option<String>, Query, description = "Comma-separated field names; `-` sorts \
+            descending."),
+        ("cursor" = Option<String>, Query, description = "Resumes an export its truncation line ended."),
+        ("filters" = Option<std::collections::HashMap<String, String>>, Query, style = Form, explode,
+         description = "Filters: `<field>=value` (equality) or `<field>_<operator>=value` \
+            (`_in` and `_between` take comma-separated values); the fields: \
+            `GET /stats/{topic}/fields`."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The events, streamed.", content(
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+        )),
+        (status = 400, response = eventgate_core::http::openapi::BadRequest),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 403, response = eventgate_core::http::openapi::Forbidden),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+        (status = 429, response = eventgate_core::http::openapi::TooManyRequests),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
 pub(crate) async fn export(
     reader: TopicReader,
     request: HttpRequest,

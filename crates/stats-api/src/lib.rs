@@ -20,6 +20,7 @@ mod explorer;
 pub mod export;
 pub mod fair_use;
 pub mod metrics;
+pub mod openapi;
 pub mod raw_json;
 mod routes;
 
@@ -131,6 +132,8 @@ impl Application {
                 workers: config.stats.workers,
                 routes: routes::configure,
                 admin_routes: routes::configure_admin,
+                openapi: openapi::document,
+                admin_openapi: openapi::admin_document,
             },
             state,
             gate,

@@ -40,7 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Probes and metrics: on `stats.admin_listen` when it is set, else beside the API.
 pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
-        .route("/health/live", web::get().to(health))
+        .route("/health/live", web::get().to(health_live))
         .route("/health/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics));
 }
@@ -79,7 +79,31 @@ pub(crate) fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>
         })
 }
 
-async fn post_query(
+#[utoipa::path(
+    post,
+    path = "/stats/{topic}",
+    tag = "queries",
+    summary = "Query a topic's events",
+    description = "One page of the events the filters select, newest first unless sorted otherwise, \
+        with a cursor for the next page. A reader with field restrictions sees only the events they \
+        allow. Answers as soon as the rows arrive, up to `limit` events or `stats.max_page_bytes`.",
+    params(("topic" = String, Path, description = "The topic's name.")),
+    request_body(content = crate::openapi::QueryBody, content_type = "application/json",
+                 description = "An empty body is `{}`: the first page of every event."),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of events.", body = crate::openapi::QueryPage),
+        (status = 400, response = eventgate_core::http::openapi::BadRequest),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 403, response = eventgate_core::http::openapi::Forbidden),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+        (status = 408, response = eventgate_core::http::openapi::RequestTimeout),
+        (status = 413, response = eventgate_core::http::openapi::PayloadTooLarge),
+        (status = 429, response = eventgate_core::http::openapi::TooManyRequests),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
+pub(crate) async fn post_query(
     reader: TopicReader,
     state: web::Data<AppState>,
     payload: web::Payload,
@@ -90,7 +114,40 @@ async fn post_query(
     answer(&state, &reader, &query_request, &restrictions).await
 }
 
-async fn get_query(
+#[utoipa::path(
+    get,
+    path = "/stats/{topic}",
+    tag = "queries",
+    summary = "Query a topic's events (GET form)",
+    description = "The POST form's query as parameters: each filter is a parameter of its own. \
+        the-eye's `timestamp_after` / `timestamp_before` are `_gte` / `_lte` of a time field.",
+    params(
+        ("topic" = String, Path, description = "The topic's name."),
+        ("sort" = Option<String>, Query, description = "Comma-separated field names; `-` sorts \
+            descending."),
+        ("limit" = Option<u64>, Query, minimum = 1, description = "Events per page."),
+        ("page_size" = Option<u64>, Query, minimum = 1, description = "`limit` under audit-log's name."),
+        ("page" = Option<u64>, Query, minimum = 1, description = "The page number, from 1."),
+        ("cursor" = Option<String>, Query, description = "The `pagination.cursor` of the previous page."),
+        ("fields" = Option<String>, Query, description = "Comma-separated fields each event keeps."),
+        ("count" = Option<crate::openapi::CountMode>, Query, description = "Also count the matches."),
+        ("filters" = Option<std::collections::HashMap<String, String>>, Query, style = Form, explode,
+         description = "Filters: `<field>=value` (equality) or `<field>_<operator>=value` \
+            (`_in` and `_between` take comma-separated values); the fields: \
+            `GET /stats/{topic}/fields`."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of events.", body = crate::openapi::QueryPage),
+        (status = 400, response = eventgate_core::http::openapi::BadRequest),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 403, response = eventgate_core::http::openapi::Forbidden),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+        (status = 429, response = eventgate_core::http::openapi::TooManyRequests),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
+pub(crate) async fn get_query(
     reader: TopicReader,
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -176,7 +233,23 @@ pub(crate) fn write_json(out: &mut Vec<u8>, value: &serde_json::Value) {
 
 /// The fields a topic can be filtered and sorted by, with their types: what an analyst (or the explorer
 /// page) needs to build a query.
-async fn fields(reader: TopicReader) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/stats/{topic}/fields",
+    tag = "topics",
+    summary = "The fields of a topic",
+    params(("topic" = String, Path, description = "The topic's name.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The fields, with their types.", body = crate::openapi::FieldList),
+        (status = 401, response = eventgate_core::http::openapi::Unauthorized),
+        (status = 403, response = eventgate_core::http::openapi::Forbidden),
+        (status = 404, response = eventgate_core::http::openapi::NotFound),
+        (status = 429, response = eventgate_core::http::openapi::TooManyRequests),
+        (status = 503, response = eventgate_core::http::openapi::Unavailable),
+    ),
+)]
+pub(crate) async fn fields(reader: TopicReader) -> Result<HttpResponse, ApiError> {
     let topic = &reader.topic;
     let fields: Vec<_> = topic
         .fields
@@ -187,12 +260,42 @@ async fn fields(reader: TopicReader) -> Result<HttpResponse, ApiError> {
         .json(json!({"success": true, "statusCode": 200, "topic": topic.name, "fields": fields})))
 }
 
-async fn health() -> HttpResponse {
+/// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "The process serves HTTP.",
+               body = eventgate_core::health::HealthReport)),
+)]
+pub(crate) async fn health() -> HttpResponse {
     eventgate_core::http::liveness_response(SERVICE)
 }
 
+/// Liveness, under the name orchestrators use.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    responses((status = 200, description = "The process serves HTTP.",
+               body = eventgate_core::health::HealthReport)),
+)]
+pub(crate) async fn health_live() -> HttpResponse {
+    health().await
+}
+
 /// Ready when the (replica) database answers `SELECT 1`; 503 when it does not or a shutdown started.
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The database answers.", body = eventgate_core::health::HealthReport),
+        (status = 503, description = "The database does not answer, or a shutdown started.",
+         body = eventgate_core::health::HealthReport),
+    ),
+)]
+pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let postgres = eventgate_core::http::check_dependency(READY_TIMEOUT, async {
         db::ping(&state.pool).await.map_err(|e| e.to_string())
     })
@@ -205,6 +308,13 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     eventgate_core::http::health_response(&report)
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics, in Prometheus' text format.",
+               content_type = "text/plain", body = String)),
+)]
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics_response(&state.metrics.registry)
 }

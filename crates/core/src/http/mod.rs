@@ -5,6 +5,7 @@
 //! ([`gate`]: [`TopicWriter`], [`TopicReader`]).
 
 mod gate;
+pub mod openapi;
 mod server;
 
 pub use gate::{TopicReader, TopicWriter};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::dev::Service;
 
+use super::openapi::OpenApiJson;
 use super::{not_found, RequestTelemetry};
 use crate::config::{Config, ShutdownConfig};
 use crate::gate::Gatekeeping;
@@ -50,12 +51,17 @@ where
 /// Starts an API on `listener`: the routes `configure` adds, with `state` as app data, in every worker;
 /// unknown routes answer 404 in the envelope; every response goes through [`RequestTelemetry`] (the
 /// outermost layer); the settings are [`with_common_settings`]. The caller drives and stops the server.
+/// `docs`: the OpenAPI document, served with its page beside the routes (never on the admin listener).
+// Its two callers are in this file, each argument is one thing the server needs: a settings struct
+// would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn start_server<T: Send + Sync + 'static>(
     listener: std::net::TcpListener,
     state: Arc<T>,
     gate: Arc<Gatekeeping>,
     http_metrics: HttpMetrics,
     routes: Vec<fn(&mut actix_web::web::ServiceConfig)>,
+    docs: Option<Arc<OpenApiJson>>,
     config: &Config,
     workers: Option<usize>,
 ) -> std::io::Result<actix_web::dev::Server> {
@@ -63,11 +69,20 @@ pub fn start_server<T: Send + Sync + 'static>(
     let data = web::Data::from(state);
     let gate = web::Data::from(gate);
     let telemetry = RequestTelemetry::new(http_metrics);
+    let docs = docs.map(web::Data::from);
     let server = HttpServer::new(move || {
+        let app = App::new();
+        // The document and its page, beside the API (never on the admin listener).
+        let app = match &docs {
+            Some(docs) => app
+                .app_data(docs.clone())
+                .configure(super::openapi::configure_docs),
+            None => app,
+        };
         routes
             .iter()
             .fold(
-                App::new().app_data(data.clone()).app_data(gate.clone()),
+                app.app_data(data.clone()).app_data(gate.clone()),
                 |app, configure| app.configure(configure),
             )
             .default_service(web::to(not_found))
@@ -92,6 +107,11 @@ pub struct ApiServerSettings {
     pub routes: fn(&mut actix_web::web::ServiceConfig),
     /// Metrics and health probes: for Prometheus and the orchestrator, not for clients.
     pub admin_routes: fn(&mut actix_web::web::ServiceConfig),
+    /// The OpenAPI document of `routes` (generated from the handlers' annotations), served at
+    /// `/openapi.json` with the page `/api` ([`super::openapi`]).
+    pub openapi: fn() -> utoipa::openapi::OpenApi,
+    /// The document of `admin_routes`: part of the API's document when they are served beside it.
+    pub admin_openapi: fn() -> utoipa::openapi::OpenApi,
 }
 
 /// A started API: the listener bound, actix-web serving, stopped by [`ApiServer::serve_until`].
@@ -140,6 +160,7 @@ impl ApiServer {
                     gate.clone(),
                     http_metrics.clone(),
                     vec![settings.admin_routes],
+                    None,
                     config,
                     Some(2),
                 )?;
@@ -152,16 +173,23 @@ impl ApiServer {
             }
             None => None,
         };
+        let mut document = (settings.openapi)();
         let routes = match admin {
             Some(_) => vec![settings.routes],
-            None => vec![settings.routes, settings.admin_routes],
+            None => {
+                document.merge((settings.admin_openapi)());
+                vec![settings.routes, settings.admin_routes]
+            }
         };
+        let docs = OpenApiJson::new(&super::openapi::finish(document))
+            .map_err(|e| std::io::Error::other(format!("the OpenAPI document: {e}")))?;
         let server = start_server(
             listener,
             state,
             gate,
             http_metrics,
             routes,
+            Some(Arc::new(docs)),
             config,
             settings.workers,
         )?;
