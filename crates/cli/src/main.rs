@@ -3,11 +3,12 @@
 //! - `eventgate send TOPIC [FILE|-]` — NDJSON or a JSON array to the ingest-api, batched, retried safely.
 //! - `eventgate query TOPIC --filter f=v --sort -timestamp [--all]` — a table on a terminal, else NDJSON/CSV.
 //! - `eventgate export TOPIC --format csv` — the stats-api's streamed export.
+//! - `eventgate status TOPIC ID [--wait SECS]` — what became of an event the caller sent.
 //! - `eventgate completions bash|zsh|fish` — shell completions.
 //! - `eventgate keygen`, `token`, `migrate` — development keys and tokens, database migrations.
 //!
-//! Exit codes: 0 done, 1 refused by the API, 2 usage/configuration/input, 3 unreachable or not allowed
-//! (docs/CLI.md).
+//! Exit codes: 0 done, 1 refused by the API, 2 usage/configuration/input, 3 unreachable or not allowed,
+//! 4 (`status` only) the event is not stored (yet) (docs/CLI.md).
 
 mod client;
 mod config;
@@ -18,6 +19,7 @@ mod ops;
 mod output;
 mod query;
 mod send;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +34,7 @@ use crate::error::Failure;
     version,
     about = "Send, query and export eventgate events; development keys, tokens and migrations",
     after_help = "Exit codes: 0 done, 1 refused by the API, 2 usage/configuration/input, 3 unreachable \
-                  or not allowed. Configuration: docs/CLI.md."
+                  or not allowed, 4 (status) not stored yet. Configuration: docs/CLI.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +49,8 @@ enum Command {
     Query(query::QueryArgs),
     /// Download every matching event as NDJSON or CSV, streamed.
     Export(export::ExportArgs),
+    /// What became of an event you sent: stored (exit 0), dead-lettered (1) or not found yet (4).
+    Status(status::StatusArgs),
     /// Print a shell completion script (e.g. `eventgate completions bash > /etc/bash_completion.d/eventgate`).
     Completions {
         #[arg(value_enum)]
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Command::Send(args) => block_on(send::run(args)),
         Command::Query(args) => block_on(query::run(args)),
         Command::Export(args) => block_on(export::run(args)),
+        Command::Status(args) => block_on(status::run(args)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

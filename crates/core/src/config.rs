@@ -108,6 +108,9 @@ pub struct AuthConfig {
     /// of the access file. A name that is not a top-level claim is tried as a dot path
     /// (`realm_access.roles`).
     pub groups_claim: String,
+    /// Where `GET /token` sends a client to obtain a token (303 See Other): the identity provider's
+    /// login or token page. Unset: `GET /token` answers 404 with a hint. An absolute http(s) URL.
+    pub token_provider_url: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -127,6 +130,7 @@ impl Default for AuthConfig {
             audience: None,
             leeway_secs: 30,
             groups_claim: "groups".into(),
+            token_provider_url: None,
         }
     }
 }

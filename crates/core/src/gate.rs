@@ -1,5 +1,7 @@
 //! The gate every request about a topic passes, in one order for both APIs:
 //! token (401) → the user's rate (429) → the topic exists (404) → the user may write / read it (403).
+//! A producer asking what became of its own events ([`Action::Status`]) passes with the right to write,
+//! at the query rate: it reads, but only about what it sent.
 //! Pure: the APIs reach it through the `http` feature's extractors (`http::gate`).
 
 use std::sync::Arc;
@@ -24,6 +26,9 @@ pub struct Gatekeeping {
 pub enum Action {
     Write,
     Read,
+    /// The status of the caller's own events (`GET /stats/{topic}/events/{id}/status`): allowed to
+    /// whoever may write the topic (a producer's token), counted against the query rate.
+    Status,
 }
 
 /// A request that passed the gate: who, which topic, under which field restrictions.
@@ -55,12 +60,12 @@ impl Gatekeeping {
         let principal = self.verifier.authenticate(authorization)?;
         match action {
             Action::Write => self.rate_limits.check_write(&principal.user)?,
-            Action::Read => self.rate_limits.check_query(&principal.user)?,
+            Action::Read | Action::Status => self.rate_limits.check_query(&principal.user)?,
         }
         let topic = self.topic(name)?;
         let rules = self.access.rules();
         let restrictions = match action {
-            Action::Write => rules.authorize_write(&principal, &topic.name)?,
+            Action::Write | Action::Status => rules.authorize_write(&principal, &topic.name)?,
             Action::Read => rules.authorize_read(&principal, &topic.name)?,
         };
         Ok(Passed {

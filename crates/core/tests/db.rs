@@ -66,6 +66,8 @@ fn declared() -> Vec<(&'static str, Vec<String>, Vec<Column>)> {
                 ("error", "text", false),
                 ("created_at", TZ, false),
                 ("reason", "text", false),
+                ("event_id", "uuid", true),
+                ("producer", "text", true),
             ],
         ),
         (
@@ -304,7 +306,10 @@ async fn the_per_producer_key_carries_existing_rows_over() {
          INSERT INTO dead_letters (topic, kafka_topic, kafka_partition, kafka_offset, raw, error) VALUES
            ('audit.logs', 'eventgate.audit.logs', 0, 1, 'x', 'message is not a valid event envelope: x'),
            ('audit.logs', 'eventgate.audit.logs', 0, 2, 'y', 'topic_mismatch: the envelope names …'),
-           ('audit.logs', 'eventgate.audit.logs', 0, 3, 'z', 'database refused the event: …');",
+           ('audit.logs', 'eventgate.audit.logs', 0, 3, 'z', 'database refused the event: …'),
+           ('audit.logs', 'eventgate.audit.logs', 0, 4,
+            convert_to('{\"id\":\"0190a3b2-1c2d-7e3f-8a9b-00000000abcd\",\"topic\":\"audit.logs\",\"producer\":\"alice\",\"payload\":{\"a\":\"\\u0000\"}}', 'UTF8'),
+            'database refused the event: unsupported Unicode escape sequence');",
     )
     .await
     .expect("an old history");
@@ -339,7 +344,29 @@ async fn the_per_producer_key_carries_existing_rows_over() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(reasons, ["undecodable", "topic_mismatch", "refused"]);
+    assert_eq!(reasons, ["undecodable", "topic_mismatch", "refused", "refused"]);
+    // The event a parked envelope was, read from its bytes (a `\u0000` that jsonb refuses included);
+    // bytes that are no envelope leave it unknown.
+    let events: Vec<(Option<uuid::Uuid>, Option<String>)> = db
+        .query(
+            "SELECT event_id, producer FROM dead_letters ORDER BY kafka_offset",
+            &[],
+        )
+        .await
+        .expect("event keys")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let envelope = uuid::Uuid::parse_str("0190a3b2-1c2d-7e3f-8a9b-00000000abcd").expect("uuid");
+    assert_eq!(
+        events,
+        [
+            (None, None),
+            (None, None),
+            (None, None),
+            (Some(envelope), Some("alice".to_owned()))
+        ]
+    );
 
     // The writer's role can still insert (the grants survived) under the new key.
     let writer = admin(&stack.database_url("eventgate_writer", &name)).await;
@@ -366,5 +393,5 @@ async fn the_per_producer_key_carries_existing_rows_over() {
         .query("SELECT reason FROM dead_letters", &[])
         .await
         .expect("the stats role reads the new column");
-    assert_eq!(reasons.len(), 3);
+    assert_eq!(reasons.len(), 4);
 }

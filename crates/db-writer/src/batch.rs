@@ -70,6 +70,8 @@ impl Consumed {
                 raw,
                 reason,
                 error,
+                // A topic mismatch is another topic's envelope, an undecodable message no event.
+                event: None,
             });
         Consumed {
             kafka_topic,
@@ -236,6 +238,7 @@ mod tests {
                 raw: None,
                 reason: DeadLetterReason::Undecodable,
                 error: "test".to_owned(),
+                event: None,
             }),
         }
     }

@@ -253,6 +253,7 @@ async fn a_replayed_batch_parks_its_dead_letters_once() {
         raw: Some(b"{not json".to_vec()),
         reason: DeadLetterReason::Undecodable,
         error: "not JSON".to_owned(),
+        event: None,
     };
     let refs: Vec<&Envelope> = events.iter().collect();
     let first = write_batch(&mut conn, &refs, std::slice::from_ref(&dead))

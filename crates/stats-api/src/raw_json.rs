@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use eventgate_core::envelope::Event;
-use eventgate_core::query::{FieldSource, QueryPlan};
+use eventgate_core::query::{FieldSource, QueryPlan, Selection};
 
 /// One stored event with its payload as JSON text (borrowed from the database row).
 pub struct RawEvent<'a> {
@@ -44,6 +44,50 @@ impl RawEvent<'_> {
         out.extend_from_slice(b",\"payload\":");
         minify_into(out, self.payload);
         out.push(b'}');
+    }
+
+    /// [`RawEvent::write_json`] keeping only the members `selection` names (`fields`): `id` and `topic`
+    /// always, `timestamp` and `producer` when selected, and a `payload` with the selected payload
+    /// fields at their paths (absent ones left out). Only the selected values are parsed.
+    pub fn write_selected_json(&self, out: &mut Vec<u8>, selection: &Selection) {
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(
+            self.id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"topic\":");
+        write_json_string(out, self.topic);
+        if selection.timestamp {
+            out.extend_from_slice(b",\"timestamp\":");
+            write_json_string(out, &rfc3339(self.received_at));
+        }
+        if selection.producer {
+            out.extend_from_slice(b",\"producer\":");
+            write_json_string(out, self.producer);
+        }
+        let mut payload = Map::new();
+        for path in &selection.payload {
+            let Some(value) =
+                raw_at(self.payload, path).and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+            else {
+                continue;
+            };
+            insert_at(&mut payload, path, value);
+        }
+        out.extend_from_slice(b",\"payload\":");
+        // Writing a map of values into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &payload);
+        out.push(b'}');
+    }
+
+    /// Either form: the whole event, or the members of `selection`.
+    pub fn write_json_as(&self, out: &mut Vec<u8>, selection: Option<&Selection>) {
+        match selection {
+            None => self.write_json(out),
+            Some(selection) => self.write_selected_json(out, selection),
+        }
     }
 
     /// The event as the cursor code needs it: the envelope, and a payload holding only the values of
@@ -250,6 +294,37 @@ mod tests {
             raw_at(text, &[]),
             Some(text),
             "the empty path is the whole document"
+        );
+    }
+
+    #[test]
+    fn a_selection_keeps_the_named_members_only() {
+        let payload =
+            r#"{"a": 1, "info": {"region": "eu", "secret": "x"}, "list": [1, 2], "n": null}"#;
+        let raw = RawEvent {
+            id: uuid::Uuid::nil(),
+            topic: "t",
+            received_at: OffsetDateTime::UNIX_EPOCH,
+            producer: "p",
+            payload,
+        };
+        let selection = Selection {
+            timestamp: false,
+            producer: true,
+            payload: vec![
+                path(&["info", "region"]),
+                path(&["list"]),
+                path(&["n"]),
+                path(&["missing"]),
+            ],
+        };
+        let mut out = Vec::new();
+        raw.write_selected_json(&mut out, &selection);
+        let written: Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(
+            written,
+            json!({"id": uuid::Uuid::nil(), "topic": "t", "producer": "p",
+                   "payload": {"info": {"region": "eu"}, "list": [1, 2], "n": null}})
         );
     }
 

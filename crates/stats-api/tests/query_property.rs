@@ -430,6 +430,7 @@ fn pages_equal_the_in_memory_semantics() {
             sort: Some(sort),
             cursor: None,
             limit: Some(limit),
+            ..QueryRequest::default()
         };
         let Ok(first) = ctx.plan(&topic, &request) else {
             return Ok(()); // e.g. a `_gt` on a boolean: nothing to compare

@@ -81,6 +81,7 @@ proptest! {
             sort: Some(vec![sort.to_owned()]),
             cursor: None,
             limit: Some(2),
+            ..QueryRequest::default()
         };
         let plan = query::plan_restricted(&topic.name, &request, &topic.fields, &QueryLimits::default(), &key, &restrictions);
         let Ok(mut plan) = plan else { return Ok(()) };

@@ -255,6 +255,17 @@ fn check_auth(a: &AuthConfig) -> Result<(), ConfigError> {
             .map_err(|reason| invalid("auth.jwks_url", reason))?;
     }
     readable_file("auth.jwks_ca_file", &a.jwks_ca_file)?;
+    if let Some(url) = a.token_provider_url.as_deref() {
+        // A redirect target that is not an absolute URL would send clients somewhere relative to us.
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        let clean = !url.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !scheme_ok || !clean || url.len() > 2048 {
+            return Err(invalid(
+                "auth.token_provider_url",
+                "must be an absolute http:// or https:// URL without spaces".to_owned(),
+            ));
+        }
+    }
     in_range(
         "auth.jwks_max_stale_secs",
         a.jwks_max_stale_secs,
@@ -694,6 +705,26 @@ mod tests {
             "{reason}"
         );
         config.kafka.client = KafkaClientProperties::new([("message_max_bytes", "2000000")]);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn the_token_provider_is_an_absolute_url() {
+        let mut config = Config::default();
+        for bad in [
+            "/login",
+            "login.example.com",
+            "https://idp/a b",
+            "javascript:alert(1)",
+        ] {
+            config.auth.token_provider_url = Some(bad.into());
+            assert_eq!(
+                invalid_key(&config),
+                Some("auth.token_provider_url"),
+                "{bad}"
+            );
+        }
+        config.auth.token_provider_url = Some("https://login.example.com/token".into());
         assert!(config.validate().is_ok());
     }
 

@@ -27,6 +27,9 @@ diesel::table! {
         created_at -> Timestamptz,
         /// `undecodable`, `topic_mismatch`, `refused` or `conflicting_duplicate`.
         reason -> Text,
+        /// The event's id and producer when the message was one (`refused`, `conflicting_duplicate`).
+        event_id -> Nullable<Uuid>,
+        producer -> Nullable<Text>,
     }
 }
 

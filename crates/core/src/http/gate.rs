@@ -32,6 +32,11 @@ pub struct TopicWriter(pub Passed);
 /// A request allowed to read the topic of its path (under its restrictions).
 pub struct TopicReader(pub Passed);
 
+/// A request allowed to ask about its own events on the topic of its path: the caller may write it
+/// ([`Action::Status`]). Its restrictions are the write restrictions; answers are about events whose
+/// producer is the caller, never anyone else's.
+pub struct TopicProducer(pub Passed);
+
 impl FromRequest for TopicWriter {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
@@ -47,6 +52,22 @@ impl FromRequest for TopicReader {
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(pass(request, Action::Read).map(TopicReader))
+    }
+}
+
+impl FromRequest for TopicProducer {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(pass(request, Action::Status).map(TopicProducer))
+    }
+}
+
+impl Deref for TopicProducer {
+    type Target = Passed;
+    fn deref(&self) -> &Passed {
+        &self.0
     }
 }
 

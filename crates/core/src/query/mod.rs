@@ -22,6 +22,7 @@
 //! - `plan`: the planner, request → [`QueryPlan`] (and a restricted reader's mandatory filters);
 //! - `planning`: the planning steps queries and aggregates share;
 //! - `cursor`: the signed pagination cursor;
+//! - `select`: field selection (`fields`), which members each event of an answer keeps;
 //! - `aggregate`: aggregates (`POST /stats/{topic}/aggregate`), planned with the same filters;
 //! - `reference`: the reference semantics in memory (tests and the `testing` feature only).
 
@@ -33,6 +34,7 @@ mod planning;
 #[cfg(any(test, feature = "testing"))]
 mod reference;
 pub mod request;
+pub mod select;
 pub mod value;
 
 #[cfg(test)]
@@ -43,5 +45,6 @@ pub use fields::{
     field_value, payload_at, typed_json, FieldCatalogue, FieldDef, FieldSource, FieldType,
 };
 pub use plan::{plan, plan_restricted, restriction, Filter, FilterOp, QueryPlan, SortKey};
-pub use request::{Operator, QueryLimits, QueryRequest};
+pub use request::{CountMode, Operator, QueryLimits, QueryRequest};
+pub use select::{selection, Selection};
 pub use value::{Decimal, Micros, Scalar, SortValue};

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::cursor::{self, CursorKey};
 use super::fields::{field_value, FieldCatalogue, FieldDef, FieldSource, FieldType};
 use super::planning::{
-    key_field, parse_limit, parse_list, sort_direction, too_many, unknown_field_message, KeyList,
+    key_field, parse_limit_at, parse_list, sort_direction, too_many, unknown_field_message, KeyList,
 };
 use super::request::{resolve_key, KeyResolution, Operator, QueryLimits, QueryRequest};
 use super::value::{json_kind, parse_client_time, shorten, Decimal, Scalar, SortValue};
@@ -87,6 +87,8 @@ pub struct QueryPlan {
     pub after: Option<Vec<SortValue>>,
     /// Rows per page (the SQL fetches one more to know whether there is a next page).
     pub limit: u32,
+    /// Rows skipped before the page: offset paging (`page`), 0 otherwise.
+    pub offset: u64,
     query_hash: [u8; 32],
 }
 
@@ -147,12 +149,18 @@ pub fn plan_restricted(
     // Whether the cursor can be checked against the query: only when filters and sort are all valid.
     let query_ok = errors.is_empty();
 
-    let limit = parse_limit(
-        req.limit,
+    let limit = parse_limit_at(
+        if req.limit.is_none() && req.page_size.is_some() {
+            "page_size"
+        } else {
+            "limit"
+        },
+        req.limit.or(req.page_size),
         limits.default_limit,
         limits.max_limit,
         &mut errors,
     );
+    let offset = parse_page(req, limit, limits, &mut errors);
 
     filters.extend(restrictions.iter().cloned());
     let query_hash = query_hash(topic, &filters, &sort);
@@ -183,8 +191,56 @@ pub fn plan_restricted(
         sort,
         after,
         limit,
+        offset,
         query_hash,
     })
+}
+
+/// The offset of `page` (1-based) of `limit`-event pages, within `max_page_depth`; errors at `page`
+/// (or `page_size` given with `limit`).
+fn parse_page(
+    req: &QueryRequest,
+    limit: u32,
+    limits: &QueryLimits,
+    errors: &mut Vec<ErrorDetail>,
+) -> u64 {
+    if req.limit.is_some() && req.page_size.is_some() {
+        errors.push(ErrorDetail::validation(
+            "page_size",
+            "give `limit` or `page_size`, not both (they mean the same)",
+        ));
+    }
+    let Some(page) = req.page else {
+        return 0;
+    };
+    if req.cursor.is_some() {
+        errors.push(ErrorDetail::validation(
+            "page",
+            "give `page` or `cursor`, not both: the cursor already says where the page starts",
+        ));
+        return 0;
+    }
+    if page == 0 {
+        errors.push(ErrorDetail::validation(
+            "page",
+            "must be at least 1 (the first page is 1)",
+        ));
+        return 0;
+    }
+    let offset = (page - 1).saturating_mul(u64::from(limit));
+    if offset.saturating_add(u64::from(limit)) > limits.max_page_depth {
+        errors.push(ErrorDetail::validation(
+            "page",
+            format!(
+                "page {page} of {limit} events ends past event {}, the deepest `page` reaches \
+                 (offset paging reads and drops every event before the page); to go further, page \
+                 with the cursor: send `pagination.cursor` of the last page you fetched as `cursor`",
+                limits.max_page_depth
+            ),
+        ));
+        return 0;
+    }
+    offset
 }
 
 /// The mandatory filter `name_in: values` of a restricted reader, typed like a client's filter. Fails

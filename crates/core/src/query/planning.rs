@@ -16,15 +16,26 @@ pub(super) fn parse_limit(
     max_limit: u32,
     errors: &mut Vec<ErrorDetail>,
 ) -> u32 {
+    parse_limit_at("limit", requested, default_limit, max_limit, errors)
+}
+
+/// [`parse_limit`] with errors at `at` (`page_size`, the same thing spelled as audit-log spells it).
+pub(super) fn parse_limit_at(
+    at: &str,
+    requested: Option<u64>,
+    default_limit: u32,
+    max_limit: u32,
+    errors: &mut Vec<ErrorDetail>,
+) -> u32 {
     match requested {
         None => default_limit,
         Some(0) => {
-            errors.push(ErrorDetail::validation("limit", "must be at least 1"));
+            errors.push(ErrorDetail::validation(at, "must be at least 1"));
             default_limit
         }
         Some(n) if n > u64::from(max_limit) => {
             errors.push(ErrorDetail::validation(
-                "limit",
+                at,
                 format!("must be at most {max_limit}"),
             ));
             default_limit

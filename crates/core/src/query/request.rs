@@ -24,6 +24,53 @@ pub struct QueryRequest {
     /// Page size; `None` means the configured default.
     #[serde(default)]
     pub limit: Option<u64>,
+    /// `page_size`, the audit-log spelling of `limit` (one of the two at most).
+    #[serde(default)]
+    pub page_size: Option<u64>,
+    /// Offset paging: the 1-based number of the page of `limit` events (capped by
+    /// [`QueryLimits::max_page_depth`]; the cursor goes further). Asks for the exact total too.
+    #[serde(default)]
+    pub page: Option<u64>,
+    /// The fields each event of the answer keeps (`None`: whole events); see [`super::select`].
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Whether and how to count the query's total (`pagination.total`).
+    #[serde(default)]
+    pub count: Option<CountMode>,
+}
+
+/// How a query's total is counted: `count` in the body or the GET form, or PostgREST's
+/// `Prefer: count=…` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountMode {
+    /// `count(*)` of the matching events, within the statement timeout.
+    Exact,
+    /// The planner's row estimate (`EXPLAIN`): instant, approximate.
+    Planned,
+    /// The planner's estimate, counted exactly when the estimate is small (PostgREST's `estimated`).
+    Estimated,
+}
+
+impl CountMode {
+    pub const NAMES: &'static str = "`exact`, `planned` or `estimated`";
+
+    pub fn parse(text: &str) -> Option<CountMode> {
+        match text {
+            "exact" => Some(CountMode::Exact),
+            "planned" => Some(CountMode::Planned),
+            "estimated" => Some(CountMode::Estimated),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CountMode::Exact => "exact",
+            CountMode::Planned => "planned",
+            CountMode::Estimated => "estimated",
+        }
+    }
 }
 
 /// Bounds on a query, configurable by the service.
@@ -46,6 +93,11 @@ pub struct QueryLimits {
     pub max_limit: u32,
     /// Characters of a cursor token.
     pub max_cursor_len: usize,
+    /// Offset paging (`page`) reaches this many events into a query at most, like Elasticsearch's
+    /// `max_result_window`: deeper offsets make Postgres read and drop every row before them.
+    pub max_page_depth: u64,
+    /// Entries of `fields`.
+    pub max_selected_fields: usize,
 }
 
 impl Default for QueryLimits {
@@ -59,6 +111,8 @@ impl Default for QueryLimits {
             default_limit: 50,
             max_limit: 1000,
             max_cursor_len: 64 * 1024,
+            max_page_depth: 10_000,
+            max_selected_fields: 100,
         }
     }
 }
@@ -156,7 +210,27 @@ pub(crate) fn resolve_key<'a>(key: &str, fields: &'a FieldCatalogue) -> KeyResol
 type ShapeCheck = fn(&Value) -> bool;
 
 /// Query-string keys that are not filters.
-pub const RESERVED_QUERY_KEYS: [&str; 3] = ["sort", "cursor", "limit"];
+pub const RESERVED_QUERY_KEYS: [&str; 7] = [
+    "sort",
+    "cursor",
+    "limit",
+    "page_size",
+    "page",
+    "fields",
+    "count",
+];
+
+/// The members a POST body may have.
+const BODY_KEYS: [&str; 8] = [
+    "filter",
+    "sort",
+    "cursor",
+    "limit",
+    "page_size",
+    "page",
+    "fields",
+    "count",
+];
 
 impl QueryRequest {
     /// Parses a POST body, reporting an unknown top-level key or a wrongly typed member as a 400
@@ -167,14 +241,15 @@ impl QueryRequest {
         };
         let mut details = Vec::new();
         for key in object.keys() {
-            if !["filter", "sort", "cursor", "limit"].contains(&key.as_str()) {
+            if !BODY_KEYS.contains(&key.as_str()) {
                 details.push(ErrorDetail::validation(
                     shorten(key, 100),
-                    "unknown key; the body may have `filter`, `sort`, `cursor` and `limit`",
+                    "unknown key; the body may have `filter`, `sort`, `cursor`, `limit` (or \
+                     `page_size`), `page`, `fields` and `count`",
                 ));
             }
         }
-        let checks: [(&str, ShapeCheck, &str); 4] = [
+        let checks: [(&str, ShapeCheck, &str); 8] = [
             (
                 "filter",
                 |v| v.is_object() || v.is_null(),
@@ -194,6 +269,26 @@ impl QueryRequest {
                 "limit",
                 |v| v.is_null() || v.is_u64(),
                 "must be a positive integer",
+            ),
+            (
+                "page_size",
+                |v| v.is_null() || v.is_u64(),
+                "must be a positive integer",
+            ),
+            (
+                "page",
+                |v| v.is_null() || v.is_u64(),
+                "must be a positive integer (the first page is 1)",
+            ),
+            (
+                "fields",
+                |v| v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+                "must be a list of field names",
+            ),
+            (
+                "count",
+                |v| v.is_null() || v.as_str().and_then(CountMode::parse).is_some(),
+                "must be `exact`, `planned` or `estimated`",
             ),
         ];
         for (key, ok, message) in checks {
@@ -223,13 +318,29 @@ impl QueryRequest {
             .and_then(Value::as_str)
             .map(str::to_owned);
         request.limit = object.get("limit").and_then(Value::as_u64);
+        request.page_size = object.get("page_size").and_then(Value::as_u64);
+        request.page = object.get("page").and_then(Value::as_u64);
+        if let Some(Value::Array(fields)) = object.get("fields") {
+            request.fields = Some(
+                fields
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        }
+        request.count = object
+            .get("count")
+            .and_then(Value::as_str)
+            .and_then(CountMode::parse);
         Ok(request)
     }
 
     /// The GET form: `?source_app=unify&run_id_in=1,2&timestamp_between=2025-01-01,2025-01-31&sort=-timestamp,source_app&limit=10&cursor=...`.
     ///
-    /// `sort`, `cursor` and `limit` are reserved; every other key is a filter (a payload field named like a
-    /// reserved key is reachable as `payload.sort`). Values are converted by the field's type: numbers for
+    /// `sort`, `cursor`, `limit`, `page_size`, `page`, `fields` (comma-separated) and `count` are
+    /// reserved; every other key is a filter (a payload field named like a reserved key is reachable as
+    /// `payload.sort`). Values are converted by the field's type: numbers for
     /// integer/number fields, `true`/`false` for booleans, digit strings to epoch milliseconds for time
     /// fields (other strings stay strings: ISO dates), `null` to null (so a string field cannot be compared
     /// with the literal text `null` in GET; use POST). `_in` and `_between` take comma-separated lists (an
@@ -261,11 +372,27 @@ impl QueryRequest {
                     });
                 }
                 "cursor" => request.cursor = (!raw.is_empty()).then(|| raw.clone()),
-                "limit" => match raw.parse::<u64>() {
-                    Ok(limit) => request.limit = Some(limit),
+                "limit" | "page_size" | "page" => match raw.parse::<u64>() {
+                    Ok(n) if key == "limit" => request.limit = Some(n),
+                    Ok(n) if key == "page_size" => request.page_size = Some(n),
+                    Ok(n) => request.page = Some(n),
                     Err(_) => details.push(ErrorDetail::validation(
-                        "limit",
+                        key.as_str(),
                         "must be a positive integer",
+                    )),
+                },
+                "fields" => {
+                    request.fields = Some(if raw.is_empty() {
+                        Vec::new()
+                    } else {
+                        raw.split(',').map(|f| f.trim().to_owned()).collect()
+                    });
+                }
+                "count" => match CountMode::parse(raw) {
+                    Some(mode) => request.count = Some(mode),
+                    None => details.push(ErrorDetail::validation(
+                        "count",
+                        format!("must be {}", CountMode::NAMES),
                     )),
                 },
                 _ => {

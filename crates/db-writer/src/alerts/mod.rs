@@ -278,6 +278,7 @@ mod tests {
             raw: Some(b"not json".to_vec()),
             reason: crate::db::DeadLetterReason::Undecodable,
             error: "message is not a valid event envelope".into(),
+            event: None,
         }
     }
 

@@ -60,6 +60,9 @@ pub struct DeadLetter {
     pub raw: Option<Vec<u8>>,
     pub reason: DeadLetterReason,
     pub error: String,
+    /// The event's id and producer when the message was this topic's event (refused, conflicting
+    /// duplicates): the stats-api's status of an event finds its dead letters by them.
+    pub event: Option<(uuid::Uuid, String)>,
 }
 
 /// How many rows a write actually added (the rest were already there).
@@ -94,6 +97,7 @@ impl DeadLetter {
             raw: Some(event.raw().to_vec()),
             reason,
             error: format!("{}: {error}", reason.as_str()),
+            event: Some((event.id, event.producer.clone())),
         }
     }
 }
@@ -130,8 +134,8 @@ const CONFLICTING_PAYLOADS: &str = "SELECT n.i FROM unnest($1::uuid[], $2::text[
 
 /// Dead letters always skip what is parked already: a replayed poison message is parked, and reported,
 /// once (`RETURNING` tells which ones are new).
-const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (topic, kafka_topic, kafka_partition, kafka_offset, raw, reason, error) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bytea[], $6::text[], $7::text[]) \
+const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (topic, kafka_topic, kafka_partition, kafka_offset, raw, reason, error, event_id, producer) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bytea[], $6::text[], $7::text[], $8::uuid[], $9::text[]) \
      ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING \
      RETURNING kafka_topic, kafka_partition, kafka_offset";
 
@@ -209,6 +213,14 @@ pub async fn insert_batch(
         let raw: Vec<Option<&[u8]>> = parking.iter().map(|d| d.raw.as_deref()).collect();
         let reasons: Vec<&str> = parking.iter().map(|d| d.reason.as_str()).collect();
         let errors: Vec<&str> = parking.iter().map(|d| d.error.as_str()).collect();
+        let event_ids: Vec<Option<uuid::Uuid>> = parking
+            .iter()
+            .map(|d| d.event.as_ref().map(|e| e.0))
+            .collect();
+        let producers: Vec<Option<&str>> = parking
+            .iter()
+            .map(|d| d.event.as_ref().map(|e| e.1.as_str()))
+            .collect();
         let rows = transaction
             .query_typed(
                 INSERT_DEAD_LETTERS,
@@ -220,6 +232,8 @@ pub async fn insert_batch(
                     (&raw, Type::BYTEA_ARRAY),
                     (&reasons, Type::TEXT_ARRAY),
                     (&errors, Type::TEXT_ARRAY),
+                    (&event_ids, Type::UUID_ARRAY),
+                    (&producers, Type::TEXT_ARRAY),
                 ],
             )
             .await?;

@@ -51,13 +51,16 @@ pub struct DeadLetterPage {
     pub last: Option<(OffsetDateTime, i64)>,
 }
 
-/// The newest `limit` dead letters of `topic` after `(created_at, id)` (from the start when `None`),
+/// The newest `limit` dead letters of `topic` (with one of `reasons`, when given) after
+/// `(created_at, id)` (from the start when `None`),
 /// each written after `body` by `write(body, index, row)` as it arrives, until the next row would take
 /// `body` past `max_bytes` (the first row is always written: a raw message can be as large as a Kafka
 /// message). Served by the index `(topic, created_at, id)` read backwards.
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch(
     pool: &PgPool,
     topic: &str,
+    reasons: Option<&[String]>,
     after: Option<(OffsetDateTime, i64)>,
     limit: i64,
     body: Vec<u8>,
@@ -66,16 +69,20 @@ pub async fn fetch(
 ) -> Result<DeadLetterPage, StoreError> {
     const FIRST_PAGE: &str =
         "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at, reason \
-         FROM dead_letters WHERE topic = $1 ORDER BY created_at DESC, id DESC LIMIT $2";
+         FROM dead_letters WHERE topic = $1 AND ($3::text[] IS NULL OR reason = ANY($3::text[])) \
+         ORDER BY created_at DESC, id DESC LIMIT $2";
     const NEXT_PAGE: &str =
         "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at, reason \
-         FROM dead_letters WHERE topic = $1 AND (created_at, id) < ($3, $4) \
-         ORDER BY created_at DESC, id DESC LIMIT $2";
+         FROM dead_letters WHERE topic = $1 AND ($3::text[] IS NULL OR reason = ANY($3::text[])) \
+         AND (created_at, id) < ($4, $5) ORDER BY created_at DESC, id DESC LIMIT $2";
     let conn = pool.get().await?;
     // One row more than the page tells whether another page exists.
     let fetched = limit.saturating_add(1);
-    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
-        vec![(&topic, Type::TEXT), (&fetched, Type::INT8)];
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&topic, Type::TEXT),
+        (&fetched, Type::INT8),
+        (&reasons, Type::TEXT_ARRAY),
+    ];
     let sql = match &after {
         None => FIRST_PAGE,
         Some((created_at, id)) => {

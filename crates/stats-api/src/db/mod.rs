@@ -1,15 +1,18 @@
 //! Every statement the stats-api runs, and nothing else: the SQL builder ([`query_sql`]: filters, sort,
 //! keyset), the page query ([`page`]), aggregates and the time-zone names ([`aggregate`],
-//! [`aggregate_sql`]), dead-letter listings ([`dead_letters`]). Handlers call these functions and never
+//! [`aggregate_sql`]), dead-letter listings ([`dead_letters`]), a query's total ([`count`]), what became
+//! of a producer's event ([`status`]). Handlers call these functions and never
 //! write SQL. Statements run on `tokio_postgres` with typed parameters; a failure is a [`StoreError`]
 //! that says why (by SQLSTATE, [`eventgate_core::db::Cause`]), and `crate::error` turns it into the HTTP
 //! answer.
 
 pub mod aggregate;
 pub mod aggregate_sql;
+pub mod count;
 pub mod dead_letters;
 pub mod page;
 pub mod query_sql;
+pub mod status;
 
 use eventgate_core::db::{Cause, DbError, PgPool};
 

@@ -63,7 +63,8 @@ pub struct SqlParts {
 }
 
 /// The page query: `SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1 AND
-/// <filters> AND <after the cursor> ORDER BY <sort, id> LIMIT plan.limit + 1`, loadable as `EventRow`.
+/// <filters> AND <after the cursor> ORDER BY <sort, id> LIMIT plan.limit + 1 [OFFSET plan.offset]`,
+/// loadable as `EventRow`.
 pub fn page_sql(topic: &str, plan: &QueryPlan) -> SqlParts {
     let mut b = SqlBuilder::default();
     b.push("SELECT id, topic, received_at, producer, payload FROM events WHERE topic = ");
@@ -86,6 +87,14 @@ pub fn page_sql(topic: &str, plan: &QueryPlan) -> SqlParts {
     }
     b.push(" LIMIT ");
     b.bind(Bind::BigInt(i64::from(plan.limit) + 1), "::bigint");
+    if plan.offset > 0 {
+        // Offset paging (`page`), bounded by `max_page_depth`: the rows before are read and dropped.
+        b.push(" OFFSET ");
+        b.bind(
+            Bind::BigInt(i64::try_from(plan.offset).unwrap_or(i64::MAX)),
+            "::bigint",
+        );
+    }
     SqlParts {
         sql: b.sql,
         binds: b.binds,
