@@ -661,12 +661,16 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Token buckets per user (the token's `sub`): a user may send `*_per_second` requests per second on
-/// average and `*_burst` at once. Beyond: 429 with `Retry-After`. 0 per second turns a limit off.
+/// Token buckets per user (the token's `sub`), per instance: a user may write `writes_per_second`
+/// events per second on average and `writes_burst` at once, and send `queries_per_second` queries.
+/// Beyond: 429 with `Retry-After`. 0 per second turns a limit off.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Write requests (`POST /topics/{topic}`, one request whatever the batch size).
+    /// Events written (`POST /topics/{topic}`): a batch of 100 counts 100, a single event 1, so the
+    /// budget follows what costs (every event is produced, acknowledged and stored as a row), not how a
+    /// producer packs its events into requests. A batch that does not fit in what is left is refused
+    /// whole. At least `ingest.max_batch_events` (a full batch must fit, and within a second).
     pub writes_per_second: u32,
     pub writes_burst: u32,
     /// Query requests (`/stats/...`).
@@ -677,8 +681,13 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
-            writes_per_second: 100,
-            writes_burst: 200,
+            // A limit against runaway producers, not a quota: one producer service sends hundreds to a
+            // few thousand events a second at its peaks, and must never see a 429 at 2,000 single
+            // events/s (e2e `producer_rate.rs`). 10,000 is 5× that and about a seventh of what one
+            // writer stores on 2 cores (docs/PERFORMANCE.md), so one runaway user cannot take the
+            // pipeline alone; the burst absorbs two seconds of a producer catching up after a pause.
+            writes_per_second: 10_000,
+            writes_burst: 20_000,
             queries_per_second: 20,
             queries_burst: 40,
         }

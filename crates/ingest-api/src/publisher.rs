@@ -41,6 +41,9 @@ pub struct Publisher {
     producer_replaced: prometheus::IntCounter,
 }
 
+/// The producer's `linger.ms` unless `kafka.client` sets it.
+const LINGER_MS: &str = "5";
+
 /// librdkafka's defaults of `message.max.bytes` and `batch.size`.
 const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
 const LIBRDKAFKA_BATCH_SIZE: u64 = 1_000_000;
@@ -67,10 +70,13 @@ impl Publisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             // A message not acknowledged within the request's budget fails instead of hanging the request.
-            .set("message.timeout.ms", &timeout_ms)
-            // Small batching window: concurrent requests share produce requests.
-            .set("linger.ms", "5");
+            .set("message.timeout.ms", &timeout_ms);
         let properties = kafka.client.properties();
+        // Every request waits for its events' acknowledgement, so a batching window is latency each
+        // request pays; `kafka.client` may set another (docs/PERFORMANCE.md, "Producer linger").
+        if !properties.contains_key("linger.ms") {
+            client_config.set("linger.ms", LINGER_MS);
+        }
         // The producer refuses locally a record above its message.max.bytes: room for the largest event
         // (`Config::validate` refused a configured value that is smaller).
         if !properties.contains_key("message.max.bytes") {

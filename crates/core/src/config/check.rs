@@ -215,6 +215,19 @@ impl Config {
             c.ratelimit.queries_burst,
             1..=u32::MAX,
         )?;
+        // Writes are counted in events: a full batch must fit in a user's budget, and within a second,
+        // which is what the `Retry-After: 1` of every 429 promises (`core/src/ratelimit.rs`).
+        let writes = c.ratelimit.writes_per_second as usize;
+        if writes > 0 && writes < c.ingest.max_batch_events {
+            return Err(invalid(
+                "ratelimit.writes_per_second",
+                format!(
+                    "{writes} events per second is below ingest.max_batch_events ({}): a full batch \
+                     could never be written; raise it or lower ingest.max_batch_events",
+                    c.ingest.max_batch_events
+                ),
+            ));
+        }
         in_range(
             "telemetry.sampling_ratio",
             c.telemetry.sampling_ratio,
@@ -325,7 +338,7 @@ impl Config {
 /// librdkafka properties `kafka.client` may not set, with the setting to use instead or why eventgate
 /// owns it (what the ingest-api's producer and the writer's consumer set: `ingest-api/src/publisher.rs`,
 /// `db-writer/src/writer.rs`).
-const RESERVED_CLIENT_PROPERTIES: [(&str, &str); 31] = [
+const RESERVED_CLIENT_PROPERTIES: [(&str, &str); 30] = [
     ("bootstrap.servers", "set kafka.brokers"),
     ("metadata.broker.list", "set kafka.brokers"),
     ("security.protocol", "set kafka.security_protocol"),
@@ -380,10 +393,6 @@ const RESERVED_CLIENT_PROPERTIES: [(&str, &str); 31] = [
     (
         "partition.assignment.strategy",
         "the writer's rebalance handling is built for cooperative-sticky",
-    ),
-    (
-        "linger.ms",
-        "eventgate sets it (ingest-api/src/publisher.rs)",
     ),
     (
         "fetch.wait.max.ms",
@@ -620,6 +629,19 @@ mod tests {
         let mut config = Config::default();
         config.telemetry.sampling_ratio = 1.5;
         assert_eq!(invalid_key(&config), Some("telemetry.sampling_ratio"));
+    }
+
+    #[test]
+    fn a_full_batch_fits_in_the_write_budget() {
+        let mut config = Config::default();
+        config.ratelimit.writes_per_second = (config.ingest.max_batch_events - 1) as u32;
+        assert_eq!(invalid_key(&config), Some("ratelimit.writes_per_second"));
+        assert!(invalid_reason(&config).contains("ingest.max_batch_events"));
+        config.ingest.max_batch_events -= 1;
+        assert!(config.validate().is_ok());
+        // 0 turns the limit off, whatever the batch size.
+        config.ratelimit.writes_per_second = 0;
+        assert!(config.validate().is_ok());
     }
 
     fn invalid_reason(config: &Config) -> String {
