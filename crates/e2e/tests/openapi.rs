@@ -95,6 +95,7 @@ async fn each_api_serves_its_document_and_a_self_contained_page() {
             document["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"
         );
+        assert!(document["paths"]["/token"]["get"].is_object(), "{url}");
         // Public, so it names no topic.
         for topic in ["audit.logs", "web.events", "public.cps.za.runs"] {
             assert!(!text.contains(topic), "{url}/openapi.json names {topic}");

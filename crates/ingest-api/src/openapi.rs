@@ -53,6 +53,8 @@ struct AdminDoc;
 pub fn document() -> Document {
     let mut document = ApiDoc::openapi();
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    // `routes::configure` adds `GET /token` (EventGate's way to obtain a token).
+    document.merge(eventgate_core::http::openapi::token_document());
     document
 }
 

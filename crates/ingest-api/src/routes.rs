@@ -22,7 +22,9 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/topics", web::get().to(list_topics))
         .route("/topics/{topic}", web::get().to(get_topic))
-        .route("/topics/{topic}", web::post().to(post_events));
+        .route("/topics/{topic}", web::post().to(post_events))
+        // EventGate's way to obtain a token: a redirect to the configured provider.
+        .configure(eventgate_core::http::configure_token);
 }
 
 /// Probes and metrics: on `ingest.admin_listen` when it is set, else beside the API.

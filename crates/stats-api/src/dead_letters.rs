@@ -2,8 +2,9 @@
 //! first, keyset-paginated by `(created_at, id)` with a signed cursor.
 //!
 //! Same checks as queries, in the same order: token (401) → topic exists (404) → may read the topic
-//! (403). Parameters: `limit` (1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]) and `cursor` (the
-//! `pagination.cursor` of the previous page); anything else is a 400. A page also ends before `limit`
+//! (403). Parameters: `limit` (1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]), `cursor` (the
+//! `pagination.cursor` of the previous page) and `reason` (one of [`REASONS`], or several
+//! comma-separated); anything else is a 400. A page also ends before `limit`
 //! when the next row would take the answer past `stats.max_page_bytes` (then `has_more` and a cursor).
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -22,6 +23,13 @@ use crate::AppState;
 pub const DEFAULT_LIMIT: i64 = 20;
 /// Raw messages can be up to a Kafka message each (1 MB by default): pages stay small.
 pub const MAX_LIMIT: i64 = 100;
+/// Why a message is parked (`dead_letters.reason`, written by the db-writer).
+pub const REASONS: [&str; 4] = [
+    "undecodable",
+    "topic_mismatch",
+    "refused",
+    "conflicting_duplicate",
+];
 /// Cursors of this listing are signed for this purpose only: a query cursor is not accepted here.
 const CURSOR_PURPOSE: &str = "dead-letters";
 
@@ -36,6 +44,8 @@ pub struct After {
 pub struct Listing {
     pub limit: i64,
     pub after: Option<After>,
+    /// Only dead letters with one of these reasons (`None`: all).
+    pub reasons: Option<Vec<String>>,
 }
 
 /// Reads `limit` and `cursor`; every problem is reported at once, each naming its parameter.
@@ -48,6 +58,7 @@ pub fn parse_listing(
     let mut listing = Listing {
         limit: DEFAULT_LIMIT,
         after: None,
+        reasons: None,
     };
     for (name, value) in pairs {
         match name.as_str() {
@@ -66,9 +77,25 @@ pub fn parse_listing(
                     "invalid cursor: pass the `pagination.cursor` of the previous page of this topic unchanged",
                 )),
             },
+            "reason" => {
+                let reasons: Vec<String> = value.split(',').map(|r| r.trim().to_owned()).collect();
+                match reasons.iter().find(|r| !REASONS.contains(&r.as_str())) {
+                    Some(unknown) => errors.push(ErrorDetail::validation(
+                        "reason",
+                        format!(
+                            "unknown reason {:?}; a dead letter's reason is one of {}",
+                            eventgate_core::query::value::shorten(unknown, 100),
+                            REASONS.join(", ")
+                        ),
+                    )),
+                    None => listing.reasons = Some(reasons),
+                }
+            }
             other => errors.push(ErrorDetail::validation(
                 other,
-                format!("unknown parameter {other:?}; dead letters take `limit` and `cursor`"),
+                format!(
+                    "unknown parameter {other:?}; dead letters take `limit`, `cursor` and `reason`"
+                ),
             )),
         }
     }
@@ -145,6 +172,8 @@ fn from_micros(micros: i64) -> Option<OffsetDateTime> {
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Rows per page \
             (default 20)."),
         ("cursor" = Option<String>, Query, description = "The `pagination.cursor` of the previous page."),
+        ("reason" = Option<String>, Query, description = "Only these reasons, comma-separated \
+            (`undecodable`, `topic_mismatch`, `refused`, `conflicting_duplicate`)."),
     ),
     security(("bearer" = [])),
     responses(
@@ -173,6 +202,7 @@ pub async fn list(
     let page = crate::db::dead_letters::fetch(
         &state.pool,
         &topic.name,
+        listing.reasons.as_deref(),
         after,
         listing.limit,
         br#"{"success":true,"statusCode":200,"data":["#.to_vec(),
@@ -235,9 +265,27 @@ mod tests {
             listing,
             Listing {
                 limit: DEFAULT_LIMIT,
-                after: None
+                after: None,
+                reasons: None,
             }
         );
+        let listing = parse_listing(
+            &pairs(&[("reason", "refused,conflicting_duplicate")]),
+            "audit.logs",
+            &key(),
+        )
+        .expect("reasons");
+        assert_eq!(
+            listing.reasons,
+            Some(vec![
+                "refused".to_owned(),
+                "conflicting_duplicate".to_owned()
+            ])
+        );
+        let error = parse_listing(&pairs(&[("reason", "refused,oops")]), "audit.logs", &key())
+            .expect_err("unknown reason");
+        assert_eq!(error.details[0].field.as_deref(), Some("reason"));
+        assert!(error.details[0].message.contains("conflicting_duplicate"));
         let listing = parse_listing(
             &pairs(&[("limit", "100"), ("cursor", "")]),
             "audit.logs",

@@ -57,6 +57,32 @@ pub enum Format {
     Csv,
 }
 
+/// An export streams every match: the query's paging and counting parameters have no meaning here, and
+/// `page` would make every batch skip rows.
+fn refuse_paging(request: &QueryRequest) -> Result<(), ApiError> {
+    let given = [
+        ("page", request.page.is_some()),
+        ("page_size", request.page_size.is_some()),
+        ("count", request.count.is_some()),
+    ];
+    let details: Vec<ErrorDetail> = given
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(name, _)| {
+            ErrorDetail::validation(
+                *name,
+                "an export streams every matching event: it takes no `page`, `page_size` or `count` \
+                 (count with the query API's `count`, or an aggregate)",
+            )
+        })
+        .collect();
+    if details.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::from_details(details))
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/stats/{topic}/export",
@@ -101,6 +127,7 @@ pub(crate) async fn export(
     let pairs = crate::routes::query_pairs(&request)?;
     let (options, filter_pairs) = ExportOptions::from_pairs(pairs, &topic.fields)?;
     let query_request = QueryRequest::from_query_pairs(&filter_pairs, &topic.fields)?;
+    refuse_paging(&query_request)?;
     let mut plan = query::plan_restricted(
         &topic.name,
         &query_request,

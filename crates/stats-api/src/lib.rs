@@ -19,10 +19,12 @@ mod error;
 mod explorer;
 pub mod export;
 pub mod fair_use;
+mod lookup;
 pub mod metrics;
 pub mod openapi;
 pub mod raw_json;
 mod routes;
+mod status;
 
 use std::sync::Arc;
 use std::time::Duration;

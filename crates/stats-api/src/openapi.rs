@@ -35,6 +35,8 @@ use utoipa::{OpenApi, ToSchema};
         crate::aggregate::post_aggregate,
         crate::export::export,
         crate::dead_letters::list,
+        crate::lookup::lookup,
+        crate::status::status,
         crate::explorer::page,
         crate::explorer::asset,
     ),
@@ -64,6 +66,8 @@ struct AdminDoc;
 pub fn document() -> Document {
     let mut document = ApiDoc::openapi();
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    // `routes::configure` adds `GET /token` (EventGate's way to obtain a token).
+    document.merge(eventgate_core::http::openapi::token_document());
     document
 }
 

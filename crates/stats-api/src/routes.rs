@@ -8,7 +8,7 @@ use eventgate_core::error::{ApiError, ErrorKind};
 use eventgate_core::health::HealthReport;
 use eventgate_core::http::{metrics_response, read_body, TopicReader};
 use eventgate_core::limits;
-use eventgate_core::query::{self, QueryRequest};
+use eventgate_core::query::{self, CountMode, QueryRequest};
 
 use crate::{db, AppState};
 
@@ -34,7 +34,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/stats/{topic}/dead-letters",
             web::get().to(crate::dead_letters::list),
-        );
+        )
+        .route(
+            "/stats/{topic}/events/{id}",
+            web::get().to(crate::lookup::lookup),
+        )
+        .route(
+            "/stats/{topic}/events/{id}/status",
+            web::get().to(crate::status::status),
+        )
+        .configure(eventgate_core::http::configure_token);
 }
 
 /// Probes and metrics: on `stats.admin_listen` when it is set, else beside the API.
@@ -79,6 +88,7 @@ pub(crate) fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>
         })
 }
 
+/// A query as a JSON body.
 #[utoipa::path(
     post,
     path = "/stats/{topic}",
@@ -105,15 +115,18 @@ pub(crate) fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>
 )]
 pub(crate) async fn post_query(
     reader: TopicReader,
+    request: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let restrictions = reader.read_filters()?;
     let body = read_json_body(&state, payload).await?;
-    let query_request = QueryRequest::from_json(&body)?;
-    answer(&state, &reader, &query_request, &restrictions).await
+    let mut query_request = QueryRequest::from_json(&body)?;
+    let preferred = prefer_count(&request, &mut query_request);
+    answer(&state, &reader, &query_request, &restrictions, preferred).await
 }
 
+/// The same query as query parameters.
 #[utoipa::path(
     get,
     path = "/stats/{topic}",
@@ -154,8 +167,31 @@ pub(crate) async fn get_query(
 ) -> Result<HttpResponse, ApiError> {
     let restrictions = reader.read_filters()?;
     let pairs = query_pairs(&request)?;
-    let query_request = QueryRequest::from_query_pairs(&pairs, &reader.topic.fields)?;
-    answer(&state, &reader, &query_request, &restrictions).await
+    let mut query_request = QueryRequest::from_query_pairs(&pairs, &reader.topic.fields)?;
+    let preferred = prefer_count(&request, &mut query_request);
+    answer(&state, &reader, &query_request, &restrictions, preferred).await
+}
+
+/// PostgREST's `Prefer: count=exact|planned|estimated` (RFC 7240), used when the request itself has no
+/// `count`; an unknown preference or value is ignored, as the RFC asks. Returns the preference applied.
+fn prefer_count(request: &HttpRequest, query: &mut QueryRequest) -> Option<CountMode> {
+    if query.count.is_some() {
+        return None;
+    }
+    let mode = request
+        .headers()
+        .get_all(actix_web::http::header::HeaderName::from_static("prefer"))
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|preference| {
+            let (name, value) = preference.split_once('=')?;
+            (name.trim().eq_ignore_ascii_case("count"))
+                .then(|| CountMode::parse(value.trim().trim_matches('"')))
+                .flatten()
+        })
+        .next()?;
+    query.count = Some(mode);
+    Some(mode)
 }
 
 /// Plans and runs a query, timed by topic and outcome.
@@ -164,9 +200,25 @@ async fn answer(
     reader: &TopicReader,
     request: &QueryRequest,
     restrictions: &[query::Filter],
+    preferred: Option<CountMode>,
 ) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
-    let result = run_query(state, reader, request, restrictions).await;
+    let result = run_query(state, reader, request, restrictions)
+        .await
+        .map(|mut response| {
+            if let Some(mode) = preferred {
+                if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&format!(
+                    "count={}",
+                    mode.as_str()
+                )) {
+                    response.headers_mut().insert(
+                        actix_web::http::header::HeaderName::from_static("preference-applied"),
+                        value,
+                    );
+                }
+            }
+            response
+        });
     state
         .metrics
         .observe_query(&reader.topic.name, &result, started.elapsed());
@@ -182,6 +234,11 @@ async fn run_query(
     restrictions: &[query::Filter],
 ) -> Result<HttpResponse, ApiError> {
     let topic: &Topic = &reader.topic;
+    let selection = request
+        .fields
+        .as_deref()
+        .map(|names| query::selection(names, &topic.fields, state.limits.max_selected_fields))
+        .transpose();
     let plan = query::plan_restricted(
         &topic.name,
         request,
@@ -189,7 +246,18 @@ async fn run_query(
         &state.limits,
         &state.cursor_key,
         restrictions,
-    )?;
+    );
+    // Every mistake at once: the fields' and the query's.
+    let (selection, plan) = match (selection, plan) {
+        (Ok(selection), Ok(plan)) => (selection, plan),
+        (Err(mut a), Err(b)) => {
+            a.details.extend(b.details);
+            return Err(a);
+        }
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    // `page` (audit-log's offset paging) answers `total_records`: it needs the total.
+    let count = request.count.or(request.page.map(|_| CountMode::Exact));
     let slot = state.slot(&reader.principal.user)?;
     let page = db::page::fetch_page(
         &state.pool,
@@ -201,11 +269,19 @@ async fn run_query(
             if index > 0 {
                 out.push(b',');
             }
-            event.write_json(out);
+            event.write_json_as(out, selection.as_ref());
         },
     )
     .await
     .map_err(|e| state.store_error(e))?;
+    let total = match count {
+        Some(mode) => Some(
+            db::count::total(&state.pool, &topic.name, &plan, mode)
+                .await
+                .map_err(|e| state.store_error(e))?,
+        ),
+        None => None,
+    };
     drop(slot);
     if page.cut_by_bytes {
         state.metrics.limit_hit("page_bytes");
@@ -216,14 +292,36 @@ async fn run_query(
     };
     let mut body = page.body;
     body.extend_from_slice(b"],\"pagination\":");
-    write_json(
-        &mut body,
-        &json!({"cursor": cursor, "has_more": page.has_more, "limit": plan.limit}),
-    );
+    let mut pagination = json!({"cursor": cursor, "has_more": page.has_more, "limit": plan.limit});
+    if let Some(total) = total {
+        pagination["total"] = json!(total.total);
+        pagination["total_exact"] = json!(total.exact);
+        if total.timed_out {
+            pagination["total_timed_out"] = json!(true);
+        }
+    }
+    write_json(&mut body, &pagination);
+    if let (Some(page), Some(total)) = (request.page, total) {
+        body.extend_from_slice(b",\"metadata\":");
+        write_json(&mut body, &page_metadata(page, plan.limit, total.total));
+    }
     body.push(b'}');
     Ok(HttpResponse::Ok()
         .content_type(actix_web::http::header::ContentType::json())
         .body(body))
+}
+
+/// The `metadata` of offset paging, in audit-log's terms: the page, its size, the first and last page
+/// and the number of matching events (`total_records`).
+fn page_metadata(page: u64, page_size: u32, total: u64) -> serde_json::Value {
+    let size = u64::from(page_size.max(1));
+    json!({
+        "current_page": page,
+        "page_size": page_size,
+        "first_page": 1,
+        "last_page": total.div_ceil(size).max(1),
+        "total_records": total,
+    })
 }
 
 /// Appends a small JSON value (writing into a `Vec` cannot fail).
@@ -308,6 +406,7 @@ pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     eventgate_core::http::health_response(&report)
 }
 
+/// Prometheus metrics.
 #[utoipa::path(
     get,
     path = "/metrics",

@@ -2,14 +2,16 @@
 //! bearer header, the request telemetry middleware ([`RequestTelemetry`]: request id, one log line and
 //! one span per request, HTTP metrics), the metrics and health responses, and the server set-up both
 //! APIs share ([`server`]: [`ApiServer`]), and the gate of requests about a topic as extractors
-//! ([`gate`]: [`TopicWriter`], [`TopicReader`]).
+//! ([`gate`]: [`TopicWriter`], [`TopicReader`], [`TopicProducer`]); `GET /token` ([`token`]).
 
 mod gate;
 pub mod openapi;
 mod server;
+mod token;
 
-pub use gate::{TopicReader, TopicWriter};
+pub use gate::{TopicProducer, TopicReader, TopicWriter};
 pub use server::{start_server, with_common_settings, ApiServer, ApiServerSettings};
+pub use token::{configure_token, TokenProvider};
 
 use std::future::{ready, Future, Ready};
 use std::rc::Rc;

@@ -173,6 +173,15 @@ impl OpenApiJson {
 #[openapi(paths(openapi_json, docs_page, docs_asset))]
 struct DocsApi;
 
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(super::token::token))]
+struct TokenApi;
+
+/// The document of `GET /token` (`super::configure_token`), for the APIs that serve it.
+pub fn token_document() -> OpenApi {
+    TokenApi::openapi()
+}
+
 /// Adds `GET /openapi.json`, `GET /api` and the page's assets; the document is app data
 /// ([`OpenApiJson`]).
 pub fn configure_docs(cfg: &mut web::ServiceConfig) {

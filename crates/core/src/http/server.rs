@@ -68,6 +68,8 @@ pub fn start_server<T: Send + Sync + 'static>(
     use actix_web::{web, App, HttpServer};
     let data = web::Data::from(state);
     let gate = web::Data::from(gate);
+    let token_provider =
+        web::Data::new(super::TokenProvider(config.auth.token_provider_url.clone()));
     let telemetry = RequestTelemetry::new(http_metrics);
     let docs = docs.map(web::Data::from);
     let server = HttpServer::new(move || {
@@ -82,7 +84,9 @@ pub fn start_server<T: Send + Sync + 'static>(
         routes
             .iter()
             .fold(
-                app.app_data(data.clone()).app_data(gate.clone()),
+                app.app_data(data.clone())
+                    .app_data(gate.clone())
+                    .app_data(token_provider.clone()),
                 |app, configure| app.configure(configure),
             )
             .default_service(web::to(not_found))
