@@ -468,6 +468,64 @@ mod tests {
             .collect()
     }
 
+    proptest::proptest! {
+        /// Whatever the wall-clock time and zone (daylight-saving gaps and folds included), the rewritten
+        /// string is an RFC 3339 date-time the schema's `format` accepts and the query language reads as
+        /// the instant jiff's "compatible" choice gives, to the microsecond.
+        #[test]
+        fn normalised_times_are_the_instant_they_name(
+            year in 1900i16..2100,
+            month in 1i8..=12,
+            day in 1i8..=31,
+            hour in 0i8..24,
+            minute in 0i8..60,
+            second in 0i8..60,
+            fraction in proptest::option::of("[0-9]{1,9}"),
+            space in proptest::bool::ANY,
+            zone in proptest::sample::select(vec![
+                "UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "-03:30",
+            ]),
+        ) {
+            let Ok(wall) = jiff::civil::DateTime::new(year, month, day, hour, minute, second, 0) else {
+                return Ok(()); // 31 April and the like
+            };
+            let fraction = fraction.map(|f| format!(".{f}")).unwrap_or_default();
+            let text = format!(
+                "{year:04}-{month:02}-{day:02}{}{hour:02}:{minute:02}:{second:02}{fraction}",
+                if space { ' ' } else { 'T' }
+            );
+            let normalised = normalised(&text, &Zone::parse(zone).expect("zone")).expect("rewritten");
+            let offset = match Zone::parse(zone).expect("zone") {
+                Zone::Named(tz) => match tz.to_ambiguous_zoned_datetime(wall).offset() {
+                    jiff::tz::AmbiguousOffset::Unambiguous { offset } => offset.seconds(),
+                    jiff::tz::AmbiguousOffset::Gap { before, .. }
+                    | jiff::tz::AmbiguousOffset::Fold { before, .. } => before.seconds(),
+                },
+                Zone::Fixed(seconds) => seconds,
+                Zone::Utc => 0,
+            };
+            let local_seconds = jiff::tz::TimeZone::UTC
+                .to_zoned_datetime(wall)
+                .expect("in range")
+                .timestamp()
+                .as_second();
+            let digits: String = fraction.chars().skip(1).chain(std::iter::repeat('0')).take(9).collect();
+            let nanos: i64 = digits.parse().expect("digits");
+            let micros = (local_seconds - i64::from((offset + if offset >= 0 { 30 } else { -30 }) / 60 * 60)) * 1_000_000
+                + (nanos as f64 / 1000.0).round_ties_even() as i64;
+            proptest::prop_assert_eq!(
+                crate::query::value::parse_stored_time(&normalised),
+                Some(micros),
+                "{} → {}", text, normalised
+            );
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&json!({"type": "string", "format": "date-time"}))
+                .expect("schema");
+            proptest::prop_assert!(validator.is_valid(&json!(normalised)), "{}", normalised);
+        }
+    }
+
     #[test]
     fn bad_zones_are_refused_at_load() {
         assert!(rules(&json!({}), Some("Mars/Olympus")).is_err());
