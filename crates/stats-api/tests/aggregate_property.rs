@@ -101,10 +101,24 @@ fn arb_payload() -> impl Strategy<Value = Value> {
             select(TIMES.iter().map(|s| json!(s)).collect::<Vec<_>>()).boxed(),
             json!(1),
         ),
-        maybe(strings, json!(5)),
+        maybe(strings.clone(), json!(5)),
+        // Jobs, for the filters inside the array: elements with and without a status, and not objects.
+        maybe(
+            prop::collection::vec(
+                prop_oneof![
+                    4 => maybe(strings, json!(5))
+                        .prop_map(|status| Value::Object(object_of([("status", status)]))),
+                    1 => select(vec![json!(null), json!([{"status": "a"}]), json!("a")]),
+                ],
+                0..3,
+            )
+            .prop_map(Value::Array)
+            .boxed(),
+            json!({"status": "a"}),
+        ),
     )
         .prop_map(
-            |(source_app, run_id, score, ok, ts_ms, finished_at, region)| {
+            |(source_app, run_id, score, ok, ts_ms, finished_at, region, jobs)| {
                 let mut m = object_of([
                     ("source_app", source_app),
                     ("run_id", run_id),
@@ -112,6 +126,7 @@ fn arb_payload() -> impl Strategy<Value = Value> {
                     ("ok", ok),
                     ("ts_ms", ts_ms),
                     ("finished_at", finished_at),
+                    ("jobs", jobs),
                 ]);
                 if let Some(r) = region {
                     m.insert("info".into(), json!({"region": r}));
@@ -143,6 +158,9 @@ fn arb_filter() -> BoxedStrategy<(String, Value)> {
         any::<bool>().prop_map(|b| ("score_exists".to_owned(), json!(b))),
         select(vec!["2025-03-30", "2025-10-26", "2025-11-02"])
             .prop_map(|d| ("timestamp_gte".to_owned(), json!(d))),
+        select(STRINGS.to_vec()).prop_map(|s| ("jobs[].status".to_owned(), json!(s))),
+        select(STRINGS.to_vec()).prop_map(|s| ("jobs[].status_gt".to_owned(), json!(s))),
+        any::<bool>().prop_map(|b| ("jobs[].status_exists".to_owned(), json!(b))),
     ]
     .boxed()
 }
