@@ -9,7 +9,9 @@
 //! Semantics, in short (the analyst-facing description is `docs/API.md`, "Query language"):
 //! - Every field has a *typed value* per event ([`field_value`]): the payload value at the field's path
 //!   (walking objects only, never into arrays) if it has the field's type, else none. Missing, `null` and
-//!   wrong-typed values are all "no value".
+//!   wrong-typed values are all "no value". A field inside an array (`jobs[].status`,
+//!   [`FieldSource::Items`]) has one typed value per element instead, and a filter on it holds when some
+//!   element's value passes it ("no value" then means: no element has one).
 //! - `field: null` and `field_exists: false` match events without a value; every other operator (`_ne`
 //!   included) only matches events with one.
 //! - Sorting: "no value" is greater than every value (last ascending, first descending); `id` is always
