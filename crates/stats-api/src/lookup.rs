@@ -76,7 +76,7 @@ fn parse_params(
         it, the 400 at `producer` names them).",
     params(
         ("topic" = String, Path, description = "The topic's name."),
-        ("id" = String, Path, description = "The event's id (a UUID)."),
+        ("id" = uuid::Uuid, Path, description = "The event's id."),
         ("producer" = Option<String>, Query, description = "The producer whose event it is."),
         ("fields" = Option<String>, Query, description = "Comma-separated fields the event keeps."),
     ),

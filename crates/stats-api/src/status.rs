@@ -29,7 +29,10 @@ use crate::AppState;
     summary = "What became of an event the caller sent",
     description = "For a token that may *write* the topic, about its own events only (another \
         producer's id answers `not_found`, like an id never sent); no payload is read.",
-    params(("topic" = String, Path, description = "The topic's name."), ("id" = String, Path, description = "The event's id (a UUID).")),
+    params(
+        ("topic" = String, Path, description = "The topic's name."),
+        ("id" = uuid::Uuid, Path, description = "The event's id."),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The event's status.", body = crate::openapi::EventStatusAnswer),
