@@ -273,11 +273,13 @@ impl FieldCatalogue {
                     source: FieldSource::Items { .. },
                     name,
                     ..
-                }) => return Err(format!(
+                }) => {
+                    return Err(format!(
                     "indexed field {name:?} is inside an array: equality on it is served by the \
                          GIN index of every payload, ranges are checked on the rows the other \
                          filters leave"
-                )),
+                ))
+                }
                 Some(FieldDef {
                     source: FieldSource::Payload(path),
                     ty,
