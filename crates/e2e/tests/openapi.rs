@@ -133,3 +133,50 @@ async fn each_api_serves_its_document_and_a_self_contained_page() {
         }
     }
 }
+
+/// The page in Debian's Chromium (installed by `make test`), offline: every operation of the document
+/// is rendered, and nothing is fetched from elsewhere (the page's policy allows this origin only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_page_renders_every_operation_in_a_browser() {
+    let system = System::start(0).await;
+    let profile = repo_root().join("target/schemathesis/chromium-profile");
+    for url in [&system.ingest_url, &system.stats_url] {
+        let document: Value = system
+            .http
+            .get(format!("{url}/openapi.json"))
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("JSON");
+        let operations: usize = document["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .map(|item| item.as_object().map_or(0, serde_json::Map::len))
+            .sum();
+        let output = tokio::process::Command::new("/usr/bin/chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("{url}/api"))
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("chromium runs (make test installs it)");
+        let dom = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            dom.matches(r#"<details class="op""#).count(),
+            operations,
+            "{url}/api rendered:\n{dom}"
+        );
+        assert!(dom.contains("ErrorEnvelope"), "{dom}");
+        assert!(!dom.contains("could not be loaded"), "{dom}");
+    }
+}
