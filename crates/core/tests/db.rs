@@ -344,7 +344,10 @@ async fn the_per_producer_key_carries_existing_rows_over() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(reasons, ["undecodable", "topic_mismatch", "refused", "refused"]);
+    assert_eq!(
+        reasons,
+        ["undecodable", "topic_mismatch", "refused", "refused"]
+    );
     // The event a parked envelope was, read from its bytes (a `\u0000` that jsonb refuses included);
     // bytes that are no envelope leave it unknown.
     let events: Vec<(Option<uuid::Uuid>, Option<String>)> = db
