@@ -145,6 +145,9 @@ pub struct Pagination {
     /// Whether `total` is exact (`false`: the planner's estimate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_exact: Option<bool>,
+    /// `true` when an exact count ran past the statement timeout: `total` is then the estimate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_timed_out: Option<bool>,
 }
 
 /// Offset paging (`page`) in audit-log's terms.
