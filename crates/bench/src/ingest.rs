@@ -1,15 +1,21 @@
 //! Phase 1: how many events/s the ingest-api accepts (202, i.e. acknowledged by the broker) with N
-//! concurrent keep-alive clients, one event per request and then batches. The ingest-api runs alone (no
-//! writer), so the figure is the front door's: HTTP, token, schema validation, produce and acknowledgement.
+//! concurrent keep-alive clients, one event per request (16, 64 and 256 clients: a few producers' worth
+//! of connections, where latency decides, up to where the machine does) and then batches. The ingest-api
+//! runs alone (no writer), so the figure is the front door's: HTTP, token, schema validation, produce
+//! and acknowledgement. Beside it, the broker's own acknowledgement time for one record at a time (the
+//! floor of a single event's latency) and the ingest-api's CPU per request (from `/proc`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::load::{ClosedLoop, LoadOutcome};
+use crate::load::{ms, ClosedLoop, Latency, LoadOutcome};
 use crate::services::{Bench, Kind, USER};
 use crate::Sizes;
 
@@ -18,8 +24,37 @@ const PHASE: &str = "ingest";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestResults {
-    pub single: LoadOutcome,
+    /// Single events, one run per number of clients, fewest first.
+    pub singles: Vec<LoadOutcome>,
     pub batch: LoadOutcome,
+    /// One record at a time straight to the broker (acks=all, idempotent, `linger.ms` 0): what a single
+    /// event's acknowledgement costs without the ingest-api.
+    pub broker_ack: Latency,
+    /// The ingest-api's `linger.ms` in this run (`kafka.client` from the environment, else its default).
+    pub linger_ms: Option<String>,
+}
+
+impl IngestResults {
+    /// Single events with the most clients: the throughput figure (`ingest_single_events_per_s`).
+    pub fn single(&self) -> &LoadOutcome {
+        self.singles
+            .iter()
+            .max_by_key(|o| o.clients)
+            .unwrap_or(&self.batch)
+    }
+
+    /// Single events with `clients` clients, if that run was made.
+    pub fn single_with(&self, clients: usize) -> Option<&LoadOutcome> {
+        self.singles.iter().find(|o| o.clients == clients)
+    }
+}
+
+/// Microseconds of the ingest-api's CPU per request answered in a run (all its threads, user and
+/// kernel time, from `/proc`).
+pub fn ingest_cpu_us_per_request(outcome: &LoadOutcome) -> Option<f64> {
+    let cores = outcome.cpu.cores.get(Kind::Ingest.name())?;
+    (outcome.requests_per_s > 0.0)
+        .then(|| (cores * 1e6 / outcome.requests_per_s * 10.0).round() / 10.0)
 }
 
 /// One `audit.logs` event, the shape every phase sends.
@@ -39,25 +74,37 @@ pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<IngestResults> 
     let warmup = Duration::from_secs_f64(sizes.warmup_secs);
     let duration = Duration::from_secs_f64(sizes.ingest_secs);
 
-    let singles: Vec<Bytes> = (0..1000)
-        .map(|n| Bytes::from(event(n).to_string()))
-        .collect();
+    let broker_ack = broker_ack(bench, sizes.broker_acks).await?;
     eprintln!(
-        "bench: ingest, single events: {} clients, {:.0} s",
-        sizes.clients, sizes.ingest_secs
+        "bench: ingest, broker acknowledgement of one record at a time: {}",
+        crate::report::percentiles_text(&broker_ack)
     );
-    let single = ClosedLoop {
-        url: url.clone(),
-        token: token.clone(),
-        bodies: Arc::new(singles),
-        events_per_body: 1,
-        clients: sizes.clients,
-        warmup,
-        duration,
+
+    let singles: Arc<Vec<Bytes>> = Arc::new(
+        (0..1000)
+            .map(|n| Bytes::from(event(n).to_string()))
+            .collect(),
+    );
+    let mut single_runs = Vec::new();
+    for &clients in &sizes.clients {
+        eprintln!(
+            "bench: ingest, single events: {clients} clients, {:.0} s",
+            sizes.ingest_secs
+        );
+        let outcome = ClosedLoop {
+            url: url.clone(),
+            token: token.clone(),
+            bodies: singles.clone(),
+            events_per_body: 1,
+            clients,
+            warmup,
+            duration,
+        }
+        .run(&bench.http, &watched)
+        .await;
+        report_errors("single events", &outcome);
+        single_runs.push(outcome);
     }
-    .run(&bench.http, &watched)
-    .await;
-    report_errors("single events", &single);
 
     let batches: Vec<Bytes> = (0..20u64)
         .map(|b| {
@@ -86,16 +133,55 @@ pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<IngestResults> 
 
     bench.stop(ingest).await?;
     bench.delete_topics(PHASE).await;
+    let results = IngestResults {
+        singles: single_runs,
+        batch,
+        broker_ack,
+        linger_ms: std::env::var("EVENTGATE_KAFKA__CLIENT__LINGER_MS").ok(),
+    };
+    let single = results.single();
     anyhow::ensure!(
-        single.events_per_s > 0.0 && batch.events_per_s > 0.0,
+        single.events_per_s > 0.0 && results.batch.events_per_s > 0.0,
         "the ingest-api accepted nothing: {}",
         single
             .first_error
             .as_deref()
-            .or(batch.first_error.as_deref())
+            .or(results.batch.first_error.as_deref())
             .unwrap_or("no answer")
     );
-    Ok(IngestResults { single, batch })
+    Ok(results)
+}
+
+/// Produces `count` records one after the other (each waits for the previous one's acknowledgement)
+/// to the phase's topic, with the ingest-api's guarantees and no lingering: the broker's round trip.
+async fn broker_ack(bench: &Bench, count: usize) -> anyhow::Result<Latency> {
+    let kafka = bench.kafka_config(&bench.prefix(PHASE));
+    let producer: FutureProducer = eventgate_core::kafka::client_config(&kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .context("creating the round-trip producer")?;
+    let topic = kafka.kafka_topic(TOPIC);
+    let payload = event(0).to_string();
+    let mut samples = Vec::with_capacity(count);
+    // The first records also fetch metadata and the producer id: not part of the round trip.
+    for n in 0..count + 20 {
+        let key = n.to_string();
+        let sent = Instant::now();
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .context("producing one record to the broker")?;
+        if n >= 20 {
+            samples.push(ms(sent.elapsed()));
+        }
+    }
+    Ok(Latency::of(samples))
 }
 
 fn report_errors(what: &str, outcome: &LoadOutcome) {

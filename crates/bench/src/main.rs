@@ -7,8 +7,9 @@
 //! read from `/proc`), in a database `eventgate_bench` of its own and under Kafka topic prefixes of its
 //! own, and measures, in order (each phase on fresh topics, so no phase drains another's backlog):
 //!
-//! 1. [`ingest`]: events/s accepted (202) over HTTP by N keep-alive clients, single events then batches
-//!    of 100, with p50/p99 latency (ingest-api alone).
+//! 1. [`ingest`]: events/s accepted (202) over HTTP by N keep-alive clients, single events (16, 64 and
+//!    256 clients) then batches of 100, with p50/p99 latency and the ingest-api's CPU per request
+//!    (ingest-api alone), beside the broker's own acknowledgement time.
 //! 2. [`e2e`]: at a fixed offered rate, the time from a 202 to the event being returned by the stats
 //!    API (ingest-api + db-writer + stats-api).
 //! 3. [`writer`]: rows/s of a db-writer draining a pre-filled topic into the indexed `events` table,
@@ -21,6 +22,8 @@
 //! It prints a Markdown table and writes `target/bench/results.json` (see [`report`]). The targets (full
 //! mode) and whether they were met are shown beside the figures, but nothing fails because a figure
 //! missed one: the exit status says whether the measurements could be taken.
+
+#![recursion_limit = "256"]
 
 mod cpu;
 mod db;
@@ -74,13 +77,18 @@ pub struct Cli {
     #[arg(long)]
     pub keep_database: bool,
 
-    /// Concurrent keep-alive clients sending single events [full 256, quick 32]. Each request waits for
-    /// the broker's acknowledgement (linger included), so it takes hundreds to keep 2 cores busy.
-    #[arg(long)]
-    pub clients: Option<usize>,
+    /// Concurrent keep-alive clients sending single events, one run per number, comma-separated [full
+    /// 16,64,256, quick 16,32]. Each request waits for the broker's acknowledgement, so a few clients
+    /// measure latency (a producer's few connections) and hundreds keep 2 cores busy (throughput).
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Option<Vec<usize>>,
     /// Concurrent clients sending batches of 100 [full 32, quick 8].
     #[arg(long)]
     pub batch_clients: Option<usize>,
+    /// Records produced one at a time straight to the broker, to time its acknowledgement [full 500,
+    /// quick 100].
+    #[arg(long)]
+    pub broker_acks: Option<usize>,
     /// Events per batch request.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
@@ -131,7 +139,9 @@ pub enum Phase {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Sizes {
     pub mode: &'static str,
-    pub clients: usize,
+    /// Clients of the single-event runs, fewest first.
+    pub clients: Vec<usize>,
+    pub broker_acks: usize,
     pub batch_clients: usize,
     pub batch_size: usize,
     pub ingest_secs: f64,
@@ -167,9 +177,27 @@ impl Sizes {
             cli.batch_size >= 1 && cli.e2e_batch >= 1,
             "batch sizes must be at least 1"
         );
+        let mut clients = cli.clients.clone().unwrap_or_else(|| {
+            if quick {
+                vec![16, 32]
+            } else {
+                vec![16, 64, 256]
+            }
+        });
+        clients.retain(|&c| c > 0);
+        clients.sort_unstable();
+        clients.dedup();
+        anyhow::ensure!(
+            !clients.is_empty(),
+            "--clients needs at least one number above 0"
+        );
         Ok(Sizes {
             mode: if quick { "quick" } else { "full" },
-            clients: cli.clients.unwrap_or(if quick { 32 } else { 256 }).max(1),
+            clients,
+            broker_acks: cli
+                .broker_acks
+                .unwrap_or(if quick { 100 } else { 500 })
+                .max(1),
             batch_clients: cli
                 .batch_clients
                 .unwrap_or(if quick { 8 } else { 32 })

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::cpu;
 use crate::e2e::E2eResults;
-use crate::ingest::IngestResults;
+use crate::ingest::{ingest_cpu_us_per_request, IngestResults};
 use crate::load::Latency;
 use crate::queries::QueryResults;
 use crate::writer::WriterResults;
@@ -24,6 +24,10 @@ pub const TARGET_E2E_P99_MS: f64 = 1_000.0;
 pub const TARGET_WRITER_COPY_RATIO: f64 = 0.70;
 pub const TARGET_DEEP_P99_MS: f64 = 20.0;
 pub const TARGET_DEEP_FIRST_RATIO: f64 = 2.0;
+/// Issue #18: single events at 16 clients, and the ingest-api's CPU per single-event request.
+pub const TARGET_SINGLE_C16_P50_MS: f64 = 1.0;
+pub const TARGET_SINGLE_C16_EVENTS_PER_S: f64 = 10_000.0;
+pub const TARGET_INGEST_CPU_US_PER_REQUEST: f64 = 20.0;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -112,12 +116,21 @@ impl Results {
         let e2e = self.e2e.as_ref();
         let writer = self.writer.as_ref();
         let queries = self.queries.as_ref();
+        let c16 = ingest.and_then(|i| i.single_with(16));
+        let c64 = ingest.and_then(|i| i.single_with(64));
         json!({
             "mode": self.sizes.mode,
             "phases": self.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
-            "ingest_single_events_per_s": ingest.map(|i| i.single.events_per_s),
-            "ingest_single_p50_ms": ingest.map(|i| i.single.latency.p50_ms),
-            "ingest_single_p99_ms": ingest.map(|i| i.single.latency.p99_ms),
+            "ingest_single_events_per_s": ingest.map(|i| i.single().events_per_s),
+            "ingest_single_p50_ms": ingest.map(|i| i.single().latency.p50_ms),
+            "ingest_single_p99_ms": ingest.map(|i| i.single().latency.p99_ms),
+            "ingest_single_c16_events_per_s": c16.map(|o| o.events_per_s),
+            "ingest_single_c16_p50_ms": c16.map(|o| o.latency.p50_ms),
+            "ingest_single_c16_p99_ms": c16.map(|o| o.latency.p99_ms),
+            "ingest_single_c64_events_per_s": c64.map(|o| o.events_per_s),
+            "ingest_single_c64_p50_ms": c64.map(|o| o.latency.p50_ms),
+            "ingest_cpu_us_per_request": ingest.and_then(|i| ingest_cpu_us_per_request(i.single())),
+            "broker_ack_p50_ms": ingest.map(|i| i.broker_ack.p50_ms),
             "ingest_batch_events_per_s": ingest.map(|i| i.batch.events_per_s),
             "ingest_batch_p50_ms": ingest.map(|i| i.batch.latency.p50_ms),
             "ingest_batch_p99_ms": ingest.map(|i| i.batch.latency.p99_ms),
@@ -142,6 +155,9 @@ impl Results {
             "query_two_field_sort_p99_ms": queries.map(|q| q.two_field_sort.p99_ms),
             "peak_rss_mb": self.peak_rss_mb,
             "targets": {
+                "ingest_single_c16_p50_ms": TARGET_SINGLE_C16_P50_MS,
+                "ingest_single_c16_events_per_s": TARGET_SINGLE_C16_EVENTS_PER_S,
+                "ingest_cpu_us_per_request": TARGET_INGEST_CPU_US_PER_REQUEST,
                 "ingest_batch_events_per_s": TARGET_BATCH_EVENTS_PER_S,
                 "e2e_p99_ms": TARGET_E2E_P99_MS,
                 "writer_copy_ratio": TARGET_WRITER_COPY_RATIO,
@@ -202,6 +218,11 @@ fn percentiles(l: &Latency) -> String {
     format!("p50 {} · p99 {}", millis(l.p50_ms), millis(l.p99_ms))
 }
 
+/// `p50 1.23 ms · p99 4.56 ms`, for progress lines.
+pub fn percentiles_text(l: &Latency) -> String {
+    percentiles(l)
+}
+
 /// Whether a target is met; quick sizes are not the targets' conditions, so they get no verdict.
 fn verdict(quick: bool, met: bool) -> &'static str {
     match (quick, met) {
@@ -234,15 +255,56 @@ pub fn markdown(results: &Results) -> String {
     };
     if let Some(i) = &results.ingest {
         row(
-            format!("Ingest, single events ({} clients)", i.single.clients),
+            "Broker acknowledgement, one record at a time (no HTTP, `linger.ms` 0)".to_owned(),
             format!(
-                "{} events/s · {}",
-                thousands(i.single.events_per_s),
-                percentiles(&i.single.latency)
+                "{} ({} records)",
+                percentiles(&i.broker_ack),
+                i.broker_ack.samples
             ),
-            "as high as actix + rdkafka allow",
+            "",
             "",
         );
+        let linger = i
+            .linger_ms
+            .as_deref()
+            .map_or_else(String::new, |l| format!(", `linger.ms` {l}"));
+        for single in &i.singles {
+            let (target, status) = if single.clients == 16 {
+                (
+                    "p50 ≤ 1 ms, ≥ 10,000 events/s",
+                    verdict(
+                        quick,
+                        single.latency.p50_ms <= TARGET_SINGLE_C16_P50_MS
+                            && single.events_per_s >= TARGET_SINGLE_C16_EVENTS_PER_S,
+                    ),
+                )
+            } else if single.clients == i.single().clients {
+                ("as high as actix + rdkafka allow", "")
+            } else {
+                ("", "")
+            };
+            row(
+                format!("Ingest, single events ({} clients{linger})", single.clients),
+                format!(
+                    "{} events/s · {}",
+                    thousands(single.events_per_s),
+                    percentiles(&single.latency)
+                ),
+                target,
+                status,
+            );
+        }
+        if let Some(us) = ingest_cpu_us_per_request(i.single()) {
+            row(
+                format!(
+                    "Ingest-api CPU per single-event request ({} clients)",
+                    i.single().clients
+                ),
+                format!("{us:.1} µs"),
+                "≤ 20 µs",
+                verdict(quick, us <= TARGET_INGEST_CPU_US_PER_REQUEST),
+            );
+        }
         row(
             format!(
                 "Ingest, batches of {} ({} clients)",
@@ -393,7 +455,12 @@ pub fn markdown(results: &Results) -> String {
 
     let mut cpu_rows: Vec<(String, &cpu::Usage)> = Vec::new();
     if let Some(i) = &results.ingest {
-        cpu_rows.push(("Ingest, single events".into(), &i.single.cpu));
+        for single in &i.singles {
+            cpu_rows.push((
+                format!("Ingest, single events ({} clients)", single.clients),
+                &single.cpu,
+            ));
+        }
         cpu_rows.push(("Ingest, batches".into(), &i.batch.cpu));
     }
     if let Some(e) = &results.e2e {
@@ -447,6 +514,9 @@ mod tests {
         let value = results.to_json();
         for key in [
             "ingest_single_events_per_s",
+            "ingest_single_c16_events_per_s",
+            "ingest_single_c16_p50_ms",
+            "ingest_cpu_us_per_request",
             "ingest_batch_events_per_s",
             "e2e_p50_ms",
             "e2e_p99_ms",
