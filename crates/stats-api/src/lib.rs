@@ -13,6 +13,7 @@
 //! `default_transaction_read_only` on (a read replica in production).
 
 mod aggregate;
+mod compat;
 pub mod db;
 pub mod dead_letters;
 mod error;

@@ -74,6 +74,29 @@ pub async fn fetch_page(
     Ok(page)
 }
 
+/// Runs the page query of `plan` (at most `plan.limit + 1` events) and hands each row to `on_event`
+/// until it breaks; returns how many rows it was handed. For answers whose rows are not events (the
+/// EventGate form's one row per job, `crate::compat::eventgate`): the caller does its own cutting.
+pub async fn stream_page(
+    pool: &PgPool,
+    topic: &str,
+    plan: &QueryPlan,
+    mut on_event: impl FnMut(&RawEvent) -> std::ops::ControlFlow<()>,
+) -> Result<usize, StoreError> {
+    let parts = page_sql(topic, plan);
+    let conn = pool.get().await?;
+    let rows = conn.query_typed_raw(&parts.sql, parts.params()).await?;
+    pin_mut!(rows);
+    let mut seen = 0;
+    while let Some(row) = rows.try_next().await? {
+        seen += 1;
+        if on_event(&raw_event(&row)?).is_break() {
+            break;
+        }
+    }
+    Ok(seen)
+}
+
 /// A row of the page query (`id, topic, received_at, producer, payload`), the payload as text.
 fn raw_event(row: &tokio_postgres::Row) -> Result<RawEvent<'_>, StoreError> {
     let decode = |e: tokio_postgres::Error| StoreError::Decode(e.to_string());
