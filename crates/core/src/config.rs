@@ -469,6 +469,10 @@ pub struct WriterConfig {
     /// The server-side `lock_timeout` of the writer's statements: a lock held on `events` longer than
     /// this fails the write with a lock timeout (55P03), which is retried, never parked. 0: wait forever.
     pub lock_timeout_ms: u64,
+    /// How long the commit log a live tail reads (`event_commits`, a row per batch and topic) is kept;
+    /// the writers delete older rows. A tail cannot resume (`Last-Event-ID`) from a position older than
+    /// this; the stats-api refuses such a position instead of skipping what was pruned.
+    pub commit_log_retention_ms: u64,
 }
 
 impl Default for WriterConfig {
@@ -489,6 +493,7 @@ impl Default for WriterConfig {
             // librdkafka's default.
             max_poll_interval_ms: 300_000,
             lock_timeout_ms: 10_000,
+            commit_log_retention_ms: 86_400_000,
         }
     }
 }
@@ -608,6 +613,20 @@ pub struct StatsConfig {
     /// An export whose client does not take the next piece of the body within this time is dropped:
     /// the connection is aborted and what was buffered for it is freed.
     pub export_send_timeout_ms: u64,
+    /// A live tail (`GET /stats/{topic}/tail`) looks for newly committed events at least this often,
+    /// also when no notification of the writers' commits arrives (a read replica does not relay
+    /// `NOTIFY`): the tail's latency on a replica.
+    pub tail_poll_ms: u64,
+    /// A tail sends a comment (and its position) when it has sent nothing for this long, so proxies
+    /// and clients can tell an idle stream from a dead one.
+    pub tail_heartbeat_ms: u64,
+    /// Live tails one user may hold open on this instance; one more is answered 429.
+    pub tail_max_streams_per_user: u32,
+    /// Live tails this instance serves at once, all users together; one more is answered 429.
+    pub tail_max_streams: u32,
+    /// A tail whose client does not take the next piece within this time is dropped with a last
+    /// `event: error` (`slow_consumer`); what was buffered for it is freed.
+    pub tail_send_timeout_ms: u64,
     pub workers: Option<usize>,
 }
 
@@ -626,6 +645,11 @@ impl Default for StatsConfig {
             export_max_rows: 1_000_000,
             export_max_ms: 600_000,
             export_send_timeout_ms: 30_000,
+            tail_poll_ms: 1_000,
+            tail_heartbeat_ms: 15_000,
+            tail_max_streams_per_user: 4,
+            tail_max_streams: 256,
+            tail_send_timeout_ms: 10_000,
             workers: None,
         }
     }

@@ -7,7 +7,9 @@ use diesel::pg::Pg;
 use diesel::QueryDsl;
 use tokio_postgres::NoTls;
 
-use eventgate_core::db::schema::{alert_state, dead_letters, events, writer_runs};
+use eventgate_core::db::schema::{
+    alert_state, dead_letters, event_commits, events, topic_watermarks, writer_runs,
+};
 
 /// The column names of a diesel table, as diesel writes them in a `SELECT` of all its columns.
 macro_rules! diesel_columns {
@@ -91,6 +93,27 @@ fn declared() -> Vec<(&'static str, Vec<String>, Vec<Column>)> {
                 ("active", "boolean", false),
                 ("since", TZ, true),
                 ("last_alert", TZ, true),
+            ],
+        ),
+        (
+            "topic_watermarks",
+            diesel_columns!(topic_watermarks),
+            vec![
+                ("topic", "text", false),
+                ("newest_event_at", TZ, false),
+                ("stored_at", TZ, false),
+            ],
+        ),
+        (
+            "event_commits",
+            diesel_columns!(event_commits),
+            vec![
+                ("topic", "text", false),
+                ("xact_id", "bigint", false),
+                ("oldest_received_at", TZ, false),
+                ("newest_received_at", TZ, false),
+                ("events", "integer", false),
+                ("committed_at", TZ, false),
             ],
         ),
     ]

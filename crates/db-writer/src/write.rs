@@ -55,7 +55,15 @@ pub(crate) struct BatchStore {
     pub metrics: Arc<WriterMetrics>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// `writer.commit_log_retention_ms`: older rows of the tail's commit log are deleted.
+    pub commit_log_retention_ms: u64,
+    /// When the commit log was last pruned (at most once per [`PRUNE_EVERY`]).
+    pub last_prune: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How often a writer prunes the commit log, after a batch (every writer does: the deletes are
+/// idempotent and short).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl BatchStore {
     pub fn new(
@@ -70,6 +78,8 @@ impl BatchStore {
             metrics,
             retry_initial: Duration::from_millis(config.retry_initial_ms),
             retry_max: Duration::from_millis(config.retry_max_ms),
+            commit_log_retention_ms: config.commit_log_retention_ms,
+            last_prune: std::sync::Mutex::new(None),
         }
     }
 
@@ -122,7 +132,29 @@ impl BatchStore {
         self.alerts.dead_letters(&newly_parked);
         self.metrics
             .record_flush(batch.len(), written, started.elapsed());
+        self.prune_commit_log().await;
         true
+    }
+
+    /// Deletes the commit log's expired rows when a minute has passed since the last time. Outside the
+    /// batch's transaction; a failure is only logged (the rows wait for the next time).
+    async fn prune_commit_log(&self) {
+        {
+            let mut last = self.last_prune.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let pruned = match self.pool.get().await {
+            Ok(conn) => db::prune_commit_log(&conn, self.commit_log_retention_ms).await,
+            Err(error) => Err(error.into()),
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(rows) => tracing::debug!(rows, "commit log pruned"),
+            Err(error) => tracing::warn!(%error, "commit log not pruned; will retry"),
+        }
     }
 
     /// One attempt at writing the batch; an error is one to retry later. When the database refuses data

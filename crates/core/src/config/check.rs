@@ -180,6 +180,32 @@ impl Config {
             c.stats.export_send_timeout_ms,
             1..=3_600_000,
         )?;
+        in_range("stats.tail_poll_ms", c.stats.tail_poll_ms, 10..=600_000)?;
+        in_range(
+            "stats.tail_heartbeat_ms",
+            c.stats.tail_heartbeat_ms,
+            100..=3_600_000,
+        )?;
+        in_range(
+            "stats.tail_max_streams_per_user",
+            c.stats.tail_max_streams_per_user,
+            1..=100_000,
+        )?;
+        in_range(
+            "stats.tail_max_streams",
+            c.stats.tail_max_streams,
+            1..=100_000,
+        )?;
+        in_range(
+            "stats.tail_send_timeout_ms",
+            c.stats.tail_send_timeout_ms,
+            1..=3_600_000,
+        )?;
+        in_range(
+            "writer.commit_log_retention_ms",
+            c.writer.commit_log_retention_ms,
+            60_000..=365 * DAY_MS,
+        )?;
         if let Some(workers) = c.stats.workers {
             in_range("stats.workers", workers, 1..=1024)?;
         }

@@ -56,4 +56,33 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(events, dead_letters, writer_runs, alert_state);
+diesel::table! {
+    /// Per topic: the newest `received_at` stored and when the last batch of it was stored (freshness).
+    topic_watermarks (topic) {
+        topic -> Text,
+        newest_event_at -> Timestamptz,
+        stored_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// The commit log a live tail follows: one row per batch transaction and topic.
+    event_commits (topic, xact_id) {
+        topic -> Text,
+        /// The batch transaction's `pg_current_xact_id()`, the `xmin` of its rows.
+        xact_id -> BigInt,
+        oldest_received_at -> Timestamptz,
+        newest_received_at -> Timestamptz,
+        events -> Integer,
+        committed_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    events,
+    dead_letters,
+    writer_runs,
+    alert_state,
+    topic_watermarks,
+    event_commits
+);

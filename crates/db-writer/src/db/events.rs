@@ -14,7 +14,7 @@
 //! dead letter in the same transaction. A Kafka redelivery carries the same payload and is no conflict;
 //! `received_at` is not compared (every HTTP retry has its own).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use time::OffsetDateTime;
 use tokio_postgres::types::{IsNull, ToSql, Type};
@@ -139,6 +139,34 @@ const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (topic, kafka_topic,
      ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING \
      RETURNING kafka_topic, kafka_partition, kafka_offset";
 
+/// The batch's commit, per topic, in the batch's transaction (one statement, whatever the number of
+/// rows): the topic's watermark (newest `received_at` stored, when), a row of the commit log a live tail
+/// follows (this transaction's id, which is also the `xmin` of its rows, and the received-at range that
+/// finds them; migration `2025-03-01-000000_topic_watermarks`), and a `NOTIFY eventgate_events` with the
+/// topic, delivered to listening stats-apis when the transaction commits. Watermarks are upserted in
+/// topic order ($1 is sorted), so two writers' batches lock them in the same order and never deadlock.
+const RECORD_COMMIT: &str = "WITH batch AS ( \
+       SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[]) \
+       AS b (topic, oldest, newest, events)), \
+     marks AS ( \
+       INSERT INTO topic_watermarks AS w (topic, newest_event_at, stored_at) \
+       SELECT topic, newest, clock_timestamp() FROM batch ORDER BY topic \
+       ON CONFLICT (topic) DO UPDATE SET \
+         newest_event_at = GREATEST(w.newest_event_at, EXCLUDED.newest_event_at), \
+         stored_at = GREATEST(w.stored_at, EXCLUDED.stored_at)), \
+     commits AS ( \
+       INSERT INTO event_commits (topic, xact_id, oldest_received_at, newest_received_at, events) \
+       SELECT topic, pg_current_xact_id()::text::bigint, oldest, newest, events FROM batch) \
+     SELECT count(pg_notify('eventgate_events', topic)) FROM batch";
+
+/// The channel of [`RECORD_COMMIT`]'s notifications (the payload is the topic).
+pub const COMMIT_CHANNEL: &str = "eventgate_events";
+
+/// The commit log's rows older than `retention_ms` (at most 10,000 per call, so one call is short).
+const PRUNE_COMMITS: &str = "DELETE FROM event_commits WHERE ctid = ANY(ARRAY( \
+       SELECT ctid FROM event_commits \
+       WHERE committed_at < clock_timestamp() - $1::bigint * interval '1 millisecond' LIMIT 10000))";
+
 /// JSON text sent as a `jsonb` parameter: binary `jsonb` is a version byte (1) and the text, which
 /// Postgres parses as it would parse the text of a `serde_json::Value`.
 #[derive(Debug)]
@@ -252,8 +280,53 @@ pub async fn insert_batch(
         conflicts.retain(|dead| parked.contains(&dead.key()));
         written.conflicts = conflicts;
     }
+    // Last, so the watermark rows are locked only for the commit itself (a topic's batches from two
+    // writers queue here, not for their whole insert).
+    if !events.is_empty() {
+        record_commit(&transaction, events).await?;
+    }
     transaction.commit().await?;
     Ok(written)
+}
+
+/// Runs [`RECORD_COMMIT`] for the batch's topics: per topic its oldest and newest `received_at` and its
+/// number of events, sorted by topic.
+async fn record_commit(transaction: &Transaction<'_>, events: &[&Envelope]) -> Result<(), DbError> {
+    let mut per_topic: BTreeMap<&str, (OffsetDateTime, OffsetDateTime, i32)> = BTreeMap::new();
+    for event in events {
+        let entry = per_topic.entry(event.topic.as_str()).or_insert((
+            event.received_at,
+            event.received_at,
+            0,
+        ));
+        entry.0 = entry.0.min(event.received_at);
+        entry.1 = entry.1.max(event.received_at);
+        entry.2 = entry.2.saturating_add(1);
+    }
+    let topics: Vec<&str> = per_topic.keys().copied().collect();
+    let oldest: Vec<OffsetDateTime> = per_topic.values().map(|v| v.0).collect();
+    let newest: Vec<OffsetDateTime> = per_topic.values().map(|v| v.1).collect();
+    let counts: Vec<i32> = per_topic.values().map(|v| v.2).collect();
+    transaction
+        .query_typed(
+            RECORD_COMMIT,
+            &[
+                (&topics, Type::TEXT_ARRAY),
+                (&oldest, Type::TIMESTAMPTZ_ARRAY),
+                (&newest, Type::TIMESTAMPTZ_ARRAY),
+                (&counts, Type::INT4_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes commit-log rows older than `retention_ms` (a batch of them); returns how many went.
+pub async fn prune_commit_log(conn: &Client, retention_ms: u64) -> Result<u64, DbError> {
+    let retention = i64::try_from(retention_ms).unwrap_or(i64::MAX);
+    Ok(conn
+        .execute_typed(PRUNE_COMMITS, &[(&retention, Type::INT8)])
+        .await?)
 }
 
 /// The indexes of the batch's rows the insert skipped, given the keys it `RETURNING`ed: a key inserted
