@@ -348,6 +348,28 @@ async fn eventgate_own_stats_body_answers_one_row_per_job() {
         .expect("a string cursor")
         .to_owned();
 
+    // The answer is the served document's `EventGatePage` (its `$ref`s resolved in the document).
+    let document: Value = system
+        .http
+        .get(format!("{}/openapi.json", system.stats_url))
+        .send()
+        .await
+        .expect("stats-api answers")
+        .json()
+        .await
+        .expect("the OpenAPI document");
+    let schema =
+        json!({"$ref": "#/components/schemas/EventGatePage", "components": document["components"]});
+    let eventgate_page = jsonschema::validator_for(&schema).expect("a schema");
+    let conforms = |answer: &Value| {
+        let errors: Vec<String> = eventgate_page
+            .iter_errors(answer)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}: {answer}");
+    };
+    conforms(&first);
+
     // A row: EventGate's columns and computed members exactly, then ours (`id`, `job_index`).
     let run_c = &runs[2];
     let c_start = jan_1_2024 + 19 * day;
@@ -381,6 +403,12 @@ async fn eventgate_own_stats_body_answers_one_row_per_job() {
         "{second}"
     );
     assert_eq!(second["data"][1]["run_status"], json!("no data received"));
+    conforms(&second);
+    // Not a page of events: the two shapes are told apart by the document too.
+    let query_page =
+        json!({"$ref": "#/components/schemas/QueryPage", "components": document["components"]});
+    let query_page = jsonschema::validator_for(&query_page).expect("a schema");
+    assert!(!query_page.is_valid(&first), "{first}");
     assert_eq!(
         second["pagination"],
         json!({"cursor": null, "has_more": false, "limit": 4})

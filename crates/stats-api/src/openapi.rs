@@ -15,7 +15,8 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::schema::{AnyOfBuilder, Schema};
+use utoipa::openapi::{OpenApi as Document, Ref, RefOr};
 use utoipa::{OpenApi, ToSchema};
 
 #[derive(OpenApi)]
@@ -173,6 +174,141 @@ pub struct QueryPage {
     /// With `page`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<PageMetadata>,
+}
+
+/// AbsaOSS/EventGate's stats request, answered in its shape (`EventGatePage`): the runs whose
+/// `timestamp_start` lies in the window, one row per job. Told from a query by `timestamp_start` or
+/// `timestamp_end` at the top (or an `eg.` cursor) and none of the query's own keys; only topics of
+/// runs (a time field `timestamp_start` and an array `jobs`) take it, others answer 400 at `topic`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"timestamp_start": 1_704_067_200_000_i64, "timestamp_end": 1_706_745_600_000_i64,
+    "cursor": null, "limit": 50}))]
+pub struct EventGateStatsBody {
+    /// Start of the window, epoch milliseconds, inclusive (default: 7 days ago, or the cursor's).
+    pub timestamp_start: Option<i64>,
+    /// End of the window, epoch milliseconds, inclusive (default: now, or the cursor's).
+    pub timestamp_end: Option<i64>,
+    /// The string `pagination.cursor` of the previous page (EventGate's integer `internal_id` is a 400).
+    pub cursor: Option<String>,
+    /// Rows (jobs) per page; more than `stats.max_limit` is that maximum, as EventGate clamps.
+    #[schema(minimum = 1)]
+    pub limit: Option<u64>,
+}
+
+/// One job of a run, with its run's members, as EventGate's stats answer it. The members EventGate
+/// reads from its tables are the event's values as sent (null when absent).
+#[derive(Serialize, ToSchema)]
+pub struct EventGateRow {
+    pub event_id: serde_json::Value,
+    pub job_ref: serde_json::Value,
+    pub tenant_id: serde_json::Value,
+    pub source_app: serde_json::Value,
+    pub source_app_version: serde_json::Value,
+    pub environment: serde_json::Value,
+    /// The run's `timestamp_start`.
+    pub run_timestamp_start: serde_json::Value,
+    /// The run's `timestamp_end`.
+    pub run_timestamp_end: serde_json::Value,
+    /// Always null: jobs have no id of their own here (`id` and `job_index` say which job it is).
+    pub internal_id: Option<i64>,
+    pub country: serde_json::Value,
+    pub catalog_id: serde_json::Value,
+    pub status: serde_json::Value,
+    /// The job's.
+    pub timestamp_start: serde_json::Value,
+    /// The job's.
+    pub timestamp_end: serde_json::Value,
+    pub message: serde_json::Value,
+    pub additional_info: serde_json::Value,
+    /// The run's start date, `DD-MM-YYYY` (UTC).
+    pub run_date: Option<String>,
+    /// `succeeded`, `failed`, `no data received` or `no data produced`.
+    pub run_status: String,
+    /// `tenant_id` in lower case.
+    pub formatted_tenant: String,
+    /// The job's end minus its start, in milliseconds.
+    pub elapsed_time: Option<i64>,
+    /// The job's start, `YYYY-MM-DD HH:MM:SS` (UTC).
+    pub start_time: Option<String>,
+    /// The job's end, `YYYY-MM-DD HH:MM:SS` (UTC).
+    pub end_time: Option<String>,
+    /// The stored event (the run): `GET /stats/{topic}/events/{id}`.
+    pub id: uuid::Uuid,
+    /// The job's position in the run's `jobs`.
+    pub job_index: u64,
+}
+
+/// Where EventGate's page ends.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventGatePagination {
+    /// Pass it back (with the same window, or none) for the next page; `null` on the last one.
+    pub cursor: Option<String>,
+    pub has_more: bool,
+    pub limit: u64,
+}
+
+/// A page of EventGate's stats: one row per job, newest run first, a run's jobs last first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventGatePage {
+    pub success: bool,
+    pub status_code: u16,
+    pub data: Vec<EventGateRow>,
+    pub pagination: EventGatePagination,
+}
+
+/// A schema that is any of two named ones (`$ref`s), registered with their own references.
+fn any_of<A: ToSchema, B: ToSchema>(description: &str) -> RefOr<Schema> {
+    AnyOfBuilder::new()
+        .item(Ref::from_schema_name(A::name()))
+        .item(Ref::from_schema_name(B::name()))
+        .description(Some(description))
+        .into()
+}
+
+fn register<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+    schemas.push((T::name().into_owned(), T::schema()));
+    T::schemas(schemas);
+}
+
+/// The body of `POST /stats/{topic}`: a query, or EventGate's stats request. (Any of, not one of: a
+/// body with only `cursor` and `limit` fits both schemas; the cursor's `eg.` prefix tells them apart.)
+pub struct StatsBody;
+
+impl utoipa::PartialSchema for StatsBody {
+    fn schema() -> RefOr<Schema> {
+        any_of::<QueryBody, EventGateStatsBody>(
+            "A query, or EventGate's stats request (`timestamp_start`/`timestamp_end` at the top).",
+        )
+    }
+}
+
+impl ToSchema for StatsBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        register::<QueryBody>(schemas);
+        register::<EventGateStatsBody>(schemas);
+    }
+}
+
+/// The answer of `POST /stats/{topic}`: a page of events, or EventGate's page of jobs. (Any of: an
+/// empty page fits both.)
+pub struct StatsAnswer;
+
+impl utoipa::PartialSchema for StatsAnswer {
+    fn schema() -> RefOr<Schema> {
+        any_of::<QueryPage, EventGatePage>(
+            "A page of events; EventGate's request is answered with EventGate's page of jobs.",
+        )
+    }
+}
+
+impl ToSchema for StatsAnswer {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        register::<QueryPage>(schemas);
+        register::<EventGatePage>(schemas);
+    }
 }
 
 /// A field a topic's events can be filtered and sorted by.

@@ -98,11 +98,14 @@ pub(crate) fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>
         with a cursor for the next page. A reader with field restrictions sees only the events they \
         allow. Answers as soon as the rows arrive, up to `limit` events or `stats.max_page_bytes`.",
     params(("topic" = String, Path, description = "The topic's name.")),
-    request_body(content = crate::openapi::QueryBody, content_type = "application/json",
-                 description = "An empty body is `{}`: the first page of every event."),
+    request_body(content = crate::openapi::StatsBody, content_type = "application/json",
+                 description = "An empty body is `{}`: the first page of every event. EventGate's \
+                    stats request (`timestamp_start`/`timestamp_end` at the top) is answered in \
+                    EventGate's shape, one row per job."),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of events.", body = crate::openapi::QueryPage),
+        (status = 200, description = "A page of events (EventGate's request: a page of jobs).",
+         body = crate::openapi::StatsAnswer),
         (status = 400, response = eventgate_core::http::openapi::BadRequest),
         (status = 401, response = eventgate_core::http::openapi::Unauthorized),
         (status = 403, response = eventgate_core::http::openapi::Forbidden),
