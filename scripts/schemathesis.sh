@@ -2,7 +2,7 @@
 # Installs schemathesis (PyPI), pinned in scripts/schemathesis-requirements.txt, into its own venv
 # ${XDG_CACHE_HOME:-~/.cache}/eventgate/schemathesis/venv (python3-venv from Debian when `python3 -m venv`
 # is not available; never the system Python), and prints the path of its `schemathesis` binary.
-# `make test` (scripts/test.sh) exports it as EVENTGATE_SCHEMATHESIS for crates/e2e/tests/openapi.rs.
+# `make test` (scripts/test.sh) exports it as EVENTGATE_TEST_SCHEMATHESIS for crates/e2e/tests/openapi.rs.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -88,8 +88,8 @@ if ! locale -a 2>/dev/null | grep -qiE '^de_DE\.utf-?8$'; then
 fi
 
 # crates/e2e/tests/openapi.rs runs schemathesis (PyPI) against both APIs: a venv of its own.
-EVENTGATE_SCHEMATHESIS=$(bash scripts/schemathesis.sh)
-export EVENTGATE_SCHEMATHESIS
+EVENTGATE_TEST_SCHEMATHESIS=$(bash scripts/schemathesis.sh)
+export EVENTGATE_TEST_SCHEMATHESIS
 
 for leftover in "$ROOT"/target/test-stack/make-test "$ROOT"/target/test-stack/make-test-*; do
     [[ -d $leftover ]] || continue

@@ -1,5 +1,5 @@
 //! The OpenAPI documents against the running APIs: schemathesis (PyPI, installed by
-//! `scripts/schemathesis.sh`, its path in `EVENTGATE_SCHEMATHESIS`; `make test` exports it) generates
+//! `scripts/schemathesis.sh`, its path in `EVENTGATE_TEST_SCHEMATHESIS`; `make test` exports it) generates
 //! requests from each API's `/openapi.json` and sends them with a valid token; the test fails when it
 //! finds a 5xx or an answer the document does not describe (its configuration:
 //! `crates/e2e/schemathesis.toml`). Also: the document and its page are served, self-contained.
@@ -11,10 +11,10 @@ use eventgate_test_support::token;
 use serde_json::{json, Value};
 
 fn schemathesis() -> std::path::PathBuf {
-    std::env::var_os("EVENTGATE_SCHEMATHESIS")
+    std::env::var_os("EVENTGATE_TEST_SCHEMATHESIS")
         .map(Into::into)
         .expect(
-        "EVENTGATE_SCHEMATHESIS must name the schemathesis binary: `bash scripts/schemathesis.sh` \
+        "EVENTGATE_TEST_SCHEMATHESIS must name the schemathesis binary: `bash scripts/schemathesis.sh` \
              installs it and prints its path (make test exports it)",
     )
 }
