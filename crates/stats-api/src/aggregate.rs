@@ -55,6 +55,7 @@ pub(crate) async fn post_aggregate(
             &AggregateLimits::default(),
             &restrictions,
         )?;
+        let freshness = crate::freshness::current(&state, &topic.name).await;
         let slot = state.slot(&reader.principal.user)?;
         if let Some(bucketing) = plan.interval.as_mut() {
             bucketing.time_zone = resolve_time_zone(&state, &bucketing.time_zone).await?;
@@ -76,7 +77,15 @@ pub(crate) async fn post_aggregate(
         answer.insert("success".to_owned(), true.into());
         answer.insert("statusCode".to_owned(), 200.into());
         answer.extend(plan.to_json(&result));
-        Ok(HttpResponse::Ok().json(answer))
+        answer.insert(
+            "freshness".to_owned(),
+            crate::freshness::json_member(freshness.as_ref()),
+        );
+        let mut response = HttpResponse::Ok().json(answer);
+        if let Some(freshness) = &freshness {
+            freshness.apply(&mut response);
+        }
+        Ok(response)
     }
     .await;
     state

@@ -136,6 +136,7 @@ pub(crate) async fn export(
         &state.cursor_key,
         &restrictions,
     )?;
+    let freshness = crate::freshness::current(&state, &topic.name).await;
     let slot = state.slot(&reader.principal.user)?;
     // The time cap counts from here: the first batch is part of the export.
     let started = Instant::now();
@@ -173,7 +174,7 @@ pub(crate) async fn export(
         Format::Ndjson => ("application/x-ndjson", "ndjson"),
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
     };
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok()
         .content_type(content_type)
         .insert_header(ContentDisposition {
             disposition: DispositionType::Attachment,
@@ -182,7 +183,12 @@ pub(crate) async fn export(
                 file_stem(topic)
             ))],
         })
-        .streaming(body))
+        .streaming(body);
+    // How current the export is when it starts (its body has no room for metadata).
+    if let Some(freshness) = &freshness {
+        freshness.apply(&mut response);
+    }
+    Ok(response)
 }
 
 /// Rows of the next batch: at most [`BATCH_ROWS`], and no more than the row cap leaves.

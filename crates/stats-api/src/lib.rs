@@ -20,12 +20,14 @@ mod error;
 mod explorer;
 pub mod export;
 pub mod fair_use;
+pub mod freshness;
 mod lookup;
 pub mod metrics;
 pub mod openapi;
 pub mod raw_json;
 mod routes;
 mod status;
+pub mod tail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +56,10 @@ pub struct AppState {
     pub answers: AnswerLimits,
     /// Readiness answers 503 once a shutdown started.
     pub lifecycle: Lifecycle,
+    /// The topics' watermarks, cached (`Eventgate-Freshness`).
+    pub freshness: freshness::FreshnessCache,
+    /// Live tails: their wake-ups (one LISTEN connection) and stream permits.
+    pub tail: Arc<tail::TailHub>,
 }
 
 impl AppState {
@@ -116,6 +122,8 @@ impl Application {
         let metrics = metrics::StatsMetrics::new(&pool, config.stats.pool_size);
         eventgate_core::metrics::JwksCollector::register(&metrics.registry, gate.verifier.clone());
         let lifecycle = Lifecycle::new();
+        let tail = tail::TailHub::new(tail::TailSettings::from_config(&config), &metrics.registry);
+        tail.listen(config.stats.database_url.expose().to_owned());
         let state = Arc::new(AppState {
             request_limits: config.limits.clone(),
             pool,
@@ -125,6 +133,8 @@ impl Application {
             slots: fair_use::UserSlots::new(config.stats.max_concurrent_per_user),
             answers: AnswerLimits::from_config(&config.stats),
             lifecycle: lifecycle.clone(),
+            freshness: freshness::FreshnessCache::default(),
+            tail,
         });
         let http_metrics = state.metrics.http.clone();
         let server = ApiServer::start(

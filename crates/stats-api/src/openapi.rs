@@ -35,6 +35,7 @@ use utoipa::{OpenApi, ToSchema};
         crate::explorer::topics,
         crate::aggregate::post_aggregate,
         crate::export::export,
+        crate::tail::tail,
         crate::dead_letters::list,
         crate::lookup::lookup,
         crate::status::status,
@@ -174,6 +175,24 @@ pub struct QueryPage {
     /// With `page`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<PageMetadata>,
+    pub freshness: Option<Freshness>,
+}
+
+/// How current the answer is: the topic's watermark (also the header `Eventgate-Freshness`); null
+/// when it could not be read. Every member is null before the topic's first stored batch.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Freshness {
+    /// The newest stored event's `timestamp` (received-at).
+    #[schema(format = DateTime)]
+    pub newest_event_at: Option<String>,
+    /// When the writers last stored a batch of the topic.
+    #[schema(format = DateTime)]
+    pub stored_at: Option<String>,
+    /// Now minus `newest_event_at`, in ms.
+    pub age_ms: Option<i64>,
+    /// `stored_at` minus `newest_event_at`, in ms: how far behind the writers were at that batch.
+    pub lag_ms: Option<i64>,
 }
 
 /// AbsaOSS/EventGate's stats request, answered in its shape (`EventGatePage`): the runs whose
@@ -412,6 +431,7 @@ pub struct AggregateAnswer {
     #[serde(rename = "has_more")]
     pub has_more: bool,
     pub limit: u64,
+    pub freshness: Option<Freshness>,
 }
 
 /// One event.

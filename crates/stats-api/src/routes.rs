@@ -29,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/stats/{topic}/export",
             web::get().to(crate::export::export),
         )
+        .route("/stats/{topic}/tail", web::get().to(crate::tail::tail))
         .route("/", web::get().to(crate::explorer::page))
         .route("/explorer/{file}", web::get().to(crate::explorer::asset))
         .route(
@@ -263,6 +264,8 @@ async fn run_query(
         }
         (Err(e), _) | (_, Err(e)) => return Err(e),
     };
+    // Read before the page: the answer holds at least what the watermark says.
+    let freshness = crate::freshness::current(state, &topic.name).await;
     // `page` (audit-log's offset paging) answers `total_records`: it needs the total.
     let count = request.count.or(request.page.map(|_| CountMode::Exact));
     let slot = state.slot(&reader.principal.user)?;
@@ -312,10 +315,19 @@ async fn run_query(
         body.extend_from_slice(b",\"metadata\":");
         write_json(&mut body, &page_metadata(page, plan.limit, total.total));
     }
+    body.extend_from_slice(b",\"freshness\":");
+    write_json(
+        &mut body,
+        &crate::freshness::json_member(freshness.as_ref()),
+    );
     body.push(b'}');
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok()
         .content_type(actix_web::http::header::ContentType::json())
-        .body(body))
+        .body(body);
+    if let Some(freshness) = &freshness {
+        freshness.apply(&mut response);
+    }
+    Ok(response)
 }
 
 /// The `metadata` of offset paging, in audit-log's terms: the page, its size, the first and last page

@@ -1,7 +1,8 @@
 //! Every statement the stats-api runs, and nothing else: the SQL builder ([`query_sql`]: filters, sort,
 //! keyset), the page query ([`page`]), aggregates and the time-zone names ([`aggregate`],
 //! [`aggregate_sql`]), dead-letter listings ([`dead_letters`]), a query's total ([`count`]), what became
-//! of a producer's event ([`status`]). Handlers call these functions and never
+//! of a producer's event ([`status`]), a topic's watermark ([`freshness`]), a live tail's polls
+//! ([`tail`]). Handlers call these functions and never
 //! write SQL. Statements run on `tokio_postgres` with typed parameters; a failure is a [`StoreError`]
 //! that says why (by SQLSTATE, [`eventgate_core::db::Cause`]), and `crate::error` turns it into the HTTP
 //! answer.
@@ -10,9 +11,11 @@ pub mod aggregate;
 pub mod aggregate_sql;
 pub mod count;
 pub mod dead_letters;
+pub mod freshness;
 pub mod page;
 pub mod query_sql;
 pub mod status;
+pub mod tail;
 
 use eventgate_core::db::{Cause, DbError, PgPool};
 

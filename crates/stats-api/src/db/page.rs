@@ -98,7 +98,7 @@ pub async fn stream_page(
 }
 
 /// A row of the page query (`id, topic, received_at, producer, payload`), the payload as text.
-fn raw_event(row: &tokio_postgres::Row) -> Result<RawEvent<'_>, StoreError> {
+pub(crate) fn raw_event(row: &tokio_postgres::Row) -> Result<RawEvent<'_>, StoreError> {
     let decode = |e: tokio_postgres::Error| StoreError::Decode(e.to_string());
     Ok(RawEvent {
         id: row.try_get(0).map_err(decode)?,
