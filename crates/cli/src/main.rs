@@ -4,6 +4,7 @@
 //! - `eventgate query TOPIC --filter f=v --sort -timestamp [--all]` — a table on a terminal, else NDJSON/CSV.
 //! - `eventgate export TOPIC --format csv` — the stats-api's streamed export.
 //! - `eventgate status TOPIC ID [--wait SECS]` — what became of an event the caller sent.
+//! - `eventgate tail TOPIC [--filter f=v]` — the live tail, reconnecting with `Last-Event-ID`.
 //! - `eventgate completions bash|zsh|fish` — shell completions.
 //! - `eventgate keygen`, `token`, `migrate` — development keys and tokens, database migrations.
 //!
@@ -20,6 +21,7 @@ mod output;
 mod query;
 mod send;
 mod status;
+mod tail;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +51,8 @@ enum Command {
     Query(query::QueryArgs),
     /// Download every matching event as NDJSON or CSV, streamed.
     Export(export::ExportArgs),
+    /// Follow a topic's new events as they are stored; reconnects without losing or repeating any.
+    Tail(tail::TailArgs),
     /// What became of an event you sent: stored (exit 0), dead-lettered (1) or not found yet (4).
     Status(status::StatusArgs),
     /// Print a shell completion script (e.g. `eventgate completions bash > /etc/bash_completion.d/eventgate`).
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::Query(args) => block_on(query::run(args)),
         Command::Export(args) => block_on(export::run(args)),
         Command::Status(args) => block_on(status::run(args)),
+        Command::Tail(args) => block_on(tail::run(args)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
