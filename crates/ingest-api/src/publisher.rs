@@ -7,6 +7,14 @@
 //! acknowledged is answered so (`core::ingest::answer`), and only a failure that means the producer
 //! itself is wedged (timeouts, fencing, a lost producer id) replaces it; one event's refusal (too large,
 //! an unknown topic) does not.
+//!
+//! Two producers share the work (docs/PERFORMANCE.md, "Producer linger"): an *eager* one without a
+//! batching window (`linger.ms` 0) for single events while it has few messages outstanding, so a
+//! request that comes alone is acknowledged in about the broker's round trip instead of waiting 5 ms;
+//! and a *batching* one (`linger.ms` 5) for batches and for single events under load, so that events
+//! share produce requests and the broker's and the service's CPU per event stays low. Events of one
+//! request always go through one producer; the order between concurrent requests was never defined. A
+//! `linger.ms` in `kafka.client` means one producer with that setting.
 
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -30,9 +38,12 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::metrics::IngestMetrics;
 
 pub struct Publisher {
-    /// The producer and its generation; replaced after a failed publish (see `replace_after_failure`).
-    producer: RwLock<(u64, FutureProducer)>,
+    /// The producers and their generation; replaced after a failed publish (see
+    /// `replace_after_failure`).
+    producer: RwLock<(u64, Producers)>,
     client_config: ClientConfig,
+    /// The eager producer's configuration; `None` when `kafka.client` sets `linger.ms`.
+    eager_config: Option<ClientConfig>,
     replaced_at: Mutex<Instant>,
     kafka: KafkaConfig,
     timeout: Duration,
@@ -41,8 +52,42 @@ pub struct Publisher {
     producer_replaced: prometheus::IntCounter,
 }
 
-/// The producer's `linger.ms` unless `kafka.client` sets it.
+/// The batching producer's `linger.ms` unless `kafka.client` sets it.
 const LINGER_MS: &str = "5";
+
+/// A single event goes to the eager producer while it has fewer messages than this outstanding (queued
+/// or awaiting acknowledgement): a few producers' connections find it idle; under load it has a
+/// backlog and the rest go to the batching producer, whose batches cost the broker and librdkafka far
+/// less per event (2 and 8 measured alike; docs/PERFORMANCE.md).
+const EAGER_MAX_OUTSTANDING: i32 = 8;
+
+/// The batching producer, and the eager one unless `kafka.client` sets `linger.ms`.
+#[derive(Clone)]
+struct Producers {
+    batching: FutureProducer,
+    eager: Option<FutureProducer>,
+}
+
+impl Producers {
+    fn create(
+        config: &ClientConfig,
+        eager_config: Option<&ClientConfig>,
+    ) -> Result<Producers, KafkaError> {
+        Ok(Producers {
+            batching: config.create()?,
+            eager: eager_config.map(ClientConfig::create).transpose()?,
+        })
+    }
+
+    /// The producer for a request of `records` events: the eager one for a single event while it has
+    /// no backlog; a batch shares produce requests anyway, and pays the window once for all its events.
+    fn pick(&self, records: usize) -> &FutureProducer {
+        match &self.eager {
+            Some(eager) if records == 1 && eager.in_flight_count() < EAGER_MAX_OUTSTANDING => eager,
+            _ => &self.batching,
+        }
+    }
+}
 
 /// librdkafka's defaults of `message.max.bytes` and `batch.size`.
 const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
@@ -73,8 +118,9 @@ impl Publisher {
             .set("message.timeout.ms", &timeout_ms);
         let properties = kafka.client.properties();
         // Every request waits for its events' acknowledgement, so a batching window is latency each
-        // request pays; `kafka.client` may set another (docs/PERFORMANCE.md, "Producer linger").
-        if !properties.contains_key("linger.ms") {
+        // request pays: the batching producer's is used only under load (see `Producers::pick`).
+        let linger_configured = properties.contains_key("linger.ms");
+        if !linger_configured {
             client_config.set("linger.ms", LINGER_MS);
         }
         // The producer refuses locally a record above its message.max.bytes: room for the largest event
@@ -93,10 +139,16 @@ impl Publisher {
                 client_config.set("batch.size", limit.to_string());
             }
         }
-        let producer: FutureProducer = client_config.create()?;
+        let eager_config = (!linger_configured).then(|| {
+            let mut eager = client_config.clone();
+            eager.set("linger.ms", "0");
+            eager
+        });
+        let producers = Producers::create(&client_config, eager_config.as_ref())?;
         Ok(Publisher {
-            producer: RwLock::new((0, producer)),
+            producer: RwLock::new((0, producers)),
             client_config,
+            eager_config,
             replaced_at: Mutex::new(Instant::now()),
             kafka: kafka.clone(),
             timeout,
@@ -133,7 +185,8 @@ impl Publisher {
         span: &tracing::Span,
     ) -> Vec<Delivery> {
         let kafka_topic = self.kafka.kafka_topic(&topic.name);
-        let (generation, producer) = self.producer();
+        let (generation, producers) = self.producer();
+        let producer = producers.pick(records.len());
         let headers = if eventgate_core::telemetry::tracing_enabled() {
             let headers = eventgate_core::telemetry::kafka_context::inject(
                 OwnedHeaders::new(),
@@ -201,7 +254,7 @@ impl Publisher {
         answers
     }
 
-    fn producer(&self) -> (u64, FutureProducer) {
+    fn producer(&self) -> (u64, Producers) {
         self.producer
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -222,7 +275,7 @@ impl Publisher {
         if replaced_at.elapsed() < self.timeout {
             return;
         }
-        let fresh: FutureProducer = match self.client_config.create() {
+        let fresh = match Producers::create(&self.client_config, self.eager_config.as_ref()) {
             Ok(fresh) => fresh,
             Err(error) => {
                 tracing::error!(%error, "cannot create a new Kafka producer");
@@ -250,14 +303,19 @@ impl Publisher {
 
     /// Whether the broker answers a metadata request, for readiness.
     pub async fn check_broker(&self) -> Result<(), String> {
-        let (_, producer) = self.producer();
-        eventgate_core::kafka::broker_reachable(producer, Duration::from_secs(2)).await
+        let (_, producers) = self.producer();
+        eventgate_core::kafka::broker_reachable(producers.batching, Duration::from_secs(2)).await
     }
 
     /// Waits for queued messages to be delivered, at shutdown.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer().1.flush(timeout) {
-            tracing::warn!(%error, "producer flush at shutdown did not complete");
+        let (_, producers) = self.producer();
+        let started = Instant::now();
+        for producer in std::iter::once(&producers.batching).chain(producers.eager.as_ref()) {
+            let left = timeout.saturating_sub(started.elapsed());
+            if let Err(error) = producer.flush(left) {
+                tracing::warn!(%error, "producer flush at shutdown did not complete");
+            }
         }
     }
 }
