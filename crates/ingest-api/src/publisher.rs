@@ -8,11 +8,11 @@
 //! itself is wedged (timeouts, fencing, a lost producer id) replaces it; one event's refusal (too large,
 //! an unknown topic) does not.
 //!
-//! Two producers share the work (docs/PERFORMANCE.md, "Producer linger"): an *eager* one without a
-//! batching window (`linger.ms` 0) for single events while it has few messages outstanding, so a
-//! request that comes alone is acknowledged in about the broker's round trip instead of waiting 5 ms;
-//! and a *batching* one (`linger.ms` 5) for batches and for single events under load, so that events
-//! share produce requests and the broker's and the service's CPU per event stays low. Events of one
+//! Two producers share the work (docs/PERFORMANCE.md, "Producers that send one event at a time"): an
+//! *eager* one without a batching window (`linger.ms` 0) for single events while it has few messages
+//! outstanding, so a request that comes alone is acknowledged in about the broker's round trip instead
+//! of waiting 5 ms; and a *batching* one (`linger.ms` 5) for batches and for single events under load,
+//! so that events share produce requests and the broker's and the service's CPU per event stays low. Events of one
 //! request always go through one producer; the order between concurrent requests was never defined. A
 //! `linger.ms` in `kafka.client` means one producer with that setting.
 
