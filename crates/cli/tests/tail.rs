@@ -59,8 +59,8 @@ async fn tail_prints_new_events_in_order_and_resumes_after_a_position() {
     let last_id = run
         .stderr
         .lines()
-        .filter_map(|line| line.strip_prefix("id: "))
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("id: "))
         .expect("positions on stderr")
         .to_owned();
 
