@@ -385,6 +385,18 @@ fn refuse_paging(request: &QueryRequest) -> Result<(), ApiError> {
     }
 }
 
+/// One Server-Sent Events frame of a tail, as the document describes the stream: SSE clients (and
+/// schemathesis) check each frame against it, not the body as one string. `event` is absent for an
+/// event of the topic (`data`: the event as a query returns it), `freshness`, or `error` (the last).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // only described, never built: the frames are written as text
+pub struct SseFrame {
+    event: Option<String>,
+    data: Option<String>,
+    id: Option<String>,
+    retry: Option<u64>,
+}
+
 #[utoipa::path(
     get,
     path = "/stats/{topic}/tail",
@@ -408,7 +420,7 @@ fn refuse_paging(request: &QueryRequest) -> Result<(), ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The stream of new events.", content_type = "text/event-stream",
-         body = String),
+         body = SseFrame),
         (status = 400, response = eventgate_core::http::openapi::BadRequest),
         (status = 401, response = eventgate_core::http::openapi::Unauthorized),
         (status = 403, response = eventgate_core::http::openapi::Forbidden),
