@@ -9,13 +9,15 @@
 //! an unknown topic) does not.
 //!
 //! Two producers share the work (docs/PERFORMANCE.md, "Producers that send one event at a time"): an
-//! *eager* one without a batching window (`linger.ms` 0) for single events while it has few messages
-//! outstanding, so a request that comes alone is acknowledged in about the broker's round trip instead
-//! of waiting 5 ms; and a *batching* one (`linger.ms` 5) for batches and for single events under load,
-//! so that events share produce requests and the broker's and the service's CPU per event stays low. Events of one
+//! *eager* one without a batching window (`linger.ms` 0) for single events while few requests are
+//! publishing, so a request of a few producers' connections is acknowledged in about the broker's round
+//! trip instead of waiting 5 ms; and a *batching* one (`linger.ms` 5) for batches and for single events
+//! under load, so that events share produce requests and the broker's and the service's CPU per event
+//! stays low. Events of one
 //! request always go through one producer; the order between concurrent requests was never defined. A
 //! `linger.ms` in `kafka.client` means one producer with that setting.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,8 @@ pub struct Publisher {
     client_config: ClientConfig,
     /// The eager producer's configuration; `None` when `kafka.client` sets `linger.ms`.
     eager_config: Option<ClientConfig>,
+    /// Requests waiting for their acknowledgements now.
+    publishing: AtomicUsize,
     replaced_at: Mutex<Instant>,
     kafka: KafkaConfig,
     timeout: Duration,
@@ -55,11 +59,33 @@ pub struct Publisher {
 /// The batching producer's `linger.ms` unless `kafka.client` sets it.
 const LINGER_MS: &str = "5";
 
-/// A single event goes to the eager producer while it has fewer messages than this outstanding (queued
-/// or awaiting acknowledgement): a few producers' connections find it idle; under load it has a
-/// backlog and the rest go to the batching producer, whose batches cost the broker and librdkafka far
-/// less per event (2 and 8 measured alike; docs/PERFORMANCE.md).
+/// A single event goes to the eager producer while fewer than this many requests are waiting for
+/// their acknowledgements (through either producer). A few producers' connections never reach it;
+/// many concurrent requests do, and then share the batching producer's produce requests, which cost
+/// the broker and librdkafka far less per event: without this, 256 clients got ≈ 40 % fewer single
+/// events through on 2 cores (docs/PERFORMANCE.md). Once there, the 5 ms window keeps the count up,
+/// so the eager producer is used again only when the load falls back to about this concurrency.
+const EAGER_MAX_PUBLISHING: usize = 24;
+
+/// ...and while the eager producer has fewer messages than this outstanding (queued or awaiting
+/// acknowledgement): a slow broker makes it back up, and the batching producer takes over.
 const EAGER_MAX_OUTSTANDING: i32 = 8;
+
+/// Counts a request as publishing until dropped.
+struct Publishing<'a>(&'a AtomicUsize);
+
+impl Publishing<'_> {
+    /// Counts one more; returns how many were publishing before it.
+    fn start(count: &AtomicUsize) -> (Publishing<'_>, usize) {
+        (Publishing(count), count.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The batching producer, and the eager one unless `kafka.client` sets `linger.ms`.
 #[derive(Clone)]
@@ -79,11 +105,18 @@ impl Producers {
         })
     }
 
-    /// The producer for a request of `records` events: the eager one for a single event while it has
-    /// no backlog; a batch shares produce requests anyway, and pays the window once for all its events.
-    fn pick(&self, records: usize) -> &FutureProducer {
+    /// The producer for a request of `records` events while `publishing` other requests wait for
+    /// their acknowledgements: the eager one for a single event when few do and it has no backlog; a
+    /// batch shares produce requests anyway, and pays the window once for all its events.
+    fn pick(&self, records: usize, publishing: usize) -> &FutureProducer {
         match &self.eager {
-            Some(eager) if records == 1 && eager.in_flight_count() < EAGER_MAX_OUTSTANDING => eager,
+            Some(eager)
+                if records == 1
+                    && publishing < EAGER_MAX_PUBLISHING
+                    && eager.in_flight_count() < EAGER_MAX_OUTSTANDING =>
+            {
+                eager
+            }
             _ => &self.batching,
         }
     }
@@ -149,6 +182,7 @@ impl Publisher {
             producer: RwLock::new((0, producers)),
             client_config,
             eager_config,
+            publishing: AtomicUsize::new(0),
             replaced_at: Mutex::new(Instant::now()),
             kafka: kafka.clone(),
             timeout,
@@ -186,7 +220,8 @@ impl Publisher {
     ) -> Vec<Delivery> {
         let kafka_topic = self.kafka.kafka_topic(&topic.name);
         let (generation, producers) = self.producer();
-        let producer = producers.pick(records.len());
+        let (_publishing, others) = Publishing::start(&self.publishing);
+        let producer = producers.pick(records.len(), others);
         let headers = if eventgate_core::telemetry::tracing_enabled() {
             let headers = eventgate_core::telemetry::kafka_context::inject(
                 OwnedHeaders::new(),
