@@ -22,7 +22,7 @@
 //!   for the crash-loop check ([`runs`]).
 //!
 //! [`Application`] is the service as its binary runs it: the writer plus its health and metrics listener
-//! on `writer.listen`, stopped by SIGTERM/SIGINT.
+//! on `writer.listen`, stopped by SIGTERM/SIGINT; SIGHUP reloads the topics ([`reload`]).
 
 pub mod alerts;
 mod batch;
@@ -33,6 +33,7 @@ pub mod health;
 pub mod metrics;
 mod monitor;
 pub mod rebalance;
+pub mod reload;
 pub mod runs;
 pub mod write;
 pub mod writer;
@@ -56,12 +57,18 @@ pub struct Application {
     health: Server,
     port: u16,
     lifecycle: Lifecycle,
+    reloading: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
     /// Builds the writer (migrations when configured, pool, consumer group) and binds `writer.listen`.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let writer = Writer::build(&config).await?;
+        // Before anything else can take a while: from here on a SIGHUP reloads, never ends the writer.
+        let reloading = writer
+            .topic_reloader()
+            .reload_on_sighup()
+            .context("installing the SIGHUP handler")?;
         let lifecycle = Lifecycle::new();
         let (health, port) = health::serve(
             &config.writer.listen,
@@ -76,6 +83,7 @@ impl Application {
             health,
             port,
             lifecycle,
+            reloading,
         })
     }
 
@@ -107,6 +115,7 @@ impl Application {
                 writing.await
             }
         };
+        self.reloading.abort();
         health.stop(true).await;
         let _ = health_task.await;
         result

@@ -32,6 +32,10 @@ pub struct WriterMetrics {
     pub consumer_errors: IntCounter,
     /// Offset commits that failed after a batch was written (the batch is read again; harmless).
     pub commit_failures: IntCounter,
+    /// Topic reloads (SIGHUP), by outcome (`ok`, `failed`).
+    pub topic_reloads: IntCounterVec,
+    /// Kafka topics the consumer subscribes to.
+    pub topics_subscribed: IntGauge,
     /// Failure emails sent to the maintainers, by kind (`AlertKind::as_str`; `alerts/mailer.rs` counts them,
     /// see [`WriterMetrics::email`]).
     pub emails_sent: IntCounterVec,
@@ -118,6 +122,23 @@ impl WriterMetrics {
             "Failure emails that could not be sent, by kind",
             &["kind"],
         );
+        let topic_reloads = counter_vec(
+            &registry,
+            "eventgate_writer_topic_reloads_total",
+            "Reloads of the topics directory on SIGHUP, by outcome",
+            &["outcome"],
+        );
+        for outcome in ["ok", "failed"] {
+            topic_reloads.with_label_values(&[outcome]);
+        }
+        let topics_subscribed = IntGauge::new(
+            "eventgate_writer_topics_subscribed",
+            "Kafka topics the writer's consumer subscribes to",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(topics_subscribed.clone()))
+            .expect("metric registered once");
         // Every kind starts at 0, so `increase()` in an alert sees the first email too.
         for kind in AlertKind::ALL {
             emails_sent.with_label_values(&[kind.as_str()]);
@@ -136,6 +157,8 @@ impl WriterMetrics {
             consumer_lag,
             consumer_errors,
             commit_failures,
+            topic_reloads,
+            topics_subscribed,
             emails_sent,
             emails_failed,
         }

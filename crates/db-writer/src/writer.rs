@@ -75,6 +75,8 @@ pub struct Writer {
     alert_tasks: AlertTasks,
     alerts_config: AlertsConfig,
     instance: String,
+    /// Reads the topics again on SIGHUP and subscribes to the new ones.
+    topic_reloader: Arc<crate::reload::TopicReloader>,
 }
 
 impl Writer {
@@ -167,8 +169,15 @@ impl Writer {
             .subscribe(&topic_refs)
             .context("subscribing to topics")?;
         tracing::info!(group = %config.writer.group_id, topics = ?topics, "joined consumer group");
+        let consumer = Arc::new(consumer);
+        let topic_reloader = Arc::new(crate::reload::TopicReloader::new(
+            config.clone(),
+            consumer.clone(),
+            metrics.clone(),
+            topics.into_iter().collect(),
+        ));
         Ok(Writer {
-            consumer: Arc::new(consumer),
+            consumer,
             ownership,
             store: BatchStore::new(pool, alerts, metrics.clone(), &config.writer),
             config: config.writer.clone(),
@@ -179,7 +188,13 @@ impl Writer {
             alert_tasks,
             alerts_config: config.alerts.clone(),
             instance,
+            topic_reloader,
         })
+    }
+
+    /// What SIGHUP runs ([`crate::reload`]).
+    pub fn topic_reloader(&self) -> Arc<crate::reload::TopicReloader> {
+        self.topic_reloader.clone()
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -1,6 +1,9 @@
 //! Spawns the whole system in-process for end-to-end tests: the ingest-api, one or more db-writers and
 //! the stats-api, against the shared test stack (a real Postgres cluster and a real tansu broker), with a
-//! database, Kafka topics and a consumer group of their own per test.
+//! database, Kafka topics and a consumer group of their own per test. [`processes`] runs the service
+//! binaries as processes instead, for the tests that signal them or read their memory.
+
+pub mod processes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -6,19 +6,16 @@
 //! and the stats-api's peak RSS stays under [`MAX_PEAK_RSS`] (the ingest-api's under
 //! [`MAX_INGEST_PEAK_RSS`]).
 //!
-//! The binaries are the workspace's own (`target/<profile>/eventgate-*`, next to this test's
-//! directory); `make test` builds them (`cargo nextest run --workspace` builds every binary).
+//! The binaries are the workspace's own ([`eventgate_e2e::processes`]).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use eventgate_core::config::Config;
+use eventgate_e2e::processes::{start_ingest_api, start_stats_api, start_writer};
 use eventgate_e2e::test_config;
-use eventgate_test_support::{
-    accepted_ids, free_port, get_json, stack, token, wait_until, ServiceProcess,
-};
+use eventgate_test_support::{accepted_ids, get_json, stack, token, wait_until};
 
 /// The bound the writers' and the stats-api's peak resident memory must stay under (the bound;
 /// their Kubernetes limit is 512 Mi).
@@ -30,22 +27,6 @@ const MAX_INGEST_PEAK_RSS: u64 = 512 * 1024 * 1024;
 const EVENTS: usize = 300;
 const WRITERS: usize = 2;
 const WAIT: Duration = Duration::from_secs(180);
-
-fn binary(name: &str) -> PathBuf {
-    // target/<profile>/deps/memory_bounds-<hash> → target/<profile>/<name>
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the services first (cargo build --bins; make test does)",
-        path.display()
-    );
-    path
-}
 
 /// Peak resident set size of a process (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> u64 {
@@ -63,73 +44,6 @@ fn peak_rss(pid: u32) -> u64 {
         })
         .expect("VmHWM line")
         * 1024
-}
-
-struct Service {
-    name: String,
-    process: ServiceProcess,
-    port: u16,
-}
-
-/// The settings every service shares, as `EVENTGATE_*` variables.
-fn common_env(config: &Config) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "EVENTGATE_CATALOGUE__TOPICS_DIR",
-            config.catalogue.topics_dir.display().to_string(),
-        ),
-        (
-            "EVENTGATE_CATALOGUE__ACCESS_FILE",
-            config.catalogue.access_file.display().to_string(),
-        ),
-        (
-            "EVENTGATE_AUTH__PUBLIC_KEYS",
-            format!("[{}]", config.auth.public_keys[0].display()),
-        ),
-        ("EVENTGATE_KAFKA__BROKERS", config.kafka.brokers.clone()),
-        (
-            "EVENTGATE_KAFKA__TOPIC_PREFIX",
-            config.kafka.topic_prefix.clone(),
-        ),
-        (
-            "EVENTGATE_KAFKA__PARTITIONS",
-            config.kafka.partitions.to_string(),
-        ),
-        ("EVENTGATE_RATELIMIT__WRITES_PER_SECOND", "0".into()),
-        ("EVENTGATE_RATELIMIT__QUERIES_PER_SECOND", "0".into()),
-        ("EVENTGATE_TELEMETRY__LOG_FORMAT", "json".into()),
-    ]
-}
-
-fn spawn(
-    dir: &std::path::Path,
-    binary_name: &str,
-    name: &str,
-    env: Vec<(&'static str, String)>,
-    port: u16,
-) -> Service {
-    let process = ServiceProcess::spawn(
-        binary(binary_name).to_str().expect("utf-8 path"),
-        name,
-        &env,
-        &dir.join(format!("{name}.log")),
-    );
-    Service {
-        name: name.to_owned(),
-        process,
-        port,
-    }
-}
-
-async fn wait_ready(http: &reqwest::Client, service: &Service, path: &str) {
-    let url = format!("http://127.0.0.1:{}{path}", service.port);
-    let ready = wait_until(&format!("{} to be ready", service.name), WAIT, || async {
-        matches!(get_json(http, &url).await, Some((200, _)))
-    })
-    .await;
-    if let Err(error) = ready {
-        panic!("{error:#}\n{}", service.process.log());
-    }
 }
 
 /// A `web.events` event at both ingest limits: `nodes` JSON values, nearly all zeros of one array, and
@@ -166,55 +80,12 @@ async fn near_limit_array_heavy_events_keep_every_service_under_its_memory_bound
     let limits = Config::default().ingest;
     let http = reqwest::Client::new();
 
-    let ingest_port = free_port();
-    let mut env = common_env(&config);
-    env.push((
-        "EVENTGATE_INGEST__LISTEN",
-        format!("127.0.0.1:{ingest_port}"),
-    ));
-    let ingest = spawn(&dir, "eventgate-ingest-api", "ingest-api", env, ingest_port);
-    wait_ready(&http, &ingest, "/health/ready").await;
-
+    let ingest = start_ingest_api(&http, &dir, &config).await;
     let mut writers = Vec::new();
     for n in 0..WRITERS {
-        let port = free_port();
-        let mut env = common_env(&config);
-        env.extend([
-            (
-                "EVENTGATE_WRITER__DATABASE_URL",
-                config.writer.database_url.expose().to_owned(),
-            ),
-            ("EVENTGATE_WRITER__RUN_MIGRATIONS", "false".into()),
-            ("EVENTGATE_WRITER__GROUP_ID", config.writer.group_id.clone()),
-            ("EVENTGATE_WRITER__LISTEN", format!("127.0.0.1:{port}")),
-            ("EVENTGATE_WRITER__BATCH_TIMEOUT_MS", "50".into()),
-        ]);
-        let writer = spawn(
-            &dir,
-            "eventgate-db-writer",
-            &format!("writer-{n}"),
-            env,
-            port,
-        );
-        wait_ready(&http, &writer, "/health").await;
-        writers.push(writer);
+        writers.push(start_writer(&http, &dir, &config, &format!("writer-{n}")).await);
     }
-
-    let stats_port = free_port();
-    let mut env = common_env(&config);
-    env.extend([
-        ("EVENTGATE_STATS__LISTEN", format!("127.0.0.1:{stats_port}")),
-        (
-            "EVENTGATE_STATS__DATABASE_URL",
-            config.stats.database_url.expose().to_owned(),
-        ),
-        (
-            "EVENTGATE_STATS__CURSOR_SECRET",
-            config.stats.cursor_secret.expose().to_owned(),
-        ),
-    ]);
-    let stats = spawn(&dir, "eventgate-stats-api", "stats-api", env, stats_port);
-    wait_ready(&http, &stats, "/health/ready").await;
+    let stats = start_stats_api(&http, &dir, &config).await;
 
     // 300 requests at once, one event each.
     let event_bytes = serde_json::to_vec(&near_limit_event(
@@ -229,7 +100,7 @@ async fn near_limit_array_heavy_events_keep_every_service_under_its_memory_bound
         .map(|i| {
             let http = http.clone();
             let body = near_limit_event(i, limits.max_event_bytes, limits.max_event_nodes);
-            let url = format!("http://127.0.0.1:{ingest_port}/topics/web.events");
+            let url = ingest.url("/topics/web.events");
             tokio::spawn(async move {
                 let response = http
                     .post(url)
@@ -289,7 +160,7 @@ async fn near_limit_array_heavy_events_keep_every_service_under_its_memory_bound
     assert_eq!(distinct, expected, "every accepted event once");
 
     // A default query and a whole export over them.
-    let stats_url = format!("http://127.0.0.1:{stats_port}");
+    let stats_url = stats.url("");
     let response = http
         .get(format!("{stats_url}/stats/web.events"))
         .bearer_auth(token("dev"))

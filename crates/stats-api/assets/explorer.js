@@ -1,6 +1,7 @@
 // eventgate explorer: plain JavaScript, no dependencies, no build step. It only calls this service's
 // public API (GET /stats, GET /stats/{topic}/fields, POST /stats/{topic}, POST /stats/{topic}/aggregate,
-// GET /stats/{topic}/export) with the token pasted into the page, which is kept in memory only.
+// GET /stats/{topic}/export, GET /stats/{topic}/tail) with the token pasted into the page, which is kept in
+// memory only.
 (function () {
   "use strict";
 
@@ -28,6 +29,12 @@
     other: ["exists"],
   };
   const SUMMARY_FIELDS = 4;
+  // Live mode keeps the newest rows only, so a busy topic cannot grow the page without bound.
+  const LIVE_MAX_ROWS = 500;
+  // A frame the server sends is at most one event (ingest's max_event_bytes, 256 KiB by default); more
+  // than this without a frame's end is not a tail, and the stream is dropped rather than buffered.
+  const LIVE_MAX_FRAME_CHARS = 4 * 1024 * 1024;
+  const LIVE_MAX_BACKOFF_MS = 30000;
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const state = {
@@ -37,6 +44,7 @@
     cursors: [null], // cursors[i] fetches page i; the last entry is the page shown
     nextCursor: null,
     filterCount: 0,
+    live: null, // the running live tail: {controller, lastId, received, retryMs, failures}
   };
 
   const $ = (id) => document.getElementById(id);
@@ -146,6 +154,7 @@
   }
 
   async function changeTopic() {
+    stopLive();
     showError(null);
     try {
       await loadFields();
@@ -305,6 +314,7 @@
 
   async function runQuery(event) {
     if (event) event.preventDefault();
+    stopLive();
     state.cursors = [null];
     await Promise.all([loadPage(), drawChart()]);
   }
@@ -356,52 +366,55 @@
   function renderEvents(events) {
     const body = $("events").querySelector("tbody");
     body.replaceChildren();
-    for (const [i, event] of events.entries()) {
-      const row = document.createElement("tr");
-      row.dataset.id = event.id;
-      const time = document.createElement("td");
-      time.className = "time";
-      const timeElement = document.createElement("time");
-      timeElement.dateTime = event.timestamp;
-      timeElement.textContent = formatTime(event.timestamp);
-      time.append(timeElement);
-      const producer = document.createElement("td");
-      producer.className = "producer";
-      producer.textContent = event.producer;
-      const text = document.createElement("td");
-      text.className = "summary";
-      text.textContent = summary(event.payload);
+    for (const [i, event] of events.entries()) body.append(...eventRows(event, `payload-${i}`));
+  }
 
-      const detailRow = document.createElement("tr");
-      detailRow.className = "payload-row";
-      detailRow.hidden = true;
-      const detailCell = document.createElement("td");
-      detailCell.colSpan = 4;
-      const pre = document.createElement("pre");
-      pre.className = "payload";
-      pre.id = `payload-${i}`;
-      pre.textContent = JSON.stringify({ id: event.id, payload: event.payload }, null, 2);
-      detailCell.append(pre);
-      detailRow.append(detailCell);
+  // An event's row and its (hidden) payload row.
+  function eventRows(event, payloadId) {
+    const row = document.createElement("tr");
+    row.dataset.id = event.id;
+    const time = document.createElement("td");
+    time.className = "time";
+    const timeElement = document.createElement("time");
+    timeElement.dateTime = event.timestamp;
+    timeElement.textContent = formatTime(event.timestamp);
+    time.append(timeElement);
+    const producer = document.createElement("td");
+    producer.className = "producer";
+    producer.textContent = event.producer;
+    const text = document.createElement("td");
+    text.className = "summary";
+    text.textContent = summary(event.payload);
 
-      const toggleCell = document.createElement("td");
-      const toggle = document.createElement("button");
-      toggle.type = "button";
-      toggle.className = "secondary payload-toggle";
-      toggle.textContent = "Show payload";
-      toggle.setAttribute("aria-expanded", "false");
-      toggle.setAttribute("aria-controls", pre.id);
-      toggle.addEventListener("click", () => {
-        const open = detailRow.hidden;
-        detailRow.hidden = !open;
-        toggle.setAttribute("aria-expanded", String(open));
-        toggle.textContent = open ? "Hide payload" : "Show payload";
-      });
-      toggleCell.append(toggle);
+    const detailRow = document.createElement("tr");
+    detailRow.className = "payload-row";
+    detailRow.hidden = true;
+    const detailCell = document.createElement("td");
+    detailCell.colSpan = 4;
+    const pre = document.createElement("pre");
+    pre.className = "payload";
+    pre.id = payloadId;
+    pre.textContent = JSON.stringify({ id: event.id, payload: event.payload }, null, 2);
+    detailCell.append(pre);
+    detailRow.append(detailCell);
 
-      row.append(time, producer, text, toggleCell);
-      body.append(row, detailRow);
-    }
+    const toggleCell = document.createElement("td");
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "secondary payload-toggle";
+    toggle.textContent = "Show payload";
+    toggle.setAttribute("aria-expanded", "false");
+    toggle.setAttribute("aria-controls", pre.id);
+    toggle.addEventListener("click", () => {
+      const open = detailRow.hidden;
+      detailRow.hidden = !open;
+      toggle.setAttribute("aria-expanded", String(open));
+      toggle.textContent = open ? "Hide payload" : "Show payload";
+    });
+    toggleCell.append(toggle);
+
+    row.append(time, producer, text, toggleCell);
+    return [row, detailRow];
   }
 
   async function nextPage() {
@@ -555,6 +568,189 @@
     }
   }
 
+  // --- Live tail -------------------------------------------------------------------------------------
+  // GET /stats/{topic}/tail is Server-Sent Events, read with fetch() rather than EventSource because
+  // EventSource cannot send the Authorization header; the frames are parsed here (the format is four
+  // line prefixes, docs/API.md "Live tail"). After a dropped connection or a server-ended stream it
+  // reconnects with Last-Event-ID, so no event is missed or shown twice.
+
+  function toggleLive() {
+    if ($("live").checked) startLive();
+    else stopLive("Live stopped. Run the query to page through the events.");
+  }
+
+  function startLive() {
+    stopLive();
+    showError(null);
+    const params = new URLSearchParams();
+    for (const [key, , raw] of currentFilters()) params.append(key, raw);
+    const live = {
+      controller: null,
+      lastId: null,
+      received: 0,
+      retryMs: 1000,
+      failures: 0,
+      path: `${topicPath("/tail")}${params.toString() ? `?${params}` : ""}`,
+      topic: state.topic,
+      since: new Date(),
+    };
+    state.live = live;
+    $("events").querySelector("tbody").replaceChildren();
+    $("pager").hidden = true;
+    $("results").hidden = false;
+    $("results").dataset.live = "connecting";
+    liveCaption(live);
+    setStatus(`Live: waiting for new events of ${live.topic}…`);
+    readLive(live);
+  }
+
+  function stopLive(message) {
+    const live = state.live;
+    state.live = null;
+    $("live").checked = false;
+    $("pager").hidden = false;
+    $("live-freshness").hidden = true;
+    delete $("results").dataset.live;
+    if (!live) return;
+    if (live.controller) live.controller.abort();
+    if (message) setStatus(message);
+  }
+
+  function liveCaption(live) {
+    const since = live.since.toISOString().replace("T", " ").replace(/\.\d+Z$/, "");
+    $("events-caption").textContent = live.received
+      ? `${live.topic}: live since ${since} UTC, ${live.received} new event(s), newest first.`
+      : `${live.topic}: live since ${since} UTC; no new events yet.`;
+  }
+
+  async function readLive(live) {
+    while (state.live === live) {
+      const outcome = await readLiveOnce(live);
+      if (state.live !== live) return;
+      if (outcome.fatal) {
+        stopLive();
+        setStatus("");
+        showError(outcome.fatal);
+        return;
+      }
+      // Back off while the server keeps failing; a stream that delivered frames starts over at its retry.
+      live.failures = outcome.progressed ? 0 : live.failures + 1;
+      const wait = Math.min(LIVE_MAX_BACKOFF_MS, live.retryMs * 2 ** Math.min(live.failures, 5));
+      $("results").dataset.live = "reconnecting";
+      setStatus(`Live: ${outcome.reason}; reconnecting in ${Math.round(wait / 1000)} s…`);
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+
+  // One connection: resolves when it ends, with why and whether the caller should give up.
+  async function readLiveOnce(live) {
+    live.controller = new AbortController();
+    const headers = { Authorization: `Bearer ${state.token}`, Accept: "text/event-stream" };
+    if (live.lastId) headers["Last-Event-ID"] = live.lastId;
+    let response;
+    try {
+      response = await fetch(live.path, { headers, signal: live.controller.signal, cache: "no-store" });
+    } catch (e) {
+      return { reason: "the server could not be reached", progressed: false };
+    }
+    if (!response.ok) {
+      let details = [];
+      try {
+        details = (await response.json()).errors || [];
+      } catch (e) {
+        details = [];
+      }
+      // 5xx and 429 pass; anything else (a bad filter, a token that expired, a position too old to
+      // resume) would fail the same way again.
+      if (response.status >= 500 || response.status === 429) {
+        return { reason: `the server answered ${response.status}`, progressed: false };
+      }
+      return { fatal: { title: `The live view stopped: the server answered ${response.status}.`, details } };
+    }
+    $("results").dataset.live = "open";
+    setStatus(`Live: showing new events of ${live.topic} as they are stored.`);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let progressed = false;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return { reason: "the stream ended", progressed };
+        buffer += value; // the server ends lines with "\n" only
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const frame = parseFrame(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+          if (state.live !== live) return { reason: "stopped", progressed };
+          const ended = liveFrame(live, frame);
+          progressed = true;
+          if (ended) return { reason: ended, progressed };
+        }
+        if (buffer.length > LIVE_MAX_FRAME_CHARS) {
+          live.controller.abort();
+          return { reason: "a frame was too large", progressed };
+        }
+      }
+    } catch (e) {
+      return { reason: "the connection dropped", progressed };
+    }
+  }
+
+  function parseFrame(text) {
+    const frame = { id: null, event: "message", data: [], retry: null };
+    for (const line of text.split("\n")) {
+      if (line === "" || line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const name = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (name === "id") frame.id = value;
+      else if (name === "event") frame.event = value;
+      else if (name === "data") frame.data.push(value);
+      else if (name === "retry" && /^\d+$/.test(value)) frame.retry = Number(value);
+    }
+    return frame;
+  }
+
+  // Applies one frame; answers why the stream ends when the server ended it.
+  function liveFrame(live, frame) {
+    if (frame.retry !== null) live.retryMs = Math.max(250, frame.retry);
+    // The position moves past a frame only once it is shown (a frame that fails to parse is read again).
+    const data = frame.data.length ? JSON.parse(frame.data.join("\n")) : null;
+    if (frame.id !== null) live.lastId = frame.id;
+    if (data === null) return null;
+    if (frame.event === "message") {
+      addLiveEvent(live, data);
+    } else if (frame.event === "freshness") {
+      showFreshness(data);
+    } else if (frame.event === "error") {
+      return data.reason === "slow_consumer" ? "this page fell behind" : `the server ended the stream (${data.reason})`;
+    }
+    return null;
+  }
+
+  function addLiveEvent(live, event) {
+    live.received += 1;
+    const body = $("events").querySelector("tbody");
+    const rows = eventRows(event, `payload-live-${live.received}`);
+    rows[0].classList.add("live-new");
+    body.prepend(...rows);
+    // Each event is two rows (its summary and its payload).
+    while (body.rows.length > 2 * LIVE_MAX_ROWS) body.lastElementChild.remove();
+    liveCaption(live);
+  }
+
+  function showFreshness(freshness) {
+    const line = $("live-freshness");
+    if (!freshness || freshness.newest_event_at === null) {
+      line.textContent = "Nothing of this topic is stored yet.";
+    } else {
+      const age = (freshness.age_ms / 1000).toFixed(1);
+      line.textContent = `The newest stored event is ${age} s old; the writers stored it ${freshness.lag_ms} ms after it arrived.`;
+    }
+    line.hidden = false;
+  }
+
   // --- Wiring ---------------------------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -565,6 +761,7 @@
     $("add-filter").addEventListener("click", addFilter);
     $("query-form").addEventListener("submit", runQuery);
     $("download").addEventListener("click", downloadCsv);
+    $("live").addEventListener("change", toggleLive);
     $("next").addEventListener("click", nextPage);
     $("prev").addEventListener("click", previousPage);
     $("chart-unit").addEventListener("change", drawChart);

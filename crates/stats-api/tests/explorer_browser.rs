@@ -2,7 +2,9 @@
 //! `chromedriver` from `chromium-driver`; `make test` installs both when missing) loads `GET /`, takes a
 //! pasted token, runs a filtered query and shows exactly the rows Postgres holds for it, pages, expands a
 //! payload, draws the count-over-time chart, downloads the CSV, and leaves a screenshot in
-//! `target/explorer.png` (the one in `docs/img/` is a copy).
+//! `target/explorer.png` (the one in `docs/img/` is a copy). Its live toggle shows the events stored
+//! after it was switched on (as the writers store them), and after a dropped connection resumes with
+//! `Last-Event-ID`: nothing missed, nothing twice.
 //!
 //! Every wait is for a condition on the page, with a deadline; none is a fixed sleep.
 
@@ -13,16 +15,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use diesel::sql_types::Text;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use eventgate_test_support::{free_port, token, wait_until};
+use eventgate_core::db::PgPool;
+use eventgate_db_writer::envelope::Envelope;
+use eventgate_test_support::{free_port, stack, token, wait_until};
+
+use common::writer::{event, store, writer_pool};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const WAIT: Duration = Duration::from_secs(30);
+const TOPIC: &str = "audit.logs";
 
 /// chromedriver, stopped when dropped.
 struct Driver {
@@ -357,5 +366,177 @@ async fn drive(browser: &Client, base: &str, expected: &[String]) -> Result<(), 
     let path = target_dir().join("explorer.png");
     std::fs::write(&path, &png).map_err(|e| format!("writing {}: {e}", path.display()))?;
     eprintln!("screenshot: {}", path.display());
+    Ok(())
+}
+
+/// A TCP proxy in front of the stats-api whose open connections the test can cut: a network drop, as
+/// the browser sees one.
+struct CuttableProxy {
+    url: String,
+    cut: watch::Sender<u64>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: &str) -> CuttableProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("local address").port();
+        let (cut, cuts) = watch::channel(0u64);
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy {
+            url: format!("http://127.0.0.1:{port}"),
+            cut,
+        }
+    }
+
+    /// Closes every connection open now; later ones pass again.
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+async fn click(browser: &Client, id: &str) -> Result<(), String> {
+    browser
+        .find(Locator::Id(id))
+        .await
+        .map_err(|e| format!("#{id}: {e}"))?
+        .click()
+        .await
+        .map_err(|e| format!("click #{id}: {e}"))
+}
+
+async fn wait_for_css(browser: &Client, css: &str) -> Result<(), String> {
+    browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{css}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_live_toggle_shows_new_events_and_resumes_after_a_drop() {
+    let database = stack().await.fresh_database().await;
+    let api = common::start_stats_api_on(database, |c| c.stats.tail_heartbeat_ms = 500).await;
+    let writer = writer_pool(&api.database, 1);
+    let now = time::OffsetDateTime::now_utc;
+    // Stored before the toggle: never shown live.
+    store(
+        &writer,
+        &[event(TOPIC, now(), "login", 0), event(TOPIC, now(), "logout", 0)],
+    )
+    .await;
+    let proxy = CuttableProxy::start(&api.url).await;
+
+    let driver = start_driver().await;
+    let browser = open_browser(&driver).await;
+    let outcome = drive_live(&browser, &proxy, &writer).await;
+    let _ = browser.close().await;
+    outcome.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Logins and logouts in turn; answers the batch and its logins' ids, newest first (as shown live).
+fn logins_and_logouts(from: u64, n: u64) -> (Vec<Envelope>, Vec<String>) {
+    let batch: Vec<_> = (from..from + n)
+        .map(|i| {
+            let name = if i % 2 == 0 { "login" } else { "logout" };
+            event(TOPIC, time::OffsetDateTime::now_utc(), name, i)
+        })
+        .collect();
+    let logins = batch
+        .iter()
+        .rev()
+        .filter(|e| event_name(e) == "login")
+        .map(|e| e.id.to_string())
+        .collect();
+    (batch, logins)
+}
+
+fn event_name(envelope: &Envelope) -> String {
+    let payload: serde_json::Value =
+        serde_json::from_slice(envelope.payload_json()).expect("a JSON payload");
+    payload["event_name"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn drive_live(
+    browser: &Client,
+    proxy: &CuttableProxy,
+    writer: &PgPool,
+) -> Result<(), String> {
+    browser
+        .goto(&format!("{}/", proxy.url))
+        .await
+        .map_err(|e| format!("load the page: {e}"))?;
+    wait_for_css(browser, "body[data-ready='true']").await?;
+    browser
+        .find(Locator::Id("token"))
+        .await
+        .map_err(|e| format!("token field: {e}"))?
+        .send_keys(&token("dev"))
+        .await
+        .map_err(|e| format!("type the token: {e}"))?;
+    click(browser, "connect").await?;
+    wait_for_css(browser, "#query-form[data-fields-loaded='audit.logs']").await?;
+
+    // Live, filtered to logins.
+    click(browser, "add-filter").await?;
+    wait_for_css(browser, "#filter-field-1").await?;
+    browser
+        .find(Locator::Id("filter-field-1"))
+        .await
+        .map_err(|e| format!("filter field: {e}"))?
+        .select_by_value("event_name")
+        .await
+        .map_err(|e| format!("pick the field: {e}"))?;
+    browser
+        .find(Locator::Id("filter-value-1"))
+        .await
+        .map_err(|e| format!("filter value: {e}"))?
+        .send_keys("login")
+        .await
+        .map_err(|e| format!("type the value: {e}"))?;
+    click(browser, "live").await?;
+    wait_for_css(browser, "#results[data-live='open']").await?;
+    wait_for_text(browser, "#events-caption", "no new events yet").await?;
+
+    // A batch stored now shows its logins, newest on top, and none of what was stored before.
+    let (first, mut shown) = logins_and_logouts(1, 6);
+    store(writer, &first).await;
+    wait_for_ids(browser, "the first live batch", &shown).await?;
+    wait_for_text(browser, "#events-caption", "3 new event(s), newest first").await?;
+    wait_for_text(browser, "#live-freshness", "The newest stored event is").await?;
+
+    // The connection drops; what is stored meanwhile arrives once the page has reconnected with
+    // Last-Event-ID, exactly once.
+    proxy.cut();
+    let (second, second_logins) = logins_and_logouts(7, 6);
+    store(writer, &second).await;
+    let (third, third_logins) = logins_and_logouts(13, 4);
+    store(writer, &third).await;
+    shown = [third_logins, second_logins, shown].concat();
+    wait_for_ids(browser, "the batches stored across the drop", &shown).await?;
+    wait_for_text(browser, "#events-caption", "8 new event(s)").await?;
+
+    // Switched off: the stream is closed and paging comes back.
+    click(browser, "live").await?;
+    wait_for_css(browser, "#results:not([data-live])").await?;
+    wait_for_css(browser, "#pager:not([hidden])").await?;
+    wait_for_text(browser, "#status", "Live stopped").await?;
     Ok(())
 }

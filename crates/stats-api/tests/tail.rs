@@ -5,56 +5,22 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use eventgate_core::db::pool::PoolSettings;
-use eventgate_core::db::PgPool;
-use eventgate_core::envelope::Event;
-use eventgate_db_writer::envelope::{Envelope, KafkaCoordinates};
-use eventgate_db_writer::write::store_batch;
-use eventgate_test_support::{stack, token, TestDatabase};
+use eventgate_db_writer::envelope::Envelope;
+use eventgate_test_support::{stack, token};
 
+use common::writer::{event, store, writer_pool};
 use common::{start_stats_api_on, StatsApi};
 
 const TOPIC: &str = "audit.logs";
 
-fn event(topic: &str, at: time::OffsetDateTime, name: &str, n: u64) -> Envelope {
-    static OFFSET: AtomicI64 = AtomicI64::new(0);
-    let event = Event {
-        id: uuid::Uuid::now_v7(),
-        topic: topic.to_owned(),
-        timestamp: at,
-        producer: "dev".to_owned(),
-        payload: json!({"event_name": name, "description": format!("event {n}"), "customer_id": n}),
-    };
-    let origin = KafkaCoordinates {
-        kafka_topic: format!("eventgate.{topic}"),
-        kafka_partition: 0,
-        kafka_offset: OFFSET.fetch_add(1, Ordering::Relaxed),
-    };
-    Envelope::decode(event.to_json_bytes(), origin).expect("an envelope")
-}
-
 fn batch(n: std::ops::Range<u64>, name: &str) -> Vec<Envelope> {
     n.map(|i| event(TOPIC, time::OffsetDateTime::now_utc(), name, i))
         .collect()
-}
-
-fn writer_pool(database: &TestDatabase, size: u32) -> PgPool {
-    eventgate_core::db::build_pool(&database.writer_role_url, &PoolSettings::new(size))
-        .expect("writer pool")
-}
-
-async fn store(pool: &PgPool, events: &[Envelope]) {
-    let mut conn = pool.get().await.expect("a connection");
-    let refs: Vec<&Envelope> = events.iter().collect();
-    store_batch(&mut conn, &refs, &[])
-        .await
-        .expect("the batch is stored");
 }
 
 async fn start(change: impl FnOnce(&mut eventgate_core::config::Config)) -> StatsApi {

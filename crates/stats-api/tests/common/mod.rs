@@ -1,11 +1,12 @@
 //! A stats-api of its own on a fresh database of the shared test stack, for tests that talk HTTP to it
 //! (events are inserted straight into Postgres: no broker or writer is needed to read them back), and in
-//! `property` what the property tests against Postgres share.
+//! `property` what the property tests against Postgres share, in `writer` storing batches as the writers do.
 
 // Every test binary that says `mod common;` compiles all of it and uses a part.
 #![allow(dead_code)]
 
 pub mod property;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
