@@ -4,18 +4,20 @@
 //! at the query rate: it reads, but only about what it sent.
 //! Pure: the APIs reach it through the `http` feature's extractors (`http::gate`).
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::access::{Restrictions, SharedAccess};
 use crate::auth::{JwtVerifier, Principal};
-use crate::catalogue::{Catalogue, Topic};
+use crate::catalogue::{Catalogue, CatalogueError, Topic};
 use crate::error::{ApiError, ErrorKind};
 use crate::ratelimit::RateLimits;
 
-/// What decides who may do what: the topics, the access rules (swapped whole on SIGHUP), the token keys
-/// and the per-user rates.
+/// What decides who may do what: the topics and the access rules (each swapped whole on SIGHUP), the
+/// token keys and the per-user rates.
 pub struct Gatekeeping {
-    pub catalogue: Catalogue,
+    pub catalogue: Arc<SharedCatalogue>,
     pub access: Arc<SharedAccess>,
     pub verifier: Arc<JwtVerifier>,
     pub rate_limits: RateLimits,
@@ -41,7 +43,7 @@ pub struct Passed {
 impl Gatekeeping {
     /// The topic, or the one 404 every route answers for a topic that does not exist.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, ApiError> {
-        self.catalogue.shared(name).ok_or_else(|| {
+        self.catalogue.current().shared(name).ok_or_else(|| {
             ApiError::new(
                 ErrorKind::NotFound,
                 format!("topic {name:?} does not exist"),
@@ -97,5 +99,150 @@ impl Passed {
             ),
         )
         .with_field("topic"))
+    }
+}
+
+/// Called with the new catalogue and the names of the topics it added, after a reload that added some.
+type NewTopicsHook = Box<dyn Fn(Arc<Catalogue>, Vec<String>) + Send + Sync>;
+
+/// The topics in use, swapped whole when the topics directory is read again (SIGHUP, `reload`): a request
+/// keeps the `Arc<Topic>` it started with, the next one sees the new topics. A directory that does not
+/// load changes nothing. A topic removed from the directory is gone for new requests (404); its stored
+/// events stay in the database.
+pub struct SharedCatalogue {
+    dir: Option<PathBuf>,
+    current: RwLock<Arc<Catalogue>>,
+    reloads: AtomicU64,
+    failed_reloads: AtomicU64,
+    on_new_topics: Mutex<Vec<NewTopicsHook>>,
+}
+
+impl SharedCatalogue {
+    /// Loads the directory; fails (at start-up) when it does not load.
+    pub fn load_dir(dir: &Path) -> Result<SharedCatalogue, CatalogueError> {
+        let mut shared = SharedCatalogue::new(Catalogue::load_dir(dir)?);
+        shared.dir = Some(dir.to_owned());
+        Ok(shared)
+    }
+
+    /// Fixed topics, not backed by a directory ([`SharedCatalogue::reload`] keeps them).
+    pub fn new(catalogue: Catalogue) -> SharedCatalogue {
+        SharedCatalogue {
+            dir: None,
+            current: RwLock::new(Arc::new(catalogue)),
+            reloads: AtomicU64::new(0),
+            failed_reloads: AtomicU64::new(0),
+            on_new_topics: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The topics in use now.
+    pub fn current(&self) -> Arc<Catalogue> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Runs `hook` after each reload that adds topics (the ingest-api creates their Kafka topics).
+    pub fn on_new_topics(&self, hook: impl Fn(Arc<Catalogue>, Vec<String>) + Send + Sync + 'static) {
+        self.on_new_topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Box::new(hook));
+    }
+
+    /// Reads the directory again and answers the names of the topics it added. A directory that does
+    /// not load changes nothing: the topics in use stay, and the error is returned for the log.
+    pub fn reload(&self) -> Result<Vec<String>, CatalogueError> {
+        let Some(dir) = &self.dir else {
+            return Ok(Vec::new());
+        };
+        let loaded = match Catalogue::load_dir(dir) {
+            Ok(catalogue) => Arc::new(catalogue),
+            Err(error) => {
+                self.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
+        let previous = {
+            let mut current = self
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::replace(&mut *current, loaded.clone())
+        };
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        let added: Vec<String> = loaded
+            .names()
+            .filter(|name| previous.get(name).is_none())
+            .map(str::to_owned)
+            .collect();
+        if !added.is_empty() {
+            let hooks = self
+                .on_new_topics
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for hook in hooks.iter() {
+                hook(loaded.clone(), added.clone());
+            }
+        }
+        Ok(added)
+    }
+
+    /// Successful reloads so far.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Reloads that failed (the directory did not load) so far.
+    pub fn failed_reloads(&self) -> u64 {
+        self.failed_reloads.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod shared_catalogue_tests {
+    use super::*;
+
+    fn write_topic(dir: &Path, name: &str, schema: &str) {
+        std::fs::write(dir.join(format!("{name}.json")), schema).expect("topic file");
+    }
+
+    const SCHEMA: &str = r#"{"type": "object", "properties": {"n": {"type": "integer"}}}"#;
+
+    #[test]
+    fn a_reload_adds_topics_keeps_held_ones_and_a_broken_directory_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("eventgate-shared-catalogue-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        write_topic(&dir, "a.one", SCHEMA);
+        let shared = SharedCatalogue::load_dir(&dir).expect("loads");
+        let added_seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = added_seen.clone();
+        shared.on_new_topics(move |catalogue, added| {
+            assert!(added.iter().all(|name| catalogue.get(name).is_some()));
+            seen.lock().expect("lock").extend(added);
+        });
+        let held = shared.current().shared("a.one").expect("a.one");
+
+        write_topic(&dir, "b.two", SCHEMA);
+        assert_eq!(shared.reload().expect("reloads"), vec!["b.two".to_owned()]);
+        assert!(shared.current().get("b.two").is_some());
+        assert_eq!(*added_seen.lock().expect("lock"), vec!["b.two".to_owned()]);
+        assert_eq!(held.name, "a.one");
+
+        write_topic(&dir, "c.broken", "{\"type\": ");
+        assert!(shared.reload().is_err());
+        assert_eq!(shared.failed_reloads(), 1);
+        assert!(shared.current().get("b.two").is_some(), "the topics in use stay");
+        assert!(shared.current().get("c.broken").is_none());
+
+        std::fs::remove_file(dir.join("c.broken.json")).expect("remove");
+        std::fs::remove_file(dir.join("b.two.json")).expect("remove");
+        assert!(shared.reload().expect("reloads").is_empty());
+        assert!(shared.current().get("b.two").is_none(), "a removed topic is gone");
+        assert_eq!(shared.reloads(), 2);
+        assert_eq!(added_seen.lock().expect("lock").len(), 1, "no hook without new topics");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -296,6 +296,65 @@ impl prometheus::core::Collector for JwksCollector {
     }
 }
 
+/// The topics in use and their reloads (SIGHUP), read from the [`SharedCatalogue`] at each scrape:
+/// `eventgate_topics`, `eventgate_topic_reloads_total{outcome="ok"|"failed"}` (the writer counts its own
+/// reloads under the same name).
+///
+/// [`SharedCatalogue`]: crate::gate::SharedCatalogue
+pub struct TopicsCollector {
+    catalogue: std::sync::Arc<crate::gate::SharedCatalogue>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const TOPICS_HELP: &str = "Topics in use (the topics directory as last loaded)";
+const TOPIC_RELOADS_HELP: &str = "Reloads of the topics directory on SIGHUP, by outcome";
+
+impl TopicsCollector {
+    pub fn register(registry: &Registry, catalogue: std::sync::Arc<crate::gate::SharedCatalogue>) {
+        let desc = |name: &str, help: &str, labels: Vec<String>| {
+            prometheus::core::Desc::new(name.into(), help.into(), labels, Default::default())
+                .expect("static metric definition")
+        };
+        let descs = vec![
+            desc("eventgate_topics", TOPICS_HELP, Vec::new()),
+            desc(
+                "eventgate_topic_reloads_total",
+                TOPIC_RELOADS_HELP,
+                vec!["outcome".into()],
+            ),
+        ];
+        registry
+            .register(Box::new(TopicsCollector { catalogue, descs }))
+            .expect("metric registered once");
+    }
+}
+
+impl prometheus::core::Collector for TopicsCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::IntGauge;
+        let topics = IntGauge::new("eventgate_topics", TOPICS_HELP).expect("static metric definition");
+        topics.set(i64::try_from(self.catalogue.current().names().count()).unwrap_or(i64::MAX));
+        let reloads = IntCounterVec::new(
+            Opts::new("eventgate_topic_reloads_total", TOPIC_RELOADS_HELP),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        reloads
+            .with_label_values(&["ok"])
+            .inc_by(self.catalogue.reloads());
+        reloads
+            .with_label_values(&["failed"])
+            .inc_by(self.catalogue.failed_reloads());
+        let mut families = topics.collect();
+        families.extend(reloads.collect());
+        families
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

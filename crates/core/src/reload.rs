@@ -1,10 +1,10 @@
-//! What the APIs change while running (feature `reload`): on SIGHUP the access file is read again and
-//! the token keys (PEM files, JWKS file and URL) are re-read; a JWKS source is also refreshed
-//! periodically ([`JwtVerifier::spawn_jwks_refresh`]).
+//! What the APIs change while running (feature `reload`): on SIGHUP the topics directory and the access
+//! file are read again and the token keys (PEM files, JWKS file and URL) are re-read; a JWKS source is
+//! also refreshed periodically ([`JwtVerifier::spawn_jwks_refresh`]).
 //!
-//! A reload swaps the rules or keys whole: requests in flight finish with what they started with, new
-//! requests see the new ones, none is refused or delayed by the reload. An unreadable or invalid file
-//! changes nothing and is logged.
+//! A reload swaps the topics, rules or keys whole: requests in flight finish with what they started
+//! with, new requests see the new ones, none is refused or delayed by the reload. An unreadable or
+//! invalid file changes nothing and is logged (and counted: `eventgate_topic_reloads_total`).
 
 use std::sync::Arc;
 
@@ -13,24 +13,37 @@ use tokio::task::JoinHandle;
 
 use crate::access::SharedAccess;
 use crate::auth::JwtVerifier;
+use crate::gate::SharedCatalogue;
 
 /// Installs the SIGHUP handler now (so a SIGHUP that arrives once this returns never takes the default
 /// action, which would end the process) and spawns the task that reloads on each signal. Call it from
 /// within the runtime, before serving.
 pub fn reload_on_sighup(
+    catalogue: Arc<SharedCatalogue>,
     access: Arc<SharedAccess>,
     verifier: Arc<JwtVerifier>,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut hangups = signal(SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            reload_now(&access, &verifier).await;
+            reload_now(&catalogue, &access, &verifier).await;
         }
     }))
 }
 
 /// One reload of everything, as on SIGHUP.
-pub async fn reload_now(access: &SharedAccess, verifier: &JwtVerifier) {
+pub async fn reload_now(catalogue: &SharedCatalogue, access: &SharedAccess, verifier: &JwtVerifier) {
+    match catalogue.reload() {
+        Ok(added) => tracing::info!(
+            reloads = catalogue.reloads(),
+            added = ?added,
+            topics = catalogue.current().names().count(),
+            "topics reloaded"
+        ),
+        Err(error) => {
+            tracing::error!(%error, "topics not reloaded; the previous topics stay in use")
+        }
+    }
     match access.reload() {
         Ok(()) => tracing::info!(reloads = access.reloads(), "access rules reloaded"),
         Err(error) => {
@@ -44,6 +57,7 @@ pub async fn reload_now(access: &SharedAccess, verifier: &JwtVerifier) {
 /// logged, not fatal: the identity provider may be back before the first request, and the refresher
 /// keeps trying), starts the periodic JWKS refresh and installs the SIGHUP handler.
 pub async fn start_reloading(
+    catalogue: Arc<SharedCatalogue>,
     access: Arc<SharedAccess>,
     verifier: Arc<JwtVerifier>,
 ) -> std::io::Result<()> {
@@ -54,7 +68,7 @@ pub async fn start_reloading(
         }
     }
     verifier.spawn_jwks_refresh();
-    reload_on_sighup(access, verifier)?;
+    reload_on_sighup(catalogue, access, verifier)?;
     Ok(())
 }
 
@@ -79,10 +93,10 @@ pub async fn load_gatekeeping(
 ) -> Result<Gatekeeping, GatekeepingError> {
     // Here rather than in `Config::load`: logging is up by now, and only the APIs verify tokens.
     config.log_warnings();
-    let catalogue = crate::catalogue::Catalogue::load_dir(&config.catalogue.topics_dir)?;
+    let catalogue = Arc::new(SharedCatalogue::load_dir(&config.catalogue.topics_dir)?);
     let access = Arc::new(SharedAccess::load(&config.catalogue.access_file)?);
     let verifier = Arc::new(JwtVerifier::from_config(&config.auth)?);
-    start_reloading(access.clone(), verifier.clone()).await?;
+    start_reloading(catalogue.clone(), access.clone(), verifier.clone()).await?;
     Ok(Gatekeeping {
         catalogue,
         access,

@@ -124,7 +124,7 @@ impl WriterMetrics {
         );
         let topic_reloads = counter_vec(
             &registry,
-            "eventgate_writer_topic_reloads_total",
+            "eventgate_topic_reloads_total",
             "Reloads of the topics directory on SIGHUP, by outcome",
             &["outcome"],
         );

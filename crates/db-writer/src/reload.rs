@@ -8,7 +8,7 @@
 //! A topic removed from the directory stays subscribed until the writer restarts: its messages still in
 //! Kafka were accepted with a 202 and must reach Postgres. A directory that does not load (bad JSON, an
 //! incompatible schema version) changes nothing; the failure is logged and counted
-//! (`eventgate_writer_topic_reloads_total{outcome="failed"}`).
+//! (`eventgate_topic_reloads_total{outcome="failed"}`).
 //!
 //! The handler is installed before the writer starts consuming: without one, SIGHUP's default action
 //! ends the process, and operators send SIGHUP to every service after editing the configuration.

@@ -1,18 +1,21 @@
 //! Topics that change without a restart (issue #17), on the service binaries run as processes so that
-//! each can be sent SIGHUP as operators send it: a topic file added to the topics directory is written
-//! by the running writer after a SIGHUP, a directory that does not load changes nothing, and no SIGHUP
-//! ever ends a service (its default action would).
+//! each can be sent SIGHUP as operators send it (`pkill -HUP eventgate`): a topic file and its access
+//! rule added while the system runs work end to end after a SIGHUP to every service — accepted by the
+//! ingest-api, written by the writer, queryable in the stats-api — while another topic's stream runs
+//! through the reloads with nothing lost or duplicated; a directory that does not load changes nothing
+//! and is counted; and no SIGHUP ever ends a service (its default action would).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::json;
+use serde_json::{json, Value};
 
-use eventgate_core::config::Config;
-use eventgate_core::envelope::Event;
-use eventgate_e2e::processes::{start_writer, Service};
+use eventgate_e2e::processes::{start_ingest_api, start_stats_api, start_writer, Service};
 use eventgate_e2e::{repo_root, test_config};
-use eventgate_test_support::{metric, stack, wait_until};
+use eventgate_test_support::{
+    accepted_ids, assert_exactly_once, metric, stack, token, wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 const NEW_TOPIC: &str = "orders.created";
@@ -26,7 +29,7 @@ fn sighup(service: &Service) {
 }
 
 async fn wait_for_metric(http: &reqwest::Client, service: &Service, name: &str, want: f64) {
-    let reached = wait_until(&format!("{name} = {want}"), WAIT, || async {
+    let reached = wait_until(&format!("{name} = {want} on {}", service.name), WAIT, || async {
         metric(http, service.port, name).await == Some(want)
     })
     .await;
@@ -39,37 +42,21 @@ async fn wait_for_metric(http: &reqwest::Client, service: &Service, name: &str, 
     }
 }
 
-/// Produces `event` into its topic's Kafka topic as the ingest-api does (the envelope as the value).
-async fn produce(config: &Config, event: &Event) {
-    let producer: FutureProducer = eventgate_core::kafka::client_config(&config.kafka)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .expect("producer");
-    let payload = event.to_json_bytes();
-    producer
-        .send(
-            FutureRecord::to(&config.kafka.kafka_topic(&event.topic))
-                .key(&event.producer)
-                .payload(&payload),
-            Duration::from_secs(10),
-        )
+async fn post(http: &reqwest::Client, ingest: &Service, topic: &str, body: &Value) -> (u16, Value) {
+    let response = http
+        .post(ingest.url(&format!("/topics/{topic}")))
+        .bearer_auth(token("dev"))
+        .json(body)
+        .timeout(Duration::from_secs(30))
+        .send()
         .await
-        .map_err(|(error, _)| error)
-        .expect("the broker takes the event");
-}
-
-fn event(topic: &str, n: u64) -> Event {
-    Event {
-        id: uuid::Uuid::now_v7(),
-        topic: topic.to_owned(),
-        timestamp: time::OffsetDateTime::now_utc(),
-        producer: "dev".to_owned(),
-        payload: json!({"order_id": n, "amount_cents": 1999}),
-    }
+        .expect("the ingest-api answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_makes_the_writer_write_a_new_topic_and_never_ends_it() {
+async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
     let stack = stack().await;
     let database = stack.fresh_database().await;
     let mut config = test_config(stack, &database);
@@ -86,23 +73,68 @@ async fn sighup_makes_the_writer_write_a_new_topic_and_never_ends_it() {
         }
     }
     config.catalogue.topics_dir = topics.clone();
+    let access = dir.join("access.json");
+    std::fs::write(&access, r#"{"audit.logs": {"write": ["dev"], "read": ["dev"]}}"#)
+        .expect("access file");
+    config.catalogue.access_file = access.clone();
     let http = reqwest::Client::new();
+    let ingest = start_ingest_api(&http, &dir, &config).await;
     let writer = start_writer(&http, &dir, &config, "writer").await;
+    let stats = start_stats_api(&http, &dir, &config).await;
+    let services = [&ingest, &writer, &stats];
+    let logs = || services.iter().map(|s| s.process.log()).collect::<Vec<_>>().join("\n");
     wait_for_metric(&http, &writer, "eventgate_writer_topics_subscribed", initial).await;
+    wait_for_metric(&http, &ingest, "eventgate_topics", initial).await;
 
-    // A directory that does not load: nothing changes, the failure is counted, the writer lives on.
+    // Another topic's stream runs through every reload below.
+    let streaming = Arc::new(AtomicBool::new(true));
+    let stream = {
+        let (http, url, streaming) = (http.clone(), ingest.url("/topics/audit.logs"), streaming.clone());
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut n = 0u64;
+            while streaming.load(Ordering::Relaxed) {
+                n += 1;
+                let body = json!([
+                    {"event_name": "login", "description": format!("stream {n}a")},
+                    {"event_name": "logout", "description": format!("stream {n}b")},
+                ]);
+                let response = http
+                    .post(&url)
+                    .bearer_auth(token("dev"))
+                    .json(&body)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .expect("the ingest-api answers");
+                assert_eq!(response.status(), 202, "the stream is refused during a reload");
+                let answer: Value = response.json().await.expect("a JSON answer");
+                accepted.extend(accepted_ids(&answer));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            accepted
+        })
+    };
+
+    // A directory that does not load: nothing changes anywhere, each service counts the failure.
     std::fs::write(topics.join("broken.json"), "{\"type\": ").expect("a broken topic");
-    sighup(&writer);
-    wait_for_metric(
-        &http,
-        &writer,
-        "eventgate_writer_topic_reloads_total{outcome=\"failed\"}",
-        1.0,
-    )
-    .await;
+    for service in services {
+        sighup(service);
+    }
+    for service in services {
+        wait_for_metric(
+            &http,
+            service,
+            "eventgate_topic_reloads_total{outcome=\"failed\"}",
+            1.0,
+        )
+        .await;
+    }
     std::fs::remove_file(topics.join("broken.json")).expect("remove the broken topic");
+    let (status, answer) = post(&http, &ingest, NEW_TOPIC, &json!({"order_id": 1})).await;
+    assert_eq!(status, 404, "not a topic yet: {answer}");
 
-    // A new topic: after SIGHUP the writer subscribes to it and stores its events.
+    // The new topic and its access rule; SIGHUP to every service, as `pkill -HUP` sends it.
     std::fs::write(
         topics.join(format!("{NEW_TOPIC}.json")),
         serde_json::to_vec_pretty(&json!({
@@ -116,41 +148,66 @@ async fn sighup_makes_the_writer_write_a_new_topic_and_never_ends_it() {
         .expect("json"),
     )
     .expect("the new topic");
-    sighup(&writer);
-    wait_for_metric(
-        &http,
-        &writer,
-        "eventgate_writer_topic_reloads_total{outcome=\"ok\"}",
-        1.0,
+    std::fs::write(
+        &access,
+        format!(
+            r#"{{"audit.logs": {{"write": ["dev"], "read": ["dev"]}},
+                "{NEW_TOPIC}": {{"write": ["dev"], "read": ["dev"]}}}}"#
+        ),
     )
-    .await;
-    wait_for_metric(
-        &http,
-        &writer,
-        "eventgate_writer_topics_subscribed",
-        initial + 1.0,
-    )
-    .await;
-    let events: Vec<Event> = (0..5).map(|n| event(NEW_TOPIC, n)).collect();
-    for event in &events {
-        produce(&config, event).await;
+    .expect("access file");
+    for service in services {
+        sighup(service);
     }
-    let ids: Vec<String> = events.iter().map(|e| format!("'{}'", e.id)).collect();
-    let stored = wait_until("the new topic's events to be stored", WAIT, || async {
-        database
-            .count(&format!(
-                "SELECT count(*) FROM events WHERE topic = '{NEW_TOPIC}' AND id IN ({})",
-                ids.join(",")
-            ))
-            .await
-            .is_ok_and(|n| n == 5)
+    for service in services {
+        wait_for_metric(
+            &http,
+            service,
+            "eventgate_topic_reloads_total{outcome=\"ok\"}",
+            1.0,
+        )
+        .await;
+    }
+    wait_for_metric(&http, &writer, "eventgate_writer_topics_subscribed", initial + 1.0).await;
+    wait_for_metric(&http, &stats, "eventgate_topics", initial + 1.0).await;
+
+    // Its events: accepted (the schema applies), stored, and queryable.
+    let (status, answer) = post(&http, &ingest, NEW_TOPIC, &json!({"amount_cents": 5})).await;
+    assert_eq!(status, 400, "the new schema applies: {answer}");
+    let orders: Vec<Value> = (0..5).map(|n| json!({"order_id": n, "amount_cents": 100 * n})).collect();
+    let (status, answer) = post(&http, &ingest, NEW_TOPIC, &Value::Array(orders)).await;
+    assert_eq!(status, 202, "{answer}\n{}", logs());
+    let order_ids = accepted_ids(&answer);
+    assert_eq!(order_ids.len(), 5);
+    let queried = wait_until("the new topic's events in the stats-api", WAIT, || async {
+        let response = http
+            .get(stats.url(&format!("/stats/{NEW_TOPIC}?limit=10")))
+            .bearer_auth(token("dev"))
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status() == 200 => response
+                .json::<Value>()
+                .await
+                .is_ok_and(|body| body["data"].as_array().is_some_and(|rows| rows.len() == 5)),
+            _ => false,
+        }
     })
     .await;
-    if let Err(error) = stored {
-        panic!("{error:#}\n{}", writer.process.log());
+    if let Err(error) = queried {
+        panic!("{error:#}\n{}", logs());
     }
 
-    // Still the same process, still ready, after two SIGHUPs.
+    // The stream stops; every event of both topics is stored exactly once.
+    streaming.store(false, Ordering::Relaxed);
+    let mut accepted = stream.await.expect("the stream ran");
+    assert!(accepted.len() >= 4, "the stream ran through the reloads");
+    accepted.extend(order_ids);
+    assert_exactly_once(&database, &accepted, WAIT, logs).await;
+
+    // Still the same processes, all ready, after two SIGHUPs each.
+    ingest.wait_ready(&http, "/health/ready").await;
     writer.wait_ready(&http, "/health/ready").await;
+    stats.wait_ready(&http, "/health/ready").await;
     let _ = std::fs::remove_dir_all(&dir);
 }

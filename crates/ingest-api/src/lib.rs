@@ -39,7 +39,7 @@ async fn check_message_limits(
     brokers: &eventgate_core::kafka::BrokerCheck,
 ) -> anyhow::Result<Option<u64>> {
     use eventgate_core::kafka::{self, BrokerCheck};
-    let topics = kafka::kafka_topics(&config.kafka, &gate.catalogue);
+    let topics = kafka::kafka_topics(&config.kafka, &gate.catalogue.current());
     let limits = match brokers {
         BrokerCheck::Reachable => {
             kafka::message_limits(&config.kafka, &topics, LIMITS_TIMEOUT).await
@@ -97,6 +97,23 @@ pub struct Application {
     gate: Arc<Gatekeeping>,
 }
 
+/// A topic added by a reload (SIGHUP) gets its Kafka topic now, as the topics at start-up did: its
+/// first event is published without waiting for the writers' reload (and the broker's auto-creation
+/// is not relied on). Not fatal, as at start-up: the broker may be away, or its operators create topics.
+fn create_kafka_topics_of_new_topics(config: &Config, gate: &Gatekeeping) {
+    let kafka = config.kafka.clone();
+    let runtime = tokio::runtime::Handle::current();
+    gate.catalogue.on_new_topics(move |catalogue, added| {
+        let kafka = kafka.clone();
+        runtime.spawn(async move {
+            match eventgate_core::kafka::ensure_topics(&kafka, &catalogue).await {
+                Ok(()) => tracing::info!(topics = ?added, "Kafka topics of the new topics ensured"),
+                Err(error) => tracing::warn!(%error, topics = ?added, "could not ensure the new topics' Kafka topics"),
+            }
+        });
+    });
+}
+
 impl Application {
     /// Loads topics, access rules and keys, connects the producer, binds the listener. Fails early on
     /// any configuration problem, so a broken deployment never starts serving.
@@ -105,9 +122,12 @@ impl Application {
         let timeout = Duration::from_millis(config.ingest.publish_timeout_ms);
         let metrics = metrics::IngestMetrics::new();
         eventgate_core::metrics::JwksCollector::register(&metrics.registry, gate.verifier.clone());
+        eventgate_core::metrics::TopicsCollector::register(&metrics.registry, gate.catalogue.clone());
         // Refused credentials or certificates stop the start; unreachable brokers do not (they may come
         // later), nor does topic creation (ops may own it).
-        let brokers = eventgate_core::kafka::start_up(&config.kafka, &gate.catalogue).await?;
+        let brokers =
+            eventgate_core::kafka::start_up(&config.kafka, &gate.catalogue.current()).await?;
+        create_kafka_topics_of_new_topics(&config, &gate);
         let smallest_topic_limit = check_message_limits(&config, &gate, &brokers).await?;
         let sizes = SizeLimits {
             max_event_bytes: config.ingest.max_event_bytes,

@@ -141,8 +141,8 @@ pub(crate) async fn list_topics(
 ) -> Result<HttpResponse, ApiError> {
     let principal = gate.verifier.authenticate(authorization(&request))?;
     let rules = gate.access.rules();
-    let names: Vec<&str> = gate
-        .catalogue
+    let catalogue = gate.catalogue.current();
+    let names: Vec<&str> = catalogue
         .names()
         .filter(|name| {
             rules.write_access(&principal, name).is_some()

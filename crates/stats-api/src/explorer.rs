@@ -94,8 +94,8 @@ pub(crate) async fn topics(
 ) -> Result<HttpResponse, ApiError> {
     let principal = gate.verifier.authenticate(authorization(&request))?;
     gate.rate_limits.check_query(&principal.user)?;
-    let mut names: Vec<&str> = gate
-        .catalogue
+    let catalogue = gate.catalogue.current();
+    let mut names: Vec<&str> = catalogue
         .topics()
         .filter(|topic| gate.access.read_access(&principal, &topic.name).is_some())
         .map(|topic| topic.name.as_str())
