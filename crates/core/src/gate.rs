@@ -114,6 +114,8 @@ pub struct SharedCatalogue {
     current: RwLock<Arc<Catalogue>>,
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
+    /// Why the last reload failed, until one succeeds (the readiness probe's warning).
+    last_failure: Mutex<Option<String>>,
     on_new_topics: Mutex<Vec<NewTopicsHook>>,
 }
 
@@ -132,6 +134,7 @@ impl SharedCatalogue {
             current: RwLock::new(Arc::new(catalogue)),
             reloads: AtomicU64::new(0),
             failed_reloads: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
             on_new_topics: Mutex::new(Vec::new()),
         }
     }
@@ -162,9 +165,11 @@ impl SharedCatalogue {
             Ok(catalogue) => Arc::new(catalogue),
             Err(error) => {
                 self.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                *self.lock_last_failure() = Some(error.to_string());
                 return Err(error);
             }
         };
+        *self.lock_last_failure() = None;
         let previous = {
             let mut current = self
                 .current
@@ -188,6 +193,20 @@ impl SharedCatalogue {
             }
         }
         Ok(added)
+    }
+
+    fn lock_last_failure(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The readiness probe's warning while the last reload failed: why, and that the previous topics
+    /// stay in use.
+    pub fn reload_warning(&self) -> Option<String> {
+        self.lock_last_failure().as_ref().map(|error| {
+            format!("topics not reloaded: {error}; the previous topics stay in use")
+        })
     }
 
     /// Successful reloads so far.
@@ -234,12 +253,15 @@ mod shared_catalogue_tests {
         write_topic(&dir, "c.broken", "{\"type\": ");
         assert!(shared.reload().is_err());
         assert_eq!(shared.failed_reloads(), 1);
+        let warning = shared.reload_warning().expect("a warning while it fails");
+        assert!(warning.contains("c.broken"), "{warning}");
         assert!(shared.current().get("b.two").is_some(), "the topics in use stay");
         assert!(shared.current().get("c.broken").is_none());
 
         std::fs::remove_file(dir.join("c.broken.json")).expect("remove");
         std::fs::remove_file(dir.join("b.two.json")).expect("remove");
         assert!(shared.reload().expect("reloads").is_empty());
+        assert!(shared.reload_warning().is_none(), "a good reload clears it");
         assert!(shared.current().get("b.two").is_none(), "a removed topic is gone");
         assert_eq!(shared.reloads(), 2);
         assert_eq!(added_seen.lock().expect("lock").len(), 1, "no hook without new topics");

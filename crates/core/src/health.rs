@@ -8,6 +8,7 @@
 //! `status` is `ok` when every dependency answered, `degraded` when one did not (503, the failing one
 //! says `unreachable` and why), `stopping` once a shutdown started (503, so load balancers stop sending
 //! before the listener closes). Liveness has no dependencies: it only says the process serves HTTP.
+//! `warnings` (when any) say what does not make the service unready, such as a topics reload that failed.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +67,10 @@ pub struct HealthReport {
     pub version: &'static str,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub dependencies: BTreeMap<String, DependencyHealth>,
+    /// What the operator should know that does not make the service unready: a configuration reload
+    /// that failed (the service goes on with what it had).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl HealthReport {
@@ -105,7 +110,14 @@ impl HealthReport {
             service: service.to_owned(),
             version: env!("CARGO_PKG_VERSION"),
             dependencies,
+            warnings: Vec::new(),
         }
+    }
+
+    /// The report with `warnings` (the status stays what the dependencies made it).
+    pub fn with_warnings(mut self, warnings: impl IntoIterator<Item = String>) -> Self {
+        self.warnings.extend(warnings);
+        self
     }
 }
 

@@ -28,11 +28,20 @@ const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Readiness {
     pool: PgPool,
     consumer: Arc<WriterConsumer>,
+    topics: Arc<crate::reload::TopicReloader>,
 }
 
 impl Readiness {
-    pub(crate) fn new(pool: PgPool, consumer: Arc<WriterConsumer>) -> Self {
-        Readiness { pool, consumer }
+    pub(crate) fn new(
+        pool: PgPool,
+        consumer: Arc<WriterConsumer>,
+        topics: Arc<crate::reload::TopicReloader>,
+    ) -> Self {
+        Readiness {
+            pool,
+            consumer,
+            topics,
+        }
     }
 
     async fn postgres(&self) -> Result<(), String> {
@@ -102,7 +111,8 @@ async fn ready(state: web::Data<HealthState>) -> HttpResponse {
             ("postgres".to_owned(), postgres),
             ("kafka".to_owned(), kafka),
         ],
-    );
+    )
+    .with_warnings(state.readiness.topics.warning());
     health_response(&report)
 }
 

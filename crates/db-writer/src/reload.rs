@@ -33,6 +33,8 @@ pub struct TopicReloader {
     consumer: Arc<WriterConsumer>,
     metrics: Arc<WriterMetrics>,
     subscribed: tokio::sync::Mutex<BTreeSet<String>>,
+    /// Why the last reload failed, until one succeeds (the readiness probe's warning).
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl TopicReloader {
@@ -48,7 +50,21 @@ impl TopicReloader {
             consumer,
             metrics,
             subscribed: tokio::sync::Mutex::new(subscribed),
+            last_failure: std::sync::Mutex::new(None),
         }
+    }
+
+    fn lock_last_failure(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The readiness probe's warning while the last reload failed.
+    pub fn warning(&self) -> Option<String> {
+        self.lock_last_failure().as_ref().map(|error| {
+            format!("topics not reloaded: {error}; the writer goes on with the topics it has")
+        })
     }
 
     /// Installs the SIGHUP handler now (a SIGHUP after this returns never ends the process) and spawns
@@ -67,6 +83,7 @@ impl TopicReloader {
     pub async fn reload_now(&self) -> Vec<String> {
         match self.reload().await {
             Ok(added) => {
+                *self.lock_last_failure() = None;
                 self.metrics
                     .topic_reloads
                     .with_label_values(&["ok"])
@@ -75,6 +92,7 @@ impl TopicReloader {
                 added
             }
             Err(error) => {
+                *self.lock_last_failure() = Some(format!("{error:#}"));
                 self.metrics
                     .topic_reloads
                     .with_label_values(&["failed"])

@@ -203,7 +203,11 @@ impl Writer {
 
     /// What the readiness probe checks: the pool, and the broker through the consumer's client.
     pub fn readiness(&self) -> health::Readiness {
-        health::Readiness::new(self.store.pool.clone(), self.consumer.clone())
+        health::Readiness::new(
+            self.store.pool.clone(),
+            self.consumer.clone(),
+            self.topic_reloader.clone(),
+        )
     }
 
     fn lock_traces(

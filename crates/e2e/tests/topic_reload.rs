@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use eventgate_e2e::processes::{start_ingest_api, start_stats_api, start_writer, Service};
 use eventgate_e2e::{repo_root, test_config};
 use eventgate_test_support::{
-    accepted_ids, assert_exactly_once, metric, stack, token, wait_until,
+    accepted_ids, assert_exactly_once, get_json, metric, stack, token, wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -130,6 +130,18 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
         )
         .await;
     }
+    for service in services {
+        let (status, body) = get_json(&http, &service.url("/health/ready"))
+            .await
+            .expect("the readiness probe answers");
+        assert_eq!(status, 200, "a failed reload does not make {} unready: {body}", service.name);
+        let warning = body["warnings"][0].as_str().unwrap_or_default();
+        assert!(
+            warning.contains("topics not reloaded") && warning.contains("broken.json"),
+            "{}: {body}",
+            service.name
+        );
+    }
     std::fs::remove_file(topics.join("broken.json")).expect("remove the broken topic");
     let (status, answer) = post(&http, &ingest, NEW_TOPIC, &json!({"order_id": 1})).await;
     assert_eq!(status, 404, "not a topic yet: {answer}");
@@ -205,9 +217,13 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
     accepted.extend(order_ids);
     assert_exactly_once(&database, &accepted, WAIT, logs).await;
 
-    // Still the same processes, all ready, after two SIGHUPs each.
-    ingest.wait_ready(&http, "/health/ready").await;
-    writer.wait_ready(&http, "/health/ready").await;
-    stats.wait_ready(&http, "/health/ready").await;
+    // Still the same processes, all ready, after two SIGHUPs each; the warning is gone.
+    for service in services {
+        service.wait_ready(&http, "/health/ready").await;
+        let (_, body) = get_json(&http, &service.url("/health/ready"))
+            .await
+            .expect("the readiness probe answers");
+        assert!(body.get("warnings").is_none(), "{}: {body}", service.name);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

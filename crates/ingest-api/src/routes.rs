@@ -221,14 +221,18 @@ pub(crate) async fn health_live() -> HttpResponse {
          body = eventgate_core::health::HealthReport),
     ),
 )]
-pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn ready(
+    state: web::Data<AppState>,
+    gate: web::Data<Gatekeeping>,
+) -> HttpResponse {
     let kafka =
         eventgate_core::http::check_dependency(READY_TIMEOUT, state.publisher.check_broker()).await;
     let report = HealthReport::ready(
         SERVICE,
         state.lifecycle.is_stopping(),
         [("kafka".to_owned(), kafka)],
-    );
+    )
+    .with_warnings(gate.catalogue.reload_warning());
     eventgate_core::http::health_response(&report)
 }
 

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use eventgate_core::catalogue::Topic;
 use eventgate_core::error::{ApiError, ErrorKind};
+use eventgate_core::gate::Gatekeeping;
 use eventgate_core::health::HealthReport;
 use eventgate_core::http::{metrics_response, read_body, TopicReader};
 use eventgate_core::limits;
@@ -412,7 +413,10 @@ pub(crate) async fn health_live() -> HttpResponse {
          body = eventgate_core::health::HealthReport),
     ),
 )]
-pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn ready(
+    state: web::Data<AppState>,
+    gate: web::Data<Gatekeeping>,
+) -> HttpResponse {
     let postgres = eventgate_core::http::check_dependency(READY_TIMEOUT, async {
         db::ping(&state.pool).await.map_err(|e| e.to_string())
     })
@@ -421,7 +425,8 @@ pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
         SERVICE,
         state.lifecycle.is_stopping(),
         [("postgres".to_owned(), postgres)],
-    );
+    )
+    .with_warnings(gate.catalogue.reload_warning());
     eventgate_core::http::health_response(&report)
 }
 
