@@ -70,6 +70,10 @@ fn declared() -> Vec<(&'static str, Vec<String>, Vec<Column>)> {
                 ("reason", "text", false),
                 ("event_id", "uuid", true),
                 ("producer", "text", true),
+                ("resolution", "text", true),
+                ("resolved_at", TZ, true),
+                ("resolved_by", "text", true),
+                ("resolution_note", "text", true),
             ],
         ),
         (

@@ -30,6 +30,12 @@ diesel::table! {
         /// The event's id and producer when the message was one (`refused`, `conflicting_duplicate`).
         event_id -> Nullable<Uuid>,
         producer -> Nullable<Text>,
+        /// `replayed` or `discarded` (`eventgate dead-letters`); NULL while unresolved.
+        resolution -> Nullable<Text>,
+        resolved_at -> Nullable<Timestamptz>,
+        resolved_by -> Nullable<Text>,
+        /// Why it was discarded, or where its replay went.
+        resolution_note -> Nullable<Text>,
     }
 }
 
