@@ -6,6 +6,7 @@
 //! - `eventgate status TOPIC ID [--wait SECS]` — what became of an event the caller sent.
 //! - `eventgate tail TOPIC [--filter f=v]` — the live tail, reconnecting with `Last-Event-ID`.
 //! - `eventgate completions bash|zsh|fish` — shell completions.
+//! - `eventgate dead-letters list|show|replay|discard` — the operator's dead letters (schema owner's URL).
 //! - `eventgate keygen`, `token`, `migrate` — development keys and tokens, database migrations.
 //!
 //! Exit codes: 0 done, 1 refused by the API, 2 usage/configuration/input, 3 unreachable or not allowed,
@@ -13,6 +14,7 @@
 
 mod client;
 mod config;
+mod dead_letters;
 mod error;
 mod export;
 mod input;
@@ -55,6 +57,9 @@ enum Command {
     Tail(tail::TailArgs),
     /// What became of an event you sent: stored (exit 0), dead-lettered (1) or not found yet (4).
     Status(status::StatusArgs),
+    /// The operator's dead letters: list, show, replay (after fixing the cause) or discard them.
+    /// Needs the schema owner's database URL, and the broker's settings to replay.
+    DeadLetters(dead_letters::DeadLettersArgs),
     /// Print a shell completion script (e.g. `eventgate completions bash > /etc/bash_completion.d/eventgate`).
     Completions {
         #[arg(value_enum)]
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
         Command::Export(args) => block_on(export::run(args)),
         Command::Status(args) => block_on(status::run(args)),
         Command::Tail(args) => block_on(tail::run(args)),
+        Command::DeadLetters(args) => block_on(dead_letters::run(args)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
