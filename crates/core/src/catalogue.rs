@@ -1,8 +1,11 @@
-//! The topic catalogue: one JSON Schema per topic, loaded from `config/topics/<topic>.json` at start.
+//! The topic catalogue: one JSON Schema per topic, loaded from `config/topics/<topic>.json` at start —
+//! or several versions of it, `config/topics/<topic>/1.json`, `2.json`, … (the single file is version 1).
 //!
 //! No topic name is known to the code: adding a topic means dropping a schema file into the directory
-//! (and a line into the access file) and restarting. Besides standard JSON Schema, a schema may carry an
-//! `x-eventgate` object at its root with per-topic settings:
+//! (and a line into the access file) and restarting. A topic's versions must follow its compatibility
+//! rule ([`compat`]); a directory where one does not is refused, naming the topic, the version, the
+//! field and the rule. Events are validated against the latest version. Besides standard JSON Schema,
+//! a schema may carry an `x-eventgate` object at its root with per-topic settings:
 //! `{"key_field": "run_id"}` — the payload field whose value becomes the Kafka message key (events with
 //! the same key stay in order on one partition); without it the event id is the key.
 //! `{"indexed_fields": ["source_app"]}` — payload fields queried often enough to deserve an expression
@@ -10,7 +13,12 @@
 //! `{"naive_time_zone": "UTC"}` — date-times written without an offset are read in that zone and stored
 //! as RFC 3339 with its offset ([`crate::naive_time`]; a property may name its own zone with
 //! `"x-eventgate-naive-time-zone"`).
+//! `{"compatibility": "backward"}` — what a new version must keep: `backward` (the default: it reads
+//! every event of every earlier version), `forward` (every earlier version reads its events), `full`
+//! (both) or `none`. Each version is checked against all earlier ones under its own rule.
 //! A property may be marked `"x-eventgate-type": "epoch-ms"` to be queried as a point in time.
+
+pub mod compat;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +30,8 @@ use jsonschema::error::ValidationErrorKind;
 
 use crate::error::ErrorDetail;
 use crate::query::FieldCatalogue;
+
+pub use compat::{Compatibility, Incompatibility};
 
 /// Characters Kafka allows in a topic name; we keep eventgate topic names inside them.
 fn is_valid_topic_name(name: &str) -> bool {
@@ -53,6 +63,13 @@ pub enum CatalogueError {
     Schema { path: PathBuf, message: String },
     #[error("topic file {path}: {message}")]
     Name { path: PathBuf, message: String },
+    #[error("topic {topic}: {message}")]
+    Versions { topic: String, message: String },
+    #[error("topic {topic}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Incompatible {
+        topic: String,
+        problems: Vec<VersionProblem>,
+    },
     #[error("no topic schemas found in {0}")]
     Empty(PathBuf),
 }
@@ -69,6 +86,73 @@ pub struct TopicSettings {
     /// IANA name); they are stored as RFC 3339 with the offset ([`crate::naive_time`]). A property may
     /// name its own with `"x-eventgate-naive-time-zone"`.
     pub naive_time_zone: Option<String>,
+    /// What a new version of the topic's schema must keep ([`compat`]); `backward` by default.
+    pub compatibility: Compatibility,
+}
+
+/// One version of a topic's schema.
+#[derive(Debug, Clone)]
+pub struct SchemaVersion {
+    /// 1, 2, …: the file's name in the topic's directory (a single-file topic is version 1).
+    pub number: u32,
+    pub schema: Value,
+}
+
+/// A version that breaks its rule against an earlier one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionProblem {
+    pub version: u32,
+    /// The earlier version it cannot follow.
+    pub against: u32,
+    /// The rule of `version` (its `x-eventgate.compatibility`).
+    pub rule: Compatibility,
+    pub incompatibility: Incompatibility,
+}
+
+impl std::fmt::Display for VersionProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (reader, writer) = match self.incompatibility.direction {
+            compat::Direction::NewReadsOld => (self.version, self.against),
+            compat::Direction::OldReadsNew => (self.against, self.version),
+        };
+        write!(
+            f,
+            "version {} breaks {} compatibility with version {} at {}: {} (version {reader} could \
+             not read every event of version {writer})",
+            self.version,
+            self.rule,
+            self.against,
+            self.incompatibility.field(),
+            self.incompatibility.reason,
+        )
+    }
+}
+
+/// Every way the versions break their rules: each version (oldest first) against every earlier one,
+/// under its own `x-eventgate.compatibility` — transitive, like Confluent's `…_TRANSITIVE` rules, so
+/// the latest version's rule holds against the whole history. A version whose settings do not parse
+/// is checked under the default rule (its settings are refused elsewhere).
+pub fn check_versions(versions: &[SchemaVersion]) -> Vec<VersionProblem> {
+    let mut problems = Vec::new();
+    for (i, newer) in versions.iter().enumerate() {
+        let rule = newer
+            .schema
+            .get("x-eventgate")
+            .and_then(|raw| TopicSettings::deserialize(raw).ok())
+            .unwrap_or_default()
+            .compatibility;
+        for older in &versions[..i] {
+            for incompatibility in compat::check(&older.schema, &newer.schema, rule) {
+                problems.push(VersionProblem {
+                    version: newer.number,
+                    against: older.number,
+                    rule,
+                    incompatibility,
+                });
+            }
+        }
+    }
+    problems
 }
 
 pub struct Topic {
@@ -79,6 +163,8 @@ pub struct Topic {
     /// Where naive date-times are rewritten, and in which zone.
     pub naive_times: Vec<crate::naive_time::Rule>,
     validator: jsonschema::Validator,
+    /// Every version, oldest first; the last is `schema`, the one events are validated against.
+    versions: Vec<SchemaVersion>,
 }
 
 impl std::fmt::Debug for Topic {
@@ -110,6 +196,10 @@ impl Topic {
         let mut fields = FieldCatalogue::from_schema(&schema);
         fields.mark_indexed(&settings.indexed_fields)?;
         let naive_times = crate::naive_time::rules(&schema, settings.naive_time_zone.as_deref())?;
+        let versions = vec![SchemaVersion {
+            number: 1,
+            schema: schema.clone(),
+        }];
         Ok(Topic {
             name: name.to_owned(),
             schema,
@@ -117,7 +207,48 @@ impl Topic {
             fields,
             naive_times,
             validator,
+            versions,
         })
+    }
+
+    /// A topic of several versions (`schemas[0]` is version 1): each must be a valid topic schema and
+    /// follow its rule against the earlier ones; the latest is the one events are validated against.
+    pub fn from_versions(name: &str, schemas: Vec<Value>) -> Result<Topic, String> {
+        let versions: Vec<SchemaVersion> = (1..)
+            .zip(schemas)
+            .map(|(number, schema)| SchemaVersion { number, schema })
+            .collect();
+        let Some(latest) = versions.last() else {
+            return Err(format!("topic {name:?} has no schema version"));
+        };
+        for version in &versions[..versions.len() - 1] {
+            Topic::from_schema(name, version.schema.clone())
+                .map_err(|e| format!("version {}: {e}", version.number))?;
+        }
+        let mut topic = Topic::from_schema(name, latest.schema.clone())
+            .map_err(|e| format!("version {}: {e}", latest.number))?;
+        let problems = check_versions(&versions);
+        if !problems.is_empty() {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(problems.join("; "));
+        }
+        topic.versions = versions;
+        Ok(topic)
+    }
+
+    /// Every version of the schema, oldest first.
+    pub fn versions(&self) -> &[SchemaVersion] {
+        &self.versions
+    }
+
+    /// The number of the latest version, the one events are validated against.
+    pub fn latest_version(&self) -> u32 {
+        self.versions.last().map_or(1, |v| v.number)
+    }
+
+    /// The topic's rule for its versions (the latest version's `x-eventgate.compatibility`).
+    pub fn compatibility(&self) -> Compatibility {
+        self.settings.compatibility
     }
 
     /// Every way `payload` violates the topic's schema, each naming the JSON path of the offending value
@@ -246,48 +377,193 @@ pub struct Catalogue {
     topics: BTreeMap<String, std::sync::Arc<Topic>>,
 }
 
-impl Catalogue {
-    /// Loads every `<topic>.json` of `dir`. Any broken file fails the whole load: a service must not
-    /// start with part of its topics silently missing.
-    pub fn load_dir(dir: &Path) -> Result<Catalogue, CatalogueError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| CatalogueError::ReadDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let mut topics = BTreeMap::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| CatalogueError::ReadDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-            let path = entry.path();
+/// Where a topic's schema versions are: `(number, file)`, oldest first.
+struct TopicSource {
+    name: String,
+    files: Vec<(u32, PathBuf)>,
+}
+
+/// The topics of `dir`, by name: a `<topic>.json` file (version 1) or a `<topic>/` directory of
+/// `1.json`, `2.json`, … Each broken entry is an error of its own, so that a check can report them
+/// all; hidden directories (Kubernetes' `..data` of a mounted ConfigMap) are skipped.
+fn scan(dir: &Path) -> Result<Vec<Result<TopicSource, CatalogueError>>, CatalogueError> {
+    let read_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CatalogueError::ReadDir { path, source }
+    };
+    let mut found: BTreeMap<String, Result<TopicSource, CatalogueError>> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error(dir))? {
+        let path = entry.map_err(read_error(dir))?.path();
+        let Some(file_name) = path.file_name().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let source = if path.is_dir() {
+            if file_name.starts_with('.') {
+                continue;
+            }
+            let name = file_name.to_owned();
+            versions_in(&path, &name).map(|files| TopicSource { name, files })
+        } else {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
             let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
                 continue;
             };
-            let text =
-                std::fs::read_to_string(&path).map_err(|source| CatalogueError::ReadFile {
-                    path: path.clone(),
-                    source,
-                })?;
-            let schema: Value =
-                serde_json::from_str(&text).map_err(|source| CatalogueError::Json {
-                    path: path.clone(),
-                    source,
-                })?;
-            let topic =
-                Topic::from_schema(&name, schema).map_err(|message| CatalogueError::Schema {
-                    path: path.clone(),
-                    message,
-                })?;
-            topics.insert(name, std::sync::Arc::new(topic));
+            Ok(TopicSource {
+                name,
+                files: vec![(1, path.clone())],
+            })
+        };
+        let name = match &source {
+            Ok(source) => source.name.clone(),
+            Err(CatalogueError::Versions { topic, .. }) => topic.clone(),
+            Err(_) => file_name.to_owned(),
+        };
+        if found.contains_key(&name) {
+            let error = CatalogueError::Versions {
+                topic: name.clone(),
+                message: format!(
+                    "defined twice, as {name}.json and as the directory {name}/: keep one (the file \
+                     is version 1 of the directory)"
+                ),
+            };
+            found.insert(name, Err(error));
+        } else {
+            found.insert(name, source);
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+/// The version files of a topic's directory: `1.json` … `n.json`, without a gap.
+fn versions_in(dir: &Path, topic: &str) -> Result<Vec<(u32, PathBuf)>, CatalogueError> {
+    let versions_error = |message: String| CatalogueError::Versions {
+        topic: topic.to_owned(),
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|source| CatalogueError::ReadDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|source| CatalogueError::ReadDir {
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        // `1`, `2`, …: no sign, no leading zero, so that each version has one name.
+        let number = stem
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1 && !stem.starts_with('0') && !stem.starts_with('+'));
+        let Some(number) = number else {
+            return Err(versions_error(format!(
+                "unexpected file {} in the topic's directory: versions are named 1.json, 2.json, …",
+                path.display()
+            )));
+        };
+        files.push((number, path));
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(versions_error(format!(
+            "the directory {} holds no version (1.json, 2.json, …)",
+            dir.display()
+        )));
+    }
+    if let Some((expected, (number, _))) = (1..).zip(&files).find(|(i, (n, _))| i != n) {
+        return Err(versions_error(format!(
+            "versions must be numbered 1, 2, … without a gap: version {expected} is missing \
+             (found {number}.json)"
+        )));
+    }
+    Ok(files)
+}
+
+/// Reads, parses and checks a topic's versions; the topic validates with the latest.
+fn load_topic(source: TopicSource) -> Result<Topic, CatalogueError> {
+    let mut versions = Vec::with_capacity(source.files.len());
+    let mut latest = None;
+    for (number, path) in source.files {
+        let text = std::fs::read_to_string(&path).map_err(|source| CatalogueError::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        let schema: Value = serde_json::from_str(&text).map_err(|source| CatalogueError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        // Every version must be a topic schema of its own, not only the latest.
+        let topic = Topic::from_schema(&source.name, schema.clone()).map_err(|message| {
+            CatalogueError::Schema {
+                path: path.clone(),
+                message,
+            }
+        })?;
+        latest = Some(topic);
+        versions.push(SchemaVersion { number, schema });
+    }
+    let Some(mut topic) = latest else {
+        return Err(CatalogueError::Versions {
+            topic: source.name,
+            message: "no schema version".into(),
+        });
+    };
+    let problems = check_versions(&versions);
+    if !problems.is_empty() {
+        return Err(CatalogueError::Incompatible {
+            topic: source.name,
+            problems,
+        });
+    }
+    topic.versions = versions;
+    Ok(topic)
+}
+
+/// What [`Catalogue::check_dir`] found: the topics that load, and every error of the others.
+#[derive(Debug, Default)]
+pub struct DirCheck {
+    pub topics: Vec<Topic>,
+    pub errors: Vec<CatalogueError>,
+}
+
+impl Catalogue {
+    /// Loads every topic of `dir`: `<topic>.json`, or `<topic>/1.json`, `2.json`, … whose versions
+    /// follow the topic's compatibility rule. Any broken topic fails the whole load: a service must
+    /// not start with part of its topics silently missing (or serve a version that breaks its rule).
+    pub fn load_dir(dir: &Path) -> Result<Catalogue, CatalogueError> {
+        let mut topics = BTreeMap::new();
+        for source in scan(dir)? {
+            let topic = load_topic(source?)?;
+            topics.insert(topic.name.clone(), std::sync::Arc::new(topic));
         }
         if topics.is_empty() {
             return Err(CatalogueError::Empty(dir.to_owned()));
         }
         Ok(Catalogue { topics })
+    }
+
+    /// [`Catalogue::load_dir`] that goes on past a broken topic, for `eventgate topics check`: every
+    /// topic that loads and every error of the others. `Err` only when `dir` cannot be read.
+    pub fn check_dir(dir: &Path) -> Result<DirCheck, CatalogueError> {
+        let mut check = DirCheck::default();
+        for source in scan(dir)? {
+            match source.and_then(load_topic) {
+                Ok(topic) => check.topics.push(topic),
+                Err(error) => check.errors.push(error),
+            }
+        }
+        if check.topics.is_empty() && check.errors.is_empty() {
+            check.errors.push(CatalogueError::Empty(dir.to_owned()));
+        }
+        Ok(check)
     }
 
     pub fn from_topics(topics: impl IntoIterator<Item = Topic>) -> Catalogue {
@@ -486,6 +762,195 @@ mod tests {
     fn pointer_becomes_dotted_path() {
         assert_eq!(pointer_to_path(""), "");
         assert_eq!(pointer_to_path("/a/0/b~1c"), "a[0].b/c");
+    }
+
+    /// Writes `files` (`name` → JSON) under a new temporary directory.
+    fn topics_dir(files: &[(&str, Value)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, schema) in files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(&path, schema.to_string()).expect("write");
+        }
+        dir
+    }
+
+    fn logs(properties: Value, required: &[&str]) -> Value {
+        json!({"type": "object", "properties": properties, "required": required,
+               "additionalProperties": false})
+    }
+
+    #[test]
+    fn a_topic_directory_holds_its_versions_and_validates_with_the_latest() {
+        let v1 = logs(json!({"name": {"type": "string"}}), &["name"]);
+        let v2 = logs(
+            json!({"name": {"type": "string"}, "customer_id": {"type": "integer"}}),
+            &["name"],
+        );
+        let dir = topics_dir(&[
+            ("audit.logs/1.json", v1),
+            ("audit.logs/2.json", v2.clone()),
+            ("audit.logs/README.md", json!("not a version")),
+            ("web.events.json", json!({})),
+            // A mounted ConfigMap's own directories are not topics.
+            ("..data/x.json", json!({})),
+        ]);
+        let catalogue = Catalogue::load_dir(dir.path()).expect("loads");
+        assert_eq!(
+            catalogue.names().collect::<Vec<_>>(),
+            ["audit.logs", "web.events"]
+        );
+        let topic = catalogue.get("audit.logs").expect("topic");
+        assert_eq!(topic.latest_version(), 2);
+        assert_eq!(
+            topic
+                .versions()
+                .iter()
+                .map(|v| v.number)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(topic.schema, v2);
+        assert_eq!(topic.compatibility(), Compatibility::Backward);
+        // Version 2's new property is accepted: the latest version validates.
+        assert!(topic
+            .validate(&json!({"name": "n", "customer_id": 4}), "")
+            .is_empty());
+        let single = catalogue.get("web.events").expect("topic");
+        assert_eq!(single.latest_version(), 1);
+        assert_eq!(single.versions().len(), 1);
+    }
+
+    #[test]
+    fn a_version_that_breaks_its_rule_is_refused_naming_topic_version_field_and_rule() {
+        let v1 = logs(json!({"name": {"type": "string"}}), &["name"]);
+        let v2 = logs(
+            json!({"name": {"type": "string"}, "customer_id": {"type": "integer"}}),
+            &["name", "customer_id"],
+        );
+        let dir = topics_dir(&[("audit.logs/1.json", v1.clone()), ("audit.logs/2.json", v2)]);
+        let error = Catalogue::load_dir(dir.path()).expect_err("refused");
+        let CatalogueError::Incompatible { topic, problems } = &error else {
+            panic!("{error}");
+        };
+        assert_eq!(topic, "audit.logs");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            error.to_string(),
+            "topic audit.logs: version 2 breaks backward compatibility with version 1 at \
+             customer_id: new required property (version 2 could not read every event of version 1)"
+        );
+
+        // Under `none` the same version is accepted; `forward` names the other reading.
+        let mut none = logs(
+            json!({"name": {"type": "string"}, "customer_id": {"type": "integer"}}),
+            &["name", "customer_id"],
+        );
+        none["x-eventgate"] = json!({"compatibility": "none"});
+        let dir = topics_dir(&[("t/1.json", v1.clone()), ("t/2.json", none.clone())]);
+        let topic = Topic::from_versions("t", vec![v1.clone(), none.clone()]).expect("none");
+        assert_eq!(topic.compatibility(), Compatibility::None);
+        assert!(Catalogue::load_dir(dir.path()).is_ok());
+        none["x-eventgate"] = json!({"compatibility": "forward"});
+        let error = Topic::from_versions("t", vec![v1, none]).expect_err("forward");
+        assert!(
+            error.contains("breaks forward compatibility with version 1 at customer_id")
+                && error.contains("version 1 could not read every event of version 2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_version_is_checked_against_every_earlier_one() {
+        let typed = |t: Value| logs(json!({"n": {"type": t}}), &[]);
+        let v1 = typed(json!("integer"));
+        let v2 = typed(json!(["integer", "string"]));
+        let v3 = typed(json!("string"));
+        let problems = check_versions(
+            &[v1, v2, v3]
+                .into_iter()
+                .zip(1..)
+                .map(|(schema, number)| SchemaVersion { number, schema })
+                .collect::<Vec<_>>(),
+        );
+        let found: Vec<(u32, u32, String)> = problems
+            .iter()
+            .map(|p| (p.version, p.against, p.incompatibility.reason.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (3, 1, "type changed from integer to string".to_owned()),
+                (
+                    3,
+                    2,
+                    "type narrowed from [integer, string] to string".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn versions_are_numbered_without_gaps_and_a_topic_is_defined_once() {
+        let schema = json!({"type": "object"});
+        let refused = |files: &[(&str, Value)], expected: &str| {
+            let dir = topics_dir(files);
+            let error = Catalogue::load_dir(dir.path()).expect_err(expected);
+            assert!(error.to_string().contains(expected), "{error}");
+        };
+        refused(
+            &[("t/1.json", schema.clone()), ("t/3.json", schema.clone())],
+            "version 2 is missing",
+        );
+        refused(&[("t/2.json", schema.clone())], "version 1 is missing");
+        refused(&[("t/01.json", schema.clone())], "unexpected file");
+        refused(&[("t/v2.json", schema.clone())], "unexpected file");
+        refused(&[("t/notes.txt", json!("x"))], "holds no version");
+        refused(
+            &[("t.json", schema.clone()), ("t/1.json", schema.clone())],
+            "defined twice",
+        );
+        // Every version must be a valid topic schema, not only the latest.
+        refused(
+            &[
+                ("t/1.json", json!({"type": 5})),
+                ("t/2.json", schema.clone()),
+            ],
+            "not a valid JSON Schema",
+        );
+    }
+
+    #[test]
+    fn a_check_reports_every_broken_topic_and_loads_the_others() {
+        let v1 = logs(json!({"a": {"type": "integer"}}), &[]);
+        let narrowed = logs(json!({"a": {"type": "integer", "maximum": 5}}), &[]);
+        let dir = topics_dir(&[
+            ("good.json", v1.clone()),
+            ("narrow/1.json", v1.clone()),
+            ("narrow/2.json", narrowed),
+            ("gap/2.json", v1),
+            ("broken.json", json!({"type": 5})),
+        ]);
+        let check = Catalogue::check_dir(dir.path()).expect("readable");
+        assert_eq!(
+            check
+                .topics
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["good"]
+        );
+        let errors: Vec<String> = check.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("broken.json"), "{errors:?}");
+        assert!(errors[1].contains("topic gap:"), "{errors:?}");
+        assert!(
+            errors[2].contains("topic narrow: version 2 breaks backward compatibility with version 1 at a: maximum 5 added"),
+            "{errors:?}"
+        );
+        assert!(Catalogue::check_dir(&dir.path().join("missing")).is_err());
     }
 
     #[test]
