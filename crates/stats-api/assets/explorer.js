@@ -581,6 +581,7 @@
 
   function startLive() {
     stopLive();
+    $("live").checked = true; // stopLive() unchecks it
     showError(null);
     const params = new URLSearchParams();
     for (const [key, , raw] of currentFilters()) params.append(key, raw);
