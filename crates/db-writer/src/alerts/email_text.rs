@@ -21,7 +21,10 @@ fn what_it_means(kind: AlertKind) -> &'static str {
                  database). Each was parked in the dead_letters table with the raw message, its Kafka \
                  coordinates and the error, and its offset was committed, so its partition kept moving and \
                  every other event was written.\n\
-                 List them: GET /stats/{topic}/dead-letters (stats-api, read access to the topic)."
+                 List them: GET /stats/{topic}/dead-letters (stats-api, read access to the topic).\n\
+                 Once the cause is fixed, replay them (each stored once, with its original id): \
+                 eventgate dead-letters list --topic TOPIC, then eventgate dead-letters replay ID \
+                 (docs/OPERATIONS.md, Replaying dead letters)."
             }
             AlertKind::DatabaseUnreachable => {
                 "The writer cannot reach Postgres. It keeps the batch in hand and retries with backoff; \
@@ -342,6 +345,12 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("GET /stats/{topic}/dead-letters"), "{body}");
+        assert!(
+            body.contains(
+                "eventgate dead-letters list --topic TOPIC, then eventgate dead-letters replay ID"
+            ),
+            "how to replay: {body}"
+        );
         assert!(body.contains("every 10m 0s"), "{body}");
         assert!(
             !body.contains(&"x".repeat(MAX_EXAMPLE_CHARS + 1)),
