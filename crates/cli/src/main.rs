@@ -5,12 +5,14 @@
 //! - `eventgate export TOPIC --format csv` — the stats-api's streamed export.
 //! - `eventgate status TOPIC ID [--wait SECS]` — what became of an event the caller sent.
 //! - `eventgate tail TOPIC [--filter f=v]` — the live tail, reconnecting with `Last-Event-ID`.
+//! - `eventgate topics check DIR` — a topics directory's schemas and their versions' compatibility.
 //! - `eventgate completions bash|zsh|fish` — shell completions.
 //! - `eventgate dead-letters list|show|replay|discard` — the operator's dead letters (schema owner's URL).
 //! - `eventgate keygen`, `token`, `migrate` — development keys and tokens, database migrations.
 //!
-//! Exit codes: 0 done, 1 refused by the API, 2 usage/configuration/input, 3 unreachable or not allowed,
-//! 4 (`status` only) the event is not stored (yet) (docs/CLI.md).
+//! Exit codes: 0 done, 1 refused by the API (`topics check`: a topic is broken), 2
+//! usage/configuration/input, 3 unreachable or not allowed, 4 (`status` only) the event is not stored
+//! (yet) (docs/CLI.md).
 
 mod client;
 mod config;
@@ -24,6 +26,7 @@ mod query;
 mod send;
 mod status;
 mod tail;
+mod topics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,8 +40,9 @@ use crate::error::Failure;
     name = "eventgate",
     version,
     about = "Send, query and export eventgate events; development keys, tokens and migrations",
-    after_help = "Exit codes: 0 done, 1 refused by the API, 2 usage/configuration/input, 3 unreachable \
-                  or not allowed, 4 (status) not stored yet. Configuration: docs/CLI.md."
+    after_help = "Exit codes: 0 done, 1 refused by the API (topics check: a topic is broken), 2 \
+                  usage/configuration/input, 3 unreachable or not allowed, 4 (status) not stored yet. \
+                  Configuration: docs/CLI.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +64,11 @@ enum Command {
     /// The operator's dead letters: list, show, replay (after fixing the cause) or discard them.
     /// Needs the schema owner's database URL, and the broker's settings to replay.
     DeadLetters(dead_letters::DeadLettersArgs),
+    /// Topic schemas: `topics check DIR` validates a topics directory and its versions' compatibility.
+    Topics {
+        #[command(subcommand)]
+        command: topics::TopicsCommand,
+    },
     /// Print a shell completion script (e.g. `eventgate completions bash > /etc/bash_completion.d/eventgate`).
     Completions {
         #[arg(value_enum)]
@@ -113,6 +122,7 @@ fn main() -> ExitCode {
         Command::Status(args) => block_on(status::run(args)),
         Command::Tail(args) => block_on(tail::run(args)),
         Command::DeadLetters(args) => block_on(dead_letters::run(args)),
+        Command::Topics { command } => topics::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -420,17 +420,20 @@ fn scan(dir: &Path) -> Result<Vec<Result<TopicSource, CatalogueError>>, Catalogu
             Err(CatalogueError::Versions { topic, .. }) => topic.clone(),
             Err(_) => file_name.to_owned(),
         };
-        if found.contains_key(&name) {
-            let error = CatalogueError::Versions {
-                topic: name.clone(),
-                message: format!(
-                    "defined twice, as {name}.json and as the directory {name}/: keep one (the file \
-                     is version 1 of the directory)"
-                ),
-            };
-            found.insert(name, Err(error));
-        } else {
-            found.insert(name, source);
+        match found.entry(name) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(source);
+            }
+            std::collections::btree_map::Entry::Occupied(mut entry) => {
+                let name = entry.key().clone();
+                *entry.get_mut() = Err(CatalogueError::Versions {
+                    message: format!(
+                        "defined twice, as {name}.json and as the directory {name}/: keep one (the \
+                         file is version 1 of the directory)"
+                    ),
+                    topic: name,
+                });
+            }
         }
     }
     Ok(found.into_values().collect())
