@@ -196,25 +196,35 @@ pub async fn discard(
 /// A database failure as the command's failure: an outage is exit 3, a missing right says which URL
 /// to use, a database without the resolution columns says to migrate it.
 pub fn failure(error: DbError, doing: &str) -> Failure {
+    // The server's message or the connection's cause ("Connection refused") is in the source chain.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
     let code = match &error {
         DbError::Statement(e) => e.code().cloned(),
         _ => None,
     };
     match code {
         Some(code) if code == SqlState::INSUFFICIENT_PRIVILEGE => Failure::Auth(format!(
-            "{doing}: {error}: this role may not resolve dead letters; use the schema owner's URL \
+            "{doing}: {text}: this role may not resolve dead letters; use the schema owner's URL \
              (--database-url or EVENTGATE_WRITER__MIGRATION_DATABASE_URL), as for `eventgate migrate`"
         )),
         Some(code) if code == SqlState::UNDEFINED_COLUMN => Failure::Usage(format!(
-            "{doing}: {error}: the database lacks the dead letters' resolution columns; run \
+            "{doing}: {text}: the database lacks the dead letters' resolution columns; run \
              `eventgate migrate` first"
         )),
-        _ if matches!(error, DbError::Tls(_)) => Failure::Usage(format!("{doing}: {error}")),
+        _ if matches!(error, DbError::Tls(_)) => Failure::Usage(format!("{doing}: {text}")),
         _ => match error.cause() {
             Cause::Unavailable | Cause::Timeout | Cause::Conflict => {
-                Failure::Unreachable(format!("{doing}: {error}"))
+                Failure::Unreachable(format!("{doing}: {text}"))
             }
-            _ => Failure::Usage(format!("{doing}: {error}")),
+            _ => Failure::Usage(format!("{doing}: {text}")),
         },
     }
 }
