@@ -18,6 +18,6 @@ ALTER TABLE dead_letters
         (resolution IS NULL) = (resolved_at IS NULL) AND (resolution IS NULL) = (resolved_by IS NULL)
     );
 
--- The unresolved dead letters of a topic, oldest first: what `eventgate dead-letters list` shows by
--- default and what `replay --topic T --all-unresolved` walks.
+-- The unresolved dead letters of a topic: what `eventgate dead-letters list` shows by default (newest
+-- first) and what `replay --topic T --all-unresolved` walks (oldest first).
 CREATE INDEX dead_letters_unresolved ON dead_letters (topic, created_at, id) WHERE resolution IS NULL;
