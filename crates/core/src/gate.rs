@@ -148,7 +148,10 @@ impl SharedCatalogue {
     }
 
     /// Runs `hook` after each reload that adds topics (the ingest-api creates their Kafka topics).
-    pub fn on_new_topics(&self, hook: impl Fn(Arc<Catalogue>, Vec<String>) + Send + Sync + 'static) {
+    pub fn on_new_topics(
+        &self,
+        hook: impl Fn(Arc<Catalogue>, Vec<String>) + Send + Sync + 'static,
+    ) {
         self.on_new_topics
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -204,9 +207,9 @@ impl SharedCatalogue {
     /// The readiness probe's warning while the last reload failed: why, and that the previous topics
     /// stay in use.
     pub fn reload_warning(&self) -> Option<String> {
-        self.lock_last_failure().as_ref().map(|error| {
-            format!("topics not reloaded: {error}; the previous topics stay in use")
-        })
+        self.lock_last_failure()
+            .as_ref()
+            .map(|error| format!("topics not reloaded: {error}; the previous topics stay in use"))
     }
 
     /// Successful reloads so far.
@@ -232,7 +235,10 @@ mod shared_catalogue_tests {
 
     #[test]
     fn a_reload_adds_topics_keeps_held_ones_and_a_broken_directory_changes_nothing() {
-        let dir = std::env::temp_dir().join(format!("eventgate-shared-catalogue-{}", uuid::Uuid::new_v4()));
+        let dir = std::env::temp_dir().join(format!(
+            "eventgate-shared-catalogue-{}",
+            uuid::Uuid::new_v4()
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         write_topic(&dir, "a.one", SCHEMA);
         let shared = SharedCatalogue::load_dir(&dir).expect("loads");
@@ -255,16 +261,26 @@ mod shared_catalogue_tests {
         assert_eq!(shared.failed_reloads(), 1);
         let warning = shared.reload_warning().expect("a warning while it fails");
         assert!(warning.contains("c.broken"), "{warning}");
-        assert!(shared.current().get("b.two").is_some(), "the topics in use stay");
+        assert!(
+            shared.current().get("b.two").is_some(),
+            "the topics in use stay"
+        );
         assert!(shared.current().get("c.broken").is_none());
 
         std::fs::remove_file(dir.join("c.broken.json")).expect("remove");
         std::fs::remove_file(dir.join("b.two.json")).expect("remove");
         assert!(shared.reload().expect("reloads").is_empty());
         assert!(shared.reload_warning().is_none(), "a good reload clears it");
-        assert!(shared.current().get("b.two").is_none(), "a removed topic is gone");
+        assert!(
+            shared.current().get("b.two").is_none(),
+            "a removed topic is gone"
+        );
         assert_eq!(shared.reloads(), 2);
-        assert_eq!(added_seen.lock().expect("lock").len(), 1, "no hook without new topics");
+        assert_eq!(
+            added_seen.lock().expect("lock").len(),
+            1,
+            "no hook without new topics"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

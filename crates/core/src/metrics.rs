@@ -336,7 +336,8 @@ impl prometheus::core::Collector for TopicsCollector {
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         use prometheus::IntGauge;
-        let topics = IntGauge::new("eventgate_topics", TOPICS_HELP).expect("static metric definition");
+        let topics =
+            IntGauge::new("eventgate_topics", TOPICS_HELP).expect("static metric definition");
         topics.set(i64::try_from(self.catalogue.current().names().count()).unwrap_or(i64::MAX));
         let reloads = IntCounterVec::new(
             Opts::new("eventgate_topic_reloads_total", TOPIC_RELOADS_HELP),

@@ -32,7 +32,11 @@ pub fn reload_on_sighup(
 }
 
 /// One reload of everything, as on SIGHUP.
-pub async fn reload_now(catalogue: &SharedCatalogue, access: &SharedAccess, verifier: &JwtVerifier) {
+pub async fn reload_now(
+    catalogue: &SharedCatalogue,
+    access: &SharedAccess,
+    verifier: &JwtVerifier,
+) {
     match catalogue.reload() {
         Ok(added) => tracing::info!(
             reloads = catalogue.reloads(),

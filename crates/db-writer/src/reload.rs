@@ -84,10 +84,7 @@ impl TopicReloader {
         match self.reload().await {
             Ok(added) => {
                 *self.lock_last_failure() = None;
-                self.metrics
-                    .topic_reloads
-                    .with_label_values(&["ok"])
-                    .inc();
+                self.metrics.topic_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(added = ?added, "topics reloaded");
                 added
             }
@@ -107,8 +104,8 @@ impl TopicReloader {
     }
 
     async fn reload(&self) -> anyhow::Result<Vec<String>> {
-        let catalogue = Catalogue::load_dir(&self.config.catalogue.topics_dir)
-            .context("loading topics")?;
+        let catalogue =
+            Catalogue::load_dir(&self.config.catalogue.topics_dir).context("loading topics")?;
         let kafka = &self.config.kafka;
         let wanted = eventgate_core::kafka::kafka_topics(kafka, &catalogue);
         // One reload at a time: two SIGHUPs in a row must not race on the subscription.

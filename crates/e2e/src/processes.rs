@@ -45,9 +45,11 @@ impl Service {
     /// Waits until `path` answers 200; panics with the service's log when it does not.
     pub async fn wait_ready(&self, http: &reqwest::Client, path: &str) {
         let url = self.url(path);
-        let ready = wait_until(&format!("{} to be ready", self.name), READY_WAIT, || async {
-            matches!(get_json(http, &url).await, Some((200, _)))
-        })
+        let ready = wait_until(
+            &format!("{} to be ready", self.name),
+            READY_WAIT,
+            || async { matches!(get_json(http, &url).await, Some((200, _))) },
+        )
         .await;
         if let Err(error) = ready {
             panic!("{error:#}\n{}", self.process.log());

@@ -29,9 +29,11 @@ fn sighup(service: &Service) {
 }
 
 async fn wait_for_metric(http: &reqwest::Client, service: &Service, name: &str, want: f64) {
-    let reached = wait_until(&format!("{name} = {want} on {}", service.name), WAIT, || async {
-        metric(http, service.port, name).await == Some(want)
-    })
+    let reached = wait_until(
+        &format!("{name} = {want} on {}", service.name),
+        WAIT,
+        || async { metric(http, service.port, name).await == Some(want) },
+    )
     .await;
     if let Err(error) = reached {
         panic!(
@@ -74,22 +76,41 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
     }
     config.catalogue.topics_dir = topics.clone();
     let access = dir.join("access.json");
-    std::fs::write(&access, r#"{"audit.logs": {"write": ["dev"], "read": ["dev"]}}"#)
-        .expect("access file");
+    std::fs::write(
+        &access,
+        r#"{"audit.logs": {"write": ["dev"], "read": ["dev"]}}"#,
+    )
+    .expect("access file");
     config.catalogue.access_file = access.clone();
     let http = reqwest::Client::new();
     let ingest = start_ingest_api(&http, &dir, &config).await;
     let writer = start_writer(&http, &dir, &config, "writer").await;
     let stats = start_stats_api(&http, &dir, &config).await;
     let services = [&ingest, &writer, &stats];
-    let logs = || services.iter().map(|s| s.process.log()).collect::<Vec<_>>().join("\n");
-    wait_for_metric(&http, &writer, "eventgate_writer_topics_subscribed", initial).await;
+    let logs = || {
+        services
+            .iter()
+            .map(|s| s.process.log())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    wait_for_metric(
+        &http,
+        &writer,
+        "eventgate_writer_topics_subscribed",
+        initial,
+    )
+    .await;
     wait_for_metric(&http, &ingest, "eventgate_topics", initial).await;
 
     // Another topic's stream runs through every reload below.
     let streaming = Arc::new(AtomicBool::new(true));
     let stream = {
-        let (http, url, streaming) = (http.clone(), ingest.url("/topics/audit.logs"), streaming.clone());
+        let (http, url, streaming) = (
+            http.clone(),
+            ingest.url("/topics/audit.logs"),
+            streaming.clone(),
+        );
         tokio::spawn(async move {
             let mut accepted = Vec::new();
             let mut n = 0u64;
@@ -107,7 +128,11 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
                     .send()
                     .await
                     .expect("the ingest-api answers");
-                assert_eq!(response.status(), 202, "the stream is refused during a reload");
+                assert_eq!(
+                    response.status(),
+                    202,
+                    "the stream is refused during a reload"
+                );
                 let answer: Value = response.json().await.expect("a JSON answer");
                 accepted.extend(accepted_ids(&answer));
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -134,7 +159,11 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
         let (status, body) = get_json(&http, &service.url("/health/ready"))
             .await
             .expect("the readiness probe answers");
-        assert_eq!(status, 200, "a failed reload does not make {} unready: {body}", service.name);
+        assert_eq!(
+            status, 200,
+            "a failed reload does not make {} unready: {body}",
+            service.name
+        );
         let warning = body["warnings"][0].as_str().unwrap_or_default();
         assert!(
             warning.contains("topics not reloaded") && warning.contains("broken.json"),
@@ -180,13 +209,21 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
         )
         .await;
     }
-    wait_for_metric(&http, &writer, "eventgate_writer_topics_subscribed", initial + 1.0).await;
+    wait_for_metric(
+        &http,
+        &writer,
+        "eventgate_writer_topics_subscribed",
+        initial + 1.0,
+    )
+    .await;
     wait_for_metric(&http, &stats, "eventgate_topics", initial + 1.0).await;
 
     // Its events: accepted (the schema applies), stored, and queryable.
     let (status, answer) = post(&http, &ingest, NEW_TOPIC, &json!({"amount_cents": 5})).await;
     assert_eq!(status, 400, "the new schema applies: {answer}");
-    let orders: Vec<Value> = (0..5).map(|n| json!({"order_id": n, "amount_cents": 100 * n})).collect();
+    let orders: Vec<Value> = (0..5)
+        .map(|n| json!({"order_id": n, "amount_cents": 100 * n}))
+        .collect();
     let (status, answer) = post(&http, &ingest, NEW_TOPIC, &Value::Array(orders)).await;
     assert_eq!(status, 202, "{answer}\n{}", logs());
     let order_ids = accepted_ids(&answer);

@@ -15,12 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use diesel::sql_types::Text;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use eventgate_core::db::PgPool;
 use eventgate_db_writer::envelope::Envelope;
@@ -439,7 +439,10 @@ async fn the_explorer_live_toggle_shows_new_events_and_resumes_after_a_drop() {
     // Stored before the toggle: never shown live.
     store(
         &writer,
-        &[event(TOPIC, now(), "login", 0), event(TOPIC, now(), "logout", 0)],
+        &[
+            event(TOPIC, now(), "login", 0),
+            event(TOPIC, now(), "logout", 0),
+        ],
     )
     .await;
     let proxy = CuttableProxy::start(&api.url).await;
@@ -471,7 +474,10 @@ fn logins_and_logouts(from: u64, n: u64) -> (Vec<Envelope>, Vec<String>) {
 fn event_name(envelope: &Envelope) -> String {
     let payload: serde_json::Value =
         serde_json::from_slice(envelope.payload_json()).expect("a JSON payload");
-    payload["event_name"].as_str().unwrap_or_default().to_owned()
+    payload["event_name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 async fn drive_live(
