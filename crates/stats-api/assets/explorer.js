@@ -101,6 +101,15 @@
     return answer;
   }
 
+  // The field-level errors of an error answer (its envelope's `errors`), none when it has no JSON body.
+  async function errorDetails(response) {
+    try {
+      return (await response.json()).errors || [];
+    } catch (e) {
+      return [];
+    }
+  }
+
   function topicPath(suffix) {
     return `/stats/${encodeURIComponent(state.topic)}${suffix || ""}`;
   }
@@ -544,13 +553,7 @@
         headers: { Authorization: `Bearer ${state.token}` },
       });
       if (!response.ok) {
-        let details = [];
-        try {
-          details = (await response.json()).errors || [];
-        } catch (e) {
-          details = [];
-        }
-        throw { title: `The server answered ${response.status}.`, details };
+        throw { title: `The server answered ${response.status}.`, details: await errorDetails(response) };
       }
       const blob = await response.blob();
       const url = URL.createObjectURL(blob);
@@ -655,12 +658,7 @@
       return { reason: "the server could not be reached", progressed: false };
     }
     if (!response.ok) {
-      let details = [];
-      try {
-        details = (await response.json()).errors || [];
-      } catch (e) {
-        details = [];
-      }
+      const details = await errorDetails(response);
       // 5xx and 429 pass; anything else (a bad filter, a token that expired, a position too old to
       // resume) would fail the same way again.
       if (response.status >= 500 || response.status === 429) {
