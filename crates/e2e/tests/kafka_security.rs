@@ -139,7 +139,8 @@ async fn pipeline_carries_events(broker: &SecureBroker, secure: impl Fn(&mut Kaf
     assert_eq!(system.published_messages("audit.logs"), 21);
 }
 
-#[tokio::test]
+// Two worker threads, as the other end-to-end tests: the whole system runs in this test's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_flow_end_to_end_over_mutual_tls() {
     let broker = broker(SecureBrokerOptions {
         tls: true,
@@ -149,7 +150,8 @@ async fn events_flow_end_to_end_over_mutual_tls() {
     pipeline_carries_events(&broker, |kafka| mutual_tls(kafka, &broker)).await;
 }
 
-#[tokio::test]
+// Two worker threads, as the other end-to-end tests: the whole system runs in this test's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_flow_end_to_end_over_sasl_scram_over_tls() {
     let broker = broker(SecureBrokerOptions {
         authentication: true,
