@@ -4,7 +4,10 @@
 //! No topic name is known to the code: adding a topic means dropping a schema file into the directory
 //! (and a line into the access file) and restarting. A topic's versions must follow its compatibility
 //! rule ([`compat`]); a directory where one does not is refused, naming the topic, the version, the
-//! field and the rule. Events are validated against the latest version. Besides standard JSON Schema,
+//! field and the rule. An event is validated against the version it names ([`Topic::select_version`],
+//! `$schema` or the `Eventgate-Schema-Version` header), else the latest; every version is compiled at
+//! load. The queryable fields are the union over the versions ([`union_fields`]): a field must have one
+//! type in all of them (or a wider one: see there). Besides standard JSON Schema,
 //! a schema may carry an `x-eventgate` object at its root with per-topic settings:
 //! `{"key_field": "run_id"}` — the payload field whose value becomes the Kafka message key (events with
 //! the same key stay in order on one partition); without it the event id is the key.
@@ -29,7 +32,7 @@ use serde_json::Value;
 use jsonschema::error::ValidationErrorKind;
 
 use crate::error::ErrorDetail;
-use crate::query::FieldCatalogue;
+use crate::query::{FieldCatalogue, FieldType};
 
 pub use compat::{Compatibility, Incompatibility};
 
@@ -157,14 +160,66 @@ pub fn check_versions(versions: &[SchemaVersion]) -> Vec<VersionProblem> {
 
 pub struct Topic {
     pub name: String,
+    /// The latest version's schema.
     pub schema: Value,
+    /// The latest version's settings.
     pub settings: TopicSettings,
+    /// The union of every version's fields ([`union_fields`]).
     pub fields: FieldCatalogue,
-    /// Where naive date-times are rewritten, and in which zone.
+    /// Where the latest version's naive date-times are rewritten, and in which zone.
     pub naive_times: Vec<crate::naive_time::Rule>,
-    validator: jsonschema::Validator,
-    /// Every version, oldest first; the last is `schema`, the one events are validated against.
+    /// One per version, oldest first (`compiled[n - 1]` is version `n`): compiled at load, so that
+    /// an event naming an older version costs no compilation.
+    compiled: Vec<Compiled>,
+    /// Every version, oldest first; the last is `schema`, the one events are validated against by default.
     versions: Vec<SchemaVersion>,
+}
+
+/// What validating an event of one version needs.
+struct Compiled {
+    validator: jsonschema::Validator,
+    naive_times: Vec<crate::naive_time::Rule>,
+}
+
+/// The member of an event that names the version of the topic's schema it was written for; removed
+/// from the payload before validation and storage.
+pub const SCHEMA_MEMBER: &str = "$schema";
+
+/// The request header naming the version every event of the request was written for (an event's own
+/// `$schema` overrides it).
+pub const SCHEMA_VERSION_HEADER: &str = "Eventgate-Schema-Version";
+
+/// The version number a `$schema` member or the header names: an integer `N`, or a string `"N"` or
+/// `"<topic>/N"` (the topic must be this one); anything else is refused with the reason.
+pub fn parse_version(topic: &str, value: &Value) -> Result<u32, String> {
+    let number = |text: &str| -> Option<u32> {
+        // One spelling per version, as the files are named: no sign, no leading zero.
+        (!text.starts_with('0') && !text.starts_with('+'))
+            .then(|| text.parse::<u32>().ok())
+            .flatten()
+            .filter(|n| *n >= 1)
+    };
+    let expected = format!("a version number: an integer N, or the string \"N\" or \"{topic}/N\"");
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("must be {expected}, not {n}")),
+        Value::String(text) => {
+            let digits = match text.rsplit_once('/') {
+                Some((named, digits)) if named == topic => digits,
+                Some((named, _)) => {
+                    return Err(format!(
+                        "names the topic {named:?}, but the event is sent to {topic:?}"
+                    ))
+                }
+                None => text.as_str(),
+            };
+            number(digits).ok_or_else(|| format!("must be {expected}, not {text:?}"))
+        }
+        other => Err(format!("must be {expected}, not {other}")),
+    }
 }
 
 impl std::fmt::Debug for Topic {
@@ -205,33 +260,76 @@ impl Topic {
             schema,
             settings,
             fields,
+            compiled: vec![Compiled {
+                validator,
+                naive_times: naive_times.clone(),
+            }],
             naive_times,
-            validator,
             versions,
         })
     }
 
     /// A topic of several versions (`schemas[0]` is version 1): each must be a valid topic schema and
-    /// follow its rule against the earlier ones; the latest is the one events are validated against.
+    /// follow its rule against the earlier ones, and their fields must agree on their types; the latest
+    /// is the one events are validated against unless they name another.
     pub fn from_versions(name: &str, schemas: Vec<Value>) -> Result<Topic, String> {
-        let versions: Vec<SchemaVersion> = (1..)
-            .zip(schemas)
-            .map(|(number, schema)| SchemaVersion { number, schema })
-            .collect();
-        let Some(latest) = versions.last() else {
-            return Err(format!("topic {name:?} has no schema version"));
-        };
-        for version in &versions[..versions.len() - 1] {
-            Topic::from_schema(name, version.schema.clone())
-                .map_err(|e| format!("version {}: {e}", version.number))?;
+        let mut built = Vec::with_capacity(schemas.len());
+        for (number, schema) in (1..).zip(schemas) {
+            let topic = Topic::from_schema(name, schema.clone())
+                .map_err(|e| format!("version {number}: {e}"))?;
+            built.push((SchemaVersion { number, schema }, topic));
         }
-        let mut topic = Topic::from_schema(name, latest.schema.clone())
-            .map_err(|e| format!("version {}: {e}", latest.number))?;
+        Topic::combine(name, built).map_err(|error| match error {
+            CatalogueError::Incompatible { problems, .. } => problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            CatalogueError::Versions { message, .. } => message,
+            other => other.to_string(),
+        })
+    }
+
+    /// The versions of a topic, each already a topic of its own (oldest first), made one topic: the
+    /// latest's schema and settings, every version's validator, the union of their fields. Refused when
+    /// a version breaks its rule ([`CatalogueError::Incompatible`]) or a field's types disagree
+    /// ([`CatalogueError::Versions`]).
+    fn combine(name: &str, built: Vec<(SchemaVersion, Topic)>) -> Result<Topic, CatalogueError> {
+        let versions: Vec<SchemaVersion> = built.iter().map(|(v, _)| v.clone()).collect();
         let problems = check_versions(&versions);
         if !problems.is_empty() {
-            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(problems.join("; "));
+            return Err(CatalogueError::Incompatible {
+                topic: name.to_owned(),
+                problems,
+            });
         }
+        let catalogues: Vec<(u32, &FieldCatalogue)> =
+            built.iter().map(|(v, t)| (v.number, &t.fields)).collect();
+        let mut fields = union_fields(&catalogues).map_err(|message| CatalogueError::Versions {
+            topic: name.to_owned(),
+            message,
+        })?;
+        let mut compiled = Vec::with_capacity(built.len());
+        let mut latest = None;
+        for (_, mut topic) in built {
+            compiled.append(&mut topic.compiled);
+            latest = Some(topic);
+        }
+        let Some(mut topic) = latest else {
+            return Err(CatalogueError::Versions {
+                topic: name.to_owned(),
+                message: "no schema version".into(),
+            });
+        };
+        // The latest version's indexed fields, on the union (a widened type may refuse one).
+        fields
+            .mark_indexed(&topic.settings.indexed_fields)
+            .map_err(|message| CatalogueError::Versions {
+                topic: name.to_owned(),
+                message,
+            })?;
+        topic.fields = fields;
+        topic.compiled = compiled;
         topic.versions = versions;
         Ok(topic)
     }
@@ -239,6 +337,29 @@ impl Topic {
     /// Every version of the schema, oldest first.
     pub fn versions(&self) -> &[SchemaVersion] {
         &self.versions
+    }
+
+    /// The version an event is validated against: the one it names, else the latest. An unknown
+    /// version is refused with the versions that exist.
+    pub fn select_version(&self, named: Option<u32>) -> Result<u32, String> {
+        match named {
+            None => Ok(self.latest_version()),
+            Some(n) if self.versions.iter().any(|v| v.number == n) => Ok(n),
+            Some(n) => Err(format!(
+                "topic {:?} has no schema version {n}; its versions are {}",
+                self.name,
+                self.versions
+                    .iter()
+                    .map(|v| v.number.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    fn compiled(&self, version: u32) -> Option<&Compiled> {
+        let index = usize::try_from(version).ok()?.checked_sub(1)?;
+        self.compiled.get(index)
     }
 
     /// The number of the latest version, the one events are validated against.
@@ -267,8 +388,30 @@ impl Topic {
         prefix: &str,
         id_field: Option<&str>,
     ) -> Vec<ErrorDetail> {
+        self.validate_event_version(payload, prefix, id_field, self.latest_version())
+    }
+
+    /// [`Topic::validate_event`] against one version of the schema (see [`Topic::select_version`]);
+    /// an unknown version is an error of the event.
+    pub fn validate_event_version(
+        &self,
+        payload: &Value,
+        prefix: &str,
+        id_field: Option<&str>,
+        version: u32,
+    ) -> Vec<ErrorDetail> {
+        let Some(compiled) = self.compiled(version) else {
+            let message = self
+                .select_version(Some(version))
+                .err()
+                .unwrap_or_else(|| format!("no compiled schema for version {version}"));
+            return vec![ErrorDetail::validation(
+                field_name(prefix, &child_pointer("", SCHEMA_MEMBER)),
+                message,
+            )];
+        };
         let mut found: Vec<(String, String)> = Vec::new();
-        for error in self.validator.iter_errors(payload) {
+        for error in compiled.validator.iter_errors(payload) {
             let path = error.instance_path().to_string();
             match error.kind() {
                 // A missing property is named by its own path (`jobs[0].status`), not its parent's.
@@ -317,6 +460,14 @@ impl Topic {
     /// before [`Topic::validate_event`], so that what is checked is what is stored.
     pub fn normalise_naive_times(&self, payload: &mut Value) -> usize {
         crate::naive_time::normalise(&self.naive_times, payload)
+    }
+
+    /// [`Topic::normalise_naive_times`] as one version of the schema declares them.
+    pub fn normalise_naive_times_version(&self, payload: &mut Value, version: u32) -> usize {
+        match self.compiled(version) {
+            Some(compiled) => crate::naive_time::normalise(&compiled.naive_times, payload),
+            None => 0,
+        }
     }
 
     /// The Kafka message key for an event: the configured key field's value, or the id.
@@ -492,8 +643,7 @@ fn versions_in(dir: &Path, topic: &str) -> Result<Vec<(u32, PathBuf)>, Catalogue
 
 /// Reads, parses and checks a topic's versions; the topic validates with the latest.
 fn load_topic(source: TopicSource) -> Result<Topic, CatalogueError> {
-    let mut versions = Vec::with_capacity(source.files.len());
-    let mut latest = None;
+    let mut built = Vec::with_capacity(source.files.len());
     for (number, path) in source.files {
         let text = std::fs::read_to_string(&path).map_err(|source| CatalogueError::ReadFile {
             path: path.clone(),
@@ -510,24 +660,73 @@ fn load_topic(source: TopicSource) -> Result<Topic, CatalogueError> {
                 message,
             }
         })?;
-        latest = Some(topic);
-        versions.push(SchemaVersion { number, schema });
+        built.push((SchemaVersion { number, schema }, topic));
     }
-    let Some(mut topic) = latest else {
-        return Err(CatalogueError::Versions {
-            topic: source.name,
-            message: "no schema version".into(),
-        });
-    };
-    let problems = check_versions(&versions);
-    if !problems.is_empty() {
-        return Err(CatalogueError::Incompatible {
-            topic: source.name,
-            problems,
-        });
+    Topic::combine(&source.name, built)
+}
+
+/// How the types of one field in two versions combine, when they can: the same type; `integer` and
+/// `number` as `number`; `epoch-ms` and `integer` as `integer`, and with `number` as `number`;
+/// `date-time` and `string` as `string` (a format added or removed); anything with a type the schema
+/// does not pin down (`other`: only `_exists` applies) as `other`. Any other pair (`string` and
+/// `integer`) has no type both versions' values can be compared as.
+fn wider_type(a: FieldType, b: FieldType) -> Option<FieldType> {
+    use FieldType::*;
+    match (a, b) {
+        _ if a == b => Some(a),
+        (Other, _) | (_, Other) => Some(Other),
+        (Integer | EpochMillis, Number) | (Number, Integer | EpochMillis) => Some(Number),
+        (Integer, EpochMillis) | (EpochMillis, Integer) => Some(Integer),
+        (DateTime, String) | (String, DateTime) => Some(String),
+        _ => None,
     }
-    topic.versions = versions;
-    Ok(topic)
+}
+
+/// The queryable fields of a topic of several versions (`(number, fields)`, oldest first): every
+/// field of every version, each with one type — [`wider_type`] of its types in the versions that have
+/// it. A field whose types have none is refused, naming the field, the versions and their types.
+/// Indexed marks are not carried over: the caller marks the latest version's.
+pub fn union_fields(versions: &[(u32, &FieldCatalogue)]) -> Result<FieldCatalogue, String> {
+    let mut union = FieldCatalogue::default();
+    // Where each field's type came from, for the error.
+    let mut seen: BTreeMap<String, (u32, FieldType)> = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    // Newest first, so that a name the latest version gives a field is the one kept.
+    for (number, fields) in versions.iter().rev() {
+        for def in fields.fields().filter(|d| !d.is_envelope()) {
+            let mut def = def.clone();
+            def.indexed = false;
+            let key = def.name.clone();
+            let known = union.fields().find(|d| d.source == def.source).cloned();
+            match known {
+                None => {
+                    seen.insert(key, (*number, def.ty));
+                    union.insert_payload_field(def);
+                }
+                Some(mut known) => match wider_type(known.ty, def.ty) {
+                    Some(ty) => {
+                        known.ty = ty;
+                        union.insert_payload_field(known);
+                    }
+                    None => {
+                        let (other, other_ty) = seen.get(&key).copied().unwrap_or((0, known.ty));
+                        conflicts.push(format!(
+                            "field {key} is {} in version {number} but {} in version {other}: a \
+                             field must keep one type across versions (integer may widen to \
+                             number, date-time to string)",
+                            def.ty.as_str(),
+                            other_ty.as_str(),
+                        ));
+                    }
+                },
+            }
+        }
+    }
+    if conflicts.is_empty() {
+        Ok(union)
+    } else {
+        Err(conflicts.join("; "))
+    }
 }
 
 /// What [`Catalogue::check_dir`] found: the topics that load, and every error of the others.
@@ -954,6 +1153,102 @@ mod tests {
             "{errors:?}"
         );
         assert!(Catalogue::check_dir(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn the_schema_member_names_a_version_as_an_integer_or_a_string() {
+        assert_eq!(parse_version("logs", &json!(2)), Ok(2));
+        assert_eq!(parse_version("logs", &json!("2")), Ok(2));
+        assert_eq!(parse_version("logs", &json!("logs/12")), Ok(12));
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!("02"),
+            json!("+2"),
+            json!(""),
+            json!("logs/"),
+            json!(null),
+            json!([1]),
+        ] {
+            let error = parse_version("logs", &bad).expect_err("refused");
+            assert!(
+                error.starts_with("must be a version number"),
+                "{bad}: {error}"
+            );
+        }
+        let error = parse_version("logs", &json!("web.events/1")).expect_err("other topic");
+        assert!(error.contains("\"web.events\""), "{error}");
+    }
+
+    #[test]
+    fn each_version_validates_its_own_events_and_unknown_ones_are_named() {
+        let v1 = logs(json!({"name": {"type": "string"}}), &["name"]);
+        let v2 = logs(
+            json!({"name": {"type": "string"}, "customer_id": {"type": "integer"}}),
+            &["name"],
+        );
+        let topic = Topic::from_versions("audit.logs", vec![v1, v2]).expect("loads");
+        assert_eq!(topic.select_version(None), Ok(2));
+        assert_eq!(topic.select_version(Some(1)), Ok(1));
+        assert_eq!(
+            topic.select_version(Some(3)),
+            Err("topic \"audit.logs\" has no schema version 3; its versions are 1, 2".to_owned())
+        );
+        let event = json!({"name": "n", "customer_id": 4});
+        // Version 1 is closed: customer_id is not one of its properties.
+        assert_eq!(topic.validate_event_version(&event, "", None, 1).len(), 1);
+        assert!(topic.validate_event_version(&event, "", None, 2).is_empty());
+        let unknown = topic.validate_event_version(&event, "[4].", None, 7);
+        assert_eq!(unknown.len(), 1);
+        assert_eq!(unknown[0].field.as_deref(), Some("[4].$schema"));
+    }
+
+    #[test]
+    fn the_fields_of_a_topic_are_the_union_over_its_versions() {
+        let mut v1 = logs(
+            json!({"name": {"type": "string"}, "legacy": {"type": "string"},
+                   "count": {"type": "integer"}, "at": {"type": "string", "format": "date-time"}}),
+            &[],
+        );
+        v1["additionalProperties"] = json!(true);
+        let mut v2 = logs(
+            json!({"name": {"type": "string"}, "customer_id": {"type": "integer"},
+                   "count": {"type": "number"}, "at": {"type": "string"}}),
+            &[],
+        );
+        v2["additionalProperties"] = json!(true);
+        v2["x-eventgate"] = json!({"compatibility": "none", "indexed_fields": ["count"]});
+        let topic = Topic::from_versions("t", vec![v1, v2]).expect("loads");
+        let ty = |name: &str| topic.fields.lookup(name).map(|d| d.ty);
+        // A field of version 1 only is still queryable: its events are stored.
+        assert_eq!(ty("legacy"), Some(FieldType::String));
+        assert_eq!(ty("customer_id"), Some(FieldType::Integer));
+        // Widened: queried as the wider type.
+        assert_eq!(ty("count"), Some(FieldType::Number));
+        assert_eq!(ty("at"), Some(FieldType::String));
+        assert!(topic.fields.lookup("count").is_some_and(|d| d.indexed));
+        assert!(topic.fields.lookup("timestamp").is_some());
+    }
+
+    #[test]
+    fn a_field_whose_types_disagree_across_versions_is_refused_at_load() {
+        let v1 = logs(json!({"code": {"type": "string"}}), &[]);
+        let mut v2 = logs(json!({"code": {"type": "integer"}}), &[]);
+        v2["x-eventgate"] = json!({"compatibility": "none"});
+        let error = Topic::from_versions("t", vec![v1.clone(), v2.clone()]).expect_err("refused");
+        assert_eq!(
+            error,
+            "field code is string in version 1 but integer in version 2: a field must keep one \
+             type across versions (integer may widen to number, date-time to string)"
+        );
+        let dir = topics_dir(&[("audit.logs/1.json", v1), ("audit.logs/2.json", v2)]);
+        let error = Catalogue::load_dir(dir.path()).expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("topic audit.logs: field code is string in version 1 but integer"),
+            "{text}"
+        );
     }
 
     #[test]

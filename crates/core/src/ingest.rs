@@ -63,6 +63,9 @@ pub enum EventOutcome {
 pub struct PreparedBody {
     pub is_batch: bool,
     pub outcomes: Vec<EventOutcome>,
+    /// The schema version each event was validated against, by the index of `outcomes` (that of a
+    /// refused event is the version it was checked against, or the latest).
+    pub schema_versions: Vec<u32>,
 }
 
 impl PreparedBody {
@@ -103,13 +106,41 @@ impl PreparedBody {
 
 /// Parses a request body (raw bytes) into events of `topic`, validating each one.
 /// A body that is not JSON, not an object or array, an empty array, or too large a batch is an error for
-/// the whole request; schema violations are per event.
+/// the whole request; schema violations are per event. Each event is validated against the latest
+/// version of the topic's schema, or the one its `$schema` names ([`prepare_versioned`]).
 pub fn prepare(
     body: &[u8],
     topic: &Topic,
     producer: &str,
     rules: &IngestRules,
     now: OffsetDateTime,
+) -> Result<PreparedBody, ApiError> {
+    prepare_versioned(body, topic, producer, rules, now, None)
+}
+
+/// The `Eventgate-Schema-Version` header's version: a number the topic has (a 400 naming the header
+/// and listing the versions otherwise).
+pub fn header_version(topic: &Topic, value: &[u8]) -> Result<u32, ApiError> {
+    let field = crate::catalogue::SCHEMA_VERSION_HEADER;
+    let text = std::str::from_utf8(value)
+        .map_err(|_| ApiError::from(ErrorDetail::validation(field, "must be a version number")))?;
+    let number = crate::catalogue::parse_version(&topic.name, &Value::String(text.trim().into()))
+        .map_err(|reason| ApiError::from(ErrorDetail::validation(field, reason)))?;
+    topic
+        .select_version(Some(number))
+        .map_err(|reason| ApiError::from(ErrorDetail::validation(field, reason)))
+}
+
+/// [`prepare`] with the version the request names for its events (the `Eventgate-Schema-Version`
+/// header, see [`header_version`]): an event's own `$schema` member overrides it, and is removed from
+/// the event before validation and storage. Without either, the latest version applies.
+pub fn prepare_versioned(
+    body: &[u8],
+    topic: &Topic,
+    producer: &str,
+    rules: &IngestRules,
+    now: OffsetDateTime,
+    requested: Option<u32>,
 ) -> Result<PreparedBody, ApiError> {
     // Checked without building anything (IgnoredAny), so that the events can be split and their values
     // counted on the raw bytes, and no event beyond `max_event_nodes` is ever parsed into a tree.
@@ -147,7 +178,8 @@ pub fn prepare(
     let now = now
         .replace_nanosecond(now.nanosecond() / 1000 * 1000)
         .unwrap_or(now);
-    let outcomes = items
+    let default_version = requested.unwrap_or_else(|| topic.latest_version());
+    let (outcomes, schema_versions) = items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
@@ -157,24 +189,42 @@ pub fn prepare(
                 String::new()
             };
             if item.nodes > rules.max_event_nodes {
-                return EventOutcome::Rejected(vec![crate::limits::too_many_nodes(
-                    event_field(&prefix),
-                    item.nodes,
-                    rules.max_event_nodes,
-                )]);
+                return (
+                    EventOutcome::Rejected(vec![crate::limits::too_many_nodes(
+                        event_field(&prefix),
+                        item.nodes,
+                        rules.max_event_nodes,
+                    )]),
+                    default_version,
+                );
             }
             match serde_json::from_slice::<Value>(&body[item.range]) {
-                Ok(payload) => prepare_one(payload, topic, producer, rules, now, &prefix),
+                Ok(payload) => prepare_one(
+                    payload,
+                    topic,
+                    producer,
+                    rules,
+                    now,
+                    &prefix,
+                    default_version,
+                ),
                 // Unreachable after the check of the whole body, but never a panic on outside data.
-                Err(e) => EventOutcome::Rejected(vec![ErrorDetail::new(
-                    ErrorKind::Malformed,
-                    format!("event is not valid JSON: {e}"),
-                )
-                .with_field(event_field(&prefix))]),
+                Err(e) => (
+                    EventOutcome::Rejected(vec![ErrorDetail::new(
+                        ErrorKind::Malformed,
+                        format!("event is not valid JSON: {e}"),
+                    )
+                    .with_field(event_field(&prefix))]),
+                    default_version,
+                ),
             }
         })
-        .collect();
-    Ok(PreparedBody { is_batch, outcomes })
+        .unzip();
+    Ok(PreparedBody {
+        is_batch,
+        outcomes,
+        schema_versions,
+    })
 }
 
 /// The field that names a whole event: `body`, or `[3]` in a batch (`prefix` is `""` or `"[3]."`).
@@ -198,7 +248,12 @@ impl PreparedBody {
                 continue;
             };
             let key = topic.message_key(&event.payload, &event.id);
-            let value = event.to_json_bytes();
+            let version = self
+                .schema_versions
+                .get(index)
+                .copied()
+                .unwrap_or_else(|| topic.latest_version());
+            let value = event.to_json_bytes_versioned(version);
             let size = key.len() + value.len();
             if size > max_event_bytes {
                 let field = if is_batch {
@@ -335,6 +390,8 @@ pub fn answer(prepared: &PreparedBody, deliveries: &[Delivery]) -> Result<Answer
     })
 }
 
+/// One event: its outcome and the schema version it was validated against (`version` unless its own
+/// `$schema` names another).
 fn prepare_one(
     mut payload: Value,
     topic: &Topic,
@@ -342,16 +399,41 @@ fn prepare_one(
     rules: &IngestRules,
     now: OffsetDateTime,
     prefix: &str,
-) -> EventOutcome {
-    if !payload.is_object() {
-        return EventOutcome::Rejected(vec![ErrorDetail::validation(
-            event_field(prefix),
-            "an event must be a JSON object",
-        )]);
-    }
+    version: u32,
+) -> (EventOutcome, u32) {
+    let Some(members) = payload.as_object_mut() else {
+        return (
+            EventOutcome::Rejected(vec![ErrorDetail::validation(
+                event_field(prefix),
+                "an event must be a JSON object",
+            )]),
+            version,
+        );
+    };
+    // The version the event names belongs to the envelope, not the payload: removed before the schema
+    // sees the event, and never stored in it.
+    let version = match members.remove(crate::catalogue::SCHEMA_MEMBER) {
+        None => version,
+        Some(named) => {
+            match crate::catalogue::parse_version(&topic.name, &named)
+                .and_then(|n| topic.select_version(Some(n)))
+            {
+                Ok(n) => n,
+                Err(reason) => {
+                    return (
+                        EventOutcome::Rejected(vec![ErrorDetail::validation(
+                            format!("{prefix}{}", crate::catalogue::SCHEMA_MEMBER),
+                            reason,
+                        )]),
+                        version,
+                    )
+                }
+            }
+        }
+    };
     // Before validation: the schema checks, and the history stores, the normalised date-times.
-    topic.normalise_naive_times(&mut payload);
-    let mut errors = topic.validate_event(&payload, prefix, Some(&rules.id_field));
+    topic.normalise_naive_times_version(&mut payload, version);
+    let mut errors = topic.validate_event_version(&payload, prefix, Some(&rules.id_field), version);
     if let Some(pointer) = nul_character_at(&payload, &mut String::new()) {
         errors.push(ErrorDetail::validation(
             crate::catalogue::field_name(prefix, &pointer),
@@ -378,7 +460,7 @@ fn prepare_one(
             None
         }
     };
-    match id {
+    let outcome = match id {
         Some(id) if errors.is_empty() => EventOutcome::Accepted(Event {
             id,
             topic: topic.name.clone(),
@@ -391,7 +473,8 @@ fn prepare_one(
             errors.dedup();
             EventOutcome::Rejected(errors)
         }
-    }
+    };
+    (outcome, version)
 }
 
 /// The JSON pointer of the first string or object key holding U+0000, which PostgreSQL's `jsonb` refuses:
@@ -746,6 +829,128 @@ mod tests {
         assert_eq!(all.status, 202);
         assert_eq!(all.body["success"], true);
         assert_eq!(all.body["ids"].as_array().unwrap().len(), 2);
+    }
+
+    /// `logs` in two versions: version 2 requires `customer_id` (under `none`, so it loads).
+    fn versioned_topic() -> Topic {
+        let v1 = json!({"type": "object", "required": ["name"],
+                        "properties": {"name": {"type": "string"}}});
+        let v2 = json!({"type": "object", "required": ["name", "customer_id"],
+                        "x-eventgate": {"compatibility": "none"},
+                        "properties": {"name": {"type": "string"},
+                                       "customer_id": {"type": "integer"}}});
+        Topic::from_versions("logs", vec![v1, v2]).expect("versions load")
+    }
+
+    /// Batches of up to ten events.
+    fn wide() -> IngestRules {
+        IngestRules {
+            max_batch_events: 10,
+            ..rules()
+        }
+    }
+
+    fn version_errors(prepared: &PreparedBody, index: usize) -> Vec<String> {
+        match &prepared.outcomes[index] {
+            EventOutcome::Accepted(_) => Vec::new(),
+            EventOutcome::Rejected(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field.as_deref().unwrap_or(""), e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_event_is_validated_against_the_version_it_names_else_the_latest() {
+        let topic = versioned_topic();
+        let body = br#"[
+            {"name": "a"},
+            {"name": "b", "$schema": 1},
+            {"name": "c", "$schema": "1"},
+            {"name": "d", "$schema": "logs/1"},
+            {"name": "e", "customer_id": 4, "$schema": 2}
+        ]"#;
+        let prepared = prepare(body, &topic, "p", &wide(), now()).expect("prepared");
+        assert_eq!(prepared.schema_versions, [2, 1, 1, 1, 2]);
+        // The latest requires customer_id; version 1 does not.
+        assert_eq!(
+            version_errors(&prepared, 0),
+            ["[0].customer_id: \"customer_id\" is a required property"]
+        );
+        for index in 1..5 {
+            assert!(version_errors(&prepared, index).is_empty(), "{index}");
+        }
+        // `$schema` is the envelope's: never stored in the payload.
+        for event in prepared.accepted() {
+            assert!(
+                event.payload.get("$schema").is_none(),
+                "{:?}",
+                event.payload
+            );
+        }
+
+        // The header names the version of every event; an event's own `$schema` overrides it.
+        let body = br#"[{"name": "a"}, {"name": "b", "customer_id": 1, "$schema": 2}]"#;
+        let mut prepared =
+            prepare_versioned(body, &topic, "p", &wide(), now(), Some(1)).expect("prepared");
+        assert_eq!(prepared.schema_versions, [1, 2]);
+        assert_eq!(prepared.rejected_count(), 0);
+        let records = prepared.records(&topic, 1 << 20);
+        let versions: Vec<u32> = records
+            .iter()
+            .map(|r| crate::envelope::schema_version_in(&r.value))
+            .collect();
+        assert_eq!(versions, [1, 2], "the version travels in the envelope");
+    }
+
+    #[test]
+    fn an_unknown_or_malformed_version_is_refused_naming_the_field() {
+        let topic = versioned_topic();
+        let body = br#"[{"name": "a", "$schema": 3}, {"name": "a", "$schema": "other/1"},
+                        {"name": "a", "$schema": "01"}, {"name": "a", "$schema": 1.5},
+                        {"name": "a", "$schema": 1}]"#;
+        let prepared = prepare(body, &topic, "p", &wide(), now()).expect("prepared");
+        assert_eq!(
+            version_errors(&prepared, 0),
+            ["[0].$schema: topic \"logs\" has no schema version 3; its versions are 1, 2"]
+        );
+        assert!(
+            version_errors(&prepared, 1)[0].starts_with("[1].$schema: names the topic \"other\""),
+            "{:?}",
+            version_errors(&prepared, 1)
+        );
+        assert!(
+            version_errors(&prepared, 2)[0].starts_with("[2].$schema: must be a version number")
+        );
+        assert!(
+            version_errors(&prepared, 3)[0].starts_with("[3].$schema: must be a version number")
+        );
+        assert!(version_errors(&prepared, 4).is_empty());
+
+        let single = prepare(
+            br#"{"name": "a", "$schema": 9}"#,
+            &topic,
+            "p",
+            &rules(),
+            now(),
+        )
+        .expect("prepared");
+        assert_eq!(
+            version_errors(&single, 0),
+            ["$schema: topic \"logs\" has no schema version 9; its versions are 1, 2"]
+        );
+
+        // The header: a whole-request error naming it.
+        assert_eq!(header_version(&topic, b" 2 ").expect("known"), 2);
+        assert_eq!(header_version(&topic, b"logs/1").expect("known"), 1);
+        for bad in [&b"3"[..], b"x", b"0", b"\xff"] {
+            let error = header_version(&topic, bad).expect_err("refused");
+            let body = error.body().to_string();
+            assert!(body.contains("Eventgate-Schema-Version"), "{body}");
+        }
+        let error = header_version(&topic, b"3").expect_err("unknown");
+        let body = error.body().to_string();
+        assert!(body.contains("its versions are 1, 2"), "{body}");
     }
 
     #[test]

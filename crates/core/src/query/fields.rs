@@ -315,6 +315,14 @@ impl FieldCatalogue {
         Ok(())
     }
 
+    /// Adds (or replaces) a payload field with its name as its own catalogue gave it: how the union of
+    /// a topic's versions is built (`catalogue::union_fields`). Envelope fields are not replaced.
+    pub fn insert_payload_field(&mut self, def: FieldDef) {
+        if !def.is_envelope() {
+            self.payload.insert(source_key(&def.source), def);
+        }
+    }
+
     /// Finds a field by name: an envelope name, `payload.<path>`, or a bare payload path.
     pub fn lookup(&self, name: &str) -> Option<&FieldDef> {
         if let Some(def) = self.envelope.iter().find(|d| d.name == name) {
