@@ -6,6 +6,7 @@
 //! - `eventgate status TOPIC ID [--wait SECS]` — what became of an event the caller sent.
 //! - `eventgate tail TOPIC [--filter f=v]` — the live tail, reconnecting with `Last-Event-ID`.
 //! - `eventgate topics check DIR` — a topics directory's schemas and their versions' compatibility.
+//! - `eventgate topics list|describe` — the configured topics beside the broker's and the database's view.
 //! - `eventgate completions bash|zsh|fish` — shell completions.
 //! - `eventgate dead-letters list|show|replay|discard` — the operator's dead letters (schema owner's URL).
 //! - `eventgate keygen`, `token`, `migrate` — development keys and tokens, database migrations.
@@ -64,7 +65,8 @@ enum Command {
     /// The operator's dead letters: list, show, replay (after fixing the cause) or discard them.
     /// Needs the schema owner's database URL, and the broker's settings to replay.
     DeadLetters(dead_letters::DeadLettersArgs),
-    /// Topic schemas: `topics check DIR` validates a topics directory and its versions' compatibility.
+    /// Topic schemas: `topics check DIR` validates a topics directory and its versions' compatibility;
+    /// `topics list` and `topics describe TOPIC` show the configured topics beside Kafka and Postgres.
     Topics {
         #[command(subcommand)]
         command: topics::TopicsCommand,

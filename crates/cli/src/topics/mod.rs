@@ -2,6 +2,12 @@
 //! parsed, every version checked against the earlier ones under its topic's compatibility rule — for
 //! the CI of the people who own the topics, before they deploy (docs/CLI.md, docs/API.md "Schema
 //! versions and compatibility").
+//!
+//! `eventgate topics list|describe`: the configured topics beside what the broker and the database hold
+//! of them (`inspect.rs` reads, `render.rs` prints).
+
+mod inspect;
+mod render;
 
 use std::path::PathBuf;
 
@@ -9,8 +15,16 @@ use eventgate_core::catalogue::{Catalogue, CatalogueError};
 
 use crate::error::{Failure, EXIT_REFUSED};
 
+pub use inspect::{DescribeArgs, ListArgs};
+
 #[derive(clap::Subcommand)]
 pub enum TopicsCommand {
+    /// The configured topics (`catalogue.topics_dir`): schema versions, compatibility, Kafka topic and
+    /// partitions (configured vs. in Kafka), retention, events stored, unresolved dead letters.
+    List(ListArgs),
+    /// One topic in full: `list`'s columns, each version's fields, settings, the Kafka partitions with
+    /// their offsets, the newest stored event and the writers' lag, dead letters by reason.
+    Describe(DescribeArgs),
     /// Check a topics directory: each schema, and each version against the earlier ones under the
     /// topic's rule. Exit 0 when all is well, 1 with one line per problem, 2 when DIR is unreadable.
     Check {
@@ -23,6 +37,8 @@ pub enum TopicsCommand {
 pub fn run(command: TopicsCommand) -> Result<u8, Failure> {
     match command {
         TopicsCommand::Check { dir } => check(&dir),
+        TopicsCommand::List(args) => crate::block_on(inspect::list(args)),
+        TopicsCommand::Describe(args) => crate::block_on(inspect::describe(args)),
     }
 }
 
