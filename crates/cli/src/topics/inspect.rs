@@ -34,8 +34,8 @@ pub struct Sources {
         hide_env_values = true
     )]
     database_url: Option<String>,
-    /// Do not ask the database (its columns are `-`).
-    #[arg(long, conflicts_with = "database_url")]
+    /// Do not ask the database (its columns are `-`), whatever URL is set.
+    #[arg(long)]
     no_database: bool,
     /// Seconds to wait for the broker and for each database statement.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
