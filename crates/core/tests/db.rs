@@ -53,6 +53,7 @@ fn declared() -> Vec<(&'static str, Vec<String>, Vec<Column>)> {
                 ("received_at", TZ, false),
                 ("producer", "text", false),
                 ("payload", "jsonb", false),
+                ("schema_version", "smallint", false),
             ],
         ),
         (

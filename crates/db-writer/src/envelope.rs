@@ -32,6 +32,10 @@ pub struct Envelope {
     /// The envelope's `timestamp`: when the ingest-api received the event.
     pub received_at: OffsetDateTime,
     pub producer: String,
+    /// The version of the topic's schema the event was validated against: the envelope's
+    /// `schema_version`, 1 when it has none (queued by an ingest-api from before versions were
+    /// recorded). Postgres' `smallint`.
+    pub schema_version: i16,
     /// Where the message was read from.
     pub origin: KafkaCoordinates,
     /// The message value as read from Kafka, kept whole: a dead letter parks these bytes.
@@ -53,6 +57,14 @@ struct Wire<'a> {
     producer: Cow<'a, str>,
     #[serde(borrow)]
     payload: &'a RawValue,
+    /// A number the `smallint` column holds, or the envelope is refused as undecodable.
+    #[serde(default = "default_schema_version")]
+    schema_version: i16,
+}
+
+fn default_schema_version() -> i16 {
+    // DEFAULT_SCHEMA_VERSION is 1: fits.
+    i16::try_from(eventgate_core::envelope::DEFAULT_SCHEMA_VERSION).unwrap_or(1)
 }
 
 impl Envelope {
@@ -61,7 +73,7 @@ impl Envelope {
         raw: Vec<u8>,
         origin: KafkaCoordinates,
     ) -> Result<Envelope, (Vec<u8>, serde_json::Error)> {
-        let (id, topic, received_at, producer, payload) =
+        let (id, topic, received_at, producer, schema_version, payload) =
             match serde_json::from_slice::<Wire<'_>>(&raw) {
                 Ok(wire) => {
                     // A borrowed `RawValue` is a slice of `raw`: its position is the payload's range.
@@ -79,6 +91,7 @@ impl Envelope {
                         wire.topic.into_owned(),
                         wire.timestamp,
                         wire.producer.into_owned(),
+                        wire.schema_version,
                         payload,
                     )
                 }
@@ -89,6 +102,7 @@ impl Envelope {
             topic,
             received_at,
             producer,
+            schema_version,
             origin,
             raw,
             payload,
@@ -133,6 +147,10 @@ mod tests {
         assert_eq!(decoded.topic, "audit.logs");
         assert_eq!(decoded.producer, "al\"ice", "escaped strings are unescaped");
         assert_eq!(decoded.received_at, event.timestamp);
+        assert_eq!(
+            decoded.schema_version, 1,
+            "an envelope without a version is version 1"
+        );
         assert_eq!(decoded.raw(), &bytes[..]);
         let payload: serde_json::Value =
             serde_json::from_slice(decoded.payload_json()).expect("payload is JSON");
@@ -142,6 +160,24 @@ mod tests {
             serde_json::to_string(&event.payload).expect("JSON"),
             "the payload text is passed through, not rebuilt"
         );
+    }
+
+    #[test]
+    fn the_schema_version_is_read_beside_the_payload_text() {
+        let event = eventgate_core::envelope::Event {
+            id: Uuid::now_v7(),
+            topic: "audit.logs".to_owned(),
+            timestamp: OffsetDateTime::from_unix_timestamp(1_736_937_000).expect("time"),
+            producer: "alice".to_owned(),
+            payload: serde_json::json!({"b": [1, 2]}),
+        };
+        let decoded =
+            Envelope::decode(event.to_json_bytes_versioned(2), origin()).expect("decodes");
+        assert_eq!(decoded.schema_version, 2);
+        assert_eq!(decoded.payload_json(), br#"{"b":[1,2]}"#);
+        // A version the column cannot hold is no envelope.
+        let too_large = event.to_json_bytes_versioned(70_000);
+        assert!(Envelope::decode(too_large, origin()).is_err());
     }
 
     #[test]

@@ -11,6 +11,9 @@ diesel::table! {
         received_at -> Timestamptz,
         producer -> Text,
         payload -> Jsonb,
+        /// The version of the topic's schema the event was validated against (1 for events stored
+        /// before versions were recorded).
+        schema_version -> SmallInt,
     }
 }
 

@@ -12,7 +12,8 @@
 //! Only that second path looks at what was skipped: a skipped event whose payload differs from the
 //! stored one is a *conflicting duplicate* (the producer re-sent an id with other content), parked as a
 //! dead letter in the same transaction. A Kafka redelivery carries the same payload and is no conflict;
-//! `received_at` is not compared (every HTTP retry has its own).
+//! `received_at` is not compared (every HTTP retry has its own), nor is `schema_version` (the same
+//! payload re-sent naming another version that accepts it is the same event).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -113,13 +114,16 @@ pub enum StoredIds {
     Skip,
 }
 
-const INSERT_NEW_EVENTS: &str = "INSERT INTO events (id, topic, received_at, producer, payload) \
-     SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[])";
+const INSERT_NEW_EVENTS: &str =
+    "INSERT INTO events (id, topic, received_at, producer, payload, schema_version) \
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[], \
+     $6::int2[])";
 
 /// `RETURNING` names the rows inserted; every other row of the batch was skipped.
 const INSERT_EVENTS_SKIPPING_STORED: &str =
-    "INSERT INTO events (id, topic, received_at, producer, payload) \
-     SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[]) \
+    "INSERT INTO events (id, topic, received_at, producer, payload, schema_version) \
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[], \
+     $6::int2[]) \
      ON CONFLICT (id, topic, producer) DO NOTHING \
      RETURNING id, topic, producer";
 
@@ -208,12 +212,14 @@ pub async fn insert_batch(
         let producers: Vec<&str> = events.iter().map(|e| e.producer.as_str()).collect();
         let payloads: Vec<JsonbText<'_>> =
             events.iter().map(|e| JsonbText(e.payload_json())).collect();
-        let params: [(&(dyn ToSql + Sync), Type); 5] = [
+        let versions: Vec<i16> = events.iter().map(|e| e.schema_version).collect();
+        let params: [(&(dyn ToSql + Sync), Type); 6] = [
             (&ids, Type::UUID_ARRAY),
             (&topics, Type::TEXT_ARRAY),
             (&received_at, Type::TIMESTAMPTZ_ARRAY),
             (&producers, Type::TEXT_ARRAY),
             (&payloads, Type::JSONB_ARRAY),
+            (&versions, Type::INT2_ARRAY),
         ];
         match stored_ids {
             StoredIds::Refuse => {
