@@ -11,9 +11,10 @@
 //! - `eventgate dead-letters list|show|replay|discard` — the operator's dead letters (schema owner's URL).
 //! - `eventgate keygen`, `token`, `migrate` — development keys and tokens, database migrations.
 //!
-//! Exit codes: 0 done, 1 refused by the API (`topics check`: a topic is broken), 2
-//! usage/configuration/input, 3 unreachable or not allowed, 4 (`status` only) the event is not stored
-//! (yet) (docs/CLI.md).
+//! Exit codes: 0 done, 1 refused by the API (`topics check|list`: a topic is broken; `topics describe`:
+//! an unknown topic), 2 usage/configuration/input, 3 unreachable or not allowed (`topics list|describe`:
+//! neither the broker nor the database answered), 4 (`status` only) the event is not stored (yet)
+//! (docs/CLI.md).
 
 mod client;
 mod config;
@@ -41,7 +42,7 @@ use crate::error::Failure;
     name = "eventgate",
     version,
     about = "Send, query and export eventgate events; development keys, tokens and migrations",
-    after_help = "Exit codes: 0 done, 1 refused by the API (topics check: a topic is broken), 2 \
+    after_help = "Exit codes: 0 done, 1 refused by the API (topics: a broken or unknown topic), 2 \
                   usage/configuration/input, 3 unreachable or not allowed, 4 (status) not stored yet. \
                   Configuration: docs/CLI.md."
 )]

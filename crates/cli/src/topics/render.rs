@@ -158,7 +158,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -385,7 +385,10 @@ pub fn list_table(report: &Report) -> String {
         .iter()
         .any(|t| t.events.is_some_and(|e| !e.exact))
     {
-        text.push_str("(~: the planner's estimate, for topics of more than 100,000 events)\n");
+        text.push_str(
+            "(~: the planner's estimate: a topic of more than 100,000 events, or a count that ran \
+             out of --timeout)\n",
+        );
     }
     text
 }
