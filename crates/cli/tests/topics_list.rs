@@ -336,6 +336,25 @@ async fn list_and_describe_show_the_configured_topics_beside_kafka_and_postgres(
     .await
     .expect(3);
 
+    // A topic that does not load: reported as `topics check` says it, exit 1, the others listed.
+    std::fs::write(topics.join("broken.json"), "{not json").expect("broken schema");
+    let run = eventgate(
+        &dir.0,
+        &env,
+        &["topics", "list", "--format", "json", "--no-database"],
+    )
+    .await
+    .expect(1);
+    assert!(
+        run.stderr.contains("broken.json is not valid JSON"),
+        "{}",
+        run.stderr
+    );
+    let partial = run.json();
+    assert_eq!(partial["topics"].as_array().map(Vec::len), Some(3));
+    assert_eq!(partial["problems"].as_array().map(Vec::len), Some(1));
+    std::fs::remove_file(topics.join("broken.json")).expect("remove");
+
     // An unknown topic: exit 1, naming the known ones.
     let unknown = eventgate(&dir.0, &env, &["topics", "describe", "audit.log"])
         .await
