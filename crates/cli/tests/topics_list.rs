@@ -277,7 +277,7 @@ async fn list_and_describe_show_the_configured_topics_beside_kafka_and_postgres(
     for part in [
         "1–2 (compatibility backward)",
         "2 unresolved: refused 1, undecodable 1",
-        "source (string|null)",
+        "source: string|null",
         "the writers' lag then 181 ms",
     ] {
         assert!(shown.stdout.contains(part), "{part}:\n{}", shown.stdout);

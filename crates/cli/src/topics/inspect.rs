@@ -11,6 +11,7 @@ use clap::Args;
 use eventgate_core::catalogue::Catalogue;
 use eventgate_core::config::{Config, KafkaConfig};
 use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
@@ -378,7 +379,9 @@ fn read_broker(config: &KafkaConfig, offsets_of: Vec<String>, timeout: Duration)
                     .map_err(|e| e.to_string())?;
                 let mut topics = BTreeMap::new();
                 for topic in metadata.topics() {
-                    if topic.error().is_some() {
+                    // Another error (a leader being elected) still means the topic exists.
+                    let code = topic.error().map(RDKafkaErrorCode::from);
+                    if code == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
                         continue;
                     }
                     let mut partitions: Vec<Partition> = topic
@@ -389,7 +392,7 @@ fn read_broker(config: &KafkaConfig, offsets_of: Vec<String>, timeout: Duration)
                             leader: p.leader(),
                             replicas: p.replicas().to_vec(),
                             isr: p.isr().to_vec(),
-                            error: p.error().map(|e| format!("{e:?}")),
+                            error: p.error().map(|e| RDKafkaErrorCode::from(e).to_string()),
                             watermarks: None,
                         })
                         .collect();

@@ -202,6 +202,25 @@ fn millis(from: OffsetDateTime, to: OffsetDateTime) -> i64 {
     i64::try_from((to - from).whole_milliseconds()).unwrap_or(i64::MAX)
 }
 
+/// `181 ms`, `4.2 s`, `3 min 20 s`, `5 h 12 min`, `671 d 3 h`: a span as a person reads it.
+pub fn duration_text(ms: i64) -> String {
+    let sign = if ms < 0 { "-" } else { "" };
+    let ms = ms.unsigned_abs();
+    let (s, min, h, d) = (ms / 1000, ms / 60_000, ms / 3_600_000, ms / 86_400_000);
+    let text = if ms < 1000 {
+        format!("{ms} ms")
+    } else if s < 60 {
+        format!("{}.{} s", s, (ms % 1000) / 100)
+    } else if min < 60 {
+        format!("{min} min {} s", s % 60)
+    } else if h < 24 {
+        format!("{h} h {} min", min % 60)
+    } else {
+        format!("{d} d {} h", h % 24)
+    };
+    format!("{sign}{text}")
+}
+
 fn kafka_status(kafka: &KafkaTopic) -> &'static str {
     match kafka {
         KafkaTopic::Present(_) => "present",
@@ -452,11 +471,11 @@ pub fn describe_text(report: &Report, topic: &TopicView, details: &Details) -> S
         "newest event:",
         match details.freshness {
             Some(f) => format!(
-                "{} ({} ms ago); stored at {}, the writers' lag then {} ms",
+                "{} ({} ago); stored at {}, the writers' lag then {}",
                 rfc3339(f.newest_event_at),
-                millis(f.newest_event_at, f.now),
+                duration_text(millis(f.newest_event_at, f.now)),
                 rfc3339(f.stored_at),
-                millis(f.newest_event_at, f.stored_at)
+                duration_text(millis(f.newest_event_at, f.stored_at))
             ),
             None if report.database == SourceState::Read => "none stored yet".to_owned(),
             None => unknown(&report.database).to_owned(),
@@ -511,7 +530,7 @@ pub fn describe_text(report: &Report, topic: &TopicView, details: &Details) -> S
             }
             fields
                 .iter()
-                .map(|f| format!("{} ({})", f.name, f.kind))
+                .map(|f| format!("{}: {}", f.name, f.kind))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -594,6 +613,12 @@ mod tests {
         assert_eq!(partitions_text(3, &partitions(1)), "3 / 1 (differs)");
         assert_eq!(partitions_text(3, &KafkaTopic::Missing), "3 / missing");
         assert_eq!(partitions_text(3, &KafkaTopic::Unknown), "3 / ?");
+        assert_eq!(duration_text(181), "181 ms");
+        assert_eq!(duration_text(4_250), "4.2 s");
+        assert_eq!(duration_text(200_000), "3 min 20 s");
+        assert_eq!(duration_text(5 * 3_600_000 + 12 * 60_000), "5 h 12 min");
+        assert_eq!(duration_text(57_988_483_865), "671 d 3 h");
+        assert_eq!(duration_text(-1_500), "-1.5 s");
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
