@@ -44,8 +44,17 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     description = "Each event is validated against the topic's JSON Schema (`GET /topics/{topic}`) and \
         published to Kafka; `202` only after the broker acknowledged every event. In a batch, a refused \
         event refuses only itself (`207`). Checks in order: token (401), the user's write rate (429), \
-        the topic (404), the right to write it (403), the body (413, 408, 400).",
-    params(("topic" = String, Path, description = "The topic's name.")),
+        the topic (404), the right to write it (403), the body (413, 408, 400). An event is validated \
+        against the version of the topic's schema it names (its member `$schema`: `N`, `\"N\"` or \
+        `\"<topic>/N\"`, removed from the stored event), else the one the `Eventgate-Schema-Version` \
+        header names, else the latest; the version is stored with the event.",
+    params(
+        ("topic" = String, Path, description = "The topic's name."),
+        ("Eventgate-Schema-Version" = Option<u32>, Header, description = "The version of the \
+            topic's schema every event of the request was written for (an event's own `$schema` \
+            overrides it); the latest when absent. A version the topic does not have is a 400 naming \
+            this header and listing the versions."),
+    ),
     request_body(content = crate::openapi::Events, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
@@ -65,6 +74,7 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     ),
 )]
 pub(crate) async fn post_events(
+    request: HttpRequest,
     writer: TopicWriter,
     gate: web::Data<Gatekeeping>,
     state: web::Data<AppState>,
@@ -81,12 +91,19 @@ pub(crate) async fn post_events(
         .await
         .map_err(|_| limits::body_timeout(body_timeout))??;
     limits::check_json_depth(&body, state.limits.max_json_depth, true)?;
-    let mut prepared = ingest::prepare(
+    // Checked before the body is parsed: a version the topic does not have refuses the whole request.
+    let requested = request
+        .headers()
+        .get(eventgate_core::catalogue::SCHEMA_VERSION_HEADER)
+        .map(|value| ingest::header_version(topic, value.as_bytes()))
+        .transpose()?;
+    let mut prepared = ingest::prepare_versioned(
         &body,
         topic,
         &principal.user,
         &state.rules,
         OffsetDateTime::now_utc(),
+        requested,
     )?;
     // Writes are counted in events: the gate took the first, the rest of a batch is taken here, all or
     // none (429 before anything is published).
