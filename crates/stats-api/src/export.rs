@@ -703,6 +703,7 @@ mod tests {
             topic: "t",
             received_at: time::OffsetDateTime::UNIX_EPOCH,
             producer: "=cmd|' /C calc'!A0",
+            schema_version: 1,
             payload: &payload,
         };
         let mut out = Vec::new();

@@ -129,6 +129,11 @@ pub struct Event {
     pub timestamp: Option<String>,
     /// The `sub` of the token that sent it.
     pub producer: Option<String>,
+    /// The version of the topic's schema the event was validated against (the one it named, else the
+    /// latest when it was sent; 1 for events stored before versions were recorded). Left out with
+    /// `fields`.
+    #[schema(minimum = 1)]
+    pub schema_version: Option<u16>,
     /// The event as sent (only the selected fields with `fields`).
     #[schema(value_type = Option<Object>)]
     pub payload: Option<HashMap<String, serde_json::Value>>,

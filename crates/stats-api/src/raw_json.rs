@@ -19,14 +19,17 @@ pub struct RawEvent<'a> {
     pub topic: &'a str,
     pub received_at: OffsetDateTime,
     pub producer: &'a str,
+    /// The version of the topic's schema the event was validated against (`events.schema_version`).
+    pub schema_version: i16,
     /// Valid JSON as Postgres writes `jsonb` (`", "` and `": "` between items), not yet minified.
     pub payload: &'a str,
 }
 
 impl RawEvent<'_> {
-    /// Appends the event as one JSON object, the shape and member order of [`Event`]'s serialisation:
-    /// `{"id":…,"topic":…,"timestamp":…,"producer":…,"payload":{…}}`. The payload's members come in
-    /// `jsonb`'s order (shorter keys first), which JSON readers do not depend on.
+    /// Appends the event as one JSON object, the shape and member order of [`Event`]'s serialisation
+    /// with the schema version beside the envelope's fields:
+    /// `{"id":…,"topic":…,"timestamp":…,"producer":…,"schema_version":N,"payload":{…}}`. The payload's
+    /// members come in `jsonb`'s order (shorter keys first), which JSON readers do not depend on.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\":\"");
         out.extend_from_slice(
@@ -41,6 +44,8 @@ impl RawEvent<'_> {
         write_json_string(out, &rfc3339(self.received_at));
         out.extend_from_slice(b",\"producer\":");
         write_json_string(out, self.producer);
+        out.extend_from_slice(b",\"schema_version\":");
+        out.extend_from_slice(self.schema_version.to_string().as_bytes());
         out.extend_from_slice(b",\"payload\":");
         minify_into(out, self.payload);
         out.push(b'}');
@@ -306,6 +311,7 @@ mod tests {
             topic: "t",
             received_at: OffsetDateTime::UNIX_EPOCH,
             producer: "p",
+            schema_version: 2,
             payload,
         };
         let selection = Selection {
@@ -346,12 +352,15 @@ mod tests {
             topic: &event.topic,
             received_at: event.timestamp,
             producer: &event.producer,
+            schema_version: 3,
             payload: &spaced,
         };
         let mut out = Vec::new();
         raw.write_json(&mut out);
         let written: Value = serde_json::from_slice(&out).expect("valid JSON");
-        let expected: Value = serde_json::from_slice(&event.to_json_bytes()).expect("json");
+        // What the ingest-api queued for the event, the version included.
+        let expected: Value =
+            serde_json::from_slice(&event.to_json_bytes_versioned(3)).expect("json");
         assert_eq!(written, expected);
         assert!(
             !out.contains(&b'\n'),

@@ -97,7 +97,8 @@ pub async fn stream_page(
     Ok(seen)
 }
 
-/// A row of the page query (`id, topic, received_at, producer, payload`), the payload as text.
+/// A row of the page query (`id, topic, received_at, producer, payload, …`), the payload as text; the
+/// schema version by its column's name (the tail's rows hold other columns after the payload).
 pub(crate) fn raw_event(row: &tokio_postgres::Row) -> Result<RawEvent<'_>, StoreError> {
     let decode = |e: tokio_postgres::Error| StoreError::Decode(e.to_string());
     Ok(RawEvent {
@@ -106,6 +107,7 @@ pub(crate) fn raw_event(row: &tokio_postgres::Row) -> Result<RawEvent<'_>, Store
         received_at: row.try_get(2).map_err(decode)?,
         producer: row.try_get(3).map_err(decode)?,
         payload: row.try_get::<_, JsonText>(4).map_err(decode)?.0,
+        schema_version: row.try_get("schema_version").map_err(decode)?,
     })
 }
 

@@ -62,12 +62,12 @@ pub struct SqlParts {
     pub binds: Vec<Bind>,
 }
 
-/// The page query: `SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1 AND
+/// The page query: `SELECT id, topic, received_at, producer, payload, schema_version FROM events WHERE topic = $1 AND
 /// <filters> AND <after the cursor> ORDER BY <sort, id> LIMIT plan.limit + 1 [OFFSET plan.offset]`,
 /// loadable as `EventRow`.
 pub fn page_sql(topic: &str, plan: &QueryPlan) -> SqlParts {
     let mut b = SqlBuilder::default();
-    b.push("SELECT id, topic, received_at, producer, payload FROM events WHERE topic = ");
+    b.push("SELECT id, topic, received_at, producer, payload, schema_version FROM events WHERE topic = ");
     b.bind(Bind::Text(topic.to_owned()), "::text");
     for filter in &plan.filters {
         b.push(" AND ");
@@ -837,7 +837,7 @@ mod tests {
         let parts = page_sql("jobs", &p);
         assert_eq!(
             parts.sql,
-            "SELECT id, topic, received_at, producer, payload FROM events WHERE topic = $1::text \
+            "SELECT id, topic, received_at, producer, payload, schema_version FROM events WHERE topic = $1::text \
              ORDER BY received_at DESC, id DESC LIMIT $2::bigint"
         );
         assert_eq!(

@@ -121,8 +121,12 @@ pub fn poll_sql(topic: &str, plan: &QueryPlan, position: &TailPosition, limit: u
     b.push(
         "(SELECT now::text FROM snap), (SELECT count(*) FROM c), (SELECT max(xact_id) FROM c), ",
     );
-    b.push("t.xact_id FROM (SELECT 1) AS one LEFT JOIN LATERAL (");
-    b.push("SELECT c.xact_id, id, topic, received_at, producer, payload FROM c JOIN events ");
+    // The schema version last: the columns above are read by their place, it by its name.
+    b.push("t.xact_id, t.schema_version FROM (SELECT 1) AS one LEFT JOIN LATERAL (");
+    b.push(
+        "SELECT c.xact_id, id, topic, received_at, producer, payload, schema_version FROM c \
+         JOIN events ",
+    );
     b.push("ON events.topic = ");
     b.bind(Bind::Text(topic.to_owned()), "::text");
     b.push(" AND events.received_at BETWEEN c.lo AND c.hi");
