@@ -264,3 +264,269 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends `body` to `topic` with the `Eventgate-Schema-Version` header when `version` is given.
+async fn post_version(
+    http: &reqwest::Client,
+    ingest: &Service,
+    topic: &str,
+    version: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let mut request = http
+        .post(ingest.url(&format!("/topics/{topic}")))
+        .bearer_auth(token("dev"))
+        .json(body)
+        .timeout(Duration::from_secs(30));
+    if let Some(version) = version {
+        request = request.header("Eventgate-Schema-Version", version);
+    }
+    let response = request.send().await.expect("the ingest-api answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A stats-api answer (200) as JSON, or `None`.
+async fn stats_json(http: &reqwest::Client, stats: &Service, path: &str) -> Option<Value> {
+    let response = http
+        .get(stats.url(path))
+        .bearer_auth(token("dev"))
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_version_added_with_sighup_is_used_and_an_incompatible_one_is_refused() {
+    const TOPIC: &str = "audit.logs";
+    let stack = stack().await;
+    let database = stack.fresh_database().await;
+    let mut config = test_config(stack, &database);
+    let dir = std::env::temp_dir().join(format!("eventgate-versions-{}", database.name));
+    let topics = dir.join("topics");
+    std::fs::create_dir_all(&topics).expect("temp dir");
+    let mut initial = 0.0;
+    for entry in std::fs::read_dir(repo_root().join("config/topics")).expect("config/topics") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            std::fs::copy(&path, topics.join(path.file_name().expect("a file name")))
+                .expect("copy a topic");
+            initial += 1.0;
+        }
+    }
+    config.catalogue.topics_dir = topics.clone();
+    let access = dir.join("access.json");
+    std::fs::write(
+        &access,
+        r#"{"audit.logs": {"write": ["dev"], "read": ["dev"]}}"#,
+    )
+    .expect("access file");
+    config.catalogue.access_file = access;
+    let http = reqwest::Client::new();
+    let ingest = start_ingest_api(&http, &dir, &config).await;
+    let writer = start_writer(&http, &dir, &config, "writer").await;
+    let stats = start_stats_api(&http, &dir, &config).await;
+    let services = [&ingest, &writer, &stats];
+    let logs = || {
+        services
+            .iter()
+            .map(|s| s.process.log())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    wait_for_metric(
+        &http,
+        &writer,
+        "eventgate_writer_topics_subscribed",
+        initial,
+    )
+    .await;
+    wait_for_metric(&http, &ingest, "eventgate_topics", initial).await;
+
+    // The topic becomes a directory: version 1 is the shipped schema, version 2 adds an optional
+    // property to the closed object (backward compatible).
+    let single = topics.join(format!("{TOPIC}.json"));
+    let v1: Value =
+        serde_json::from_slice(&std::fs::read(&single).expect("the topic")).expect("a schema");
+    let mut v2 = v1.clone();
+    v2["properties"]["region"] = json!({"type": "string"});
+    let versions = topics.join(TOPIC);
+    std::fs::create_dir_all(&versions).expect("the topic's directory");
+    std::fs::write(versions.join("1.json"), v1.to_string()).expect("1.json");
+    std::fs::write(versions.join("2.json"), v2.to_string()).expect("2.json");
+    std::fs::remove_file(&single).expect("the single file goes");
+    for service in services {
+        sighup(service);
+    }
+    for service in services {
+        wait_for_metric(
+            &http,
+            service,
+            "eventgate_topic_reloads_total{outcome=\"ok\"}",
+            1.0,
+        )
+        .await;
+    }
+
+    // Version 1 (the header) is closed: region is refused there; version 2 (`$schema`) takes it.
+    let (status, answer) = post_version(
+        &http,
+        &ingest,
+        TOPIC,
+        Some("1"),
+        &json!({"event_name": "v1", "description": "d", "region": "eu"}),
+    )
+    .await;
+    assert_eq!(status, 400, "version 1 applies: {answer}");
+    assert_eq!(answer["errors"][0]["field"], "region", "{answer}");
+    let (status, answer) = post_version(
+        &http,
+        &ingest,
+        TOPIC,
+        Some("1"),
+        &json!({"event_name": "v1", "description": "by header"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}\n{}", logs());
+    let v1_id = accepted_ids(&answer).remove(0);
+    let (status, answer) = post_version(
+        &http,
+        &ingest,
+        TOPIC,
+        None,
+        &json!({"event_name": "v2", "description": "by $schema", "region": "eu",
+                "$schema": "audit.logs/2"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}\n{}", logs());
+    let v2_id = accepted_ids(&answer).remove(0);
+    // An unknown version: the field named, the versions listed.
+    let (status, answer) = post_version(
+        &http,
+        &ingest,
+        TOPIC,
+        None,
+        &json!({"event_name": "x", "description": "d", "$schema": 9}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["errors"][0]["field"], "$schema", "{answer}");
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("its versions are 1, 2")),
+        "{answer}"
+    );
+
+    // Stored with their versions.
+    for (id, version) in [(&v1_id, 1), (&v2_id, 2)] {
+        let sql = format!(
+            "SELECT count(*) FROM events WHERE id = '{id}' AND schema_version = {version} \
+             AND NOT payload ? '$schema'"
+        );
+        let stored = wait_until(
+            &format!("{id} stored as version {version}"),
+            WAIT,
+            || async { database.count(&sql).await.ok() == Some(1) },
+        )
+        .await;
+        if let Err(error) = stored {
+            panic!("{error:#}\n{}", logs());
+        }
+    }
+    // Answered with their versions; the fields are the union, and the new one filters.
+    let answer = stats_json(&http, &stats, &format!("/stats/{TOPIC}?limit=10"))
+        .await
+        .expect("a query answer");
+    let version_of = |id: &str| {
+        answer["data"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["id"] == id))
+            .map(|row| row["schema_version"].clone())
+    };
+    assert_eq!(version_of(&v1_id), Some(json!(1)), "{answer}");
+    assert_eq!(version_of(&v2_id), Some(json!(2)), "{answer}");
+    let lookup = stats_json(&http, &stats, &format!("/stats/{TOPIC}/events/{v2_id}"))
+        .await
+        .expect("a lookup answer");
+    assert_eq!(lookup["data"]["schema_version"], 2, "{lookup}");
+    let fields = stats_json(&http, &stats, &format!("/stats/{TOPIC}/fields"))
+        .await
+        .expect("the fields");
+    assert!(
+        fields["fields"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!({"name": "region", "type": "string"}))),
+        "{fields}"
+    );
+    let filtered = stats_json(&http, &stats, &format!("/stats/{TOPIC}?region=eu"))
+        .await
+        .expect("a filtered answer");
+    let ids: Vec<&str> = filtered["data"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|row| row["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [v2_id.as_str()], "{filtered}");
+
+    // Version 3 requires a new property: it breaks backward compatibility, and every service keeps
+    // versions 1 and 2, counting the failure and naming the property.
+    let mut v3 = v2.clone();
+    v3["properties"]["tenant"] = json!({"type": "string"});
+    v3["required"] = json!(["event_name", "description", "tenant"]);
+    std::fs::write(versions.join("3.json"), v3.to_string()).expect("3.json");
+    for service in services {
+        sighup(service);
+    }
+    for service in services {
+        wait_for_metric(
+            &http,
+            service,
+            "eventgate_topic_reloads_total{outcome=\"failed\"}",
+            1.0,
+        )
+        .await;
+        let (status, body) = get_json(&http, &service.url("/health/ready"))
+            .await
+            .expect("the readiness probe answers");
+        assert_eq!(status, 200, "{}: {body}", service.name);
+        let warning = body["warnings"][0].as_str().unwrap_or_default();
+        assert!(
+            warning.contains("version 3") && warning.contains("tenant"),
+            "{}: {body}",
+            service.name
+        );
+    }
+    let mut accepted = vec![v1_id, v2_id];
+    for (header, body) in [
+        (
+            Some("1"),
+            json!({"event_name": "v1", "description": "after the refusal"}),
+        ),
+        (
+            None,
+            json!({"event_name": "v2", "description": "after", "region": "us", "$schema": 2}),
+        ),
+        // The latest is still version 2.
+        (
+            None,
+            json!({"event_name": "latest", "description": "after", "region": "us"}),
+        ),
+    ] {
+        let (status, answer) = post_version(&http, &ingest, TOPIC, header, &body).await;
+        assert_eq!(status, 202, "{body}: {answer}\n{}", logs());
+        accepted.extend(accepted_ids(&answer));
+    }
+    assert_exactly_once(&database, &accepted, WAIT, logs).await;
+    assert_eq!(
+        database
+            .count("SELECT count(*) FROM events WHERE schema_version = 2")
+            .await
+            .expect("count"),
+        3
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
