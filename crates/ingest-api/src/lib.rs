@@ -122,7 +122,10 @@ impl Application {
         let timeout = Duration::from_millis(config.ingest.publish_timeout_ms);
         let metrics = metrics::IngestMetrics::new();
         eventgate_core::metrics::JwksCollector::register(&metrics.registry, gate.verifier.clone());
-        eventgate_core::metrics::TopicsCollector::register(&metrics.registry, gate.catalogue.clone());
+        eventgate_core::metrics::TopicsCollector::register(
+            &metrics.registry,
+            gate.catalogue.clone(),
+        );
         // Refused credentials or certificates stop the start; unreachable brokers do not (they may come
         // later), nor does topic creation (ops may own it).
         let brokers =

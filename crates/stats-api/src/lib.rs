@@ -121,7 +121,10 @@ impl Application {
             eventgate_core::db::build_pool(config.stats.database_url.expose(), &pool_settings)?;
         let metrics = metrics::StatsMetrics::new(&pool, config.stats.pool_size);
         eventgate_core::metrics::JwksCollector::register(&metrics.registry, gate.verifier.clone());
-        eventgate_core::metrics::TopicsCollector::register(&metrics.registry, gate.catalogue.clone());
+        eventgate_core::metrics::TopicsCollector::register(
+            &metrics.registry,
+            gate.catalogue.clone(),
+        );
         let lifecycle = Lifecycle::new();
         let tail = tail::TailHub::new(tail::TailSettings::from_config(&config), &metrics.registry);
         tail.listen(config.stats.database_url.expose().to_owned());

@@ -4,7 +4,7 @@
 //! Anything that would only be parked again is refused here, with the reasons field by field.
 
 use eventgate_core::catalogue::Catalogue;
-use eventgate_core::envelope::Event;
+use eventgate_core::envelope::{schema_version_in, Event};
 use serde_json::Value;
 
 use super::db::DeadLetterRow;
@@ -134,8 +134,11 @@ pub fn prepare(
     }
     // As at ingest: naive date-times in the topic's declared zone first, then the schema.
     let rewritten = topic.normalise_naive_times(&mut event.payload);
+    // The event keeps the schema version it was accepted under (absent in older messages: 1), and is
+    // checked against that version as the topics directory defines it now.
+    let version = schema_version_in(raw);
     let mut errors: Vec<String> = topic
-        .validate_event(&event.payload, "", Some(id_field))
+        .validate_event_version(&event.payload, "", Some(id_field), version)
         .into_iter()
         .map(
             |error| match error.field.as_deref().filter(|f| !f.is_empty()) {
@@ -159,7 +162,7 @@ pub fn prepare(
     }
     let key = topic.message_key(&event.payload, &event.id);
     let value = if rewritten > 0 {
-        event.to_json_bytes()
+        event.to_json_bytes_versioned(version)
     } else {
         raw.to_vec()
     };
