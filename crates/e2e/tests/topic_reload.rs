@@ -44,6 +44,23 @@ async fn wait_for_metric(http: &reqwest::Client, service: &Service, name: &str, 
     }
 }
 
+/// SIGHUP to every service, as `pkill -HUP` sends it; then waits until each has counted `want` reloads
+/// with `outcome` (`ok` or `failed`).
+async fn sighup_all_and_wait(
+    http: &reqwest::Client,
+    services: &[&Service],
+    outcome: &str,
+    want: f64,
+) {
+    for service in services {
+        sighup(service);
+    }
+    let metric = format!("eventgate_topic_reloads_total{{outcome=\"{outcome}\"}}");
+    for service in services {
+        wait_for_metric(http, service, &metric, want).await;
+    }
+}
+
 async fn post(http: &reqwest::Client, ingest: &Service, topic: &str, body: &Value) -> (u16, Value) {
     let response = http
         .post(ingest.url(&format!("/topics/{topic}")))
@@ -143,18 +160,7 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
 
     // A directory that does not load: nothing changes anywhere, each service counts the failure.
     std::fs::write(topics.join("broken.json"), "{\"type\": ").expect("a broken topic");
-    for service in services {
-        sighup(service);
-    }
-    for service in services {
-        wait_for_metric(
-            &http,
-            service,
-            "eventgate_topic_reloads_total{outcome=\"failed\"}",
-            1.0,
-        )
-        .await;
-    }
+    sighup_all_and_wait(&http, &services, "failed", 1.0).await;
     for service in services {
         let (status, body) = get_json(&http, &service.url("/health/ready"))
             .await
@@ -197,18 +203,7 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
         ),
     )
     .expect("access file");
-    for service in services {
-        sighup(service);
-    }
-    for service in services {
-        wait_for_metric(
-            &http,
-            service,
-            "eventgate_topic_reloads_total{outcome=\"ok\"}",
-            1.0,
-        )
-        .await;
-    }
+    sighup_all_and_wait(&http, &services, "ok", 1.0).await;
     wait_for_metric(
         &http,
         &writer,
@@ -359,18 +354,7 @@ async fn a_schema_version_added_with_sighup_is_used_and_an_incompatible_one_is_r
     std::fs::write(versions.join("1.json"), v1.to_string()).expect("1.json");
     std::fs::write(versions.join("2.json"), v2.to_string()).expect("2.json");
     std::fs::remove_file(&single).expect("the single file goes");
-    for service in services {
-        sighup(service);
-    }
-    for service in services {
-        wait_for_metric(
-            &http,
-            service,
-            "eventgate_topic_reloads_total{outcome=\"ok\"}",
-            1.0,
-        )
-        .await;
-    }
+    sighup_all_and_wait(&http, &services, "ok", 1.0).await;
 
     // Version 1 (the header) is closed: region is refused there; version 2 (`$schema`) takes it.
     let (status, answer) = post_version(
@@ -478,17 +462,8 @@ async fn a_schema_version_added_with_sighup_is_used_and_an_incompatible_one_is_r
     v3["properties"]["tenant"] = json!({"type": "string"});
     v3["required"] = json!(["event_name", "description", "tenant"]);
     std::fs::write(versions.join("3.json"), v3.to_string()).expect("3.json");
+    sighup_all_and_wait(&http, &services, "failed", 1.0).await;
     for service in services {
-        sighup(service);
-    }
-    for service in services {
-        wait_for_metric(
-            &http,
-            service,
-            "eventgate_topic_reloads_total{outcome=\"failed\"}",
-            1.0,
-        )
-        .await;
         let (status, body) = get_json(&http, &service.url("/health/ready"))
             .await
             .expect("the readiness probe answers");

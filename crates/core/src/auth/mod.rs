@@ -189,7 +189,10 @@ pub struct JwtVerifier {
     pem_paths: Vec<PathBuf>,
     jwks_file: Option<PathBuf>,
     jwks_url: Option<String>,
+    // Read by the JWKS URL client, which only the `reload` feature builds (the APIs).
+    #[cfg_attr(not(feature = "reload"), allow(dead_code))]
     jwks_allow_http: bool,
+    #[cfg_attr(not(feature = "reload"), allow(dead_code))]
     jwks_ca_file: Option<PathBuf>,
     refresh_secs: u64,
     max_stale: Duration,
