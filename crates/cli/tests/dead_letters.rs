@@ -268,6 +268,24 @@ async fn a_poison_event_is_replayed_once_after_its_schema_is_fixed() {
         "the replay is recorded with who and when"
     );
 
+    // The stats-api's listing shows the resolution, and filters by it.
+    let (status, page) = notes
+        .env
+        .system
+        .dead_letters(TOPIC, "dev", &[("resolved", "true")])
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["data"][0]["resolution"], "replayed", "{page}");
+    assert!(page["data"][0]["resolved_at"].is_string(), "{page}");
+    assert!(page["data"][0]["resolved_by"].is_string(), "{page}");
+    let (status, page) = notes
+        .env
+        .system
+        .dead_letters(TOPIC, "dev", &[("resolved", "false")])
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["data"], json!([]), "{page}");
+
     // Resolved: hidden by default, listed with --all.
     assert!(notes.list(&["--topic", TOPIC]).await.is_empty());
     let everything = notes.list(&["--topic", TOPIC, "--all"]).await;

@@ -46,6 +46,8 @@ pub struct Listing {
     pub after: Option<After>,
     /// Only dead letters with one of these reasons (`None`: all).
     pub reasons: Option<Vec<String>>,
+    /// Only resolved (`true`) or unresolved (`false`) ones (`None`: both).
+    pub resolved: Option<bool>,
 }
 
 /// Reads `limit` and `cursor`; every problem is reported at once, each naming its parameter.
@@ -59,6 +61,7 @@ pub fn parse_listing(
         limit: DEFAULT_LIMIT,
         after: None,
         reasons: None,
+        resolved: None,
     };
     for (name, value) in pairs {
         match name.as_str() {
@@ -91,10 +94,19 @@ pub fn parse_listing(
                     None => listing.reasons = Some(reasons),
                 }
             }
+            "resolved" => match value.as_str() {
+                "true" => listing.resolved = Some(true),
+                "false" => listing.resolved = Some(false),
+                _ => errors.push(ErrorDetail::validation(
+                    "resolved",
+                    "resolved must be true (replayed or discarded) or false (not yet)",
+                )),
+            },
             other => errors.push(ErrorDetail::validation(
                 other,
                 format!(
-                    "unknown parameter {other:?}; dead letters take `limit`, `cursor` and `reason`"
+                    "unknown parameter {other:?}; dead letters take `limit`, `cursor`, `reason` and \
+                     `resolved`"
                 ),
             )),
         }
@@ -146,6 +158,11 @@ impl Listed for DeadLetterRow {
             // The exact bytes, and for convenience the text when they are UTF-8 (usually JSON).
             "raw_base64": self.raw.as_deref().map(|raw| STANDARD.encode(raw)),
             "raw": self.raw.as_deref().and_then(|raw| std::str::from_utf8(raw).ok()),
+            "resolution": self.resolution,
+            "resolved_at": self.resolved_at.and_then(|at| {
+                at.format(&time::format_description::well_known::Rfc3339).ok()
+            }),
+            "resolved_by": self.resolved_by,
         })
     }
 }
@@ -174,6 +191,8 @@ fn from_micros(micros: i64) -> Option<OffsetDateTime> {
         ("cursor" = Option<String>, Query, description = "The `pagination.cursor` of the previous page."),
         ("reason" = Option<String>, Query, description = "Only these reasons, comma-separated \
             (`undecodable`, `topic_mismatch`, `refused`, `conflicting_duplicate`)."),
+        ("resolved" = Option<bool>, Query, description = "Only those replayed or discarded with \
+            `eventgate dead-letters` (`true`), or only those not yet (`false`); both by default."),
     ),
     security(("bearer" = [])),
     responses(
@@ -203,6 +222,7 @@ pub async fn list(
         &state.pool,
         &topic.name,
         listing.reasons.as_deref(),
+        listing.resolved,
         after,
         listing.limit,
         br#"{"success":true,"statusCode":200,"data":["#.to_vec(),
@@ -267,8 +287,15 @@ mod tests {
                 limit: DEFAULT_LIMIT,
                 after: None,
                 reasons: None,
+                resolved: None,
             }
         );
+        let listing = parse_listing(&pairs(&[("resolved", "false")]), "audit.logs", &key())
+            .expect("unresolved only");
+        assert_eq!(listing.resolved, Some(false));
+        let error = parse_listing(&pairs(&[("resolved", "yes")]), "audit.logs", &key())
+            .expect_err("not a boolean");
+        assert_eq!(error.details[0].field.as_deref(), Some("resolved"));
         let listing = parse_listing(
             &pairs(&[("reason", "refused,conflicting_duplicate")]),
             "audit.logs",

@@ -514,6 +514,12 @@ pub struct DeadLetter {
     pub raw_base64: Option<String>,
     /// The same bytes as text, when they are UTF-8.
     pub raw: Option<String>,
+    /// `replayed` or `discarded` (by `eventgate dead-letters`); null while unresolved.
+    pub resolution: Option<String>,
+    #[schema(format = DateTime)]
+    pub resolved_at: Option<String>,
+    /// Who resolved it (`--by`, or the login name of who ran the command).
+    pub resolved_by: Option<String>,
 }
 
 /// A page of dead letters, newest first.

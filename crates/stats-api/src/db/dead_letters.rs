@@ -21,6 +21,10 @@ pub struct DeadLetterRow {
     pub created_at: OffsetDateTime,
     /// Why it was parked: `undecodable`, `topic_mismatch`, `refused` or `conflicting_duplicate`.
     pub reason: String,
+    /// `replayed` or `discarded` (`eventgate dead-letters`), with when and by whom; `None`: unresolved.
+    pub resolution: Option<String>,
+    pub resolved_at: Option<OffsetDateTime>,
+    pub resolved_by: Option<String>,
 }
 
 impl DeadLetterRow {
@@ -35,6 +39,9 @@ impl DeadLetterRow {
             error: row.try_get(6)?,
             created_at: row.try_get(7)?,
             reason: row.try_get(8)?,
+            resolution: row.try_get(9)?,
+            resolved_at: row.try_get(10)?,
+            resolved_by: row.try_get(11)?,
         })
     }
 }
@@ -51,7 +58,8 @@ pub struct DeadLetterPage {
     pub last: Option<(OffsetDateTime, i64)>,
 }
 
-/// The newest `limit` dead letters of `topic` (with one of `reasons`, when given) after
+/// The newest `limit` dead letters of `topic` (with one of `reasons`, when given; resolved or not, when
+/// `resolved` is given) after
 /// `(created_at, id)` (from the start when `None`),
 /// each written after `body` by `write(body, index, row)` as it arrives, until the next row would take
 /// `body` past `max_bytes` (the first row is always written: a raw message can be as large as a Kafka
@@ -61,6 +69,7 @@ pub async fn fetch(
     pool: &PgPool,
     topic: &str,
     reasons: Option<&[String]>,
+    resolved: Option<bool>,
     after: Option<(OffsetDateTime, i64)>,
     limit: i64,
     body: Vec<u8>,
@@ -68,13 +77,17 @@ pub async fn fetch(
     mut write: impl FnMut(&mut Vec<u8>, usize, &DeadLetterRow),
 ) -> Result<DeadLetterPage, StoreError> {
     const FIRST_PAGE: &str =
-        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at, reason \
+        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at, reason, \
+                resolution, resolved_at, resolved_by \
          FROM dead_letters WHERE topic = $1 AND ($3::text[] IS NULL OR reason = ANY($3::text[])) \
+         AND ($4::boolean IS NULL OR (resolution IS NOT NULL) = $4) \
          ORDER BY created_at DESC, id DESC LIMIT $2";
     const NEXT_PAGE: &str =
-        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at, reason \
+        "SELECT id, topic, kafka_topic, kafka_partition, kafka_offset, raw, error, created_at, reason, \
+                resolution, resolved_at, resolved_by \
          FROM dead_letters WHERE topic = $1 AND ($3::text[] IS NULL OR reason = ANY($3::text[])) \
-         AND (created_at, id) < ($4, $5) ORDER BY created_at DESC, id DESC LIMIT $2";
+         AND ($4::boolean IS NULL OR (resolution IS NOT NULL) = $4) \
+         AND (created_at, id) < ($5, $6) ORDER BY created_at DESC, id DESC LIMIT $2";
     let conn = pool.get().await?;
     // One row more than the page tells whether another page exists.
     let fetched = limit.saturating_add(1);
@@ -82,6 +95,7 @@ pub async fn fetch(
         (&topic, Type::TEXT),
         (&fetched, Type::INT8),
         (&reasons, Type::TEXT_ARRAY),
+        (&resolved, Type::BOOL),
     ];
     let sql = match &after {
         None => FIRST_PAGE,
