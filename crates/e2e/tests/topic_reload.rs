@@ -5,6 +5,7 @@
 //! through the reloads with nothing lost or duplicated; a directory that does not load changes nothing
 //! and is counted; and no SIGHUP ever ends a service (its default action would).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use serde_json::{json, Value};
 use eventgate_e2e::processes::{start_ingest_api, start_stats_api, start_writer, Service};
 use eventgate_e2e::{repo_root, test_config};
 use eventgate_test_support::{
-    accepted_ids, assert_exactly_once, get_json, metric, stack, token, wait_until,
+    accepted_ids, assert_exactly_once, get_json, metric, stack, token, wait_until, TestDatabase,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -74,35 +75,77 @@ async fn post(http: &reqwest::Client, ingest: &Service, topic: &str, body: &Valu
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
-    let stack = stack().await;
-    let database = stack.fresh_database().await;
-    let mut config = test_config(stack, &database);
-    let dir = std::env::temp_dir().join(format!("eventgate-reload-{}", database.name));
-    let topics = dir.join("topics");
-    std::fs::create_dir_all(&topics).expect("temp dir");
-    let mut initial = 0.0;
-    for entry in std::fs::read_dir(repo_root().join("config/topics")).expect("config/topics") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "json") {
-            std::fs::copy(&path, topics.join(path.file_name().expect("a file name")))
-                .expect("copy a topic");
-            initial += 1.0;
+/// The three services as processes on a database of their own, reading a copy of the repository's
+/// topics directory (which the test then changes) and an access file that lets `dev` use audit.logs.
+struct System {
+    database: TestDatabase,
+    dir: PathBuf,
+    topics: PathBuf,
+    access: PathBuf,
+    /// How many topics the copy holds.
+    initial: f64,
+    http: reqwest::Client,
+    ingest: Service,
+    writer: Service,
+    stats: Service,
+}
+
+impl System {
+    async fn start(name: &str) -> System {
+        let stack = stack().await;
+        let database = stack.fresh_database().await;
+        let mut config = test_config(stack, &database);
+        let dir = std::env::temp_dir().join(format!("eventgate-{name}-{}", database.name));
+        let topics = dir.join("topics");
+        std::fs::create_dir_all(&topics).expect("temp dir");
+        let mut initial = 0.0;
+        for entry in std::fs::read_dir(repo_root().join("config/topics")).expect("config/topics") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "json") {
+                std::fs::copy(&path, topics.join(path.file_name().expect("a file name")))
+                    .expect("copy a topic");
+                initial += 1.0;
+            }
+        }
+        config.catalogue.topics_dir = topics.clone();
+        let access = dir.join("access.json");
+        std::fs::write(
+            &access,
+            r#"{"audit.logs": {"write": ["dev"], "read": ["dev"]}}"#,
+        )
+        .expect("access file");
+        config.catalogue.access_file = access.clone();
+        let http = reqwest::Client::new();
+        let ingest = start_ingest_api(&http, &dir, &config).await;
+        let writer = start_writer(&http, &dir, &config, "writer").await;
+        let stats = start_stats_api(&http, &dir, &config).await;
+        System {
+            database,
+            dir,
+            topics,
+            access,
+            initial,
+            http,
+            ingest,
+            writer,
+            stats,
         }
     }
-    config.catalogue.topics_dir = topics.clone();
-    let access = dir.join("access.json");
-    std::fs::write(
-        &access,
-        r#"{"audit.logs": {"write": ["dev"], "read": ["dev"]}}"#,
-    )
-    .expect("access file");
-    config.catalogue.access_file = access.clone();
-    let http = reqwest::Client::new();
-    let ingest = start_ingest_api(&http, &dir, &config).await;
-    let writer = start_writer(&http, &dir, &config, "writer").await;
-    let stats = start_stats_api(&http, &dir, &config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
+    let System {
+        database,
+        dir,
+        topics,
+        access,
+        initial,
+        http,
+        ingest,
+        writer,
+        stats,
+    } = System::start("reload").await;
     let services = [&ingest, &writer, &stats];
     let logs = || {
         services
@@ -298,33 +341,17 @@ async fn stats_json(http: &reqwest::Client, stats: &Service, path: &str) -> Opti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_version_added_with_sighup_is_used_and_an_incompatible_one_is_refused() {
     const TOPIC: &str = "audit.logs";
-    let stack = stack().await;
-    let database = stack.fresh_database().await;
-    let mut config = test_config(stack, &database);
-    let dir = std::env::temp_dir().join(format!("eventgate-versions-{}", database.name));
-    let topics = dir.join("topics");
-    std::fs::create_dir_all(&topics).expect("temp dir");
-    let mut initial = 0.0;
-    for entry in std::fs::read_dir(repo_root().join("config/topics")).expect("config/topics") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "json") {
-            std::fs::copy(&path, topics.join(path.file_name().expect("a file name")))
-                .expect("copy a topic");
-            initial += 1.0;
-        }
-    }
-    config.catalogue.topics_dir = topics.clone();
-    let access = dir.join("access.json");
-    std::fs::write(
-        &access,
-        r#"{"audit.logs": {"write": ["dev"], "read": ["dev"]}}"#,
-    )
-    .expect("access file");
-    config.catalogue.access_file = access;
-    let http = reqwest::Client::new();
-    let ingest = start_ingest_api(&http, &dir, &config).await;
-    let writer = start_writer(&http, &dir, &config, "writer").await;
-    let stats = start_stats_api(&http, &dir, &config).await;
+    let System {
+        database,
+        dir,
+        topics,
+        initial,
+        http,
+        ingest,
+        writer,
+        stats,
+        ..
+    } = System::start("versions").await;
     let services = [&ingest, &writer, &stats];
     let logs = || {
         services
