@@ -75,6 +75,15 @@ async fn post(http: &reqwest::Client, ingest: &Service, topic: &str, body: &Valu
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// The logs of `services`, one after the other, for a failure's message.
+fn all_logs(services: &[&Service]) -> String {
+    services
+        .iter()
+        .map(|s| s.process.log())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The three services as processes on a database of their own, reading a copy of the repository's
 /// topics directory (which the test then changes) and an access file that lets `dev` use audit.logs.
 struct System {
@@ -91,6 +100,7 @@ struct System {
 }
 
 impl System {
+    /// Started, each service ready and serving the copied topics.
     async fn start(name: &str) -> System {
         let stack = stack().await;
         let database = stack.fresh_database().await;
@@ -119,6 +129,14 @@ impl System {
         let ingest = start_ingest_api(&http, &dir, &config).await;
         let writer = start_writer(&http, &dir, &config, "writer").await;
         let stats = start_stats_api(&http, &dir, &config).await;
+        wait_for_metric(
+            &http,
+            &writer,
+            "eventgate_writer_topics_subscribed",
+            initial,
+        )
+        .await;
+        wait_for_metric(&http, &ingest, "eventgate_topics", initial).await;
         System {
             database,
             dir,
@@ -147,21 +165,7 @@ async fn a_topic_added_with_sighup_works_end_to_end_without_a_restart() {
         stats,
     } = System::start("reload").await;
     let services = [&ingest, &writer, &stats];
-    let logs = || {
-        services
-            .iter()
-            .map(|s| s.process.log())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    wait_for_metric(
-        &http,
-        &writer,
-        "eventgate_writer_topics_subscribed",
-        initial,
-    )
-    .await;
-    wait_for_metric(&http, &ingest, "eventgate_topics", initial).await;
+    let logs = || all_logs(&services);
 
     // Another topic's stream runs through every reload below.
     let streaming = Arc::new(AtomicBool::new(true));
@@ -345,7 +349,6 @@ async fn a_schema_version_added_with_sighup_is_used_and_an_incompatible_one_is_r
         database,
         dir,
         topics,
-        initial,
         http,
         ingest,
         writer,
@@ -353,21 +356,7 @@ async fn a_schema_version_added_with_sighup_is_used_and_an_incompatible_one_is_r
         ..
     } = System::start("versions").await;
     let services = [&ingest, &writer, &stats];
-    let logs = || {
-        services
-            .iter()
-            .map(|s| s.process.log())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    wait_for_metric(
-        &http,
-        &writer,
-        "eventgate_writer_topics_subscribed",
-        initial,
-    )
-    .await;
-    wait_for_metric(&http, &ingest, "eventgate_topics", initial).await;
+    let logs = || all_logs(&services);
 
     // The topic becomes a directory: version 1 is the shipped schema, version 2 adds an optional
     // property to the closed object (backward compatible).

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::inspect::{Details, EventCount, Freshness, KafkaTopic, Report, SourceState, TopicView};
 use crate::error::Failure;
+use crate::output::thousands;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -151,19 +152,6 @@ pub fn partitions_text(configured: i32, kafka: &KafkaTopic) -> String {
         KafkaTopic::Missing => format!("{configured} / missing"),
         KafkaTopic::Unknown => format!("{configured} / ?"),
     }
-}
-
-/// `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// `1,234` counted, `~1,200,000` estimated; `-` without a database, `?` when it could not be read.
@@ -619,10 +607,6 @@ mod tests {
         assert_eq!(duration_text(5 * 3_600_000 + 12 * 60_000), "5 h 12 min");
         assert_eq!(duration_text(57_988_483_865), "671 d 3 h");
         assert_eq!(duration_text(-1_500), "-1.5 s");
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
         let read = SourceState::Read;
         assert_eq!(
             events_text(
