@@ -29,6 +29,14 @@ async fn setup() -> Ctx {
         .await
         .expect("writer connection");
     // 40,000 events per topic, one per second, 1,000 distinct source apps.
+    //
+    // Statistics are made deterministic: with a target of 1,000 ANALYZE samples all 120,000 rows (300 rows per
+    // unit of target), where the default samples 30,000 at random. Postgres estimates `payload @> …` from
+    // the payload column's histogram of whole values; when a random sample happened to put a "failed" run
+    // among its ~100 bounds the estimate jumped from 0.01 % to 1 % and the plan flipped to the btree (about
+    // one run in twenty). Over the whole table the bounds are every 120th event in payload order (which is
+    // `i` order here), and the failed runs (`i % 3000 = 1500`) are never among them: the estimate is the
+    // planner's floor, as it is on a real history where a rare value is rare in the sample too.
     conn.batch_execute(
         "INSERT INTO events (id, topic, received_at, producer, payload)
          SELECT gen_random_uuid(),
@@ -39,9 +47,10 @@ async fn setup() -> Ctx {
                                    'timestamp_start', 1735689600000 + i * 1000::bigint,
                                    'jobs', jsonb_build_array(
                                        jsonb_build_object('status', 'succeeded', 'timestamp_start', 1735689600000 + i * 1000::bigint),
-                                       jsonb_build_object('status', CASE WHEN i % 3000 = 0 THEN 'failed' ELSE 'succeeded' END,
+                                       jsonb_build_object('status', CASE WHEN i % 3000 = 1500 THEN 'failed' ELSE 'succeeded' END,
                                                           'timestamp_start', 1735689600000 + i * 1000::bigint + 500)))
          FROM generate_series(1, 120000) AS i;
+         ALTER TABLE events ALTER COLUMN payload SET STATISTICS 1000;
          ANALYZE events;",
     )
     .await
