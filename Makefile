@@ -15,7 +15,7 @@ GROUPS ?=
 BENCH_ARGS ?=
 export PG_PORT KAFKA_PORT
 
-.PHONY: help run token keys test migrate build lint fmt clean stop bench bench-quick
+.PHONY: help run token keys test migrate maintain build lint fmt clean stop bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench-quick: ## The same with small sizes (about a minute): proves the tool work
 
 migrate: ## Apply the migrations to the local database of `make run` (which must be running)
 	@bash scripts/run-local.sh migrate
+
+maintain: ## Maintain the event history's partitions of `make run`'s database now (spans ahead, retention, indexes)
+	@bash scripts/run-local.sh maintain
 
 build: ## Build every binary of the workspace (debug)
 	cargo build --workspace --bins

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The local development stack, behind `make run`, `make token`, `make migrate` and `make stop`.
+# The local development stack, behind `make run`, `make token`, `make migrate`, `make maintain` and
+# `make stop`.
 #
 #   scripts/run-local.sh [run]        PostgreSQL (.data/postgres, port $PG_PORT) + tansu (port $KAFKA_PORT,
 #                                     its queue in the database tansu of that cluster) + the three services,
@@ -9,6 +10,7 @@
 #                                     print a dev JWT for SUB (default dev) alone on stdout
 #   scripts/run-local.sh keys         create the dev key pair in .data/keys unless it exists
 #   scripts/run-local.sh migrate      apply the migrations to the local database (starts nothing)
+#   scripts/run-local.sh maintain     maintain the local event history's partitions now (starts nothing)
 #   scripts/run-local.sh stop         stop a running `make run` and whatever it left behind
 #
 # Ports: PG_PORT (55432), KAFKA_PORT (19092); the services listen where config/eventgate.toml says
@@ -78,12 +80,24 @@ cmd_token() {
     "$CLI" "${args[@]}"
 }
 
-cmd_migrate() {
+require_postgres() {
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$PG_PORT") 2>/dev/null; then
         stack_die "no PostgreSQL on 127.0.0.1:$PG_PORT: start the stack with 'make run' first"
     fi
+}
+
+cmd_migrate() {
+    require_postgres
     build_cli
     "$CLI" migrate --database-url "$(writer_url)"
+}
+
+# One maintenance run now, as the schema owner, with config/eventgate.toml's storage settings (what the
+# writer of `make run` does every storage.maintenance_interval_ms anyway).
+cmd_maintain() {
+    require_postgres
+    build_cli
+    "$CLI" maintain --database-url "$(writer_url)"
 }
 
 cmd_stop() {
@@ -269,6 +283,7 @@ case "${1:-run}" in
         say "dev keys: $KEYS/private.pem, $KEYS/public.pem"
         ;;
     migrate) cmd_migrate ;;
+    maintain) cmd_maintain ;;
     stop) cmd_stop ;;
-    *) stack_die "usage: $0 [run|token [SUB] [TTL_SECS]|keys|migrate|stop]" ;;
+    *) stack_die "usage: $0 [run|token [SUB] [TTL_SECS]|keys|migrate|maintain|stop]" ;;
 esac
