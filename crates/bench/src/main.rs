@@ -13,7 +13,8 @@
 //! 2. [`e2e`]: at a fixed offered rate, the time from a 202 to the event being returned by the stats
 //!    API (ingest-api + db-writer + stats-api).
 //! 3. [`writer`]: rows/s of a db-writer draining a pre-filled topic into the indexed `events` table,
-//!    beside a raw `COPY` of the same rows into an identical table: the ratio is the figure.
+//!    beside a raw `COPY` of the same rows into the emptied table (same partitions, same indexes): the
+//!    ratio is the figure.
 //! 4. [`queries`]: a history of millions of events generated straight into Postgres, then first page vs
 //!    a cursor page deep in the history (and OFFSET to the same depth), and typical filters and sorts.
 //! 5. Peak RSS (`VmHWM`) of each service, and in every phase the CPU each process used: what limits a

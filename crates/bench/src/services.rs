@@ -184,9 +184,13 @@ impl Bench {
         eventgate_core::db::run_migrations(&owner)
             .await
             .context("migrating the bench database")?;
-        eventgate_core::db::ensure_field_indexes(&owner, &bench.catalogue)
+        let policy = eventgate_core::db::StoragePolicy::new(
+            &bench.catalogue,
+            &eventgate_core::config::StorageConfig::default(),
+        );
+        eventgate_core::db::maintain_now(&owner, &policy)
             .await
-            .context("creating the field indexes")?;
+            .context("creating the partitions and their indexes")?;
         Ok(bench)
     }
 

@@ -10,6 +10,7 @@
 //! - `eventgate completions bash|zsh|fish` — shell completions.
 //! - `eventgate dead-letters list|show|replay|discard` — the operator's dead letters (schema owner's URL).
 //! - `eventgate keygen`, `token`, `migrate` — development keys and tokens, database migrations.
+//! - `eventgate maintain` — the event history's partitions now: spans ahead, retention, indexes.
 //!
 //! Exit codes: 0 done, 1 refused by the API (`topics check|list`: a topic is broken; `topics describe`:
 //! an unknown topic), 2 usage/configuration/input, 3 unreachable or not allowed (`topics list|describe`:
@@ -114,6 +115,23 @@ enum Command {
         )]
         topics_dir: PathBuf,
     },
+    /// Maintain the event history's partitions now (the writers do it every few minutes): create the
+    /// spans ahead, move events out of default partitions, drop partitions past their topic's
+    /// retention, build the topics' indexes. Prints what it did and the partitions per topic.
+    /// Needs the schema owner's URL.
+    Maintain {
+        #[arg(long, env = "EVENTGATE_WRITER__MIGRATION_DATABASE_URL")]
+        database_url: Option<String>,
+        #[arg(
+            long,
+            env = "EVENTGATE_CATALOGUE__TOPICS_DIR",
+            default_value = "config/topics"
+        )]
+        topics_dir: PathBuf,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -160,6 +178,11 @@ fn main() -> ExitCode {
             database_url,
             topics_dir,
         } => chore(ops::migrate(&database_url, &topics_dir)),
+        Command::Maintain {
+            database_url,
+            topics_dir,
+            json,
+        } => chore(ops::maintain(database_url, &topics_dir, json)),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -6,19 +6,52 @@ use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 
-/// Applies the migrations with the schema owner's URL, then the topics' expression indexes.
+/// Applies the migrations with the schema owner's URL, then maintains the history's partitions (the
+/// spans ahead, the topics' leaves and indexes).
 pub fn migrate(database_url: &str, topics_dir: &Path) -> anyhow::Result<()> {
+    // The storage settings (partition span, retention) of the services' configuration; without one,
+    // the defaults, as a fresh `make run` has.
+    let storage = match eventgate_core::config::Config::load() {
+        Ok(config) => config.storage,
+        Err(error) => {
+            eprintln!("warning: configuration not loaded ({error}): default storage settings");
+            eventgate_core::config::StorageConfig::default()
+        }
+    };
     let catalogue = eventgate_core::catalogue::Catalogue::load_dir(topics_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let applied = runtime.block_on(eventgate_core::db::run_migrations(database_url))?;
     eprintln!("applied {applied} migration(s)");
-    let created = runtime.block_on(eventgate_core::db::ensure_field_indexes(
-        database_url,
-        &catalogue,
-    ))?;
-    eprintln!("created {created} field index(es)");
+    let policy = eventgate_core::db::StoragePolicy::new(&catalogue, &storage);
+    let maintained = runtime.block_on(eventgate_core::db::maintain_now(database_url, &policy))?;
+    eprintln!(
+        "partitions: {} created, {} index(es) built",
+        maintained.report.created.len(),
+        maintained.report.indexes_built.len() + maintained.report.indexes_rebuilt.len()
+    );
+    Ok(())
+}
+
+/// One maintenance of the history's partitions, with the services' configuration (`storage.*`).
+pub fn maintain(database_url: Option<String>, topics_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let config = eventgate_core::config::Config::load().context("configuration")?;
+    let url = database_url.unwrap_or_else(|| config.writer.migration_url().to_owned());
+    if url.trim().is_empty() {
+        bail!("--database-url: no database URL (the flag or EVENTGATE_WRITER__MIGRATION_DATABASE_URL): the schema owner's");
+    }
+    let catalogue = eventgate_core::catalogue::Catalogue::load_dir(topics_dir)?;
+    let policy = eventgate_core::db::StoragePolicy::new(&catalogue, &config.storage);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let maintained = runtime.block_on(eventgate_core::db::maintain_now(&url, &policy))?;
+    if json {
+        println!("{}", serde_json::to_string(&maintained)?);
+    } else {
+        print!("{}", crate::output::maintenance_report(&maintained));
+    }
     Ok(())
 }
 

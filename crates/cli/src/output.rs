@@ -223,6 +223,76 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// `eventgate maintain`'s report: what the run did, then a table of the partitions per topic.
+pub fn maintenance_report(maintained: &eventgate_core::db::Maintained) -> String {
+    let report = &maintained.report;
+    let mut out = String::new();
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    out.push_str(&format!("created:            {}\n", list(&report.created)));
+    out.push_str(&format!(
+        "events moved:       {} (out of default partitions)\n",
+        thousands(report.moved_events)
+    ));
+    out.push_str(&format!(
+        "dropped (expired):  {} ({} bytes)\n",
+        list(&report.dropped),
+        thousands(u64::try_from(report.dropped_bytes).unwrap_or(0))
+    ));
+    out.push_str(&format!(
+        "indexes built:      {}\n",
+        list(&report.indexes_built)
+    ));
+    out.push_str(&format!(
+        "indexes rebuilt:    {} (were invalid)\n",
+        list(&report.indexes_rebuilt)
+    ));
+    out.push_str(&format!(
+        "indexes dropped:    {} (no longer asked for)\n",
+        list(&report.indexes_dropped)
+    ));
+    out.push_str(&format!(
+        "dead letters:       {} resolved ones deleted\n",
+        thousands(report.dead_letters_deleted)
+    ));
+    out.push_str(&format!(
+        "deferred:           {}\n",
+        list(&report.deferred)
+    ));
+    let layout = &maintained.layout;
+    let when = |seconds: i64| {
+        time::OffsetDateTime::from_unix_timestamp(seconds)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| seconds.to_string())
+    };
+    out.push_str(&format!(
+        "partitions up to:   {}\nevents in defaults: {} (estimate)\n\n",
+        layout.covered_until.map_or_else(|| "-".to_owned(), when),
+        thousands(u64::try_from(layout.default_events_estimate).unwrap_or(0))
+    ));
+    let mut table = Table::new();
+    table
+        .load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_header(["topic", "partitions", "oldest partition", "bytes"]);
+    for (topic, share) in &layout.topics {
+        table.add_row([
+            topic.clone(),
+            thousands(share.partitions),
+            share.oldest_span_start.map_or_else(|| "-".to_owned(), when),
+            thousands(u64::try_from(share.bytes).unwrap_or(0)),
+        ]);
+    }
+    out.push_str(&table.to_string());
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

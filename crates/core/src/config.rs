@@ -44,6 +44,7 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     pub smtp: SmtpConfig,
     pub alerts: AlertsConfig,
+    pub storage: StorageConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -576,6 +577,48 @@ impl Default for AlertsConfig {
             broker_after_ms: 60_000,
             crash_loop_crashes: 3,
             probe_interval_ms: 5_000,
+        }
+    }
+}
+
+/// How the event history is laid out and kept (`crate::db::partitions`): read by the writers, which
+/// maintain it every `maintenance_interval_ms`, and by `eventgate maintain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// How much time one partition holds: hours dividing a day (`1h`, `6h`) or whole days (`1d`, `7d`).
+    /// A change applies to partitions created from then on.
+    pub partition_span: crate::retention::Period,
+    /// How many spans after the current one exist at any time, so an insert never waits for one.
+    pub partitions_ahead: u32,
+    /// How long events of a topic that names no `retention` are kept: `forever` or `<n>h|d|w`.
+    pub retention: crate::retention::Retention,
+    /// How long a dead letter is kept once replayed or discarded (unresolved ones stay until resolved).
+    pub resolved_dead_letter_retention: crate::retention::Retention,
+    /// How often each writer runs the maintenance (one at a time, under an advisory lock); 0: never,
+    /// `eventgate maintain` is run by other means (cron, a Kubernetes CronJob).
+    pub maintenance_interval_ms: u64,
+    /// `lock_timeout` of the maintenance's DDL: a partition it cannot lock within this (a long query on
+    /// it) is left for the next run, never waited for while writers queue behind.
+    pub maintenance_lock_timeout_ms: u64,
+    /// A producer's retry (same event id, topic and producer) is recognised as the same event when it
+    /// reaches a writer within this time of the first one: the writer looks its key up in the
+    /// partitions of this window before inserting. 0: within one partition only.
+    pub idempotency_window_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            partition_span: crate::retention::Period::days(1),
+            partitions_ahead: 3,
+            retention: crate::retention::Retention::Forever,
+            resolved_dead_letter_retention: crate::retention::Retention::For(
+                crate::retention::Period::days(30),
+            ),
+            maintenance_interval_ms: 5 * 60 * 1000,
+            maintenance_lock_timeout_ms: 5_000,
+            idempotency_window_ms: 3600 * 1000,
         }
     }
 }

@@ -47,6 +47,7 @@ pub mod query;
 pub mod ratelimit;
 #[cfg(all(unix, feature = "reload"))]
 pub mod reload;
+pub mod retention;
 #[cfg(feature = "http")]
 pub mod shutdown;
 pub mod telemetry;

@@ -223,107 +223,16 @@ async fn migrations_started_together_take_turns() {
     assert_eq!(rows, total as i64);
 }
 
-/// A field index whose build failed (INVALID) is found and built again; a valid one is left alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_field_indexes_are_built_again() {
-    use eventgate_core::catalogue::{Catalogue, Topic};
-    let database = eventgate_test_support::stack().await.fresh_database().await;
-    let topic = Topic::from_schema(
-        "t.indexed",
-        serde_json::json!({
-            "type": "object",
-            "properties": {"app": {"type": "string"}},
-            "x-eventgate": {"indexed_fields": ["app"]}
-        }),
-    )
-    .expect("topic");
-    let catalogue = Catalogue::from_topics([topic]);
-    let expression = catalogue
-        .topics()
-        .flat_map(|t| t.fields.fields())
-        .find_map(eventgate_core::db::indexed_expression)
-        .expect("an indexed field");
-    let name = eventgate_core::db::field_index::index_name(&expression);
-    let ensure = || eventgate_core::db::ensure_field_indexes(&database.writer_url, &catalogue);
-
-    assert_eq!(ensure().await.expect("first build"), 1);
-    assert_eq!(ensure().await.expect("nothing to do"), 0);
-
-    let db = admin(&database.admin_url).await;
-    let is_valid = || async {
-        db.query_one(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-             WHERE c.relname = $1",
-            &[&name],
-        )
-        .await
-        .expect("the index")
-        .get::<_, bool>(0)
-    };
-    // What an interrupted CREATE INDEX CONCURRENTLY leaves behind.
-    db.execute(
-        "UPDATE pg_index SET indisvalid = false
-         WHERE indexrelid = (SELECT oid FROM pg_class WHERE relname = $1)",
-        &[&name],
-    )
-    .await
-    .expect("mark invalid");
-    assert!(!is_valid().await);
-
-    assert_eq!(
-        ensure().await.expect("rebuild"),
-        1,
-        "the invalid index is built again"
-    );
-    assert!(is_valid().await);
-}
-
 /// The migration that scopes idempotency to (id, topic, producer) carries a history over: a database
 /// migrated up to the one before it, holding events and dead letters, is migrated the rest of the way;
 /// every row is still there, unchanged, dead letters are classified, and from then on the same id is
 /// another event for another producer or topic but still one event for the same producer and topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_producer_key_carries_existing_rows_over() {
-    use diesel::migration::MigrationSource;
-    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-    use diesel_async::AsyncPgConnection;
-    use diesel_migrations::MigrationHarness;
-
     const KEYED_PER_PRODUCER: &str = "2025-02-01-000000_idempotency_per_producer";
     let stack = eventgate_test_support::stack().await;
-    let name = stack.unique_name("eg_upgrade_");
-    admin(&stack.database_url("postgres", "postgres"))
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name} OWNER eventgate"))
-        .await
-        .expect("empty database");
-    let owner = stack.database_url("eventgate", &name);
-
-    // The schema as it was before: every migration up to the new one.
-    let connection = eventgate_core::db::tls::diesel_connection(&owner)
-        .await
-        .expect("connect");
-    let applied = tokio::task::spawn_blocking(move || {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
-        let migrations = MigrationSource::<Pg>::migrations(&eventgate_core::db::MIGRATIONS)
-            .expect("embedded migrations");
-        // What `run_pending_migrations` does first: the table of applied migrations.
-        diesel::migration::MigrationConnection::setup(&mut conn).expect("migrations table");
-        let mut applied = Vec::new();
-        for migration in migrations {
-            let migration_name = migration.name().to_string();
-            if migration_name.as_str() >= KEYED_PER_PRODUCER {
-                break;
-            }
-            conn.run_migration(&*migration).expect("an old migration");
-            applied.push(migration_name);
-        }
-        applied
-    })
-    .await
-    .expect("migration task");
-    assert_eq!(applied.len(), 3, "{applied:?}");
-
+    let (name, owner, applied) = migrated_until(stack, KEYED_PER_PRODUCER).await;
+    assert_eq!(applied, 3);
     let db = admin(&stack.database_url("postgres", &name)).await;
     db.batch_execute(
         "INSERT INTO events (id, topic, received_at, producer, payload)
@@ -355,7 +264,7 @@ async fn the_per_producer_key_carries_existing_rows_over() {
         .query(
             "SELECT a.attname::text FROM pg_index i
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-             WHERE i.indrelid = 'events'::regclass AND i.indisprimary
+             WHERE i.indrelid = 'events_legacy'::regclass AND i.indisprimary
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
             &[],
         )
@@ -364,7 +273,11 @@ async fn the_per_producer_key_carries_existing_rows_over() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(key, ["id", "topic", "producer"]);
+    assert_eq!(
+        key,
+        ["id", "topic", "producer"],
+        "the old table, now the legacy partition, keeps its key"
+    );
     let reasons: Vec<String> = db
         .query("SELECT reason FROM dead_letters ORDER BY kafka_offset", &[])
         .await
@@ -425,4 +338,195 @@ async fn the_per_producer_key_carries_existing_rows_over() {
         .await
         .expect("the stats role reads the new column");
     assert_eq!(reasons.len(), 4);
+}
+
+/// A database migrated up to (not including) the migration named `before`: its name, the owner's URL
+/// and how many migrations were applied.
+async fn migrated_until(
+    stack: &eventgate_test_support::Stack,
+    before: &'static str,
+) -> (String, String, usize) {
+    use diesel::migration::MigrationSource;
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+    use diesel_async::AsyncPgConnection;
+    use diesel_migrations::MigrationHarness;
+
+    let name = stack.unique_name("eg_upgrade_");
+    admin(&stack.database_url("postgres", "postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER eventgate"))
+        .await
+        .expect("empty database");
+    let owner = stack.database_url("eventgate", &name);
+    let connection = eventgate_core::db::tls::diesel_connection(&owner)
+        .await
+        .expect("connect");
+    let applied = tokio::task::spawn_blocking(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
+        let migrations = MigrationSource::<Pg>::migrations(&eventgate_core::db::MIGRATIONS)
+            .expect("embedded migrations");
+        // What `run_pending_migrations` does first: the table of applied migrations.
+        diesel::migration::MigrationConnection::setup(&mut conn).expect("migrations table");
+        let mut applied = 0;
+        for migration in migrations {
+            if migration.name().to_string().as_str() >= before {
+                break;
+            }
+            conn.run_migration(&*migration).expect("an old migration");
+            applied += 1;
+        }
+        applied
+    })
+    .await
+    .expect("migration task");
+    (name, owner, applied)
+}
+
+/// Upgrade in place to the partitioned history: an existing `events` table with events, with the bound
+/// constraint validated beforehand as docs/OPERATIONS.md says, becomes the partition `events_legacy`
+/// without a rewrite (the same file on disk) and keeps every row; new spans follow its bound; the
+/// services' roles read and write through the partitioned table; and once every topic's retention has
+/// passed its bound, the legacy partition is dropped whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_history_becomes_the_legacy_partition_without_a_rewrite() {
+    use eventgate_core::catalogue::{Catalogue, Topic};
+    use eventgate_core::db::partitions::{maintain, StoragePolicy};
+
+    const PARTITIONED: &str = "2025-04-01-000000_partitioned_events";
+    let stack = eventgate_test_support::stack().await;
+    let (name, owner, _) = migrated_until(stack, PARTITIONED).await;
+    let db = admin(&stack.database_url("eventgate", &name)).await;
+    let bound = time::OffsetDateTime::now_utc().replace_time(time::Time::MIDNIGHT)
+        + time::Duration::days(3);
+    db.batch_execute(
+        "INSERT INTO events (id, topic, received_at, producer, payload)
+         SELECT gen_random_uuid(), (ARRAY['audit.logs', 'web.events'])[1 + n % 2],
+                now() - n * interval '1 minute', 'alice', jsonb_build_object('n', n)
+         FROM generate_series(1, 1000) AS n;",
+    )
+    .await
+    .expect("an old history");
+    // What the operator runs beforehand, while the writers write (docs/OPERATIONS.md).
+    db.execute(
+        &format!(
+            "ALTER TABLE events ADD CONSTRAINT events_legacy_bound CHECK (received_at < '{}') NOT VALID",
+            bound
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("format")
+        ),
+        &[],
+    )
+    .await
+    .expect("bound");
+    db.batch_execute("ALTER TABLE events VALIDATE CONSTRAINT events_legacy_bound")
+        .await
+        .expect("validate");
+    let file = "SELECT pg_relation_filenode('events')::bigint";
+    let before_file: i64 = db.query_one(file, &[]).await.expect("filenode").get(0);
+    let snapshot = "SELECT count(*), string_agg(id::text || topic || payload::text, ',' ORDER BY id) FROM events";
+    let before = db.query_one(snapshot, &[]).await.expect("snapshot");
+    let (count_before, rows_before): (i64, String) = (before.get(0), before.get(1));
+
+    eventgate_core::db::run_migrations(&owner)
+        .await
+        .expect("the rest migrates");
+
+    let kind: String = db
+        .query_one("SELECT relkind::text FROM pg_class WHERE relname = 'events'", &[])
+        .await
+        .expect("relkind")
+        .get(0);
+    assert_eq!(kind, "p", "events is partitioned");
+    let legacy_file: i64 = db
+        .query_one("SELECT pg_relation_filenode('events_legacy')::bigint", &[])
+        .await
+        .expect("filenode")
+        .get(0);
+    assert_eq!(legacy_file, before_file, "the old table was not rewritten");
+    let after = db.query_one(snapshot, &[]).await.expect("snapshot");
+    assert_eq!(
+        (after.get::<_, i64>(0), after.get::<_, String>(1)),
+        (count_before, rows_before),
+        "every event carried over"
+    );
+    let upper: time::OffsetDateTime = db
+        .query_one(
+            "SELECT (regexp_match(pg_get_expr(relpartbound, oid), 'TO \\(''([^'']*)''\\)'))[1]::timestamptz
+             FROM pg_class WHERE relname = 'events_legacy'",
+            &[],
+        )
+        .await
+        .expect("bound")
+        .get(0);
+    assert_eq!(upper, bound, "the legacy partition ends at the validated bound");
+
+    // The roles go on reading and writing through the partitioned table.
+    let writer = admin(&stack.database_url("eventgate_writer", &name)).await;
+    writer
+        .execute(
+            "INSERT INTO events (id, topic, received_at, producer, payload)
+             VALUES (gen_random_uuid(), 'audit.logs', now(), 'bob', '{}')",
+            &[],
+        )
+        .await
+        .expect("the writer's role inserts");
+    let reader = admin(&stack.database_url("eventgate_stats", &name)).await;
+    let readable: i64 = reader
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("the stats role reads")
+        .get(0);
+    assert_eq!(readable, count_before + 1);
+
+    // The maintenance starts the spans at the bound, whatever its clock says about today.
+    let topics = |retention: &str| {
+        Catalogue::from_topics(["audit.logs", "web.events"].map(|name| {
+            Topic::from_schema(
+                name,
+                serde_json::json!({"type": "object", "x-eventgate": {"retention": retention}}),
+            )
+            .expect("topic")
+        }))
+    };
+    let storage = eventgate_core::config::StorageConfig {
+        retention: "1d".parse().expect("1d"),
+        ..Default::default()
+    };
+    let policy = StoragePolicy::new(&topics("1d"), &storage);
+    let run = maintain(&db, &policy, time::OffsetDateTime::now_utc())
+        .await
+        .expect("maintenance")
+        .expect("not locked");
+    assert!(
+        run.report.created.iter().any(|name| name
+            == &format!(
+                "events_p{:04}{:02}{:02}",
+                bound.year(),
+                u8::from(bound.month()),
+                bound.day()
+            )),
+        "{:?}",
+        run.report
+    );
+    assert!(
+        run.report.dropped.is_empty(),
+        "nothing expired yet: {:?}",
+        run.report
+    );
+    // Two days after the bound every topic's day of retention has passed: the legacy history goes whole.
+    let run = maintain(&db, &policy, bound + time::Duration::days(2))
+        .await
+        .expect("maintenance")
+        .expect("not locked");
+    assert!(
+        run.report.dropped.contains(&"events_legacy".to_owned()),
+        "{:?}",
+        run.report
+    );
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
 }

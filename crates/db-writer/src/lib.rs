@@ -22,7 +22,8 @@
 //!   for the crash-loop check ([`runs`]).
 //!
 //! [`Application`] is the service as its binary runs it: the writer plus its health and metrics listener
-//! on `writer.listen`, stopped by SIGTERM/SIGINT; SIGHUP reloads the topics ([`reload`]).
+//! on `writer.listen`, stopped by SIGTERM/SIGINT; SIGHUP reloads the topics ([`reload`]); every few
+//! minutes one of the writers maintains the history's partitions ([`maintenance`]).
 
 pub mod alerts;
 mod batch;
@@ -30,6 +31,7 @@ pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod health;
+pub mod maintenance;
 pub mod metrics;
 mod monitor;
 pub mod rebalance;
@@ -58,6 +60,9 @@ pub struct Application {
     port: u16,
     lifecycle: Lifecycle,
     reloading: tokio::task::JoinHandle<()>,
+    /// The history's upkeep every `storage.maintenance_interval_ms` ([`maintenance`]).
+    maintaining: tokio::task::JoinHandle<()>,
+    maintenance_stop: CancellationToken,
 }
 
 impl Application {
@@ -78,12 +83,20 @@ impl Application {
         )
         .with_context(|| format!("binding {}", config.writer.listen))?;
         tracing::info!(port, "writer health and metrics listening");
+        let maintenance_stop = CancellationToken::new();
+        let maintaining = tokio::spawn(maintenance::run_every_interval(
+            config.clone(),
+            writer.metrics.clone(),
+            maintenance_stop.clone(),
+        ));
         Ok(Application {
             writer,
             health,
             port,
             lifecycle,
             reloading,
+            maintaining,
+            maintenance_stop,
         })
     }
 
@@ -116,6 +129,9 @@ impl Application {
             }
         };
         self.reloading.abort();
+        self.maintenance_stop.cancel();
+        // A run in progress is cut short: every step is its own transaction, so nothing is left half done.
+        self.maintaining.abort();
         health.stop(true).await;
         let _ = health_task.await;
         result

@@ -41,6 +41,8 @@ pub struct WriterMetrics {
     pub emails_sent: IntCounterVec,
     /// Failure emails that could not be sent, by kind.
     pub emails_failed: IntCounterVec,
+    /// The history's partitions and their upkeep ([`crate::maintenance`]).
+    pub maintenance: crate::maintenance::MaintenanceMetrics,
 }
 
 impl WriterMetrics {
@@ -146,6 +148,7 @@ impl WriterMetrics {
         }
         WriterMetrics {
             http: HttpMetrics::new(&registry),
+            maintenance: crate::maintenance::MaintenanceMetrics::new(&registry),
             assigned_partitions,
             registry,
             rows_inserted,

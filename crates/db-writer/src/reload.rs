@@ -122,13 +122,14 @@ impl TopicReloader {
             tracing::warn!(%error, "could not ensure Kafka topics exist");
         }
         if self.config.writer.run_migrations {
-            let created = eventgate_core::db::ensure_field_indexes(
-                self.config.writer.migration_url(),
-                &catalogue,
-            )
-            .await
-            .context("creating field indexes")?;
-            tracing::info!(created, "field indexes up to date");
+            // The new topics' partitions and indexes, before their first events arrive.
+            let policy = eventgate_core::db::StoragePolicy::new(&catalogue, &self.config.storage);
+            let maintained =
+                eventgate_core::db::maintain_now(self.config.writer.migration_url(), &policy)
+                    .await
+                    .context("maintaining the event history's partitions")?;
+            crate::maintenance::log(&maintained);
+            self.metrics.maintenance.record(&maintained);
         }
         let all: Vec<&str> = subscribed
             .iter()

@@ -14,7 +14,7 @@ use eventgate_core::db::PgPool;
 
 use crate::alerts::{AlertKind, Alerts};
 use crate::batch::Batch;
-use crate::db::{self, DeadLetter, DeadLetterReason, StoredIds, Written};
+use crate::db::{self, DeadLetter, DeadLetterReason, IdempotencyWindow, StoredIds, Written};
 use crate::envelope::Envelope;
 use crate::error::{Remedy, WriterError};
 use crate::metrics::WriterMetrics;
@@ -24,14 +24,26 @@ use crate::metrics::WriterMetrics;
 /// written again skipping the stored keys and parking the skipped events whose payload differs
 /// (conflicting duplicates). Both give the same rows; the second costs round trips only when there are
 /// duplicates.
+/// Retries are recognised across partitions within the default `storage.idempotency_window_ms`
+/// ([`store_batch_within`] takes the configured one).
 pub async fn store_batch(
     conn: &mut Client,
     events: &[&Envelope],
     dead_letters: &[DeadLetter],
 ) -> Result<Written, WriterError> {
-    match insert(conn, events, dead_letters, StoredIds::Refuse).await {
+    store_batch_within(conn, events, dead_letters, &IdempotencyWindow::default()).await
+}
+
+/// [`store_batch`] with the idempotency window of the configuration.
+pub async fn store_batch_within(
+    conn: &mut Client,
+    events: &[&Envelope],
+    dead_letters: &[DeadLetter],
+    window: &IdempotencyWindow,
+) -> Result<Written, WriterError> {
+    match insert(conn, events, dead_letters, StoredIds::Refuse, window).await {
         Err(error) if error.remedy() == Remedy::SkipStoredIds => {
-            insert(conn, events, dead_letters, StoredIds::Skip).await
+            insert(conn, events, dead_letters, StoredIds::Skip, window).await
         }
         outcome => outcome,
     }
@@ -42,8 +54,9 @@ async fn insert(
     events: &[&Envelope],
     dead_letters: &[DeadLetter],
     stored_ids: StoredIds,
+    window: &IdempotencyWindow,
 ) -> Result<Written, WriterError> {
-    db::insert_batch(conn, events, dead_letters, stored_ids)
+    db::insert_batch(conn, events, dead_letters, stored_ids, window)
         .await
         .map_err(|error| WriterError::write_batch(events.len(), dead_letters.len(), error))
 }
@@ -59,6 +72,8 @@ pub(crate) struct BatchStore {
     pub commit_log_retention_ms: u64,
     /// When the commit log was last pruned (at most once per [`PRUNE_EVERY`]).
     pub last_prune: std::sync::Mutex<Option<Instant>>,
+    /// `storage.idempotency_window_ms`: retries recognised across partitions.
+    pub idempotency: IdempotencyWindow,
 }
 
 /// How often a writer prunes the commit log, after a batch (every writer does: the deletes are
@@ -71,6 +86,7 @@ impl BatchStore {
         alerts: Alerts,
         metrics: Arc<WriterMetrics>,
         config: &WriterConfig,
+        storage: &eventgate_core::config::StorageConfig,
     ) -> BatchStore {
         BatchStore {
             pool,
@@ -80,6 +96,7 @@ impl BatchStore {
             retry_max: Duration::from_millis(config.retry_max_ms),
             commit_log_retention_ms: config.commit_log_retention_ms,
             last_prune: std::sync::Mutex::new(None),
+            idempotency: IdempotencyWindow::of(storage),
         }
     }
 
@@ -169,7 +186,7 @@ impl BatchStore {
             self.pool.get().await.map_err(|error| {
                 WriterError::write_batch(events.len(), dead_letters.len(), error)
             })?;
-        let error = match store_batch(&mut conn, events, dead_letters).await {
+        let error = match store_batch_within(&mut conn, events, dead_letters, &self.idempotency).await {
             Ok(mut written) => {
                 written.parked.sort();
                 return Ok((written, dead_letters.to_vec()));
@@ -189,7 +206,7 @@ impl BatchStore {
             let Ok(event) = &message.decoded else {
                 continue;
             };
-            match store_batch(&mut conn, &[event], &[]).await {
+            match store_batch_within(&mut conn, &[event], &[], &self.idempotency).await {
                 Ok(single) => {
                     inserted += single.events;
                     conflicts.extend(single.conflicts);
@@ -207,7 +224,7 @@ impl BatchStore {
         }
         // The good rows are in already; writing them again is a no-op that parks the refused ones in the
         // same transaction as the batch's other dead letters.
-        let mut written = store_batch(&mut conn, &good, &parked).await?;
+        let mut written = store_batch_within(&mut conn, &good, &parked, &self.idempotency).await?;
         written.events = inserted;
         written.dead_letters += conflicts.len();
         written.parked.extend(conflicts.iter().map(DeadLetter::key));

@@ -92,10 +92,12 @@ impl Writer {
                 .await
                 .context("applying migrations")?;
             tracing::info!(applied, "migrations up to date");
-            let created = eventgate_core::db::ensure_field_indexes(owner_url, &catalogue)
+            // The topics' partitions for now and ahead, and their indexes, before the first insert.
+            let policy = eventgate_core::db::StoragePolicy::new(&catalogue, &config.storage);
+            let maintained = eventgate_core::db::maintain_now(owner_url, &policy)
                 .await
-                .context("creating field indexes")?;
-            tracing::info!(created, "field indexes up to date");
+                .context("maintaining the event history's partitions")?;
+            crate::maintenance::log(&maintained);
         }
         let pool_settings = PoolSettings {
             // A lock held on `events` fails the write with a timeout, which is retried.
@@ -179,7 +181,13 @@ impl Writer {
         Ok(Writer {
             consumer,
             ownership,
-            store: BatchStore::new(pool, alerts, metrics.clone(), &config.writer),
+            store: BatchStore::new(
+                pool,
+                alerts,
+                metrics.clone(),
+                &config.writer,
+                &config.storage,
+            ),
             config: config.writer.clone(),
             kafka: config.kafka.clone(),
             metrics,

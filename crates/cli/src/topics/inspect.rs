@@ -118,7 +118,7 @@ pub struct TopicView {
     pub kafka_topic: String,
     pub partitions_configured: i32,
     pub kafka: KafkaTopic,
-    /// `x-eventgate.retention` of the latest version, as written (nothing enforces it yet).
+    /// `x-eventgate.retention` of the latest version, as written (unset: `storage.retention` applies).
     pub retention: Option<Value>,
     /// `None`: the database was not read (not configured, unreachable, or the statement failed).
     pub events: Option<EventCount>,

@@ -282,8 +282,39 @@ impl Config {
             not_placeholder("smtp.password", password)?;
         }
         check_kafka_security(&c.kafka)?;
+        check_storage(&c.storage)?;
         Ok(())
     }
+}
+
+/// A span must tile days (so partitions start at midnight UTC whatever the span) and the idempotency
+/// window must be a lookup across a few partitions, not the whole history.
+fn check_storage(s: &super::StorageConfig) -> Result<(), ConfigError> {
+    let span = s.partition_span.seconds();
+    let day = 86_400;
+    if span < 3_600 || (span < day && day % span != 0) || (span > day && span % day != 0) {
+        return Err(invalid(
+            "storage.partition_span",
+            format!("{} neither divides a day into whole hours nor is whole days", s.partition_span),
+        ));
+    }
+    in_range("storage.partitions_ahead", s.partitions_ahead, 1..=366)?;
+    in_range(
+        "storage.maintenance_interval_ms",
+        s.maintenance_interval_ms,
+        0..=86_400_000,
+    )?;
+    in_range(
+        "storage.maintenance_lock_timeout_ms",
+        s.maintenance_lock_timeout_ms,
+        1..=600_000,
+    )?;
+    in_range(
+        "storage.idempotency_window_ms",
+        s.idempotency_window_ms,
+        0..=7 * 86_400_000,
+    )?;
+    Ok(())
 }
 
 /// The JWKS settings: an https URL (http only when explicitly allowed), a readable CA file, keys that do

@@ -5,13 +5,16 @@
 //! - [`error`]: why a statement failed, by SQLSTATE (never by message text, which follows `lc_messages`);
 //! - [`typed_value`]: the one SQL expression of a payload field's typed value, used by the field indexes
 //!   and by the stats-api's query builder alike, so the two cannot drift apart;
-//! - [`field_index`]: the expression indexes of the fields a topic declares indexed;
+//! - [`field_index`]: the SQL of the expression indexes of the fields a topic declares indexed;
+//! - [`partitions`]: the event history's partitions by time and topic, their per-topic indexes and
+//!   retention: the maintenance `eventgate maintain` and the writers run;
 //! - migrations, embedded in the binaries and applied by `eventgate migrate` and the writer.
 //!
 //! The services' own SQL lives in their `db` modules (`stats-api/src/db/`, `db-writer/src/db/`).
 
 pub mod error;
 pub mod field_index;
+pub mod partitions;
 pub mod pool;
 pub mod schema;
 pub mod tls;
@@ -21,7 +24,8 @@ use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 
 pub use error::{Cause, DbError};
-pub use field_index::{ensure_field_indexes, indexed_expression};
+pub use field_index::indexed_expression;
+pub use partitions::{maintain_now, Maintained, StoragePolicy};
 pub use pool::{build_pool, ping, EventRow, PgPool};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");

@@ -3,8 +3,9 @@
 //! column, so a migration that changes a table fails until this file follows).
 
 diesel::table! {
-    /// The event history: one row per accepted event, keyed by (id, topic, producer): an event id is
-    /// unique per topic and producer (the idempotency key).
+    /// The event history: one row per accepted event, keyed by (id, topic, producer) in each of its
+    /// partitions (`events` is partitioned by time and topic: `crate::db::partitions`); the writer
+    /// looks the key up across neighbouring partitions within `storage.idempotency_window_ms`.
     events (id, topic, producer) {
         id -> Uuid,
         topic -> Text,

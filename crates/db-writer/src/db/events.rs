@@ -3,9 +3,12 @@
 //! with the batch's dead letters. Payloads go as the JSON text they arrived in (binary `jsonb` is a
 //! version byte and that text): no `serde_json::Value` is built or serialised on the way.
 //!
-//! An event is stored once per (id, topic, producer), the primary key (migration
+//! An event is stored once per (id, topic, producer) (migration
 //! `2025-02-01-000000_idempotency_per_producer`): another producer's id, or the same id on another
-//! topic, never suppresses an event. Keys stored already: the caller chooses ([`StoredIds`]).
+//! topic, never suppresses an event. `events` is partitioned by time and topic (migration
+//! `2025-04-01-000000_partitioned_events`), so the key is unique within each partition; an event near a
+//! partition's boundary is first looked up in its neighbour within the idempotency window
+//! ([`IdempotencyWindow`]). Keys stored already: the caller chooses ([`StoredIds`]).
 //! `ON CONFLICT ... DO NOTHING` makes Postgres probe the key and write a speculative-insertion record for
 //! every row (≈ 8 % of the writer's rate against `COPY`, see docs/PERFORMANCE.md), so the writer tries
 //! the plain `INSERT` first and skips stored keys only when that met one (`crate::write::store_batch`).
@@ -124,8 +127,20 @@ const INSERT_EVENTS_SKIPPING_STORED: &str =
     "INSERT INTO events (id, topic, received_at, producer, payload, schema_version) \
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[], \
      $6::int2[]) \
-     ON CONFLICT (id, topic, producer) DO NOTHING \
+     ON CONFLICT DO NOTHING \
      RETURNING id, topic, producer";
+
+/// Which of the batch's events (by their index `$6`) are stored already in a partition near their own:
+/// the lookup of [`IdempotencyWindow`]. `ON CONFLICT` above sees the unique key of the event's own
+/// partition only (`events` is partitioned; a unique key across partitions would have to include
+/// `received_at`, which every HTTP retry has anew).
+/// `$7` and `$8` bound all the ranges: constants the planner prunes the partitions by, so the lookup
+/// plans the few spans around the batch, not the whole history.
+const STORED_NEARBY: &str = "SELECT n.i FROM unnest($1::uuid[], $2::text[], $3::text[], \
+     $4::timestamptz[], $5::timestamptz[], $6::int[]) AS n (id, topic, producer, lo, hi, i) \
+     WHERE EXISTS (SELECT FROM events e WHERE e.id = n.id AND e.topic = n.topic \
+       AND e.producer = n.producer AND e.received_at >= n.lo AND e.received_at <= n.hi \
+       AND e.received_at >= $7::timestamptz AND e.received_at <= $8::timestamptz)";
 
 /// Which of the skipped rows (by their index `$5`) hold another payload than the stored event with
 /// their key. A statement of its own, after the insert: under READ COMMITTED it sees what the insert
@@ -194,6 +209,104 @@ impl ToSql for JsonbText<'_> {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// How far apart in time a producer's retry of an event may reach a writer and still be recognised
+/// (`storage.idempotency_window_ms`). Within one partition (a span of `storage.partition_span`) the
+/// partition's unique key recognises it whatever the time between. An event within the window of its
+/// span's start or end may have its first copy in the neighbouring span: it is looked up there first
+/// (one statement for the batch's few such events; none when the window is 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyWindow {
+    pub window: time::Duration,
+    pub span_seconds: i64,
+}
+
+impl Default for IdempotencyWindow {
+    fn default() -> Self {
+        IdempotencyWindow::of(&eventgate_core::config::StorageConfig::default())
+    }
+}
+
+impl IdempotencyWindow {
+    pub fn of(storage: &eventgate_core::config::StorageConfig) -> IdempotencyWindow {
+        IdempotencyWindow {
+            window: time::Duration::milliseconds(
+                i64::try_from(storage.idempotency_window_ms).unwrap_or(i64::MAX / 2),
+            ),
+            span_seconds: i64::try_from(storage.partition_span.seconds())
+                .unwrap_or(86_400)
+                .max(1),
+        }
+    }
+
+    /// The time range to look an event up in, when it lies within the window of a span boundary.
+    fn lookup_range(&self, at: OffsetDateTime) -> Option<(OffsetDateTime, OffsetDateTime)> {
+        if self.window <= time::Duration::ZERO {
+            return None;
+        }
+        let since_start = at.unix_timestamp().rem_euclid(self.span_seconds);
+        let to_end = self.span_seconds - since_start;
+        let near = time::Duration::seconds(since_start) < self.window
+            || time::Duration::seconds(to_end) <= self.window;
+        near.then(|| (at - self.window, at + self.window))
+    }
+}
+
+/// The indexes of the events whose key is stored already near them (see [`IdempotencyWindow`]).
+async fn stored_nearby(
+    transaction: &Transaction<'_>,
+    events: &[&Envelope],
+    window: &IdempotencyWindow,
+) -> Result<Vec<usize>, DbError> {
+    let near: Vec<(usize, (OffsetDateTime, OffsetDateTime))> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| window.lookup_range(e.received_at).map(|range| (i, range)))
+        .collect();
+    if near.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<uuid::Uuid> = near.iter().map(|(i, _)| events[*i].id).collect();
+    let topics: Vec<&str> = near.iter().map(|(i, _)| events[*i].topic.as_str()).collect();
+    let producers: Vec<&str> = near
+        .iter()
+        .map(|(i, _)| events[*i].producer.as_str())
+        .collect();
+    let lows: Vec<OffsetDateTime> = near.iter().map(|(_, r)| r.0).collect();
+    let highs: Vec<OffsetDateTime> = near.iter().map(|(_, r)| r.1).collect();
+    let indexes: Vec<i32> = near
+        .iter()
+        .map(|(i, _)| i32::try_from(*i).unwrap_or(i32::MAX))
+        .collect();
+    let (Some(lowest), Some(highest)) = (lows.iter().min().copied(), highs.iter().max().copied())
+    else {
+        return Ok(Vec::new());
+    };
+    let rows = transaction
+        .query_typed(
+            STORED_NEARBY,
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&topics, Type::TEXT_ARRAY),
+                (&producers, Type::TEXT_ARRAY),
+                (&lows, Type::TIMESTAMPTZ_ARRAY),
+                (&highs, Type::TIMESTAMPTZ_ARRAY),
+                (&indexes, Type::INT4_ARRAY),
+                (&lowest, Type::TIMESTAMPTZ),
+                (&highest, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in rows {
+        let index: i32 = row.try_get(0)?;
+        if let Ok(index) = usize::try_from(index) {
+            found.push(index);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
 /// Inserts events and dead letters in one transaction. Statements go with their parameter types
 /// (`*_typed`): one round trip each, no statement to prepare first.
 pub async fn insert_batch(
@@ -201,10 +314,26 @@ pub async fn insert_batch(
     events: &[&Envelope],
     dead_letters: &[DeadLetter],
     stored_ids: StoredIds,
+    window: &IdempotencyWindow,
 ) -> Result<Written, DbError> {
     let transaction = conn.transaction().await?;
     let mut written = Written::default();
-    let mut conflicts: Vec<DeadLetter> = Vec::new();
+    // Retries whose first copy is in a neighbouring partition: not inserted again, and parked as
+    // conflicting duplicates when their payload differs.
+    let nearby = stored_nearby(&transaction, events, window).await?;
+    let mut conflicts: Vec<DeadLetter> = conflicting(&transaction, events, &nearby).await?;
+    let fresh: Vec<&Envelope>;
+    let events: &[&Envelope] = if nearby.is_empty() {
+        events
+    } else {
+        fresh = events
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| nearby.binary_search(i).is_err())
+            .map(|(_, e)| *e)
+            .collect();
+        &fresh
+    };
     if !events.is_empty() {
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id).collect();
         let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
@@ -234,7 +363,7 @@ pub async fn insert_batch(
                     .await?;
                 written.events = rows.len();
                 let skipped = skipped_rows(events, &rows)?;
-                conflicts = conflicting(&transaction, events, &skipped).await?;
+                conflicts.extend(conflicting(&transaction, events, &skipped).await?);
             }
         }
     }

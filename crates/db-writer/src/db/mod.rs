@@ -11,5 +11,6 @@ pub mod events;
 pub mod runs;
 
 pub use events::{
-    insert_batch, prune_commit_log, DeadLetter, DeadLetterReason, ParkedKey, StoredIds, Written,
+    insert_batch, prune_commit_log, DeadLetter, DeadLetterReason, IdempotencyWindow, ParkedKey,
+    StoredIds, Written,
 };

@@ -610,6 +610,19 @@ impl SqlBuilder {
                 .iter()
                 .all(|(k, _)| k.descending == keys[0].0.descending);
         if all_columns_one_direction {
+            // A redundant bound on the time when it leads: `events` is partitioned by received_at, and
+            // Postgres skips the partitions wholly after the cursor only for a plain comparison (it
+            // does not prune by a row comparison).
+            if let Some((first, Some(v))) = keys.first() {
+                if matches!(first.field.source, FieldSource::Timestamp) {
+                    self.compare(
+                        &first.field,
+                        if first.descending { " <= " } else { " >= " },
+                        v,
+                    );
+                    self.push(" AND ");
+                }
+            }
             // Row comparison: the btree (topic, received_at, id) serves it directly.
             self.push("(");
             for (i, (key, _)) in keys.iter().enumerate() {
@@ -858,11 +871,12 @@ mod tests {
         let p = plan("jobs", &req, &catalogue(), &QueryLimits::default(), &key()).expect("plan");
         let parts = page_sql("jobs", &p);
         assert!(
-            parts.sql.contains("AND (received_at, id) < ($2::timestamptz, $3::uuid) ORDER BY received_at DESC, id DESC"),
+            parts.sql.contains("AND (received_at <= $2::timestamptz) AND (received_at, id) < ($3::timestamptz, $4::uuid) ORDER BY received_at DESC, id DESC"),
             "{}",
             parts.sql
         );
         assert_eq!(parts.binds[1], Bind::Timestamptz(Instant(0)));
+        assert_eq!(parts.binds[2], Bind::Timestamptz(Instant(0)));
     }
 
     #[test]

@@ -1,0 +1,975 @@
+//! The event history's partitions and their maintenance (`eventgate maintain`, and each writer every
+//! `storage.maintenance_interval_ms`, one at a time under [`MAINTENANCE_LOCK_KEY`]).
+//!
+//! Layout (migration `2025-04-01-000000_partitioned_events`, ARCHITECTURE.md "The event history's
+//! layout"): `events` is partitioned by RANGE of `received_at` into spans (`events_p20261203`, a day by
+//! default), each span by LIST of `topic` into one leaf per topic (`events_p20261203_web_events_1a2b3c`)
+//! and a default leaf for topics without one; `events_legacy` is the history from before partitioning
+//! and `events_default` takes events outside every span.
+//!
+//! One run ([`maintain`]):
+//! 1. creates the current span and `storage.partitions_ahead` spans after it, and a span for every
+//!    time that reached `events_default`, moving those events into it;
+//! 2. gives every topic of the catalogue its leaf in the current and future spans, and in past spans
+//!    where its events reached the span's default leaf (moved into it);
+//! 3. builds the per-leaf indexes ([`desired_indexes`]): the key `(id, topic, producer)` everywhere, the
+//!    topic's field indexes and its GIN index if it asked for one; builds again those left invalid by an
+//!    interrupted build, drops those no longer asked for;
+//! 4. drops the leaves whose span ended longer ago than their topic's retention (a whole span once all
+//!    its leaves are gone) — never a `DELETE` of events;
+//! 5. deletes dead letters resolved longer ago than `storage.resolved_dead_letter_retention`.
+//!
+//! Plain declarative partitioning with this loop rather than pg_partman: pg_partman cannot split by
+//! topic under each time span with a retention per topic, and this needs nothing installed on a managed
+//! Postgres. Every DDL statement runs with `lock_timeout`; one that cannot get its lock is reported and
+//! left for the next run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+use tokio_postgres::Client;
+
+use super::DbError;
+use crate::catalogue::Catalogue;
+use crate::config::StorageConfig;
+use crate::retention::Retention;
+
+/// The advisory lock one maintenance run holds ("eventmnt" in ASCII).
+pub const MAINTENANCE_LOCK_KEY: i64 = 0x6576_656e_746d_6e74;
+
+/// The partitioned table's default partition (events outside every span).
+pub const TOP_DEFAULT: &str = "events_default";
+
+/// What the maintenance keeps for one topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicStorage {
+    pub name: String,
+    pub retention: Retention,
+    pub containment_index: bool,
+    /// The SQL expressions of its indexed fields ([`super::indexed_expression`]).
+    pub field_expressions: Vec<String>,
+}
+
+/// The catalogue's topics and the storage settings, as the maintenance needs them.
+#[derive(Debug, Clone)]
+pub struct StoragePolicy {
+    pub span_seconds: i64,
+    pub ahead: u32,
+    pub default_retention: Retention,
+    pub resolved_dead_letter_retention: Retention,
+    pub lock_timeout_ms: u64,
+    pub topics: BTreeMap<String, TopicStorage>,
+}
+
+impl StoragePolicy {
+    pub fn new(catalogue: &Catalogue, storage: &StorageConfig) -> StoragePolicy {
+        let topics = catalogue
+            .topics()
+            .map(|topic| {
+                let mut field_expressions: Vec<String> = topic
+                    .fields
+                    .fields()
+                    .filter_map(super::indexed_expression)
+                    .collect();
+                field_expressions.sort();
+                field_expressions.dedup();
+                let storage_of = TopicStorage {
+                    name: topic.name.clone(),
+                    retention: topic.settings.retention.unwrap_or(storage.retention),
+                    containment_index: topic.settings.containment_index,
+                    field_expressions,
+                };
+                (topic.name.clone(), storage_of)
+            })
+            .collect();
+        StoragePolicy {
+            span_seconds: i64::try_from(storage.partition_span.seconds()).unwrap_or(86_400),
+            ahead: storage.partitions_ahead,
+            default_retention: storage.retention,
+            resolved_dead_letter_retention: storage.resolved_dead_letter_retention,
+            lock_timeout_ms: storage.maintenance_lock_timeout_ms,
+            topics,
+        }
+    }
+
+    /// The retention of a leaf holding `topic`'s events, or several topics' (`None`): the longest that
+    /// may apply to what it holds.
+    fn retention_of(&self, topic: Option<&str>) -> Retention {
+        match topic.and_then(|name| self.topics.get(name)) {
+            Some(topic) => topic.retention,
+            None if topic.is_some() => self.default_retention,
+            None => self
+                .topics
+                .values()
+                .fold(self.default_retention, |longest, t| longest.max(t.retention)),
+        }
+    }
+
+    /// The start of the span holding `at` (spans tile time from the Unix epoch, so days start at
+    /// midnight UTC).
+    fn span_start(&self, at: OffsetDateTime) -> OffsetDateTime {
+        let seconds = at.unix_timestamp();
+        let start = seconds - seconds.rem_euclid(self.span_seconds);
+        OffsetDateTime::from_unix_timestamp(start).unwrap_or(at)
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MaintenanceReport {
+    /// Spans and leaves created.
+    pub created: Vec<String>,
+    /// Events moved out of a default partition into their own.
+    pub moved_events: u64,
+    /// Leaves and spans dropped for retention, and the bytes they held.
+    pub dropped: Vec<String>,
+    pub dropped_bytes: i64,
+    /// Indexes built (missing), built again (invalid) and dropped (no longer asked for).
+    pub indexes_built: Vec<String>,
+    pub indexes_rebuilt: Vec<String>,
+    pub indexes_dropped: Vec<String>,
+    pub dead_letters_deleted: u64,
+    /// What could not be done in this run, and why (a lock not granted within the lock timeout, …).
+    pub deferred: Vec<String>,
+}
+
+/// One topic's (or the mixed partitions') share of the history after a run: what the metrics and
+/// `eventgate maintain` show.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TopicPartitions {
+    pub partitions: u64,
+    /// The start of the oldest span with a leaf of the topic (Unix seconds); `None` for the legacy range.
+    pub oldest_span_start: Option<i64>,
+    pub bytes: i64,
+}
+
+/// The layout after a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LayoutSummary {
+    /// Per topic; mixed leaves (the legacy history, default leaves) under `"(legacy)"` and `"(default)"`.
+    pub topics: BTreeMap<String, TopicPartitions>,
+    /// Where the spans end (Unix seconds): inserts up to there find their span.
+    pub covered_until: Option<i64>,
+    /// Events in default partitions (the planner's estimate): waiting for the next run to move them.
+    pub default_events_estimate: i64,
+}
+
+/// A run's outcome.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Maintained {
+    pub report: MaintenanceReport,
+    pub layout: LayoutSummary,
+}
+
+#[derive(Debug, Clone)]
+struct Leaf {
+    name: String,
+    /// `None`: the span's default leaf, or a leaf holding several topics.
+    topic: Option<String>,
+    bytes: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Span {
+    name: String,
+    /// `None`: from MINVALUE (the legacy history).
+    lower: Option<OffsetDateTime>,
+    upper: OffsetDateTime,
+    /// A span split by topic; otherwise `leaves` holds the span itself, a plain table of every topic.
+    split: bool,
+    leaves: Vec<Leaf>,
+}
+
+impl Span {
+    fn has_leaf_for(&self, topic: &str) -> bool {
+        self.leaves.iter().any(|l| l.topic.as_deref() == Some(topic))
+    }
+
+    fn default_leaf(&self) -> Option<&Leaf> {
+        self.leaves
+            .iter()
+            .find(|l| l.topic.is_none() && l.name != self.name)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Layout {
+    spans: Vec<Span>,
+    top_default: Option<Leaf>,
+}
+
+impl Layout {
+    /// Every leaf with the topic it holds (`None`: several), for the indexes.
+    fn leaves(&self) -> impl Iterator<Item = &Leaf> {
+        self.spans
+            .iter()
+            .flat_map(|s| s.leaves.iter())
+            .chain(self.top_default.iter())
+    }
+}
+
+/// The partition tree of `events` as the catalogue describes it. Bounds are read back by casting the
+/// literals of `pg_get_expr(relpartbound)` (the session is in UTC).
+const READ_LAYOUT: &str = "SELECT c.relname::text, p.relname::text, c.relkind = 'p', \
+       pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT', \
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']*)''\\)'))[1]::timestamptz, \
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']*)''\\)'))[1]::timestamptz, \
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'IN \\(''([^'']*)''\\)'))[1], \
+       pg_total_relation_size(c.oid) \
+     FROM pg_partition_tree('events') t \
+     JOIN pg_class c ON c.oid = t.relid \
+     JOIN pg_class p ON p.oid = t.parentrelid \
+     WHERE t.level > 0 ORDER BY t.level, c.relname";
+
+async fn read_layout(client: &Client) -> Result<Layout, DbError> {
+    let rows = client.query(READ_LAYOUT, &[]).await?;
+    let mut layout = Layout::default();
+    for row in &rows {
+        let name: String = row.get(0);
+        let parent: String = row.get(1);
+        let partitioned: bool = row.get(2);
+        let is_default: bool = row.get(3);
+        let lower: Option<OffsetDateTime> = row.get(4);
+        let upper: Option<OffsetDateTime> = row.get(5);
+        let topic: Option<String> = row.get(6);
+        let bytes: i64 = row.get(7);
+        if parent == "events" {
+            if is_default {
+                layout.top_default = Some(Leaf {
+                    name,
+                    topic: None,
+                    bytes,
+                });
+                continue;
+            }
+            let Some(upper) = upper else { continue };
+            let leaves = if partitioned {
+                Vec::new()
+            } else {
+                vec![Leaf {
+                    name: name.clone(),
+                    topic: None,
+                    bytes,
+                }]
+            };
+            layout.spans.push(Span {
+                name,
+                lower,
+                upper,
+                split: partitioned,
+                leaves,
+            });
+        } else if let Some(span) = layout.spans.iter_mut().find(|s| s.name == parent) {
+            span.leaves.push(Leaf {
+                name,
+                topic: if is_default { None } else { topic },
+                bytes,
+            });
+        }
+    }
+    layout.spans.sort_by_key(|s| s.upper);
+    Ok(layout)
+}
+
+/// `events_p20261203`, or `events_p20261203_1300` for a span starting within a day.
+fn span_name(start: OffsetDateTime) -> String {
+    let mut name = format!(
+        "events_p{:04}{:02}{:02}",
+        start.year(),
+        u8::from(start.month()),
+        start.day()
+    );
+    if start.hour() != 0 || start.minute() != 0 {
+        let _ = write!(name, "_{:02}{:02}", start.hour(), start.minute());
+    }
+    name
+}
+
+/// A topic's leaf in a span: readable (`events_p20261203_web_events_1a2b3c`) and short enough that
+/// every index name built from it fits Postgres's 63 bytes ([`leaf_index_name`]).
+fn leaf_name(span: &str, topic: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(topic.as_bytes());
+    let hash: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    let room = 45usize.saturating_sub(span.len() + 1 + 1 + hash.len());
+    let slug: String = topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(room)
+        .collect();
+    format!("{span}_{slug}_{hash}")
+}
+
+/// An index of a leaf: `<leaf>_key`, `<leaf>_gin`, `<leaf>_f<hash of the expression>`.
+fn leaf_index_name(leaf: &str, suffix: &str) -> String {
+    format!("{leaf}_{suffix}")
+}
+
+/// The field index suffix of an expression: the same hash as the field index names before partitions
+/// (`events_field_<hash>`), so the legacy history's indexes are recognised.
+fn field_suffix(expression: &str) -> String {
+    let name = super::field_index::index_name(expression);
+    format!("f{}", name.trim_start_matches("events_field_"))
+}
+
+/// An index a leaf should have: its name and the `CREATE … INDEX` body after `ON <leaf>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct IndexSpec {
+    name: String,
+    unique: bool,
+    definition: String,
+}
+
+/// The indexes a leaf of `topic` (or of several topics: `None`) should have: the key everywhere; the
+/// topic's field indexes and GIN index; on mixed leaves every topic's (what they hold is anyone's).
+fn desired_indexes(policy: &StoragePolicy, leaf: &str, topic: Option<&str>) -> Vec<IndexSpec> {
+    let mut specs = vec![IndexSpec {
+        name: leaf_index_name(leaf, "key"),
+        unique: true,
+        definition: "(id, topic, producer)".to_owned(),
+    }];
+    let topics: Vec<&TopicStorage> = match topic {
+        Some(name) => policy.topics.get(name).into_iter().collect(),
+        None => policy.topics.values().collect(),
+    };
+    let expressions: BTreeSet<&String> = topics
+        .iter()
+        .flat_map(|t| t.field_expressions.iter())
+        .collect();
+    for expression in expressions {
+        specs.push(IndexSpec {
+            name: leaf_index_name(leaf, &field_suffix(expression)),
+            unique: false,
+            definition: format!("(topic, {expression}, id)"),
+        });
+    }
+    if topics.iter().any(|t| t.containment_index) {
+        specs.push(IndexSpec {
+            name: leaf_index_name(leaf, "gin"),
+            unique: false,
+            definition: "USING gin (payload jsonb_path_ops)".to_owned(),
+        });
+    }
+    specs
+}
+
+fn create_index_sql(spec: &IndexSpec, leaf: &str, concurrently: bool) -> String {
+    format!(
+        "CREATE {unique}INDEX {concurrently}IF NOT EXISTS {name} ON {leaf} {definition}",
+        unique = if spec.unique { "UNIQUE " } else { "" },
+        concurrently = if concurrently { "CONCURRENTLY " } else { "" },
+        name = spec.name,
+        definition = spec.definition,
+    )
+}
+
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn timestamp_literal(at: OffsetDateTime) -> String {
+    let format = time::format_description::well_known::Rfc3339;
+    literal(&at.format(&format).unwrap_or_default())
+}
+
+const EVENT_COLUMNS: &str = "id, topic, received_at, producer, payload, schema_version";
+
+/// Whether an error is a lock not granted within `lock_timeout` (55P03): left for the next run.
+fn is_lock_timeout(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// Runs `sql` in one transaction; a lock timeout rolls it back and is reported as deferred.
+async fn transaction(
+    client: &Client,
+    sql: &str,
+    what: &str,
+    report: &mut MaintenanceReport,
+) -> Result<bool, DbError> {
+    match client
+        .batch_execute(&format!("BEGIN; {sql}; COMMIT"))
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(error) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            if is_lock_timeout(&error) {
+                report
+                    .deferred
+                    .push(format!("{what}: a lock was not granted in time"));
+                Ok(false)
+            } else {
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// Runs one maintenance if no other is running (`None` then). `now` is the clock the spans and
+/// retention are measured against (tests move it).
+pub async fn maintain(
+    client: &Client,
+    policy: &StoragePolicy,
+    now: OffsetDateTime,
+) -> Result<Option<Maintained>, DbError> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK_KEY])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let outcome = maintain_locked(client, policy, now).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK_KEY])
+        .await;
+    outcome.map(Some)
+}
+
+async fn maintain_locked(
+    client: &Client,
+    policy: &StoragePolicy,
+    now: OffsetDateTime,
+) -> Result<Maintained, DbError> {
+    maintain_locked_since(client, policy, now, None).await
+}
+
+/// A run that also creates the spans from `since` on (a bulk load of past events, the benchmark's
+/// history, goes straight into its partitions).
+async fn maintain_locked_since(
+    client: &Client,
+    policy: &StoragePolicy,
+    now: OffsetDateTime,
+    since: Option<OffsetDateTime>,
+) -> Result<Maintained, DbError> {
+    client
+        .batch_execute(&format!(
+            "SET TIME ZONE 'UTC'; SET lock_timeout = {}",
+            policy.lock_timeout_ms
+        ))
+        .await?;
+    let mut report = MaintenanceReport::default();
+    create_spans(client, policy, now, since, &mut report).await?;
+    create_leaves(client, policy, now, &mut report).await?;
+    drop_expired(client, policy, now, &mut report).await?;
+    build_indexes(client, policy, &mut report).await?;
+    prune_dead_letters(client, policy, now, &mut report).await?;
+    let layout = summarise(client, &read_layout(client).await?).await?;
+    Ok(Maintained { report, layout })
+}
+
+/// The free range around `start` (one span long, clipped by the spans that exist), or `None` when it
+/// is covered already.
+fn free_range(
+    layout: &Layout,
+    start: OffsetDateTime,
+    length: Duration,
+) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    let (mut lower, mut upper) = (start, start + length);
+    for span in &layout.spans {
+        let span_lower = span.lower.unwrap_or(OffsetDateTime::UNIX_EPOCH - Duration::days(365 * 3000));
+        if span_lower <= lower && span.upper > lower {
+            lower = span.upper;
+        }
+        if span_lower < upper && span.upper >= upper {
+            upper = span_lower;
+        }
+        if span_lower > lower && span.upper < upper {
+            // A span inside this one (made by hand, or under another span length): up to it only.
+            upper = span_lower;
+        }
+    }
+    (lower < upper).then_some((lower, upper))
+}
+
+/// Step 1: the current span and those ahead, and one for every time that reached `events_default`.
+async fn create_spans(
+    client: &Client,
+    policy: &StoragePolicy,
+    now: OffsetDateTime,
+    since: Option<OffsetDateTime>,
+    report: &mut MaintenanceReport,
+) -> Result<(), DbError> {
+    let length = Duration::seconds(policy.span_seconds);
+    let current = policy.span_start(now);
+    let mut starts: BTreeSet<OffsetDateTime> = (0..=i64::from(policy.ahead))
+        .map(|k| current + length * k as i32)
+        .collect();
+    if let Some(since) = since {
+        let mut start = policy.span_start(since);
+        while start < current {
+            starts.insert(start);
+            start += length;
+        }
+    }
+    let stray = client
+        .query(
+            &format!(
+                "SELECT DISTINCT to_timestamp(floor(extract(epoch FROM received_at)::float8 / $1::float8) \
+                 * $1::float8) FROM {TOP_DEFAULT}"
+            ),
+            &[&(policy.span_seconds as f64)],
+        )
+        .await?;
+    starts.extend(stray.iter().map(|row| row.get::<_, OffsetDateTime>(0)));
+
+    for start in starts {
+        let layout = read_layout(client).await?;
+        let Some((lower, upper)) = free_range(&layout, start, length) else {
+            continue;
+        };
+        let name = span_name(lower);
+        let mut sql = format!(
+            "CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS) \
+             PARTITION BY LIST (topic); \
+             CREATE TABLE {name}_default PARTITION OF {name} DEFAULT; "
+        );
+        let mut leaves = vec![(format!("{name}_default"), None)];
+        for topic in policy.topics.keys() {
+            let leaf = leaf_name(&name, topic);
+            let _ = write!(
+                sql,
+                "CREATE TABLE {leaf} PARTITION OF {name} FOR VALUES IN ({}); ",
+                literal(topic)
+            );
+            leaves.push((leaf, Some(topic.as_str())));
+        }
+        for (leaf, topic) in &leaves {
+            for spec in desired_indexes(policy, leaf, *topic) {
+                let _ = write!(sql, "{}; ", create_index_sql(&spec, leaf, false));
+            }
+        }
+        // Events that reached the default partition for this range move in before the span is attached
+        // (attaching checks that the default holds none of its range).
+        let _ = write!(
+            sql,
+            "WITH moved AS (DELETE FROM {TOP_DEFAULT} WHERE received_at >= {lo} AND received_at < {hi} \
+               RETURNING {EVENT_COLUMNS}) \
+             INSERT INTO {name} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved; \
+             ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})",
+            lo = timestamp_literal(lower),
+            hi = timestamp_literal(upper),
+        );
+        let before = count_rows(client, &name_or_none(&layout)).await?;
+        if transaction(client, &sql, &name, report).await? {
+            let after = count_rows(client, &name_or_none(&layout)).await?;
+            report.moved_events += before.saturating_sub(after);
+            report.created.push(name);
+            report
+                .created
+                .extend(leaves.into_iter().map(|(leaf, _)| leaf));
+        }
+    }
+    Ok(())
+}
+
+fn name_or_none(layout: &Layout) -> Option<String> {
+    layout.top_default.as_ref().map(|leaf| leaf.name.clone())
+}
+
+/// The exact number of rows of a (default, so normally small) partition.
+async fn count_rows(client: &Client, table: &Option<String>) -> Result<u64, DbError> {
+    let Some(table) = table else { return Ok(0) };
+    let count: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?
+        .get(0);
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// Step 2: every topic's leaf in the current and future spans, and in past spans whose default leaf
+/// holds its events.
+async fn create_leaves(
+    client: &Client,
+    policy: &StoragePolicy,
+    now: OffsetDateTime,
+    report: &mut MaintenanceReport,
+) -> Result<(), DbError> {
+    let layout = read_layout(client).await?;
+    let split: Vec<&Span> = layout.spans.iter().filter(|s| s.split).collect();
+    // The topics in each past span's default leaf, in one statement.
+    let mut strays: BTreeSet<(String, String)> = BTreeSet::new();
+    let past: Vec<(&Span, &Leaf)> = split
+        .iter()
+        .filter(|s| s.upper <= now)
+        .filter_map(|s| s.default_leaf().map(|d| (*s, d)))
+        .collect();
+    if !past.is_empty() {
+        let union = past
+            .iter()
+            .map(|(span, leaf)| {
+                format!(
+                    "SELECT {} AS span, topic FROM {} GROUP BY topic",
+                    literal(&span.name),
+                    leaf.name
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        for row in client.query(&union, &[]).await? {
+            strays.insert((row.get(0), row.get(1)));
+        }
+    }
+    for span in split {
+        let Some(default_leaf) = span.default_leaf() else {
+            continue;
+        };
+        for topic in policy.topics.keys() {
+            let wanted = span.upper > now || strays.contains(&(span.name.clone(), topic.clone()));
+            if !wanted || span.has_leaf_for(topic) {
+                continue;
+            }
+            let leaf = leaf_name(&span.name, topic);
+            let mut sql = format!(
+                "CREATE TABLE {leaf} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+                 WITH moved AS (DELETE FROM {default} WHERE topic = {topic_literal} \
+                   RETURNING {EVENT_COLUMNS}) \
+                 INSERT INTO {leaf} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved; ",
+                default = default_leaf.name,
+                topic_literal = literal(topic),
+            );
+            for spec in desired_indexes(policy, &leaf, Some(topic)) {
+                let _ = write!(sql, "{}; ", create_index_sql(&spec, &leaf, false));
+            }
+            let _ = write!(
+                sql,
+                "ALTER TABLE {} ATTACH PARTITION {leaf} FOR VALUES IN ({})",
+                span.name,
+                literal(topic)
+            );
+            let before = count_rows(client, &Some(default_leaf.name.clone())).await?;
+            if transaction(client, &sql, &leaf, report).await? {
+                let after = count_rows(client, &Some(default_leaf.name.clone())).await?;
+                report.moved_events += before.saturating_sub(after);
+                report.created.push(leaf);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Step 3: per-leaf indexes. `CONCURRENTLY`, one at a time, so writers keep writing to a leaf while its
+/// index is built.
+async fn build_indexes(
+    client: &Client,
+    policy: &StoragePolicy,
+    report: &mut MaintenanceReport,
+) -> Result<(), DbError> {
+    let layout = read_layout(client).await?;
+    let leaves: Vec<&Leaf> = layout.leaves().collect();
+    let names: Vec<&str> = leaves.iter().map(|l| l.name.as_str()).collect();
+    // Every index of every leaf, with whether it is valid; the inherited (topic, received_at, id)
+    // index is the partitioned table's, not ours to judge.
+    let rows = client
+        .query(
+            "SELECT t.relname::text, i.relname::text, x.indisvalid \
+             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_class t ON t.oid = x.indrelid \
+             WHERE t.relname = ANY($1) AND t.relnamespace = to_regnamespace(current_schema())::oid",
+            &[&names],
+        )
+        .await?;
+    let existing: BTreeMap<(String, String), bool> = rows
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+    // A concurrent build waits for the transactions that use the leaf; it blocks no writer meanwhile,
+    // so it may wait (under `lock_timeout` it would fail and leave an invalid index behind).
+    client.batch_execute("SET lock_timeout = 0").await?;
+    let outcome = build_leaf_indexes(client, policy, &leaves, &existing, report).await;
+    client
+        .batch_execute(&format!("SET lock_timeout = {}", policy.lock_timeout_ms))
+        .await?;
+    outcome
+}
+
+async fn build_leaf_indexes(
+    client: &Client,
+    policy: &StoragePolicy,
+    leaves: &[&Leaf],
+    existing: &BTreeMap<(String, String), bool>,
+    report: &mut MaintenanceReport,
+) -> Result<(), DbError> {
+    for leaf in leaves {
+        let wanted = desired_indexes(policy, &leaf.name, leaf.topic.as_deref());
+        for spec in &wanted {
+            match existing.get(&(leaf.name.clone(), spec.name.clone())) {
+                Some(true) => continue,
+                Some(false) => {
+                    tracing::warn!(index = %spec.name, "index is invalid (an earlier build failed): building it again");
+                    client
+                        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", spec.name))
+                        .await?;
+                    client
+                        .batch_execute(&create_index_sql(spec, &leaf.name, true))
+                        .await?;
+                    report.indexes_rebuilt.push(spec.name.clone());
+                }
+                None => {
+                    client
+                        .batch_execute(&create_index_sql(spec, &leaf.name, true))
+                        .await?;
+                    report.indexes_built.push(spec.name.clone());
+                }
+            }
+        }
+        // Ours (by name) but no longer asked for: a topic that turned its GIN index off, a field no
+        // longer indexed. The key is always asked for.
+        for (table, index) in existing.keys() {
+            let ours = index.starts_with(&format!("{}_gin", leaf.name))
+                || index.starts_with(&format!("{}_f", leaf.name));
+            if table == &leaf.name && ours && !wanted.iter().any(|w| &w.name == index) {
+                client
+                    .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+                    .await?;
+                report.indexes_dropped.push(index.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether what a leaf holds has all expired: its span ended longer ago than its retention.
+fn expired(retention: Retention, upper: OffsetDateTime, now: OffsetDateTime) -> bool {
+    match retention.seconds() {
+        None => false,
+        // Beyond the calendar's end (a retention of millennia): never.
+        Some(seconds) => i64::try_from(seconds)
+            .ok()
+            .and_then(|seconds| upper.checked_add(Duration::seconds(seconds)))
+            .is_some_and(|end| end <= now),
+    }
+}
+
+/// Step 4: leaves (and whole spans) past their retention, dropped.
+async fn drop_expired(
+    client: &Client,
+    policy: &StoragePolicy,
+    now: OffsetDateTime,
+    report: &mut MaintenanceReport,
+) -> Result<(), DbError> {
+    let layout = read_layout(client).await?;
+    for span in &layout.spans {
+        if span.upper > now {
+            continue;
+        }
+        let retention_of = |leaf: &Leaf| {
+            if span.split && leaf.topic.is_none() {
+                // A span's default leaf holds topics without a leaf: unknown ones (step 2 moved the rest).
+                policy.default_retention
+            } else {
+                policy.retention_of(leaf.topic.as_deref())
+            }
+        };
+        let expired_leaves: Vec<&Leaf> = span
+            .leaves
+            .iter()
+            .filter(|leaf| expired(retention_of(leaf), span.upper, now))
+            .collect();
+        if expired_leaves.is_empty() {
+            continue;
+        }
+        if !span.split || expired_leaves.len() == span.leaves.len() {
+            let bytes: i64 = span.leaves.iter().map(|l| l.bytes).sum();
+            if transaction(client, &format!("DROP TABLE {}", span.name), &span.name, report).await? {
+                report.dropped.push(span.name.clone());
+                report.dropped_bytes += bytes;
+            }
+            continue;
+        }
+        for leaf in expired_leaves {
+            if transaction(client, &format!("DROP TABLE {}", leaf.name), &leaf.name, report).await? {
+                report.dropped.push(leaf.name.clone());
+                report.dropped_bytes += leaf.bytes;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Step 5: dead letters resolved longer ago than their retention (10,000 per statement).
+async fn prune_dead_letters(
+    client: &Client,
+    policy: &StoragePolicy,
+    now: OffsetDateTime,
+    report: &mut MaintenanceReport,
+) -> Result<(), DbError> {
+    let Some(seconds) = policy.resolved_dead_letter_retention.seconds() else {
+        return Ok(());
+    };
+    let Some(before) = i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| now.checked_sub(Duration::seconds(seconds)))
+    else {
+        return Ok(());
+    };
+    loop {
+        let deleted = client
+            .execute(
+                "DELETE FROM dead_letters WHERE id = ANY(ARRAY( \
+                   SELECT id FROM dead_letters WHERE resolution IS NOT NULL AND resolved_at < $1 \
+                   LIMIT 10000))",
+                &[&before],
+            )
+            .await?;
+        report.dead_letters_deleted += deleted;
+        if deleted < 10_000 {
+            return Ok(());
+        }
+    }
+}
+
+async fn summarise(client: &Client, layout: &Layout) -> Result<LayoutSummary, DbError> {
+    let mut summary = LayoutSummary {
+        covered_until: layout
+            .spans
+            .iter()
+            .filter(|s| s.split)
+            .map(|s| s.upper.unix_timestamp())
+            .max(),
+        ..LayoutSummary::default()
+    };
+    let mut defaults = Vec::new();
+    for span in &layout.spans {
+        for leaf in &span.leaves {
+            let key = match (&leaf.topic, span.split) {
+                (Some(topic), _) => topic.clone(),
+                (None, true) => {
+                    defaults.push(leaf.name.clone());
+                    "(default)".to_owned()
+                }
+                (None, false) => "(legacy)".to_owned(),
+            };
+            let entry = summary.topics.entry(key).or_default();
+            entry.partitions += 1;
+            entry.bytes += leaf.bytes;
+            if let Some(lower) = span.lower {
+                let start = lower.unix_timestamp();
+                entry.oldest_span_start =
+                    Some(entry.oldest_span_start.map_or(start, |o| o.min(start)));
+            }
+        }
+    }
+    if let Some(top) = &layout.top_default {
+        defaults.push(top.name.clone());
+        let entry = summary.topics.entry("(default)".to_owned()).or_default();
+        entry.partitions += 1;
+        entry.bytes += top.bytes;
+    }
+    if !defaults.is_empty() {
+        // reltuples is -1 before a table's first ANALYZE: no estimate yet, counted as 0.
+        summary.default_events_estimate = client
+            .query_one(
+                "SELECT coalesce(sum(greatest(reltuples, 0)), 0)::bigint FROM pg_class \
+                 WHERE relname = ANY($1) AND relnamespace = to_regnamespace(current_schema())::oid",
+                &[&defaults],
+            )
+            .await?
+            .get(0);
+    }
+    Ok(summary)
+}
+
+/// Connects and runs one maintenance now, after the one running (if any) has finished: the writers at
+/// start and after a reload (a new topic gets its leaves, a new indexed field its indexes at once) and
+/// `eventgate migrate`.
+pub async fn maintain_now(database_url: &str, policy: &StoragePolicy) -> Result<Maintained, DbError> {
+    let client = super::tls::connect(database_url).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MAINTENANCE_LOCK_KEY])
+        .await?;
+    let outcome = maintain_locked(&client, policy, OffsetDateTime::now_utc()).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK_KEY])
+        .await;
+    outcome
+}
+
+/// [`maintain_now`], also creating the spans from `since` to now: for loading a history of past events.
+pub async fn maintain_covering(
+    database_url: &str,
+    policy: &StoragePolicy,
+    since: OffsetDateTime,
+) -> Result<Maintained, DbError> {
+    let client = super::tls::connect(database_url).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MAINTENANCE_LOCK_KEY])
+        .await?;
+    let outcome =
+        maintain_locked_since(&client, policy, OffsetDateTime::now_utc(), Some(since)).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK_KEY])
+        .await;
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).expect("time")
+    }
+
+    #[test]
+    fn names_fit_postgres_and_stay_readable() {
+        assert_eq!(span_name(at("2026-12-03T00:00:00Z")), "events_p20261203");
+        assert_eq!(span_name(at("2026-12-03T13:00:00Z")), "events_p20261203_1300");
+        let leaf = leaf_name("events_p20261203_1300", &"a.very.long.topic.name".repeat(8));
+        assert!(leaf.len() <= 45, "{leaf}");
+        assert!(leaf.starts_with("events_p20261203_1300_a_very_long"), "{leaf}");
+        let index = leaf_index_name(&leaf, &field_suffix("(payload->>'x')"));
+        assert!(index.len() <= 63, "{index}");
+        assert_ne!(
+            leaf_name("events_p20261203", "web.events"),
+            leaf_name("events_p20261203", "web_events"),
+            "topics that read alike get different leaves"
+        );
+    }
+
+    #[test]
+    fn a_free_range_is_clipped_by_the_spans_that_exist() {
+        let day = Duration::days(1);
+        let span = |lower: Option<&str>, upper: &str| Span {
+            name: String::new(),
+            lower: lower.map(at),
+            upper: at(upper),
+            split: true,
+            leaves: Vec::new(),
+        };
+        let layout = Layout {
+            spans: vec![
+                span(None, "2026-12-03T12:00:00Z"),
+                span(Some("2026-12-04T00:00:00Z"), "2026-12-05T00:00:00Z"),
+            ],
+            top_default: None,
+        };
+        assert_eq!(
+            free_range(&layout, at("2026-12-03T00:00:00Z"), day),
+            Some((at("2026-12-03T12:00:00Z"), at("2026-12-04T00:00:00Z")))
+        );
+        assert_eq!(free_range(&layout, at("2026-12-04T00:00:00Z"), day), None);
+        assert_eq!(free_range(&layout, at("2026-12-02T00:00:00Z"), day), None);
+        assert_eq!(
+            free_range(&layout, at("2026-12-05T00:00:00Z"), day),
+            Some((at("2026-12-05T00:00:00Z"), at("2026-12-06T00:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn a_leaf_expires_when_its_span_ended_longer_ago_than_its_retention() {
+        let week: Retention = "7d".parse().expect("7d");
+        let end = at("2026-12-01T00:00:00Z");
+        assert!(!expired(week, end, at("2026-12-07T23:59:59Z")));
+        assert!(expired(week, end, at("2026-12-08T00:00:00Z")));
+        assert!(!expired(Retention::Forever, end, at("2999-01-01T00:00:00Z")));
+    }
+}
