@@ -260,15 +260,15 @@ pub fn maintenance_report(maintained: &eventgate_core::db::Maintained) -> String
         "dead letters:       {} resolved ones deleted\n",
         thousands(report.dead_letters_deleted)
     ));
-    out.push_str(&format!(
-        "deferred:           {}\n",
-        list(&report.deferred)
-    ));
+    out.push_str(&format!("deferred:           {}\n", list(&report.deferred)));
     let layout = &maintained.layout;
     let when = |seconds: i64| {
         time::OffsetDateTime::from_unix_timestamp(seconds)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| seconds.to_string())
     };
     out.push_str(&format!(
@@ -277,9 +277,12 @@ pub fn maintenance_report(maintained: &eventgate_core::db::Maintained) -> String
         thousands(u64::try_from(layout.default_events_estimate).unwrap_or(0))
     ));
     let mut table = Table::new();
-    table
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_header(["topic", "partitions", "oldest partition", "bytes"]);
+    table.load_preset(presets::UTF8_FULL_CONDENSED).set_header([
+        "topic",
+        "partitions",
+        "oldest partition",
+        "bytes",
+    ]);
     for (topic, share) in &layout.topics {
         table.add_row([
             topic.clone(),

@@ -40,7 +40,9 @@ impl FromStr for Period {
 
     fn from_str(text: &str) -> Result<Period, String> {
         let text = text.trim();
-        let problem = || format!("{text:?} is not a length of time: write <n>h, <n>d or <n>w (hours, days, weeks), e.g. 90d");
+        let problem = || {
+            format!("{text:?} is not a length of time: write <n>h, <n>d or <n>w (hours, days, weeks), e.g. 90d")
+        };
         let unit = text.chars().last().ok_or_else(problem)?;
         let per_unit = match unit {
             'h' => HOUR,
@@ -153,7 +155,17 @@ mod tests {
             Ok("90d".to_owned())
         );
         assert_eq!("forever".parse::<Retention>(), Ok(Retention::Forever));
-        for bad in ["", "d", "90", "90m", "1y", "-1d", "0d", "1.5d", "99999999999999w"] {
+        for bad in [
+            "",
+            "d",
+            "90",
+            "90m",
+            "1y",
+            "-1d",
+            "0d",
+            "1.5d",
+            "99999999999999w",
+        ] {
             let error = bad.parse::<Retention>().expect_err(bad);
             assert!(error.contains(bad), "{bad}: {error}");
         }

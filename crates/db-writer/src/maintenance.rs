@@ -163,7 +163,13 @@ pub async fn run_every_interval(
     }
     // The writer's own role may not create or drop partitions: without the owner's URL there is
     // nothing this loop could do but fail every time.
-    if config.writer.migration_database_url.expose().trim().is_empty() {
+    if config
+        .writer
+        .migration_database_url
+        .expose()
+        .trim()
+        .is_empty()
+    {
         tracing::warn!(
             "maintenance of the event history not run by this writer: writer.migration_database_url \
              is empty; run `eventgate maintain` on a schedule, or set it"
@@ -178,8 +184,15 @@ pub async fn run_every_interval(
             _ = ticks.tick() => {}
         }
         if let Err(error) = run_once(&config, &metrics.maintenance).await {
-            metrics.maintenance.runs.with_label_values(&["failed"]).inc();
-            tracing::error!(error = format!("{error:#}"), "maintenance of the event history failed");
+            metrics
+                .maintenance
+                .runs
+                .with_label_values(&["failed"])
+                .inc();
+            tracing::error!(
+                error = format!("{error:#}"),
+                "maintenance of the event history failed"
+            );
         }
     }
 }

@@ -186,13 +186,14 @@ impl BatchStore {
             self.pool.get().await.map_err(|error| {
                 WriterError::write_batch(events.len(), dead_letters.len(), error)
             })?;
-        let error = match store_batch_within(&mut conn, events, dead_letters, &self.idempotency).await {
-            Ok(mut written) => {
-                written.parked.sort();
-                return Ok((written, dead_letters.to_vec()));
-            }
-            Err(error) => error,
-        };
+        let error =
+            match store_batch_within(&mut conn, events, dead_letters, &self.idempotency).await {
+                Ok(mut written) => {
+                    written.parked.sort();
+                    return Ok((written, dead_letters.to_vec()));
+                }
+                Err(error) => error,
+            };
         if error.remedy() != Remedy::IsolateRefusedRows {
             return Err(error);
         }

@@ -295,7 +295,10 @@ fn check_storage(s: &super::StorageConfig) -> Result<(), ConfigError> {
     if span < 3_600 || (span < day && day % span != 0) || (span > day && span % day != 0) {
         return Err(invalid(
             "storage.partition_span",
-            format!("{} neither divides a day into whole hours nor is whole days", s.partition_span),
+            format!(
+                "{} neither divides a day into whole hours nor is whole days",
+                s.partition_span
+            ),
         ));
     }
     in_range("storage.partitions_ahead", s.partitions_ahead, 1..=366)?;

@@ -103,7 +103,9 @@ impl StoragePolicy {
             None => self
                 .topics
                 .values()
-                .fold(self.default_retention, |longest, t| longest.max(t.retention)),
+                .fold(self.default_retention, |longest, t| {
+                    longest.max(t.retention)
+                }),
         }
     }
 
@@ -184,7 +186,9 @@ struct Span {
 
 impl Span {
     fn has_leaf_for(&self, topic: &str) -> bool {
-        self.leaves.iter().any(|l| l.topic.as_deref() == Some(topic))
+        self.leaves
+            .iter()
+            .any(|l| l.topic.as_deref() == Some(topic))
     }
 
     fn default_leaf(&self) -> Option<&Leaf> {
@@ -394,10 +398,7 @@ async fn transaction(
     what: &str,
     report: &mut MaintenanceReport,
 ) -> Result<bool, DbError> {
-    match client
-        .batch_execute(&format!("BEGIN; {sql}; COMMIT"))
-        .await
-    {
+    match client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await {
         Ok(()) => Ok(true),
         Err(error) => {
             let _ = client.batch_execute("ROLLBACK").await;
@@ -475,7 +476,9 @@ fn free_range(
 ) -> Option<(OffsetDateTime, OffsetDateTime)> {
     let (mut lower, mut upper) = (start, start + length);
     for span in &layout.spans {
-        let span_lower = span.lower.unwrap_or(OffsetDateTime::UNIX_EPOCH - Duration::days(365 * 3000));
+        let span_lower = span
+            .lower
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH - Duration::days(365 * 3000));
         if span_lower <= lower && span.upper > lower {
             lower = span.upper;
         }
@@ -779,14 +782,28 @@ async fn drop_expired(
         }
         if !span.split || expired_leaves.len() == span.leaves.len() {
             let bytes: i64 = span.leaves.iter().map(|l| l.bytes).sum();
-            if transaction(client, &format!("DROP TABLE {}", span.name), &span.name, report).await? {
+            if transaction(
+                client,
+                &format!("DROP TABLE {}", span.name),
+                &span.name,
+                report,
+            )
+            .await?
+            {
                 report.dropped.push(span.name.clone());
                 report.dropped_bytes += bytes;
             }
             continue;
         }
         for leaf in expired_leaves {
-            if transaction(client, &format!("DROP TABLE {}", leaf.name), &leaf.name, report).await? {
+            if transaction(
+                client,
+                &format!("DROP TABLE {}", leaf.name),
+                &leaf.name,
+                report,
+            )
+            .await?
+            {
                 report.dropped.push(leaf.name.clone());
                 report.dropped_bytes += leaf.bytes;
             }
@@ -881,7 +898,10 @@ async fn summarise(client: &Client, layout: &Layout) -> Result<LayoutSummary, Db
 /// Connects and runs one maintenance now, after the one running (if any) has finished: the writers at
 /// start and after a reload (a new topic gets its leaves, a new indexed field its indexes at once) and
 /// `eventgate migrate`.
-pub async fn maintain_now(database_url: &str, policy: &StoragePolicy) -> Result<Maintained, DbError> {
+pub async fn maintain_now(
+    database_url: &str,
+    policy: &StoragePolicy,
+) -> Result<Maintained, DbError> {
     let client = super::tls::connect(database_url).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MAINTENANCE_LOCK_KEY])
@@ -922,10 +942,16 @@ mod tests {
     #[test]
     fn names_fit_postgres_and_stay_readable() {
         assert_eq!(span_name(at("2026-12-03T00:00:00Z")), "events_p20261203");
-        assert_eq!(span_name(at("2026-12-03T13:00:00Z")), "events_p20261203_1300");
+        assert_eq!(
+            span_name(at("2026-12-03T13:00:00Z")),
+            "events_p20261203_1300"
+        );
         let leaf = leaf_name("events_p20261203_1300", &"a.very.long.topic.name".repeat(8));
         assert!(leaf.len() <= 45, "{leaf}");
-        assert!(leaf.starts_with("events_p20261203_1300_a_very_long"), "{leaf}");
+        assert!(
+            leaf.starts_with("events_p20261203_1300_a_very_long"),
+            "{leaf}"
+        );
         let index = leaf_index_name(&leaf, &field_suffix("(payload->>'x')"));
         assert!(index.len() <= 63, "{index}");
         assert_ne!(
@@ -970,6 +996,10 @@ mod tests {
         let end = at("2026-12-01T00:00:00Z");
         assert!(!expired(week, end, at("2026-12-07T23:59:59Z")));
         assert!(expired(week, end, at("2026-12-08T00:00:00Z")));
-        assert!(!expired(Retention::Forever, end, at("2999-01-01T00:00:00Z")));
+        assert!(!expired(
+            Retention::Forever,
+            end,
+            at("2999-01-01T00:00:00Z")
+        ));
     }
 }

@@ -266,7 +266,10 @@ async fn stored_nearby(
         return Ok(Vec::new());
     }
     let ids: Vec<uuid::Uuid> = near.iter().map(|(i, _)| events[*i].id).collect();
-    let topics: Vec<&str> = near.iter().map(|(i, _)| events[*i].topic.as_str()).collect();
+    let topics: Vec<&str> = near
+        .iter()
+        .map(|(i, _)| events[*i].topic.as_str())
+        .collect();
     let producers: Vec<&str> = near
         .iter()
         .map(|(i, _)| events[*i].producer.as_str())
