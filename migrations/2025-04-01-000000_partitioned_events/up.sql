@@ -2,10 +2,16 @@
 --
 --   events                               PARTITION BY RANGE (received_at)
 --   ├── events_legacy                    the table as it was, attached as it is: FROM (MINVALUE) TO (B)
+--   │                                    (on a new database, the empty events_before in its place)
 --   ├── events_p20261203                 one span of time (a day by default) PARTITION BY LIST (topic)
 --   │   ├── events_p20261203_web_events_1a2b3c   one topic's events of that day
 --   │   └── events_p20261203_default     that day's events of topics without a partition yet
---   └── events_default                   events outside every span (maintenance moves them out)
+--   └── events_after                     FROM (the end of the last span) TO (MAXVALUE): events received
+--                                        beyond the spans made ahead; the maintenance splits spans off it
+--
+-- The ranges tile all of time, so an insert always finds a partition; there is no DEFAULT partition,
+-- which would keep Postgres from reading the spans in time order (a newest-first page would open every
+-- partition instead of stopping in the newest).
 --
 -- Time first, topic second: a history from before this migration is one range of time, so it is attached
 -- as one partition without being rewritten (a LIST by topic first could not take a table that holds every
@@ -29,7 +35,7 @@
 --   ALTER TABLE events VALIDATE CONSTRAINT events_legacy_bound;
 -- B a few days ahead) the migration takes moments on any size of history; without it, one scan of the
 -- table while the writers are stopped (docs/OPERATIONS.md "Upgrading to partitioned events").
--- An empty old table is dropped instead. Its indexes stay where they are: the (topic, received_at, id)
+-- An empty old table is dropped instead, and `events_before` (empty) takes the range below today. Its indexes stay where they are: the (topic, received_at, id)
 -- index becomes the legacy partition's share of the new one, its primary key its `_key`, its GIN and field
 -- indexes go on serving its rows.
 DO $$
@@ -67,7 +73,13 @@ BEGIN
     -- Serves the default order (newest first) and keyset pagination within one topic, in every partition.
     CREATE INDEX events_topic_received_at_id ON events (topic, received_at, id);
 
-    IF EXISTS (SELECT FROM events_legacy) THEN
+    IF NOT EXISTS (SELECT FROM events_legacy) THEN
+        DROP TABLE events_legacy;
+        bound := date_trunc('day', now(), 'UTC');
+        EXECUTE format('CREATE TABLE events_before PARTITION OF events FOR VALUES FROM (MINVALUE) TO (%L)',
+                       bound);
+        CREATE UNIQUE INDEX events_before_key ON events_before (id, topic, producer);
+    ELSE
         SELECT pg_get_constraintdef(oid) INTO definition FROM pg_constraint
         WHERE conrelid = 'events_legacy'::regclass AND conname = 'events_legacy_bound' AND convalidated;
         IF definition IS NOT NULL THEN
@@ -82,13 +94,10 @@ BEGIN
         END IF;
         EXECUTE format('ALTER TABLE events ATTACH PARTITION events_legacy FOR VALUES FROM (MINVALUE) TO (%L)',
                        bound);
-    ELSE
-        DROP TABLE events_legacy;
     END IF;
-
-    -- Created after the legacy partition: attaching next to a default partition would scan it.
-    CREATE TABLE events_default PARTITION OF events DEFAULT;
-    CREATE UNIQUE INDEX events_default_key ON events_default (id, topic, producer);
+    -- Everything after: the first maintenance (`eventgate migrate` runs one) splits the spans off it.
+    EXECUTE format('CREATE TABLE events_after PARTITION OF events FOR VALUES FROM (%L) TO (MAXVALUE)', bound);
+    CREATE UNIQUE INDEX events_after_key ON events_after (id, topic, producer);
 
     -- Rights are checked on the partitioned table only (its partitions are reached through it).
     GRANT SELECT ON events TO eventgate_read;

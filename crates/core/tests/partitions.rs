@@ -1,12 +1,11 @@
 //! The maintenance of the event history's partitions (`eventgate_core::db::partitions`) against a real
-//! Postgres, with its clock set by the test (a time in 2030, clear of the partitions the template
-//! database has for today): spans are created ahead, events that reached a default partition are moved
-//! into their own, a topic's leaves get exactly its indexes, an invalid index is built again, retention
+//! Postgres, with its clock set by the test (days after today, beyond the partitions the template
+//! database was given): spans are created ahead, events that reached `events_after` or a span's default
+//! leaf are moved into their own partition, a topic's leaves get exactly its indexes, an invalid index is built again, retention
 //! drops whole partitions of one topic and leaves the others, and a second run finds nothing to do.
 
 use serde_json::json;
-use time::macros::datetime;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime, Time};
 use tokio_postgres::{Client, NoTls};
 
 use eventgate_core::catalogue::{Catalogue, Topic};
@@ -80,6 +79,24 @@ async fn indexes_of(db: &Client, table: &str) -> Vec<String> {
     .collect()
 }
 
+/// Midnight UTC, `days` after today, at `hour`.
+fn day(days: i64, hour: u8) -> OffsetDateTime {
+    OffsetDateTime::now_utc().replace_time(Time::MIDNIGHT)
+        + Duration::days(days)
+        + Duration::hours(i64::from(hour))
+}
+
+/// The span of the day `days` after today.
+fn span(days: i64) -> String {
+    let start = day(days, 0);
+    format!(
+        "events_p{:04}{:02}{:02}",
+        start.year(),
+        u8::from(start.month()),
+        start.day()
+    )
+}
+
 async fn exists(db: &Client, table: &str) -> bool {
     db.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await
@@ -91,52 +108,47 @@ async fn exists(db: &Client, table: &str) -> bool {
 async fn spans_are_made_ahead_strays_move_in_and_retention_drops_partitions() {
     let database = eventgate_test_support::stack().await.fresh_database().await;
     let db = connect(&database.writer_url).await;
-    let now = datetime!(2030-06-10 12:00 UTC);
+    let now = day(3, 12);
 
-    // Before any span of that time exists: a week-topic event of 2030-06-08 and a keep-topic event of
-    // 2030-06-10 go to events_default.
-    insert(&db, "t.week", datetime!(2030-06-08 05:00 UTC), 1).await;
-    insert(&db, "t.keep", datetime!(2030-06-10 13:00 UTC), 2).await;
-    assert_eq!(leaf_of(&db, 1).await, "events_default");
+    // Beyond the spans made ahead (the template's reach today + 3 days): a week-topic event and a
+    // keep-topic event go to events_after.
+    insert(&db, "t.week", day(5, 5), 1).await;
+    insert(&db, "t.keep", day(6, 13), 2).await;
+    assert_eq!(leaf_of(&db, 1).await, "events_after");
 
     let run = maintain(&db, &policy(true), now)
         .await
         .expect("maintenance")
         .expect("not locked by another run");
-    for span in [
-        "events_p20300608",
-        "events_p20300610",
-        "events_p20300611",
-        "events_p20300612",
-        "events_p20300613",
-    ] {
+    for created in [span(5), span(6)] {
         assert!(
-            run.report.created.iter().any(|c| c == span),
-            "{span}: {:?}",
+            run.report.created.contains(&created),
+            "{created}: {:?}",
             run.report.created
         );
     }
     assert!(
-        !run.report.created.iter().any(|c| c == "events_p20300614"),
-        "three spans ahead, not four"
+        !run.report.created.contains(&span(7)),
+        "three spans after the current one, not four: {:?}",
+        run.report.created
     );
     assert_eq!(run.report.moved_events, 2);
     let week_leaf = leaf_of(&db, 1).await;
     let keep_leaf = leaf_of(&db, 2).await;
     assert!(
-        week_leaf.starts_with("events_p20300608_t_week_"),
+        week_leaf.starts_with(&format!("{}_t_week_", span(5))),
         "{week_leaf}"
     );
     assert!(
-        keep_leaf.starts_with("events_p20300610_t_keep_"),
+        keep_leaf.starts_with(&format!("{}_t_keep_", span(6))),
         "{keep_leaf}"
     );
-    let in_default: i64 = db
-        .query_one("SELECT count(*) FROM events_default", &[])
+    let beyond: i64 = db
+        .query_one("SELECT count(*) FROM events_after", &[])
         .await
         .expect("count")
         .get(0);
-    assert_eq!(in_default, 0);
+    assert_eq!(beyond, 0);
 
     // Each topic's leaves carry its own indexes only: the key everywhere, GIN and the field index for
     // t.keep, nothing more for t.week.
@@ -161,9 +173,10 @@ async fn spans_are_made_ahead_strays_move_in_and_retention_drops_partitions() {
     // The key refuses the same event twice within a partition.
     let id = uuid::Uuid::now_v7();
     let again = "INSERT INTO events (id, topic, received_at, producer, payload)
-                 VALUES ($1, 't.keep', '2030-06-11T01:00:00Z', 'p', '{}')";
-    db.execute(again, &[&id]).await.expect("first");
-    let error = db.execute(again, &[&id]).await.expect_err("twice");
+                 VALUES ($1, 't.keep', $2, 'p', '{}')";
+    let at = day(6, 1);
+    db.execute(again, &[&id, &at]).await.expect("first");
+    let error = db.execute(again, &[&id, &at]).await.expect_err("twice");
     assert_eq!(
         error.code(),
         Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
@@ -179,8 +192,8 @@ async fn spans_are_made_ahead_strays_move_in_and_retention_drops_partitions() {
     assert!(again.report.indexes_built.is_empty(), "{:?}", again.report);
 
     // A topic the catalogue did not have: its events wait in the span's default leaf, then get a leaf.
-    insert(&db, "t.new", datetime!(2030-06-11 08:00 UTC), 3).await;
-    assert_eq!(leaf_of(&db, 3).await, "events_p20300611_default");
+    insert(&db, "t.new", day(5, 8), 3).await;
+    assert_eq!(leaf_of(&db, 3).await, format!("{}_default", span(5)));
     let catalogue = Catalogue::from_topics([
         topic(
             "t.keep",
@@ -196,7 +209,9 @@ async fn spans_are_made_ahead_strays_move_in_and_retention_drops_partitions() {
         .expect("not locked");
     assert_eq!(run.report.moved_events, 1, "{:?}", run.report);
     assert!(
-        leaf_of(&db, 3).await.starts_with("events_p20300611_t_new_"),
+        leaf_of(&db, 3)
+            .await
+            .starts_with(&format!("{}_t_new_", span(5))),
         "the new topic's event moved into its leaf"
     );
 
@@ -236,8 +251,8 @@ async fn spans_are_made_ahead_strays_move_in_and_retention_drops_partitions() {
     );
     assert!(!exists(&db, &gin).await);
 
-    // Ten days later: t.week's spans that ended 7 days ago or more are dropped, t.keep's stay.
-    let later = datetime!(2030-06-20 12:00 UTC);
+    // At day 20: t.week's leaves of spans that ended 7 days ago or more are dropped, t.keep's stay.
+    let later = day(20, 12);
     let run = maintain(&db, &policy(false), later)
         .await
         .expect("maintenance")
@@ -270,12 +285,17 @@ async fn spans_are_made_ahead_strays_move_in_and_retention_drops_partitions() {
         .expect("count")
         .get(0);
     assert_eq!(week_events, 0);
-    // The span of 2030-06-13 ended on the 14th: kept until the 21st.
-    assert!(exists(&db, "events_p20300613").await);
-    assert!(run
-        .layout
-        .covered_until
-        .is_some_and(|until| until >= datetime!(2030-06-24 00:00 UTC).unix_timestamp()));
+    // The span of day 13 ended on day 14: its t.week leaf is kept until day 21.
+    let week_13: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE $1 AND relkind = 'r'",
+            &[&format!("{}\\_t\\_week\\_%", span(13))],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(week_13, 1);
+    assert_eq!(run.layout.covered_until, Some(day(24, 0).unix_timestamp()));
     assert!(run.layout.topics.contains_key("t.keep"));
 }
 
@@ -291,9 +311,9 @@ async fn one_maintenance_runs_at_a_time() {
         )
         .await
         .expect("lock");
-    let skipped = maintain(&other, &policy(false), datetime!(2030-06-10 12:00 UTC))
+    let skipped = maintain(&other, &policy(false), day(10, 12))
         .await
         .expect("no error");
     assert!(skipped.is_none(), "another run holds the lock");
-    assert!(!exists(&other, "events_p20300610").await);
+    assert!(!exists(&other, &span(10)).await);
 }

@@ -7,8 +7,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde_json::json;
-use time::macros::datetime;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime, Time};
 
 use eventgate_core::catalogue::Catalogue;
 use eventgate_core::config::StorageConfig;
@@ -51,19 +50,19 @@ async fn a_retry_in_the_next_days_partition_is_stored_once() {
         tokio::spawn(connection);
         client
     };
-    // The partitions of 2030-06-10 to 06-13, as the schema owner (the writer's role cannot create
-    // them), with the maintenance's clock set there.
-    eventgate_core::db::partitions::maintain(&owner, &policy, datetime!(2030-06-10 12:00 UTC))
+    // Today's partitions and those ahead, as the schema owner (the writer's role cannot create them).
+    eventgate_core::db::partitions::maintain(&owner, &policy, OffsetDateTime::now_utc())
         .await
         .expect("maintenance")
         .expect("not locked");
+    let midnight = OffsetDateTime::now_utc().replace_time(Time::MIDNIGHT) + Duration::days(2);
 
     let pool = eventgate_core::db::build_pool(&db.writer_role_url, &PoolSettings::new(1))
         .expect("writer pool");
     let mut conn = pool.get().await.expect("connect as the writer role");
     let window = IdempotencyWindow::of(&StorageConfig::default());
-    let before_midnight = datetime!(2030-06-10 23:59:30 UTC);
-    let after_midnight = datetime!(2030-06-11 00:00:30 UTC);
+    let before_midnight = midnight - Duration::seconds(30);
+    let after_midnight = midnight + Duration::seconds(30);
 
     let id = uuid::Uuid::now_v7();
     let first = read(id, before_midnight, json!({"event_name": "login"}));
@@ -96,7 +95,14 @@ async fn a_retry_in_the_next_days_partition_is_stored_once() {
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     assert_eq!(stored.len(), 1, "{stored:?}");
-    assert!(stored[0].0.starts_with("events_p20300610_"), "{stored:?}");
+    let day_before = midnight - Duration::days(1);
+    let span = format!(
+        "events_p{:04}{:02}{:02}_",
+        day_before.year(),
+        u8::from(day_before.month()),
+        day_before.day()
+    );
+    assert!(stored[0].0.starts_with(&span), "{stored:?}");
     assert_eq!(stored[0].1, "login");
 
     // The retry before the original (the two reached Kafka through different ingest instances): the
@@ -133,8 +139,8 @@ async fn a_retry_in_the_next_days_partition_is_stored_once() {
     // Within one partition the key holds whatever the window.
     let id = uuid::Uuid::now_v7();
     for at in [
-        datetime!(2030-06-11 03:00 UTC),
-        datetime!(2030-06-11 20:00 UTC),
+        midnight + Duration::hours(3),
+        midnight + Duration::hours(20),
     ] {
         let copy = read(id, at, json!({"n": 3}));
         store_batch_within(&mut conn, &[&copy], &[], &no_window)

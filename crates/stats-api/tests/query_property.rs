@@ -552,7 +552,7 @@ fn default_order_is_served_by_the_btree() {
             .collect();
         let text = text.join("\n");
         assert!(
-            text.contains("Index") && text.contains("events_topic_received_at_id"),
+            text.contains("Index") && text.contains("topic_received_at_id"),
             "{text}"
         );
         assert!(!text.contains("Sort"), "the index gives the order: {text}");

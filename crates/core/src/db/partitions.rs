@@ -4,12 +4,15 @@
 //! Layout (migration `2025-04-01-000000_partitioned_events`, ARCHITECTURE.md "The event history's
 //! layout"): `events` is partitioned by RANGE of `received_at` into spans (`events_p20261203`, a day by
 //! default), each span by LIST of `topic` into one leaf per topic (`events_p20261203_web_events_1a2b3c`)
-//! and a default leaf for topics without one; `events_legacy` is the history from before partitioning
-//! and `events_default` takes events outside every span.
+//! and a default leaf for topics without one. Below the spans, from MINVALUE, `events_before` (or
+//! `events_legacy`, the history from before partitioning); above them, to MAXVALUE, `events_after`. The
+//! ranges tile all of time with no DEFAULT partition: a default would stop Postgres from reading the
+//! partitions in time order, and the newest-first page would open every partition (one row each, by a
+//! Merge Append) instead of stopping in the newest one.
 //!
 //! One run ([`maintain`]):
-//! 1. creates the current span and `storage.partitions_ahead` spans after it, and a span for every
-//!    time that reached `events_default`, moving those events into it;
+//! 1. creates the current span and `storage.partitions_ahead` spans after it, by splitting them off
+//!    `events_after` (events that reached it move into their span);
 //! 2. gives every topic of the catalogue its leaf in the current and future spans, and in past spans
 //!    where its events reached the span's default leaf (moved into it);
 //! 3. builds the per-leaf indexes ([`desired_indexes`]): the key `(id, topic, producer)` everywhere, the
@@ -39,8 +42,8 @@ use crate::retention::Retention;
 /// The advisory lock one maintenance run holds ("eventmnt" in ASCII).
 pub const MAINTENANCE_LOCK_KEY: i64 = 0x6576_656e_746d_6e74;
 
-/// The partitioned table's default partition (events outside every span).
-pub const TOP_DEFAULT: &str = "events_default";
+/// The partition above the spans: events received after the last span (maintenance behind).
+pub const AFTER: &str = "events_after";
 
 /// What the maintenance keeps for one topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,11 +153,13 @@ pub struct TopicPartitions {
 /// The layout after a run.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct LayoutSummary {
-    /// Per topic; mixed leaves (the legacy history, default leaves) under `"(legacy)"` and `"(default)"`.
+    /// Per topic; partitions of several topics under `"(legacy)"`, `"(before)"`, `"(after)"` and
+    /// `"(default)"` (the spans' default leaves).
     pub topics: BTreeMap<String, TopicPartitions>,
-    /// Where the spans end (Unix seconds): inserts up to there find their span.
+    /// Where the spans end (Unix seconds): later events land in `events_after`.
     pub covered_until: Option<i64>,
-    /// Events in default partitions (the planner's estimate): waiting for the next run to move them.
+    /// Events in `events_after` and the spans' default leaves (the planner's estimate): waiting for the
+    /// next run to move them into their own partitions.
     pub default_events_estimate: i64,
 }
 
@@ -176,10 +181,11 @@ struct Leaf {
 #[derive(Debug, Clone)]
 struct Span {
     name: String,
-    /// `None`: from MINVALUE (the legacy history).
+    /// `None`: from MINVALUE (`events_before`, `events_legacy`).
     lower: Option<OffsetDateTime>,
-    upper: OffsetDateTime,
-    /// A span split by topic; otherwise `leaves` holds the span itself, a plain table of every topic.
+    /// `None`: to MAXVALUE (`events_after`).
+    upper: Option<OffsetDateTime>,
+    /// A span split by topic; otherwise `leaves` holds the partition itself, a table of every topic.
     split: bool,
     leaves: Vec<Leaf>,
 }
@@ -200,17 +206,24 @@ impl Span {
 
 #[derive(Debug, Default)]
 struct Layout {
+    /// In time order: `events_before` or `events_legacy`, the spans, `events_after`.
     spans: Vec<Span>,
-    top_default: Option<Leaf>,
 }
 
 impl Layout {
     /// Every leaf with the topic it holds (`None`: several), for the indexes.
     fn leaves(&self) -> impl Iterator<Item = &Leaf> {
-        self.spans
-            .iter()
-            .flat_map(|s| s.leaves.iter())
-            .chain(self.top_default.iter())
+        self.spans.iter().flat_map(|s| s.leaves.iter())
+    }
+
+    /// The partition from MINVALUE.
+    fn before(&self) -> Option<&Span> {
+        self.spans.iter().find(|s| !s.split && s.lower.is_none())
+    }
+
+    /// The partition to MAXVALUE.
+    fn after(&self) -> Option<&Span> {
+        self.spans.iter().find(|s| !s.split && s.upper.is_none())
     }
 }
 
@@ -240,15 +253,6 @@ async fn read_layout(client: &Client) -> Result<Layout, DbError> {
         let topic: Option<String> = row.get(6);
         let bytes: i64 = row.get(7);
         if parent == "events" {
-            if is_default {
-                layout.top_default = Some(Leaf {
-                    name,
-                    topic: None,
-                    bytes,
-                });
-                continue;
-            }
-            let Some(upper) = upper else { continue };
             let leaves = if partitioned {
                 Vec::new()
             } else {
@@ -273,7 +277,10 @@ async fn read_layout(client: &Client) -> Result<Layout, DbError> {
             });
         }
     }
-    layout.spans.sort_by_key(|s| s.upper);
+    // MINVALUE first, MAXVALUE last.
+    layout
+        .spans
+        .sort_by_key(|s| (s.lower.is_some(), s.lower, s.upper.is_none()));
     Ok(layout)
 }
 
@@ -391,27 +398,50 @@ fn is_lock_timeout(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
 }
 
-/// Runs `sql` in one transaction; a lock timeout rolls it back and is reported as deferred.
+/// One statement of a maintenance transaction; `moves` counts the rows it inserts as moved events.
+struct Step {
+    sql: String,
+    moves: bool,
+}
+
+impl Step {
+    fn ddl(sql: String) -> Step {
+        Step { sql, moves: false }
+    }
+
+    fn moving(sql: String) -> Step {
+        Step { sql, moves: true }
+    }
+}
+
+/// Runs the steps in one transaction; a lock timeout rolls it back and is reported as deferred
+/// (`Ok(None)`). Returns the events the moving steps moved.
 async fn transaction(
     client: &Client,
-    sql: &str,
+    steps: &[Step],
     what: &str,
     report: &mut MaintenanceReport,
-) -> Result<bool, DbError> {
-    match client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await {
-        Ok(()) => Ok(true),
-        Err(error) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            if is_lock_timeout(&error) {
-                report
-                    .deferred
-                    .push(format!("{what}: a lock was not granted in time"));
-                Ok(false)
-            } else {
-                Err(error.into())
+) -> Result<Option<u64>, DbError> {
+    client.batch_execute("BEGIN").await?;
+    let mut moved = 0;
+    for step in steps {
+        match client.execute(step.sql.as_str(), &[]).await {
+            Ok(rows) if step.moves => moved += rows,
+            Ok(_) => {}
+            Err(error) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                if is_lock_timeout(&error) {
+                    report
+                        .deferred
+                        .push(format!("{what}: a lock was not granted in time"));
+                    return Ok(None);
+                }
+                return Err(error.into());
             }
         }
     }
+    client.batch_execute("COMMIT").await?;
+    Ok(Some(moved))
 }
 
 /// Runs one maintenance if no other is running (`None` then). `now` is the clock the spans and
@@ -467,33 +497,38 @@ async fn maintain_locked_since(
     Ok(Maintained { report, layout })
 }
 
-/// The free range around `start` (one span long, clipped by the spans that exist), or `None` when it
-/// is covered already.
-fn free_range(
-    layout: &Layout,
-    start: OffsetDateTime,
-    length: Duration,
-) -> Option<(OffsetDateTime, OffsetDateTime)> {
-    let (mut lower, mut upper) = (start, start + length);
-    for span in &layout.spans {
-        let span_lower = span
-            .lower
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH - Duration::days(365 * 3000));
-        if span_lower <= lower && span.upper > lower {
-            lower = span.upper;
-        }
-        if span_lower < upper && span.upper >= upper {
-            upper = span_lower;
-        }
-        if span_lower > lower && span.upper < upper {
-            // A span inside this one (made by hand, or under another span length): up to it only.
-            upper = span_lower;
+impl StoragePolicy {
+    /// The span boundary after `at` (the end of the span holding it).
+    fn next_boundary(&self, at: OffsetDateTime) -> OffsetDateTime {
+        self.span_start(at) + Duration::seconds(self.span_seconds)
+    }
+
+    /// The span boundary before `at` (`at` itself excluded).
+    fn previous_boundary(&self, at: OffsetDateTime) -> OffsetDateTime {
+        let start = self.span_start(at);
+        if start == at {
+            at - Duration::seconds(self.span_seconds)
+        } else {
+            start
         }
     }
-    (lower < upper).then_some((lower, upper))
 }
 
-/// Step 1: the current span and those ahead, and one for every time that reached `events_default`.
+/// How many spans one run creates at most on either side: a clock far off (or years without
+/// maintenance) must not make one transaction create thousands of tables; the next runs go on.
+const MAX_SPANS_PER_RUN: usize = 400;
+
+/// Which catch-all partition spans are split off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Side {
+    /// `events_after`, up to MAXVALUE: spans ahead.
+    After,
+    /// `events_before`, from MINVALUE: spans of the past, for a bulk load.
+    Before,
+}
+
+/// Step 1: the current span and those ahead, split off `events_after`; with `since`, the spans from
+/// then on, split off `events_before`.
 async fn create_spans(
     client: &Client,
     policy: &StoragePolicy,
@@ -501,91 +536,111 @@ async fn create_spans(
     since: Option<OffsetDateTime>,
     report: &mut MaintenanceReport,
 ) -> Result<(), DbError> {
+    let layout = read_layout(client).await?;
     let length = Duration::seconds(policy.span_seconds);
-    let current = policy.span_start(now);
-    let mut starts: BTreeSet<OffsetDateTime> = (0..=i64::from(policy.ahead))
-        .map(|k| current + length * k as i32)
-        .collect();
-    if let Some(since) = since {
-        let mut start = policy.span_start(since);
-        while start < current {
-            starts.insert(start);
-            start += length;
+    if let Some(after) = layout.after() {
+        let end =
+            policy.span_start(now) + length * (i32::try_from(policy.ahead).unwrap_or(366) + 1);
+        let mut ranges = Vec::new();
+        let mut lower = after.lower.unwrap_or(end);
+        while lower < end && ranges.len() < MAX_SPANS_PER_RUN {
+            let upper = policy.next_boundary(lower);
+            ranges.push((lower, upper));
+            lower = upper;
         }
+        split_off(client, policy, after, Side::After, &ranges, report).await?;
     }
-    let stray = client
-        .query(
-            &format!(
-                "SELECT DISTINCT to_timestamp(floor(extract(epoch FROM received_at)::float8 / $1::float8) \
-                 * $1::float8) FROM {TOP_DEFAULT}"
-            ),
-            &[&(policy.span_seconds as f64)],
-        )
-        .await?;
-    starts.extend(stray.iter().map(|row| row.get::<_, OffsetDateTime>(0)));
-
-    for start in starts {
-        let layout = read_layout(client).await?;
-        let Some((lower, upper)) = free_range(&layout, start, length) else {
-            continue;
-        };
-        let name = span_name(lower);
-        let mut sql = format!(
-            "CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS) \
-             PARTITION BY LIST (topic); \
-             CREATE TABLE {name}_default PARTITION OF {name} DEFAULT; "
-        );
-        let mut leaves = vec![(format!("{name}_default"), None)];
-        for topic in policy.topics.keys() {
-            let leaf = leaf_name(&name, topic);
-            let _ = write!(
-                sql,
-                "CREATE TABLE {leaf} PARTITION OF {name} FOR VALUES IN ({}); ",
-                literal(topic)
-            );
-            leaves.push((leaf, Some(topic.as_str())));
+    if let (Some(since), Some(before)) = (since, layout.before()) {
+        let start = policy.span_start(since);
+        let mut ranges = Vec::new();
+        let mut upper = before.upper.unwrap_or(start);
+        while upper > start && ranges.len() < MAX_SPANS_PER_RUN {
+            let lower = policy.previous_boundary(upper);
+            ranges.push((lower, upper));
+            upper = lower;
         }
-        for (leaf, topic) in &leaves {
-            for spec in desired_indexes(policy, leaf, *topic) {
-                let _ = write!(sql, "{}; ", create_index_sql(&spec, leaf, false));
-            }
-        }
-        // Events that reached the default partition for this range move in before the span is attached
-        // (attaching checks that the default holds none of its range).
-        let _ = write!(
-            sql,
-            "WITH moved AS (DELETE FROM {TOP_DEFAULT} WHERE received_at >= {lo} AND received_at < {hi} \
-               RETURNING {EVENT_COLUMNS}) \
-             INSERT INTO {name} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved; \
-             ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})",
-            lo = timestamp_literal(lower),
-            hi = timestamp_literal(upper),
-        );
-        let before = count_rows(client, &name_or_none(&layout)).await?;
-        if transaction(client, &sql, &name, report).await? {
-            let after = count_rows(client, &name_or_none(&layout)).await?;
-            report.moved_events += before.saturating_sub(after);
-            report.created.push(name);
-            report
-                .created
-                .extend(leaves.into_iter().map(|(leaf, _)| leaf));
-        }
+        split_off(client, policy, before, Side::Before, &ranges, report).await?;
     }
     Ok(())
 }
 
-fn name_or_none(layout: &Layout) -> Option<String> {
-    layout.top_default.as_ref().map(|leaf| leaf.name.clone())
-}
-
-/// The exact number of rows of a (default, so normally small) partition.
-async fn count_rows(client: &Client, table: &Option<String>) -> Result<u64, DbError> {
-    let Some(table) = table else { return Ok(0) };
-    let count: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await?
-        .get(0);
-    Ok(u64::try_from(count).unwrap_or(0))
+/// Creates the spans `ranges` (adjacent to `side`'s bound, in order away from it) out of the catch-all
+/// partition `side`, in one transaction: the partition is detached, the spans created with their
+/// topics' leaves and indexes, its events of their time moved into them, and it is attached again
+/// beyond them. The detach takes `events`' ACCESS EXCLUSIVE lock for the moment of the transaction
+/// (under `lock_timeout`: a long query on `events` defers it to the next run, ahead of need).
+async fn split_off(
+    client: &Client,
+    policy: &StoragePolicy,
+    catch_all: &Span,
+    side: Side,
+    ranges: &[(OffsetDateTime, OffsetDateTime)],
+    report: &mut MaintenanceReport,
+) -> Result<(), DbError> {
+    let Some(&(first_lower, first_upper)) = ranges.first() else {
+        return Ok(());
+    };
+    let table = &catch_all.name;
+    let mut steps = vec![Step::ddl(format!(
+        "ALTER TABLE events DETACH PARTITION {table}"
+    ))];
+    let mut created = Vec::new();
+    for &(lower, upper) in ranges {
+        let name = span_name(lower);
+        steps.push(Step::ddl(format!(
+            "CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS) \
+             PARTITION BY LIST (topic)"
+        )));
+        let default_leaf = format!("{name}_default");
+        steps.push(Step::ddl(format!(
+            "CREATE TABLE {default_leaf} PARTITION OF {name} DEFAULT"
+        )));
+        let mut leaves = vec![(default_leaf, None)];
+        for topic in policy.topics.keys() {
+            let leaf = leaf_name(&name, topic);
+            steps.push(Step::ddl(format!(
+                "CREATE TABLE {leaf} PARTITION OF {name} FOR VALUES IN ({})",
+                literal(topic)
+            )));
+            leaves.push((leaf, Some(topic.as_str())));
+        }
+        for (leaf, topic) in &leaves {
+            for spec in desired_indexes(policy, leaf, *topic) {
+                steps.push(Step::ddl(create_index_sql(&spec, leaf, false)));
+            }
+        }
+        let (lo, hi) = (timestamp_literal(lower), timestamp_literal(upper));
+        steps.push(Step::moving(format!(
+            "WITH moved AS (DELETE FROM {table} WHERE received_at >= {lo} AND received_at < {hi} \
+               RETURNING {EVENT_COLUMNS}) \
+             INSERT INTO {name} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved"
+        )));
+        steps.push(Step::ddl(format!(
+            "ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})"
+        )));
+        created.push(name);
+        created.extend(leaves.into_iter().map(|(leaf, _)| leaf));
+    }
+    let last = ranges.last().map_or(first_upper, |r| match side {
+        Side::After => r.1,
+        Side::Before => r.0,
+    });
+    steps.push(Step::ddl(match side {
+        Side::After => format!(
+            "ALTER TABLE events ATTACH PARTITION {table} FOR VALUES FROM ({}) TO (MAXVALUE)",
+            timestamp_literal(last)
+        ),
+        Side::Before => format!(
+            "ALTER TABLE events ATTACH PARTITION {table} FOR VALUES FROM (MINVALUE) TO ({})",
+            timestamp_literal(last)
+        ),
+    }));
+    let what = format!("spans from {}", span_name(first_lower));
+    if let Some(moved) = transaction(client, &steps, &what, report).await? {
+        report.moved_events += moved;
+        report.created.extend(created);
+    }
+    Ok(())
 }
 
 /// Step 2: every topic's leaf in the current and future spans, and in past spans whose default leaf
@@ -602,7 +657,7 @@ async fn create_leaves(
     let mut strays: BTreeSet<(String, String)> = BTreeSet::new();
     let past: Vec<(&Span, &Leaf)> = split
         .iter()
-        .filter(|s| s.upper <= now)
+        .filter(|s| s.upper.is_some_and(|upper| upper <= now))
         .filter_map(|s| s.default_leaf().map(|d| (*s, d)))
         .collect();
     if !past.is_empty() {
@@ -626,32 +681,34 @@ async fn create_leaves(
             continue;
         };
         for topic in policy.topics.keys() {
-            let wanted = span.upper > now || strays.contains(&(span.name.clone(), topic.clone()));
+            let wanted = span.upper.is_none_or(|upper| upper > now)
+                || strays.contains(&(span.name.clone(), topic.clone()));
             if !wanted || span.has_leaf_for(topic) {
                 continue;
             }
             let leaf = leaf_name(&span.name, topic);
-            let mut sql = format!(
-                "CREATE TABLE {leaf} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
-                 WITH moved AS (DELETE FROM {default} WHERE topic = {topic_literal} \
-                   RETURNING {EVENT_COLUMNS}) \
-                 INSERT INTO {leaf} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved; ",
-                default = default_leaf.name,
-                topic_literal = literal(topic),
-            );
+            let mut steps = vec![
+                Step::ddl(format!(
+                    "CREATE TABLE {leaf} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                )),
+                Step::moving(format!(
+                    "WITH moved AS (DELETE FROM {default} WHERE topic = {topic_literal} \
+                       RETURNING {EVENT_COLUMNS}) \
+                     INSERT INTO {leaf} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved",
+                    default = default_leaf.name,
+                    topic_literal = literal(topic),
+                )),
+            ];
             for spec in desired_indexes(policy, &leaf, Some(topic)) {
-                let _ = write!(sql, "{}; ", create_index_sql(&spec, &leaf, false));
+                steps.push(Step::ddl(create_index_sql(&spec, &leaf, false)));
             }
-            let _ = write!(
-                sql,
+            steps.push(Step::ddl(format!(
                 "ALTER TABLE {} ATTACH PARTITION {leaf} FOR VALUES IN ({})",
                 span.name,
                 literal(topic)
-            );
-            let before = count_rows(client, &Some(default_leaf.name.clone())).await?;
-            if transaction(client, &sql, &leaf, report).await? {
-                let after = count_rows(client, &Some(default_leaf.name.clone())).await?;
-                report.moved_events += before.saturating_sub(after);
+            )));
+            if let Some(moved) = transaction(client, &steps, &leaf, report).await? {
+                report.moved_events += moved;
                 report.created.push(leaf);
             }
         }
@@ -761,9 +818,10 @@ async fn drop_expired(
 ) -> Result<(), DbError> {
     let layout = read_layout(client).await?;
     for span in &layout.spans {
-        if span.upper > now {
+        // `events_after` never expires.
+        let Some(upper) = span.upper.filter(|upper| *upper <= now) else {
             continue;
-        }
+        };
         let retention_of = |leaf: &Leaf| {
             if span.split && leaf.topic.is_none() {
                 // A span's default leaf holds topics without a leaf: unknown ones (step 2 moved the rest).
@@ -775,20 +833,17 @@ async fn drop_expired(
         let expired_leaves: Vec<&Leaf> = span
             .leaves
             .iter()
-            .filter(|leaf| expired(retention_of(leaf), span.upper, now))
+            .filter(|leaf| expired(retention_of(leaf), upper, now))
             .collect();
         if expired_leaves.is_empty() {
             continue;
         }
         if !span.split || expired_leaves.len() == span.leaves.len() {
             let bytes: i64 = span.leaves.iter().map(|l| l.bytes).sum();
-            if transaction(
-                client,
-                &format!("DROP TABLE {}", span.name),
-                &span.name,
-                report,
-            )
-            .await?
+            let drop = [Step::ddl(format!("DROP TABLE {}", span.name))];
+            if transaction(client, &drop, &span.name, report)
+                .await?
+                .is_some()
             {
                 report.dropped.push(span.name.clone());
                 report.dropped_bytes += bytes;
@@ -796,13 +851,10 @@ async fn drop_expired(
             continue;
         }
         for leaf in expired_leaves {
-            if transaction(
-                client,
-                &format!("DROP TABLE {}", leaf.name),
-                &leaf.name,
-                report,
-            )
-            .await?
+            let drop = [Step::ddl(format!("DROP TABLE {}", leaf.name))];
+            if transaction(client, &drop, &leaf.name, report)
+                .await?
+                .is_some()
             {
                 report.dropped.push(leaf.name.clone());
                 report.dropped_bytes += leaf.bytes;
@@ -847,11 +899,9 @@ async fn prune_dead_letters(
 async fn summarise(client: &Client, layout: &Layout) -> Result<LayoutSummary, DbError> {
     let mut summary = LayoutSummary {
         covered_until: layout
-            .spans
-            .iter()
-            .filter(|s| s.split)
-            .map(|s| s.upper.unix_timestamp())
-            .max(),
+            .after()
+            .and_then(|after| after.lower)
+            .map(OffsetDateTime::unix_timestamp),
         ..LayoutSummary::default()
     };
     let mut defaults = Vec::new();
@@ -863,7 +913,12 @@ async fn summarise(client: &Client, layout: &Layout) -> Result<LayoutSummary, Db
                     defaults.push(leaf.name.clone());
                     "(default)".to_owned()
                 }
-                (None, false) => "(legacy)".to_owned(),
+                (None, false) if span.upper.is_none() => {
+                    defaults.push(leaf.name.clone());
+                    "(after)".to_owned()
+                }
+                (None, false) if leaf.name == "events_legacy" => "(legacy)".to_owned(),
+                (None, false) => "(before)".to_owned(),
             };
             let entry = summary.topics.entry(key).or_default();
             entry.partitions += 1;
@@ -874,12 +929,6 @@ async fn summarise(client: &Client, layout: &Layout) -> Result<LayoutSummary, Db
                     Some(entry.oldest_span_start.map_or(start, |o| o.min(start)));
             }
         }
-    }
-    if let Some(top) = &layout.top_default {
-        defaults.push(top.name.clone());
-        let entry = summary.topics.entry("(default)".to_owned()).or_default();
-        entry.partitions += 1;
-        entry.bytes += top.bytes;
     }
     if !defaults.is_empty() {
         // reltuples is -1 before a table's first ANALYZE: no estimate yet, counted as 0.
@@ -962,31 +1011,32 @@ mod tests {
     }
 
     #[test]
-    fn a_free_range_is_clipped_by_the_spans_that_exist() {
-        let day = Duration::days(1);
-        let span = |lower: Option<&str>, upper: &str| Span {
-            name: String::new(),
-            lower: lower.map(at),
-            upper: at(upper),
-            split: true,
-            leaves: Vec::new(),
+    fn spans_follow_each_other_on_the_boundaries_of_their_length() {
+        let storage = StorageConfig {
+            partition_span: "6h".parse().expect("6h"),
+            ..StorageConfig::default()
         };
-        let layout = Layout {
-            spans: vec![
-                span(None, "2026-12-03T12:00:00Z"),
-                span(Some("2026-12-04T00:00:00Z"), "2026-12-05T00:00:00Z"),
-            ],
-            top_default: None,
-        };
+        let policy = StoragePolicy::new(&Catalogue::from_topics([]), &storage);
         assert_eq!(
-            free_range(&layout, at("2026-12-03T00:00:00Z"), day),
-            Some((at("2026-12-03T12:00:00Z"), at("2026-12-04T00:00:00Z")))
+            policy.next_boundary(at("2026-12-03T07:30:00Z")),
+            at("2026-12-03T12:00:00Z")
         );
-        assert_eq!(free_range(&layout, at("2026-12-04T00:00:00Z"), day), None);
-        assert_eq!(free_range(&layout, at("2026-12-02T00:00:00Z"), day), None);
         assert_eq!(
-            free_range(&layout, at("2026-12-05T00:00:00Z"), day),
-            Some((at("2026-12-05T00:00:00Z"), at("2026-12-06T00:00:00Z")))
+            policy.next_boundary(at("2026-12-03T12:00:00Z")),
+            at("2026-12-03T18:00:00Z")
+        );
+        assert_eq!(
+            policy.previous_boundary(at("2026-12-03T12:00:00Z")),
+            at("2026-12-03T06:00:00Z")
+        );
+        assert_eq!(
+            policy.previous_boundary(at("2026-12-03T07:30:00Z")),
+            at("2026-12-03T06:00:00Z")
+        );
+        // Before 1970 too (rem_euclid, not %).
+        assert_eq!(
+            policy.span_start(at("1969-12-31T23:00:00Z")),
+            at("1969-12-31T18:00:00Z")
         );
     }
 
