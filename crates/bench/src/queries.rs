@@ -55,6 +55,20 @@ pub struct QueryResults {
     /// deep page p99 ÷ first page p99.
     pub deep_first_ratio: f64,
     pub cpu: Usage,
+    /// The history's partitions of the topic (one per day).
+    pub partitions: u64,
+    /// Removing one day of the topic's events: by dropping its partition, and by a `DELETE` of the same
+    /// rows (rolled back), for contrast.
+    pub drop_day: Option<Removal>,
+    pub delete_day: Option<Removal>,
+}
+
+/// What removing one day of events cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Removal {
+    pub events: u64,
+    pub seconds: f64,
+    pub wal_bytes: i64,
 }
 
 pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<QueryResults> {
@@ -78,7 +92,93 @@ pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<QueryResults> {
     results.generate_s = generate_s;
     results.table_mb = table_mb.round();
     results.indexes_mb = indexes_mb.round();
+    let (partitions, delete_day, drop_day) = remove_one_day(&owner).await?;
+    results.partitions = partitions;
+    results.delete_day = delete_day;
+    results.drop_day = drop_day;
     Ok(results)
+}
+
+/// Removes the second-oldest day of the history (the oldest may be partly filled) twice: first with a
+/// `DELETE` of its rows, rolled back, then by dropping its partition, as retention does. Each is timed
+/// and its WAL measured (`pg_current_wal_lsn()` before and after). Runs last: the day is gone after.
+async fn remove_one_day(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<(u64, Option<Removal>, Option<Removal>)> {
+    let leaves: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_partition_tree('events') t \
+             JOIN pg_class c ON c.oid = t.relid \
+             WHERE t.isleaf AND c.relname LIKE 'events\\_p%' AND c.relname NOT LIKE '%\\_default' \
+               AND EXISTS (SELECT FROM pg_inherits i JOIN pg_class s ON s.oid = i.inhparent \
+                           WHERE i.inhrelid = c.oid) \
+             ORDER BY c.relname",
+            &[],
+        )
+        .await
+        .context("listing the partitions")?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut with_rows = Vec::new();
+    for leaf in &leaves {
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {leaf}"), &[])
+            .await
+            .with_context(|| format!("counting {leaf}"))?
+            .get(0);
+        if rows > 0 {
+            with_rows.push((leaf.clone(), u64::try_from(rows)?));
+        }
+    }
+    let partitions = with_rows.len() as u64;
+    let Some((leaf, events)) = with_rows.get(1).cloned() else {
+        return Ok((partitions, None, None));
+    };
+    let wal = "SELECT pg_current_wal_lsn()::text";
+    let lsn = |row: tokio_postgres::Row| row.get::<_, String>(0);
+    let wal_since = |from: String| async move {
+        client
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint",
+                &[&from],
+            )
+            .await
+            .map(|row| row.get::<_, i64>(0))
+    };
+
+    let before = lsn(client.query_one(wal, &[]).await?);
+    let started = Instant::now();
+    client.batch_execute("BEGIN").await?;
+    client
+        .execute(&format!("DELETE FROM {leaf}"), &[])
+        .await
+        .context("DELETE of one day")?;
+    // The WAL of the rows deleted is written before the commit record; a rollback keeps the history.
+    let delete_wal = wal_since(before).await?;
+    client.batch_execute("ROLLBACK").await?;
+    let delete_day = Removal {
+        events,
+        seconds: round2(started.elapsed().as_secs_f64()),
+        wal_bytes: delete_wal,
+    };
+
+    let before = lsn(client.query_one(wal, &[]).await?);
+    let started = Instant::now();
+    client
+        .batch_execute(&format!("DROP TABLE {leaf}"))
+        .await
+        .context("dropping one day's partition")?;
+    let drop_day = Removal {
+        events,
+        seconds: round2(started.elapsed().as_secs_f64().max(0.001)),
+        wal_bytes: wal_since(before).await?,
+    };
+    eprintln!(
+        "bench: queries: one day of {events} events: DELETE {:.2} s, {} bytes of WAL; DROP {:.3} s, {} bytes",
+        delete_day.seconds, delete_day.wal_bytes, drop_day.seconds, drop_day.wal_bytes
+    );
+    Ok((partitions, Some(delete_day), Some(drop_day)))
 }
 
 /// Bytes on disk per generated event: table ≈ 0.57 KB and indexes ≈ 0.47 KB (measured at 10 M), plus
@@ -140,7 +240,7 @@ async fn generate_history(
         .context("emptying the events table")?;
     let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     let base_ms = i64::try_from(now_ms)? - rows as i64 * SPACING_MS;
-    // The history's partitions first, so its rows go straight into them (not through events_default).
+    // The history's partitions first, so its rows go straight into them (not through events_before).
     let since = OffsetDateTime::from_unix_timestamp(base_ms / 1000 - 3600)?;
     let policy = eventgate_core::db::StoragePolicy::new(
         &bench.catalogue,
@@ -351,6 +451,9 @@ async fn measure(
         in_filter,
         two_field_sort,
         cpu: cpu::usage(&before, &after),
+        partitions: 0,
+        drop_day: None,
+        delete_day: None,
     })
 }
 

@@ -153,6 +153,11 @@ impl Results {
             "query_time_range_p99_ms": queries.map(|q| q.time_range.p99_ms),
             "query_in_p99_ms": queries.map(|q| q.in_filter.p99_ms),
             "query_two_field_sort_p99_ms": queries.map(|q| q.two_field_sort.p99_ms),
+            "history_partitions": queries.map(|q| q.partitions),
+            "drop_day_s": queries.and_then(|q| q.drop_day.as_ref()).map(|r| r.seconds),
+            "drop_day_wal_bytes": queries.and_then(|q| q.drop_day.as_ref()).map(|r| r.wal_bytes),
+            "delete_day_s": queries.and_then(|q| q.delete_day.as_ref()).map(|r| r.seconds),
+            "delete_day_wal_bytes": queries.and_then(|q| q.delete_day.as_ref()).map(|r| r.wal_bytes),
             "peak_rss_mb": self.peak_rss_mb,
             "targets": {
                 "ingest_single_c16_p50_ms": TARGET_SINGLE_C16_P50_MS,
@@ -442,6 +447,32 @@ pub fn markdown(results: &Results) -> String {
             "",
             "",
         );
+        if let (Some(drop), Some(delete)) = (&q.drop_day, &q.delete_day) {
+            row(
+                format!(
+                    "Dropping one day's partition ({} events, of {} daily partitions)",
+                    thousands(drop.events as f64),
+                    q.partitions
+                ),
+                format!(
+                    "{:.3} s, {:.1} MB of WAL",
+                    drop.seconds,
+                    drop.wal_bytes as f64 / 1048576.0
+                ),
+                "< 1 s",
+                verdict(quick, drop.seconds < 1.0),
+            );
+            row(
+                "`DELETE` of the same day's events (rolled back), for contrast".to_owned(),
+                format!(
+                    "{:.2} s, {:.1} MB of WAL",
+                    delete.seconds,
+                    delete.wal_bytes as f64 / 1048576.0
+                ),
+                "",
+                "",
+            );
+        }
     }
     if !results.peak_rss_mb.is_empty() {
         let value = results

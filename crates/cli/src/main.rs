@@ -116,7 +116,7 @@ enum Command {
         topics_dir: PathBuf,
     },
     /// Maintain the event history's partitions now (the writers do it every few minutes): create the
-    /// spans ahead, move events out of default partitions, drop partitions past their topic's
+    /// spans ahead, move events from the catch-all partitions into their own, drop partitions past their topic's
     /// retention, build the topics' indexes. Prints what it did and the partitions per topic.
     /// Needs the schema owner's URL.
     Maintain {

@@ -236,7 +236,7 @@ pub fn maintenance_report(maintained: &eventgate_core::db::Maintained) -> String
     };
     out.push_str(&format!("created:            {}\n", list(&report.created)));
     out.push_str(&format!(
-        "events moved:       {} (out of default partitions)\n",
+        "events moved:       {} (into their own partitions)\n",
         thousands(report.moved_events)
     ));
     out.push_str(&format!(
@@ -272,7 +272,7 @@ pub fn maintenance_report(maintained: &eventgate_core::db::Maintained) -> String
             .unwrap_or_else(|| seconds.to_string())
     };
     out.push_str(&format!(
-        "partitions up to:   {}\nevents in defaults: {} (estimate)\n\n",
+        "partitions up to:   {}\nevents to move:     {} (estimate)\n\n",
         layout.covered_until.map_or_else(|| "-".to_owned(), when),
         thousands(u64::try_from(layout.default_events_estimate).unwrap_or(0))
     ));

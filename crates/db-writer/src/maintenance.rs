@@ -28,9 +28,9 @@ pub struct MaintenanceMetrics {
     pub oldest_partition: IntGaugeVec,
     /// Bytes of a topic's partitions, indexes included.
     pub bytes: IntGaugeVec,
-    /// Where the created partitions end (Unix seconds): inserts after it go to `events_default`.
+    /// Where the created partitions end (Unix seconds): later events go to `events_after`.
     pub covered_until: IntGauge,
-    /// Events waiting in default partitions to be moved into their own (an estimate).
+    /// Events in `events_after` and the spans' default leaves, to be moved into their own (an estimate).
     pub default_events: IntGauge,
 }
 
@@ -78,11 +78,11 @@ impl MaintenanceMetrics {
             ),
             covered_until: gauge(
                 "eventgate_partitions_covered_until_timestamp_seconds",
-                "End of the last created partition: events received later land in events_default",
+                "End of the last created span: events received later land in events_after",
             ),
             default_events: gauge(
                 "eventgate_default_partition_events",
-                "Events in default partitions, waiting to be moved into their own (estimate)",
+                "Events in events_after and the spans' default leaves, waiting to be moved into their own partitions (estimate)",
             ),
         }
     }

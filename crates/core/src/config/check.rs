@@ -292,7 +292,10 @@ impl Config {
 fn check_storage(s: &super::StorageConfig) -> Result<(), ConfigError> {
     let span = s.partition_span.seconds();
     let day = 86_400;
-    if span < 3_600 || (span < day && day % span != 0) || (span > day && span % day != 0) {
+    if span < 3_600
+        || (span < day && !day.is_multiple_of(span))
+        || (span > day && !span.is_multiple_of(day))
+    {
         return Err(invalid(
             "storage.partition_span",
             format!(
