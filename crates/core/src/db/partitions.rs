@@ -393,6 +393,14 @@ fn timestamp_literal(at: OffsetDateTime) -> String {
 
 const EVENT_COLUMNS: &str = "id, topic, received_at, producer, payload, schema_version";
 
+/// Moves the events of `from` that match `condition` into `into`, in one statement.
+fn move_events(from: &str, condition: &str, into: &str) -> Step {
+    Step::moving(format!(
+        "WITH moved AS (DELETE FROM {from} WHERE {condition} RETURNING {EVENT_COLUMNS}) \
+         INSERT INTO {into} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved"
+    ))
+}
+
 /// Whether an error is a lock not granted within `lock_timeout` (55P03): left for the next run.
 fn is_lock_timeout(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
@@ -610,11 +618,11 @@ async fn split_off(
             }
         }
         let (lo, hi) = (timestamp_literal(lower), timestamp_literal(upper));
-        steps.push(Step::moving(format!(
-            "WITH moved AS (DELETE FROM {table} WHERE received_at >= {lo} AND received_at < {hi} \
-               RETURNING {EVENT_COLUMNS}) \
-             INSERT INTO {name} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved"
-        )));
+        steps.push(move_events(
+            table,
+            &format!("received_at >= {lo} AND received_at < {hi}"),
+            &name,
+        ));
         steps.push(Step::ddl(format!(
             "ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})"
         )));
@@ -691,13 +699,11 @@ async fn create_leaves(
                 Step::ddl(format!(
                     "CREATE TABLE {leaf} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
                 )),
-                Step::moving(format!(
-                    "WITH moved AS (DELETE FROM {default} WHERE topic = {topic_literal} \
-                       RETURNING {EVENT_COLUMNS}) \
-                     INSERT INTO {leaf} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM moved",
-                    default = default_leaf.name,
-                    topic_literal = literal(topic),
-                )),
+                move_events(
+                    &default_leaf.name,
+                    &format!("topic = {}", literal(topic)),
+                    &leaf,
+                ),
             ];
             for spec in desired_indexes(policy, &leaf, Some(topic)) {
                 steps.push(Step::ddl(create_index_sql(&spec, &leaf, false)));
@@ -951,15 +957,7 @@ pub async fn maintain_now(
     database_url: &str,
     policy: &StoragePolicy,
 ) -> Result<Maintained, DbError> {
-    let client = super::tls::connect(database_url).await?;
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MAINTENANCE_LOCK_KEY])
-        .await?;
-    let outcome = maintain_locked(&client, policy, OffsetDateTime::now_utc()).await;
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK_KEY])
-        .await;
-    outcome
+    maintain_waiting(database_url, policy, None).await
 }
 
 /// [`maintain_now`], also creating the spans from `since` to now: for loading a history of past events.
@@ -968,12 +966,20 @@ pub async fn maintain_covering(
     policy: &StoragePolicy,
     since: OffsetDateTime,
 ) -> Result<Maintained, DbError> {
+    maintain_waiting(database_url, policy, Some(since)).await
+}
+
+/// One run on a connection of its own, after waiting for the lock (released when it ends).
+async fn maintain_waiting(
+    database_url: &str,
+    policy: &StoragePolicy,
+    since: Option<OffsetDateTime>,
+) -> Result<Maintained, DbError> {
     let client = super::tls::connect(database_url).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MAINTENANCE_LOCK_KEY])
         .await?;
-    let outcome =
-        maintain_locked_since(&client, policy, OffsetDateTime::now_utc(), Some(since)).await;
+    let outcome = maintain_locked_since(&client, policy, OffsetDateTime::now_utc(), since).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK_KEY])
         .await;
