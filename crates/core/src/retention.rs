@@ -33,6 +33,20 @@ impl Period {
     pub fn seconds(self) -> u64 {
         self.seconds
     }
+
+    pub fn duration(self) -> time::Duration {
+        time::Duration::seconds(i64::try_from(self.seconds).unwrap_or(i64::MAX))
+    }
+
+    /// The start of the period holding `at`, periods tiling time from the Unix epoch (so days start at
+    /// midnight UTC): the one rule of where the history's partitions begin, for the maintenance that
+    /// creates them and the writer that looks an event up in its neighbour.
+    pub fn start_of(self, at: time::OffsetDateTime) -> time::OffsetDateTime {
+        let length = i64::try_from(self.seconds).unwrap_or(i64::MAX).max(1);
+        let seconds = at.unix_timestamp();
+        time::OffsetDateTime::from_unix_timestamp(seconds - seconds.rem_euclid(length))
+            .unwrap_or(at)
+    }
 }
 
 impl FromStr for Period {
@@ -169,6 +183,22 @@ mod tests {
             let error = bad.parse::<Retention>().expect_err(bad);
             assert!(error.contains(bad), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn periods_tile_time_from_the_epoch() {
+        use time::macros::datetime;
+        let six_hours: Period = "6h".parse().expect("6h");
+        assert_eq!(
+            six_hours.start_of(datetime!(2026-12-03 07:30 UTC)),
+            datetime!(2026-12-03 06:00 UTC)
+        );
+        assert_eq!(
+            Period::days(1).start_of(datetime!(1969-12-31 23:00 UTC)),
+            datetime!(1969-12-31 00:00 UTC),
+            "before 1970 too (rem_euclid, not %)"
+        );
+        assert_eq!(six_hours.duration(), time::Duration::hours(6));
     }
 
     #[test]

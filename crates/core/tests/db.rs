@@ -191,13 +191,7 @@ async fn admin(url: &str) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_started_together_take_turns() {
     let stack = eventgate_test_support::stack().await;
-    let name = stack.unique_name("eg_empty_");
-    admin(&stack.database_url("postgres", "postgres"))
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name} OWNER eventgate"))
-        .await
-        .expect("empty database");
-    let owner = stack.database_url("eventgate", &name);
+    let (name, owner) = empty_database(stack, "eg_empty_").await;
     let (a, b, c) = tokio::join!(
         eventgate_core::db::run_migrations(&owner),
         eventgate_core::db::run_migrations(&owner),
@@ -343,6 +337,18 @@ async fn the_per_producer_key_carries_existing_rows_over() {
     assert_eq!(reasons.len(), 4);
 }
 
+/// A new empty database owned by `eventgate`: its name and the owner's URL.
+async fn empty_database(stack: &eventgate_test_support::Stack, prefix: &str) -> (String, String) {
+    let name = stack.unique_name(prefix);
+    admin(&stack.database_url("postgres", "postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER eventgate"))
+        .await
+        .expect("empty database");
+    let owner = stack.database_url("eventgate", &name);
+    (name, owner)
+}
+
 /// A database migrated up to (not including) the migration named `before`: its name, the owner's URL
 /// and how many migrations were applied.
 async fn migrated_until(
@@ -354,13 +360,7 @@ async fn migrated_until(
     use diesel_async::AsyncPgConnection;
     use diesel_migrations::MigrationHarness;
 
-    let name = stack.unique_name("eg_upgrade_");
-    admin(&stack.database_url("postgres", "postgres"))
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name} OWNER eventgate"))
-        .await
-        .expect("empty database");
-    let owner = stack.database_url("eventgate", &name);
+    let (name, owner) = empty_database(stack, "eg_upgrade_").await;
     let connection = eventgate_core::db::tls::diesel_connection(&owner)
         .await
         .expect("connect");

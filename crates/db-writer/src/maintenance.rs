@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +110,17 @@ impl MaintenanceMetrics {
         self.default_events
             .set(maintained.layout.default_events_estimate);
     }
+}
+
+/// One run now, after the one running (if any), for `catalogue`: a writer at start and after a reload,
+/// so that a new topic has its partitions and indexes before its first events.
+pub async fn now(config: &Config, catalogue: &Catalogue) -> anyhow::Result<Maintained> {
+    let policy = StoragePolicy::new(catalogue, &config.storage);
+    let maintained = eventgate_core::db::maintain_now(config.writer.migration_url(), &policy)
+        .await
+        .context("maintaining the event history's partitions")?;
+    log(&maintained);
+    Ok(maintained)
 }
 
 /// The policy of the topics as they are on disk now.

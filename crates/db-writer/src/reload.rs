@@ -123,12 +123,7 @@ impl TopicReloader {
         }
         if self.config.writer.run_migrations {
             // The new topics' partitions and indexes, before their first events arrive.
-            let policy = eventgate_core::db::StoragePolicy::new(&catalogue, &self.config.storage);
-            let maintained =
-                eventgate_core::db::maintain_now(self.config.writer.migration_url(), &policy)
-                    .await
-                    .context("maintaining the event history's partitions")?;
-            crate::maintenance::log(&maintained);
+            let maintained = crate::maintenance::now(&self.config, &catalogue).await?;
             self.metrics.maintenance.record(&maintained);
         }
         let all: Vec<&str> = subscribed

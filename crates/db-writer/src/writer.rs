@@ -93,11 +93,7 @@ impl Writer {
                 .context("applying migrations")?;
             tracing::info!(applied, "migrations up to date");
             // The topics' partitions for now and ahead, and their indexes, before the first insert.
-            let policy = eventgate_core::db::StoragePolicy::new(&catalogue, &config.storage);
-            let maintained = eventgate_core::db::maintain_now(owner_url, &policy)
-                .await
-                .context("maintaining the event history's partitions")?;
-            crate::maintenance::log(&maintained);
+            crate::maintenance::now(config, &catalogue).await?;
         }
         let pool_settings = PoolSettings {
             // A lock held on `events` fails the write with a timeout, which is retried.

@@ -123,34 +123,46 @@ async fn a_retry_in_the_next_days_partition_is_stored_once() {
         idempotency_window_ms: 0,
         ..StorageConfig::default()
     });
+    let copies = store_copies(
+        &mut conn,
+        &owner,
+        [before_midnight, after_midnight],
+        &no_window,
+    )
+    .await;
+    assert_eq!(copies, 2);
+    // Within one partition the key holds whatever the window.
+    let copies = store_copies(
+        &mut conn,
+        &owner,
+        [
+            midnight + Duration::hours(3),
+            midnight + Duration::hours(20),
+        ],
+        &no_window,
+    )
+    .await;
+    assert_eq!(copies, 1);
+}
+
+/// Stores one event (a new id) once at each of `times`, each copy a batch of its own, and returns how
+/// many rows of it `events` holds.
+async fn store_copies(
+    conn: &mut tokio_postgres::Client,
+    owner: &tokio_postgres::Client,
+    times: [OffsetDateTime; 2],
+    window: &IdempotencyWindow,
+) -> i64 {
     let id = uuid::Uuid::now_v7();
-    for at in [before_midnight, after_midnight] {
+    for at in times {
         let copy = read(id, at, json!({"n": 2}));
-        store_batch_within(&mut conn, &[&copy], &[], &no_window)
+        store_batch_within(conn, &[&copy], &[], window)
             .await
             .expect("stored");
     }
-    let copies: i64 = owner
+    owner
         .query_one("SELECT count(*) FROM events WHERE id = $1", &[&id])
         .await
         .expect("count")
-        .get(0);
-    assert_eq!(copies, 2);
-    // Within one partition the key holds whatever the window.
-    let id = uuid::Uuid::now_v7();
-    for at in [
-        midnight + Duration::hours(3),
-        midnight + Duration::hours(20),
-    ] {
-        let copy = read(id, at, json!({"n": 3}));
-        store_batch_within(&mut conn, &[&copy], &[], &no_window)
-            .await
-            .expect("stored once");
-    }
-    let copies: i64 = owner
-        .query_one("SELECT count(*) FROM events WHERE id = $1", &[&id])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(copies, 1);
+        .get(0)
 }

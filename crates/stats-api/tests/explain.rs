@@ -131,35 +131,26 @@ fn plan_for(ctx: &Ctx, request: Value) -> QueryPlan {
 }
 
 async fn explain(ctx: &Ctx, plan: &QueryPlan) -> String {
-    let parts = page_sql(TOPIC, plan);
-    let explain = SqlParts {
-        sql: format!("EXPLAIN {}", parts.sql),
-        binds: parts.binds,
-    };
-    let reader = ctx.reader.get().await.expect("reader connection");
-    let lines = reader
-        .query_typed(&explain.sql, &explain.params())
-        .await
-        .expect("explain");
-    lines
-        .iter()
-        .map(|row| row.try_get::<_, String>(0).expect("a plan line"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    explain_with(ctx, plan, "EXPLAIN").await
 }
 
 /// `EXPLAIN (ANALYZE)`: which partitions were read (`never executed` for those that were not).
 async fn explain_analyze(ctx: &Ctx, plan: &QueryPlan) -> String {
+    explain_with(ctx, plan, "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF)").await
+}
+
+/// The plan's lines, `explain` (the command and its options) before the page query.
+async fn explain_with(ctx: &Ctx, plan: &QueryPlan, explain: &str) -> String {
     let parts = page_sql(TOPIC, plan);
-    let explain = SqlParts {
-        sql: format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}", parts.sql),
+    let explained = SqlParts {
+        sql: format!("{explain} {}", parts.sql),
         binds: parts.binds,
     };
     let reader = ctx.reader.get().await.expect("reader connection");
     let lines = reader
-        .query_typed(&explain.sql, &explain.params())
+        .query_typed(&explained.sql, &explained.params())
         .await
-        .expect("explain analyze");
+        .unwrap_or_else(|e| panic!("{explain}: {e}"));
     lines
         .iter()
         .map(|row| row.try_get::<_, String>(0).expect("a plan line"))

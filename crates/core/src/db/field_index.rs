@@ -26,11 +26,12 @@ pub fn indexed_expression(field: &FieldDef) -> Option<String> {
     }
 }
 
-/// The index's name: a hash of its expression, so that the same expression is found again whatever
-/// topic declared it.
-pub fn index_name(expression: &str) -> String {
+/// A hash of an index's expression (16 hex digits), so that the same expression is found again
+/// whatever topic declared it: the `f<hash>` of a partition's field index (`<partition>_f<hash>`), and
+/// of the field indexes before partitions, `events_field_<hash>`, which the migration kept as
+/// `events_legacy_f<hash>`.
+pub fn expression_hash(expression: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(expression.as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("events_field_{hex}")
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

@@ -37,13 +37,10 @@ use tokio_postgres::Client;
 use super::DbError;
 use crate::catalogue::Catalogue;
 use crate::config::StorageConfig;
-use crate::retention::Retention;
+use crate::retention::{Period, Retention};
 
 /// The advisory lock one maintenance run holds ("eventmnt" in ASCII).
 pub const MAINTENANCE_LOCK_KEY: i64 = 0x6576_656e_746d_6e74;
-
-/// The partition above the spans: events received after the last span (maintenance behind).
-pub const AFTER: &str = "events_after";
 
 /// What the maintenance keeps for one topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +55,7 @@ pub struct TopicStorage {
 /// The catalogue's topics and the storage settings, as the maintenance needs them.
 #[derive(Debug, Clone)]
 pub struct StoragePolicy {
-    pub span_seconds: i64,
+    pub span: Period,
     pub ahead: u32,
     pub default_retention: Retention,
     pub resolved_dead_letter_retention: Retention,
@@ -88,7 +85,7 @@ impl StoragePolicy {
             })
             .collect();
         StoragePolicy {
-            span_seconds: i64::try_from(storage.partition_span.seconds()).unwrap_or(86_400),
+            span: storage.partition_span,
             ahead: storage.partitions_ahead,
             default_retention: storage.retention,
             resolved_dead_letter_retention: storage.resolved_dead_letter_retention,
@@ -112,12 +109,24 @@ impl StoragePolicy {
         }
     }
 
-    /// The start of the span holding `at` (spans tile time from the Unix epoch, so days start at
-    /// midnight UTC).
+    /// The start of the span holding `at` ([`Period::start_of`]).
     fn span_start(&self, at: OffsetDateTime) -> OffsetDateTime {
-        let seconds = at.unix_timestamp();
-        let start = seconds - seconds.rem_euclid(self.span_seconds);
-        OffsetDateTime::from_unix_timestamp(start).unwrap_or(at)
+        self.span.start_of(at)
+    }
+
+    /// The span boundary after `at` (the end of the span holding it).
+    fn next_boundary(&self, at: OffsetDateTime) -> OffsetDateTime {
+        self.span_start(at) + self.span.duration()
+    }
+
+    /// The span boundary before `at` (`at` itself excluded).
+    fn previous_boundary(&self, at: OffsetDateTime) -> OffsetDateTime {
+        let start = self.span_start(at);
+        if start == at {
+            at - self.span.duration()
+        } else {
+            start
+        }
     }
 }
 
@@ -126,7 +135,8 @@ impl StoragePolicy {
 pub struct MaintenanceReport {
     /// Spans and leaves created.
     pub created: Vec<String>,
-    /// Events moved out of a default partition into their own.
+    /// Events moved into their own partition: out of `events_after` (or `events_before`, for a bulk
+    /// load) as their span was created, or out of a span's default leaf as their topic's leaf was.
     pub moved_events: u64,
     /// Leaves and spans dropped for retention, and the bytes they held.
     pub dropped: Vec<String>,
@@ -327,8 +337,7 @@ fn leaf_index_name(leaf: &str, suffix: &str) -> String {
 /// The field index suffix of an expression: the same hash as the field index names before partitions
 /// (`events_field_<hash>`), so the legacy history's indexes are recognised.
 fn field_suffix(expression: &str) -> String {
-    let name = super::field_index::index_name(expression);
-    format!("f{}", name.trim_start_matches("events_field_"))
+    format!("f{}", super::field_index::expression_hash(expression))
 }
 
 /// An index a leaf should have: its name and the `CREATE … INDEX` body after `ON <leaf>`.
@@ -380,6 +389,14 @@ fn create_index_sql(spec: &IndexSpec, leaf: &str, concurrently: bool) -> String 
         name = spec.name,
         definition = spec.definition,
     )
+}
+
+/// The indexes of a leaf created in this transaction: built plainly, the table being empty and unseen.
+fn new_leaf_indexes(policy: &StoragePolicy, leaf: &str, topic: Option<&str>) -> Vec<Step> {
+    desired_indexes(policy, leaf, topic)
+        .iter()
+        .map(|spec| Step::ddl(create_index_sql(spec, leaf, false)))
+        .collect()
 }
 
 fn literal(text: &str) -> String {
@@ -466,24 +483,16 @@ pub async fn maintain(
     if !locked {
         return Ok(None);
     }
-    let outcome = maintain_locked(client, policy, now).await;
+    let outcome = maintain_locked(client, policy, now, None).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK_KEY])
         .await;
     outcome.map(Some)
 }
 
+/// One run, the lock held; with `since`, it also creates the spans from then on (a bulk load of past
+/// events, the benchmark's history, goes straight into its partitions).
 async fn maintain_locked(
-    client: &Client,
-    policy: &StoragePolicy,
-    now: OffsetDateTime,
-) -> Result<Maintained, DbError> {
-    maintain_locked_since(client, policy, now, None).await
-}
-
-/// A run that also creates the spans from `since` on (a bulk load of past events, the benchmark's
-/// history, goes straight into its partitions).
-async fn maintain_locked_since(
     client: &Client,
     policy: &StoragePolicy,
     now: OffsetDateTime,
@@ -503,23 +512,6 @@ async fn maintain_locked_since(
     prune_dead_letters(client, policy, now, &mut report).await?;
     let layout = summarise(client, &read_layout(client).await?).await?;
     Ok(Maintained { report, layout })
-}
-
-impl StoragePolicy {
-    /// The span boundary after `at` (the end of the span holding it).
-    fn next_boundary(&self, at: OffsetDateTime) -> OffsetDateTime {
-        self.span_start(at) + Duration::seconds(self.span_seconds)
-    }
-
-    /// The span boundary before `at` (`at` itself excluded).
-    fn previous_boundary(&self, at: OffsetDateTime) -> OffsetDateTime {
-        let start = self.span_start(at);
-        if start == at {
-            at - Duration::seconds(self.span_seconds)
-        } else {
-            start
-        }
-    }
 }
 
 /// How many spans one run creates at most on either side: a clock far off (or years without
@@ -545,7 +537,7 @@ async fn create_spans(
     report: &mut MaintenanceReport,
 ) -> Result<(), DbError> {
     let layout = read_layout(client).await?;
-    let length = Duration::seconds(policy.span_seconds);
+    let length = policy.span.duration();
     if let Some(after) = layout.after() {
         let end =
             policy.span_start(now) + length * (i32::try_from(policy.ahead).unwrap_or(366) + 1);
@@ -613,9 +605,7 @@ async fn split_off(
             leaves.push((leaf, Some(topic.as_str())));
         }
         for (leaf, topic) in &leaves {
-            for spec in desired_indexes(policy, leaf, *topic) {
-                steps.push(Step::ddl(create_index_sql(&spec, leaf, false)));
-            }
+            steps.extend(new_leaf_indexes(policy, leaf, *topic));
         }
         let (lo, hi) = (timestamp_literal(lower), timestamp_literal(upper));
         steps.push(move_events(
@@ -705,9 +695,7 @@ async fn create_leaves(
                     &leaf,
                 ),
             ];
-            for spec in desired_indexes(policy, &leaf, Some(topic)) {
-                steps.push(Step::ddl(create_index_sql(&spec, &leaf, false)));
-            }
+            steps.extend(new_leaf_indexes(policy, &leaf, Some(topic)));
             steps.push(Step::ddl(format!(
                 "ALTER TABLE {} ATTACH PARTITION {leaf} FOR VALUES IN ({})",
                 span.name,
@@ -979,7 +967,7 @@ async fn maintain_waiting(
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MAINTENANCE_LOCK_KEY])
         .await?;
-    let outcome = maintain_locked_since(&client, policy, OffsetDateTime::now_utc(), since).await;
+    let outcome = maintain_locked(&client, policy, OffsetDateTime::now_utc(), since).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK_KEY])
         .await;

@@ -25,6 +25,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use eventgate_core::db::DbError;
+use eventgate_core::retention::Period;
 
 use crate::envelope::Envelope;
 pub use crate::envelope::KafkaCoordinates as ParkedKey;
@@ -217,7 +218,8 @@ impl ToSql for JsonbText<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdempotencyWindow {
     pub window: time::Duration,
-    pub span_seconds: i64,
+    /// `storage.partition_span`, the length of the spans ([`Period::start_of`] says where they start).
+    pub span: Period,
 }
 
 impl Default for IdempotencyWindow {
@@ -232,9 +234,7 @@ impl IdempotencyWindow {
             window: time::Duration::milliseconds(
                 i64::try_from(storage.idempotency_window_ms).unwrap_or(i64::MAX / 2),
             ),
-            span_seconds: i64::try_from(storage.partition_span.seconds())
-                .unwrap_or(86_400)
-                .max(1),
+            span: storage.partition_span,
         }
     }
 
@@ -243,10 +243,11 @@ impl IdempotencyWindow {
         if self.window <= time::Duration::ZERO {
             return None;
         }
-        let since_start = at.unix_timestamp().rem_euclid(self.span_seconds);
-        let to_end = self.span_seconds - since_start;
-        let near = time::Duration::seconds(since_start) < self.window
-            || time::Duration::seconds(to_end) <= self.window;
+        // In whole seconds, as `received_at` is compared with the span's bounds.
+        let since_start =
+            time::Duration::seconds(at.unix_timestamp() - self.span.start_of(at).unix_timestamp());
+        let to_end = self.span.duration() - since_start;
+        let near = since_start < self.window || to_end <= self.window;
         near.then(|| (at - self.window, at + self.window))
     }
 }
