@@ -260,6 +260,11 @@ pub fn maintenance_report(maintained: &eventgate_core::db::Maintained) -> String
         "dead letters:       {} resolved ones deleted\n",
         thousands(report.dead_letters_deleted)
     ));
+    out.push_str(&format!(
+        "auto-indexes:       {} chosen, {} dropped\n",
+        list(&report.auto_indexes_chosen),
+        list(&report.auto_indexes_dropped)
+    ));
     out.push_str(&format!("deferred:           {}\n", list(&report.deferred)));
     let layout = &maintained.layout;
     let when = |seconds: i64| {

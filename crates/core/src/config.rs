@@ -605,6 +605,14 @@ pub struct StorageConfig {
     /// reaches a writer within this time of the first one: the writer looks its key up in the
     /// partitions of this window before inserting. 0: within one partition only.
     pub idempotency_window_ms: u64,
+    /// Auto-indexes (docs/OPERATIONS.md "Auto-indexes"): a payload field the stats-api saw analysts
+    /// filter or sort by at least `auto_index_min_uses` times within this window gets an expression
+    /// index like a declared one; an auto-index unused for a whole window is dropped.
+    pub auto_index_window: crate::retention::Period,
+    /// Uses within `auto_index_window` that earn a field its auto-index.
+    pub auto_index_min_uses: u64,
+    /// Auto-indexes per topic at most, the most used first; 0 turns them off (and drops those made).
+    pub auto_index_max_per_topic: u32,
 }
 
 impl Default for StorageConfig {
@@ -619,6 +627,9 @@ impl Default for StorageConfig {
             maintenance_interval_ms: 5 * 60 * 1000,
             maintenance_lock_timeout_ms: 5_000,
             idempotency_window_ms: 3600 * 1000,
+            auto_index_window: crate::retention::Period::days(7),
+            auto_index_min_uses: 100,
+            auto_index_max_per_topic: 3,
         }
     }
 }
@@ -670,6 +681,15 @@ pub struct StatsConfig {
     /// A tail whose client does not take the next piece within this time is dropped with a last
     /// `event: error` (`slow_consumer`); what was buffered for it is freed.
     pub tail_send_timeout_ms: u64,
+    /// How often the payload fields analysts filtered and sorted by are added to `field_usage` (what
+    /// auto-indexes are chosen from); counted in memory meanwhile.
+    pub field_usage_flush_ms: u64,
+    /// How often the fields the maintenance auto-indexed are read again (queries on them then compare
+    /// the indexed expression).
+    pub auto_index_refresh_ms: u64,
+    /// Where the field usage is written: a role that may INSERT/UPDATE `field_usage` on the primary.
+    /// Unset: `database_url`, which on a read replica refuses it (logged once, counted).
+    pub usage_database_url: Option<Secret>,
     pub workers: Option<usize>,
 }
 
@@ -693,6 +713,9 @@ impl Default for StatsConfig {
             tail_max_streams_per_user: 4,
             tail_max_streams: 256,
             tail_send_timeout_ms: 10_000,
+            field_usage_flush_ms: 10_000,
+            auto_index_refresh_ms: 10_000,
+            usage_database_url: None,
             workers: None,
         }
     }

@@ -8,7 +8,8 @@ use diesel::QueryDsl;
 use tokio_postgres::NoTls;
 
 use eventgate_core::db::schema::{
-    alert_state, dead_letters, event_commits, events, topic_watermarks, writer_runs,
+    alert_state, auto_indexed_fields, dead_letters, event_commits, events, field_usage,
+    topic_watermarks, writer_runs,
 };
 
 /// The column names of a diesel table, as diesel writes them in a `SELECT` of all its columns.
@@ -119,6 +120,27 @@ fn declared() -> Vec<(&'static str, Vec<String>, Vec<Column>)> {
                 ("newest_received_at", TZ, false),
                 ("events", "integer", false),
                 ("committed_at", TZ, false),
+            ],
+        ),
+        (
+            "field_usage",
+            diesel_columns!(field_usage),
+            vec![
+                ("topic", "text", false),
+                ("field", "text", false),
+                ("hour", TZ, false),
+                ("uses", "bigint", false),
+            ],
+        ),
+        (
+            "auto_indexed_fields",
+            diesel_columns!(auto_indexed_fields),
+            vec![
+                ("topic", "text", false),
+                ("field", "text", false),
+                ("chosen_at", TZ, false),
+                ("ready_at", TZ, true),
+                ("last_used", TZ, false),
             ],
         ),
     ]

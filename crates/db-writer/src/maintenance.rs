@@ -33,6 +33,8 @@ pub struct MaintenanceMetrics {
     pub covered_until: IntGauge,
     /// Events in `events_after` and the spans' default leaves, to be moved into their own (an estimate).
     pub default_events: IntGauge,
+    /// Auto-indexed fields per topic (`eventgate_core::db::auto_index`).
+    pub auto_indexes: IntGaugeVec,
 }
 
 impl MaintenanceMetrics {
@@ -85,6 +87,12 @@ impl MaintenanceMetrics {
                 "eventgate_default_partition_events",
                 "Events in events_after and the spans' default leaves, waiting to be moved into their own partitions (estimate)",
             ),
+            auto_indexes: gauge_vec(
+                registry,
+                "eventgate_auto_indexes",
+                "Payload fields of the topic given an expression index because analysts filter or sort by them",
+                &["topic"],
+            ),
         }
     }
 
@@ -109,6 +117,12 @@ impl MaintenanceMetrics {
         }
         self.default_events
             .set(maintained.layout.default_events_estimate);
+        self.auto_indexes.reset();
+        for (topic, fields) in &maintained.auto_indexes {
+            self.auto_indexes
+                .with_label_values(&[topic])
+                .set(i64::try_from(fields.len()).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -157,6 +171,8 @@ pub fn log(maintained: &Maintained) {
         indexes_built = report.indexes_built.len(),
         indexes_rebuilt = ?report.indexes_rebuilt,
         dead_letters_deleted = report.dead_letters_deleted,
+        auto_indexes_chosen = ?report.auto_indexes_chosen,
+        auto_indexes_dropped = ?report.auto_indexes_dropped,
         deferred = ?report.deferred,
         "maintenance of the event history done"
     );

@@ -136,6 +136,8 @@ pub(crate) async fn export(
         &state.cursor_key,
         &restrictions,
     )?;
+    state.field_usage.record(&topic.name, &plan);
+    state.field_usage.mark_indexed(&topic.name, &mut plan);
     let freshness = crate::freshness::current(&state, &topic.name).await;
     let slot = state.slot(&reader.principal.user)?;
     // The time cap counts from here: the first batch is part of the export.

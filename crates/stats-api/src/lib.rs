@@ -20,6 +20,7 @@ mod error;
 mod explorer;
 pub mod export;
 pub mod fair_use;
+pub mod field_usage;
 pub mod freshness;
 mod lookup;
 pub mod metrics;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub freshness: freshness::FreshnessCache,
     /// Live tails: their wake-ups (one LISTEN connection) and stream permits.
     pub tail: Arc<tail::TailHub>,
+    /// Auto-indexes: the fields queries use, counted; the fields auto-indexed, treated as indexed.
+    pub field_usage: Arc<field_usage::FieldUsage>,
 }
 
 impl AppState {
@@ -128,6 +131,22 @@ impl Application {
         let lifecycle = Lifecycle::new();
         let tail = tail::TailHub::new(tail::TailSettings::from_config(&config), &metrics.registry);
         tail.listen(config.stats.database_url.expose().to_owned());
+        let field_usage = Arc::new(field_usage::FieldUsage::new(&metrics.registry));
+        // The usage's one write goes to the primary when the stats-api reads a replica.
+        let usage_pool = match &config.stats.usage_database_url {
+            Some(url) => {
+                let mut settings = PoolSettings::new(1);
+                settings.statement_timeout_ms = Some(config.stats.statement_timeout_ms);
+                eventgate_core::db::build_pool(url.expose(), &settings)?
+            }
+            None => pool.clone(),
+        };
+        field_usage.spawn(
+            pool.clone(),
+            usage_pool,
+            Duration::from_millis(config.stats.field_usage_flush_ms),
+            Duration::from_millis(config.stats.auto_index_refresh_ms),
+        );
         let state = Arc::new(AppState {
             request_limits: config.limits.clone(),
             pool,
@@ -139,6 +158,7 @@ impl Application {
             lifecycle: lifecycle.clone(),
             freshness: freshness::FreshnessCache::default(),
             tail,
+            field_usage,
         });
         let http_metrics = state.metrics.http.clone();
         let server = ApiServer::start(

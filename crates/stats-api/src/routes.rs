@@ -257,7 +257,7 @@ async fn run_query(
         restrictions,
     );
     // Every mistake at once: the fields' and the query's.
-    let (selection, plan) = match (selection, plan) {
+    let (selection, mut plan) = match (selection, plan) {
         (Ok(selection), Ok(plan)) => (selection, plan),
         (Err(mut a), Err(b)) => {
             a.details.extend(b.details);
@@ -265,6 +265,8 @@ async fn run_query(
         }
         (Err(e), _) | (_, Err(e)) => return Err(e),
     };
+    state.field_usage.record(&topic.name, &plan);
+    state.field_usage.mark_indexed(&topic.name, &mut plan);
     // Read before the page: the answer holds at least what the watermark says.
     let freshness = crate::freshness::current(state, &topic.name).await;
     // `page` (audit-log's offset paging) answers `total_records`: it needs the total.

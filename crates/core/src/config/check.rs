@@ -202,6 +202,16 @@ impl Config {
             1..=3_600_000,
         )?;
         in_range(
+            "stats.field_usage_flush_ms",
+            c.stats.field_usage_flush_ms,
+            100..=3_600_000,
+        )?;
+        in_range(
+            "stats.auto_index_refresh_ms",
+            c.stats.auto_index_refresh_ms,
+            100..=3_600_000,
+        )?;
+        in_range(
             "writer.commit_log_retention_ms",
             c.writer.commit_log_retention_ms,
             60_000..=365 * DAY_MS,
@@ -278,6 +288,9 @@ impl Config {
         )?;
         not_placeholder("stats.database_url", &c.stats.database_url)?;
         not_placeholder("stats.cursor_secret", &c.stats.cursor_secret)?;
+        if let Some(url) = &c.stats.usage_database_url {
+            not_placeholder("stats.usage_database_url", url)?;
+        }
         if let Some(password) = &c.smtp.password {
             not_placeholder("smtp.password", password)?;
         }
@@ -319,6 +332,24 @@ fn check_storage(s: &super::StorageConfig) -> Result<(), ConfigError> {
         "storage.idempotency_window_ms",
         s.idempotency_window_ms,
         0..=7 * 86_400_000,
+    )?;
+    // The window is how far back uses are summed and how long an unused auto-index is kept: under a
+    // day, an index built CONCURRENTLY over a large topic might be dropped before it paid off.
+    in_range(
+        "storage.auto_index_window",
+        s.auto_index_window.seconds(),
+        86_400..=366 * 86_400,
+    )?;
+    in_range(
+        "storage.auto_index_min_uses",
+        s.auto_index_min_uses,
+        1..=u64::MAX,
+    )?;
+    // Each index slows every insert into the topic's partitions a little.
+    in_range(
+        "storage.auto_index_max_per_topic",
+        s.auto_index_max_per_topic,
+        0..=16,
     )?;
     Ok(())
 }
@@ -692,6 +723,43 @@ mod tests {
         let mut config = Config::default();
         config.telemetry.sampling_ratio = 1.5;
         assert_eq!(invalid_key(&config), Some("telemetry.sampling_ratio"));
+    }
+
+    #[test]
+    fn auto_index_keys_are_checked() {
+        let mut config = Config::default();
+        config.stats.field_usage_flush_ms = 0;
+        assert_eq!(invalid_key(&config), Some("stats.field_usage_flush_ms"));
+
+        let mut config = Config::default();
+        config.stats.auto_index_refresh_ms = 10;
+        assert_eq!(invalid_key(&config), Some("stats.auto_index_refresh_ms"));
+
+        let mut config = Config::default();
+        config.storage.auto_index_window = "2h".parse().expect("2h");
+        assert_eq!(invalid_key(&config), Some("storage.auto_index_window"));
+
+        let mut config = Config::default();
+        config.storage.auto_index_min_uses = 0;
+        assert_eq!(invalid_key(&config), Some("storage.auto_index_min_uses"));
+
+        let mut config = Config::default();
+        config.storage.auto_index_max_per_topic = 17;
+        assert_eq!(
+            invalid_key(&config),
+            Some("storage.auto_index_max_per_topic")
+        );
+
+        // 0 turns auto-indexes off: valid.
+        let mut config = Config::default();
+        config.storage.auto_index_max_per_topic = 0;
+        assert!(config.validate().is_ok());
+
+        let mut config = Config::default();
+        config.stats.usage_database_url = Some(Secret::new(
+            "postgres://eventgate_usage:CHANGE-ME@db:5432/eventgate",
+        ));
+        assert_eq!(invalid_key(&config), Some("stats.usage_database_url"));
     }
 
     #[test]

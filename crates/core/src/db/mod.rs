@@ -6,12 +6,14 @@
 //! - [`typed_value`]: the one SQL expression of a payload field's typed value, used by the field indexes
 //!   and by the stats-api's query builder alike, so the two cannot drift apart;
 //! - [`field_index`]: the SQL of the expression indexes of the fields a topic declares indexed;
+//! - [`auto_index`]: which fields get such an index because analysts use them (auto-indexes);
 //! - [`partitions`]: the event history's partitions by time and topic, their per-topic indexes and
 //!   retention: the maintenance `eventgate maintain` and the writers run;
 //! - migrations, embedded in the binaries and applied by `eventgate migrate` and the writer.
 //!
 //! The services' own SQL lives in their `db` modules (`stats-api/src/db/`, `db-writer/src/db/`).
 
+pub mod auto_index;
 pub mod error;
 pub mod field_index;
 pub mod partitions;

@@ -50,6 +50,9 @@ pub struct TopicStorage {
     pub containment_index: bool,
     /// The SQL expressions of its indexed fields ([`super::indexed_expression`]).
     pub field_expressions: Vec<String>,
+    /// The fields it does not declare indexed that could be (name → expression): what may get an
+    /// auto-index ([`super::auto_index`]).
+    pub auto_candidates: BTreeMap<String, String>,
 }
 
 /// The catalogue's topics and the storage settings, as the maintenance needs them.
@@ -61,6 +64,12 @@ pub struct StoragePolicy {
     pub resolved_dead_letter_retention: Retention,
     pub lock_timeout_ms: u64,
     pub topics: BTreeMap<String, TopicStorage>,
+    /// Auto-indexes ([`super::auto_index`]): uses are summed over this window, and an auto-index
+    /// unused for as long is dropped.
+    pub auto_index_window: Period,
+    pub auto_index_min_uses: u64,
+    /// 0: none (those made are dropped).
+    pub auto_index_max_per_topic: u32,
 }
 
 impl StoragePolicy {
@@ -75,11 +84,28 @@ impl StoragePolicy {
                     .collect();
                 field_expressions.sort();
                 field_expressions.dedup();
+                // The expression the field would have if declared; two names of one path (`x`,
+                // `payload.x`) have one expression, and a declared one needs no auto-index.
+                let auto_candidates = topic
+                    .fields
+                    .fields()
+                    .filter(|field| !field.indexed)
+                    .filter_map(|field| {
+                        let declared_like = crate::query::FieldDef {
+                            indexed: true,
+                            ..field.clone()
+                        };
+                        super::indexed_expression(&declared_like)
+                            .filter(|e| !field_expressions.contains(e))
+                            .map(|e| (field.name.clone(), e))
+                    })
+                    .collect();
                 let storage_of = TopicStorage {
                     name: topic.name.clone(),
                     retention: topic.settings.retention.unwrap_or(storage.retention),
                     containment_index: topic.settings.containment_index,
                     field_expressions,
+                    auto_candidates,
                 };
                 (topic.name.clone(), storage_of)
             })
@@ -91,6 +117,9 @@ impl StoragePolicy {
             resolved_dead_letter_retention: storage.resolved_dead_letter_retention,
             lock_timeout_ms: storage.maintenance_lock_timeout_ms,
             topics,
+            auto_index_window: storage.auto_index_window,
+            auto_index_min_uses: storage.auto_index_min_uses,
+            auto_index_max_per_topic: storage.auto_index_max_per_topic,
         }
     }
 
@@ -146,6 +175,9 @@ pub struct MaintenanceReport {
     pub indexes_rebuilt: Vec<String>,
     pub indexes_dropped: Vec<String>,
     pub dead_letters_deleted: u64,
+    /// Auto-indexes chosen and given up in this run (`<topic> <field>`, [`super::auto_index`]).
+    pub auto_indexes_chosen: Vec<String>,
+    pub auto_indexes_dropped: Vec<String>,
     /// What could not be done in this run, and why (a lock not granted within the lock timeout, …).
     pub deferred: Vec<String>,
 }
@@ -178,6 +210,10 @@ pub struct LayoutSummary {
 pub struct Maintained {
     pub report: MaintenanceReport,
     pub layout: LayoutSummary,
+    /// Every topic's auto-indexed fields after the run.
+    pub auto_indexes: BTreeMap<String, Vec<String>>,
+    /// The payload fields analysts used within `storage.auto_index_window`, most used first.
+    pub field_usage: Vec<super::auto_index::FieldUse>,
 }
 
 #[derive(Debug, Clone)]
@@ -505,13 +541,22 @@ async fn maintain_locked(
         ))
         .await?;
     let mut report = MaintenanceReport::default();
+    // First: the auto-indexes join the topics' indexes of every step (new leaves get them too).
+    let (policy, field_usage) =
+        &super::auto_index::choose(client, policy, now, &mut report).await?;
     create_spans(client, policy, now, since, &mut report).await?;
     create_leaves(client, policy, now, &mut report).await?;
     drop_expired(client, policy, now, &mut report).await?;
     build_indexes(client, policy, &mut report).await?;
+    super::auto_index::mark_ready(client, now).await?;
     prune_dead_letters(client, policy, now, &mut report).await?;
     let layout = summarise(client, &read_layout(client).await?).await?;
-    Ok(Maintained { report, layout })
+    Ok(Maintained {
+        report,
+        layout,
+        auto_indexes: super::auto_index::per_topic(policy, field_usage),
+        field_usage: field_usage.clone(),
+    })
 }
 
 /// How many spans one run creates at most on either side: a clock far off (or years without

@@ -88,11 +88,35 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Auto-indexes: how often analysts filtered or sorted by a payload field, per topic and hour, as
+    /// the stats-api counts it (migration `2025-04-10-000000_field_usage`).
+    field_usage (topic, field, hour) {
+        topic -> Text,
+        field -> Text,
+        hour -> Timestamptz,
+        uses -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The fields the maintenance gave an expression index for their use (`db::auto_index`).
+    auto_indexed_fields (topic, field) {
+        topic -> Text,
+        field -> Text,
+        chosen_at -> Timestamptz,
+        ready_at -> Nullable<Timestamptz>,
+        last_used -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     events,
     dead_letters,
     writer_runs,
     alert_state,
     topic_watermarks,
-    event_commits
+    event_commits,
+    field_usage,
+    auto_indexed_fields
 );

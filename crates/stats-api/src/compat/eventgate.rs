@@ -497,7 +497,7 @@ async fn run(
     let now_ms = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
         .unwrap_or(i64::MAX);
     let resolved = resolve(request, now_ms, &state.limits)?;
-    let plan = query::plan_restricted(
+    let mut plan = query::plan_restricted(
         &topic.name,
         &resolved.query(),
         &topic.fields,
@@ -505,6 +505,8 @@ async fn run(
         &state.cursor_key,
         restrictions,
     )?;
+    state.field_usage.record(&topic.name, &plan);
+    state.field_usage.mark_indexed(&topic.name, &mut plan);
     let mut page = Flattener {
         body: br#"{"success":true,"statusCode":200,"data":["#.to_vec(),
         rows: 0,

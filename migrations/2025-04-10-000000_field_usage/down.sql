@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS auto_indexed_fields;
+DROP TABLE IF EXISTS field_usage;
