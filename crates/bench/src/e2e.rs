@@ -2,6 +2,10 @@
 //! sender down), and for a sample of them ("probes", about 50 a second) the time from the 202 to the
 //! event being returned by the stats API is measured: one `id_in` query every 10 ms asks for every probe
 //! not seen yet, so the figure has a resolution of about 10 ms plus one query.
+//!
+//! Two runs on the same services: first nearly idle (100 events/s as 100 requests of one event a second:
+//! what is left of the latency when nothing waits for a batch to fill), then the load (10,000 events/s
+//! as 1,000 requests of 10).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +34,17 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// The most ids one `id_in` filter may hold (the query language's limit).
 const MAX_IN_VALUES: usize = 100;
 
+/// Both runs: the loaded one's figures at the top (as before the idle run existed), the idle one beside.
 #[derive(Debug, Clone, Serialize)]
 pub struct E2eResults {
+    #[serde(flatten)]
+    pub load: E2eRun,
+    pub idle: E2eRun,
+}
+
+/// One run at a fixed offered rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eRun {
     pub offered_events_per_s: f64,
     pub events_per_request: usize,
     pub accepted_events_per_s: f64,
@@ -103,13 +116,65 @@ async fn measure(
         tokio::time::sleep(POLL_EVERY).await;
     }
 
-    let requests_per_s = sizes.e2e_rate / sizes.e2e_batch as f64;
-    let total_requests = (requests_per_s * sizes.e2e_secs).round().max(1.0) as u64;
+    let idle = offered_run(
+        bench,
+        &token,
+        &ingest_url,
+        &stats_url,
+        &[ingest, writer, stats],
+        Offer {
+            events_per_s: sizes.e2e_idle_rate,
+            events_per_request: 1,
+            seconds: sizes.e2e_idle_secs,
+        },
+    )
+    .await?;
+    // Let the idle run's last writes and the machine settle before the load.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = offered_run(
+        bench,
+        &token,
+        &ingest_url,
+        &stats_url,
+        &[ingest, writer, stats],
+        Offer {
+            events_per_s: sizes.e2e_rate,
+            events_per_request: sizes.e2e_batch,
+            seconds: sizes.e2e_secs,
+        },
+    )
+    .await?;
+    Ok(E2eResults { load, idle })
+}
+
+/// The load of one run.
+#[derive(Debug, Clone, Copy)]
+struct Offer {
+    events_per_s: f64,
+    events_per_request: usize,
+    seconds: f64,
+}
+
+async fn offered_run(
+    bench: &Bench,
+    token: &str,
+    ingest_url: &str,
+    stats_url: &str,
+    services: &[&Service],
+    offer: Offer,
+) -> anyhow::Result<E2eRun> {
+    let batch_size = offer.events_per_request;
+    let requests_per_s = offer.events_per_s / batch_size as f64;
+    let total_requests = (requests_per_s * offer.seconds).round().max(1.0) as u64;
     let probe_every = (requests_per_s / PROBES_PER_SECOND).round().max(1.0) as u64;
     let bodies: Arc<Vec<Bytes>> = Arc::new(
         (0..50u64)
             .map(|b| {
-                let events: Vec<Value> = (0..sizes.e2e_batch as u64)
+                if batch_size == 1 {
+                    // A single event, as a producer that sends one at a time does.
+                    return Bytes::from(event(b * 1000).to_string());
+                }
+                let events: Vec<Value> = (0..batch_size as u64)
                     .map(|i| event(b * 1000 + i))
                     .collect();
                 Bytes::from(Value::Array(events).to_string())
@@ -117,8 +182,8 @@ async fn measure(
             .collect(),
     );
     eprintln!(
-        "bench: end to end: {:.0} events/s offered as {:.0} requests/s of {} events, {:.0} s",
-        sizes.e2e_rate, requests_per_s, sizes.e2e_batch, sizes.e2e_secs
+        "bench: end to end: {:.0} events/s offered as {:.0} requests/s of {} event(s), {:.0} s",
+        offer.events_per_s, requests_per_s, batch_size, offer.seconds
     );
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -126,13 +191,13 @@ async fn measure(
     let sending_done = Arc::new(AtomicU64::new(0));
     let poller = tokio::spawn(poll_probes(
         bench.http.clone(),
-        stats_url.clone(),
-        token.clone(),
+        stats_url.to_owned(),
+        token.to_owned(),
         probes.clone(),
         sending_done.clone(),
     ));
 
-    let watched = bench.watched(&[ingest, writer, stats]);
+    let watched = bench.watched(services);
     let before = cpu::snapshot(&watched);
     let started = Instant::now();
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -147,12 +212,12 @@ async fn measure(
             continue;
         };
         let http = bench.http.clone();
-        let url = ingest_url.clone();
-        let token = token.clone();
+        let url = ingest_url.to_owned();
+        let token = token.to_owned();
         let body = bodies[(seq % bodies.len() as u64) as usize].clone();
         let tally = tally.clone();
         let probes = probes.clone();
-        let batch = sizes.e2e_batch as u64;
+        let batch = batch_size as u64;
         tasks.spawn(async move {
             let sent = Instant::now();
             let result = post_for_json(&http, &url, &token, body).await;
@@ -195,9 +260,9 @@ async fn measure(
     let tally = tally
         .lock()
         .map_err(|_| anyhow::anyhow!("a request task panicked"))?;
-    Ok(E2eResults {
-        offered_events_per_s: sizes.e2e_rate,
-        events_per_request: sizes.e2e_batch,
+    let run = E2eRun {
+        offered_events_per_s: offer.events_per_s,
+        events_per_request: batch_size,
         accepted_events_per_s: round2(tally.accepted_events as f64 / sending_secs),
         skipped_requests: skipped,
         failed_requests: tally.failed,
@@ -206,7 +271,15 @@ async fn measure(
         visible: Latency::of(visible_ms),
         probes_missing: missing,
         cpu: cpu::usage(&before, &after),
-    })
+    };
+    eprintln!(
+        "bench: end to end at {:.0} events/s: {} ({} probes, {} missing)",
+        offer.events_per_s,
+        crate::report::percentiles_text(&run.visible),
+        run.visible.samples,
+        run.probes_missing
+    );
+    Ok(run)
 }
 
 /// Waits until the writer owns partitions (it joined its group and got its assignment).

@@ -17,18 +17,28 @@
 //!    ratio is the figure.
 //! 4. [`queries`]: a history of millions of events generated straight into Postgres, then first page vs
 //!    a cursor page deep in the history (and OFFSET to the same depth), and typical filters and sorts.
-//! 5. Peak RSS (`VmHWM`) of each service, and in every phase the CPU each process used: what limits a
+//!    Then, on the same history and stats-api: the equality on a payload field the topic did not declare
+//!    indexed again, after the stats-api recorded its use and the maintenance ran (auto-indexes).
+//! 5. [`aggregates`]: count per day, top groups, a distinct count and the explorer's chart through
+//!    `POST /stats/{topic}/aggregate`, each beside the hand-written SQL of the same answer.
+//! 6. [`exports`]: NDJSON and CSV exports of the same rows against `COPY (SELECT …) TO STDOUT`, and the
+//!    stats-api's peak memory while exporting.
+//! 7. [`explorer`]: the explorer page's first page of events in headless Chromium.
+//! 8. Peak RSS (`VmHWM`) of each service, and in every phase the CPU each process used: what limits a
 //!    figure on 2 cores is usually visible there.
 //!
 //! It prints a Markdown table and writes `target/bench/results.json` (see [`report`]). The targets (full
 //! mode) and whether they were met are shown beside the figures, but nothing fails because a figure
 //! missed one: the exit status says whether the measurements could be taken.
 
-#![recursion_limit = "256"]
+#![recursion_limit = "512"]
 
+mod aggregates;
 mod cpu;
 mod db;
 mod e2e;
+mod explorer;
+mod exports;
 mod ingest;
 mod load;
 mod queries;
@@ -67,11 +77,12 @@ pub struct Cli {
     /// The JSON results file; service logs go to `logs/` beside it.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
-    /// Which phases to run, comma-separated: ingest, e2e, writer, queries.
+    /// Which phases to run, comma-separated: ingest, e2e, writer, queries, aggregates, exports,
+    /// explorer. The last four share one generated history (made once, by the first of them).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,e2e,writer,queries"
+        default_value = "ingest,e2e,writer,queries,aggregates,exports,explorer"
     )]
     pub phases: Vec<Phase>,
     /// Keep the database `eventgate_bench` at the end (it is dropped otherwise).
@@ -108,6 +119,12 @@ pub struct Cli {
     /// End to end: seconds of offered load [full 30, quick 5].
     #[arg(long)]
     pub e2e_secs: Option<f64>,
+    /// End to end, nearly idle: offered events/s, as requests of one event, before the loaded run.
+    #[arg(long, default_value_t = 100.0)]
+    pub e2e_idle_rate: f64,
+    /// End to end, nearly idle: seconds [full 20, quick 3].
+    #[arg(long)]
+    pub e2e_idle_secs: Option<f64>,
     /// Writer: messages pre-filled into the topic [full 1000000, quick 50000].
     #[arg(long)]
     pub writer_rows: Option<u64>,
@@ -126,6 +143,22 @@ pub struct Cli {
     /// Queries: OFFSET statements at the deep depth [full 20, quick 5].
     #[arg(long)]
     pub offset_iterations: Option<usize>,
+    /// Queries: seconds waited after the unindexed equality before the maintenance runs, and again
+    /// after it, before measuring the equality again: the stats-api flushes what analysts filter by
+    /// every 10 s and re-reads the auto-indexed fields every 10 s [full 12, quick 1].
+    #[arg(long)]
+    pub auto_index_wait_secs: Option<f64>,
+    /// Aggregates: measured repeats of each aggregate and of its SQL [full 10, quick 5] (at least 3;
+    /// fewer than asked when a shape has used up its 40 s).
+    #[arg(long)]
+    pub aggregate_iterations: Option<usize>,
+    /// Exports: rows of each export, a time range of the history [full 1000000, quick 20000; at most
+    /// the history].
+    #[arg(long)]
+    pub export_rows: Option<u64>,
+    /// Explorer: page loads timed in headless Chromium [full 10, quick 3].
+    #[arg(long)]
+    pub explorer_iterations: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -134,6 +167,19 @@ pub enum Phase {
     E2e,
     Writer,
     Queries,
+    Aggregates,
+    Exports,
+    Explorer,
+}
+
+impl Phase {
+    /// The phases measured on the generated history, with one stats-api.
+    pub fn on_history(self) -> bool {
+        matches!(
+            self,
+            Phase::Queries | Phase::Aggregates | Phase::Exports | Phase::Explorer
+        )
+    }
 }
 
 /// The sizes of one run: the mode's defaults, overridden by the flags given.
@@ -150,12 +196,18 @@ pub struct Sizes {
     pub e2e_rate: f64,
     pub e2e_batch: usize,
     pub e2e_secs: f64,
+    pub e2e_idle_rate: f64,
+    pub e2e_idle_secs: f64,
     pub writer_rows: u64,
     pub writers: usize,
     pub history_rows: u64,
     pub deep_depth: u64,
     pub query_iterations: usize,
     pub offset_iterations: usize,
+    pub auto_index_wait_secs: f64,
+    pub aggregate_iterations: usize,
+    pub export_rows: u64,
+    pub explorer_iterations: usize,
 }
 
 impl Sizes {
@@ -209,6 +261,8 @@ impl Sizes {
             e2e_rate: pick(cli.e2e_rate, 10_000.0, 2_000.0),
             e2e_batch: cli.e2e_batch,
             e2e_secs: pick(cli.e2e_secs, 30.0, 5.0),
+            e2e_idle_rate: cli.e2e_idle_rate.max(1.0),
+            e2e_idle_secs: pick(cli.e2e_idle_secs, 20.0, 3.0),
             writer_rows: cli
                 .writer_rows
                 .unwrap_or(if quick { 50_000 } else { 1_000_000 }),
@@ -222,6 +276,19 @@ impl Sizes {
             offset_iterations: cli
                 .offset_iterations
                 .unwrap_or(if quick { 5 } else { 20 })
+                .max(1),
+            auto_index_wait_secs: pick(cli.auto_index_wait_secs, 12.0, 1.0).max(0.0),
+            aggregate_iterations: cli
+                .aggregate_iterations
+                .unwrap_or(if quick { 5 } else { 10 })
+                .max(3),
+            export_rows: cli
+                .export_rows
+                .unwrap_or(if quick { 20_000 } else { 1_000_000 })
+                .clamp(1, history_rows),
+            explorer_iterations: cli
+                .explorer_iterations
+                .unwrap_or(if quick { 3 } else { 10 })
                 .max(1),
         })
     }
@@ -246,7 +313,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli, sizes: Sizes) -> anyhow::Result<()> {
-    if cli.phases.contains(&Phase::Queries) {
+    if cli.phases.iter().any(|p| p.on_history()) {
         queries::check_disk_space(&cli.pg_url, sizes.history_rows).await?;
     }
     let bench = Bench::prepare(&cli).await?;
@@ -283,13 +350,27 @@ async fn run_phases(
     sizes: &Sizes,
     results: &mut Results,
 ) -> anyhow::Result<()> {
+    let on_history: Vec<Phase> = cli
+        .phases
+        .iter()
+        .copied()
+        .filter(|p| p.on_history())
+        .collect();
+    let mut history_done = false;
     for phase in &cli.phases {
         let started = std::time::Instant::now();
         match phase {
             Phase::Ingest => results.ingest = Some(ingest::run(bench, sizes).await?),
             Phase::E2e => results.e2e = Some(e2e::run(bench, sizes).await?),
             Phase::Writer => results.writer = Some(writer::run(bench, sizes).await?),
-            Phase::Queries => results.queries = Some(queries::run(bench, sizes).await?),
+            Phase::Queries | Phase::Aggregates | Phase::Exports | Phase::Explorer => {
+                // The first of them generates the history and runs them all, in their order.
+                if history_done {
+                    continue;
+                }
+                history_done = true;
+                queries::run(bench, sizes, &on_history, results).await?;
+            }
         }
         eprintln!(
             "bench: phase {phase:?} done in {:.0} s",

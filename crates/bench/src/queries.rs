@@ -8,6 +8,11 @@
 //! secret: walking a million rows page by page would take longer than the whole run); a selective
 //! payload-field equality; a range on a time field; an `_in` filter; a two-field sort. And, for
 //! comparison, the same deep page with OFFSET, as raw SQL (no HTTP: its cost is all in the database).
+//! Then the equality on a field the topic did not declare indexed once more, after the stats-api could
+//! record its use and the maintenance ran (auto-indexes).
+//!
+//! The generated history also serves the aggregates, exports and explorer phases ([`run`] runs them on
+//! it, with the same stats-api); the rollups (`event_counts`) are filled for it as the writer would.
 
 use std::time::Instant;
 
@@ -21,10 +26,10 @@ use eventgate_core::envelope::Event;
 use eventgate_core::query::{CursorKey, QueryLimits, QueryRequest};
 
 use crate::cpu::{self, Usage};
-use crate::db;
 use crate::load::{ms, post_for_json, round2, Latency};
-use crate::services::{Bench, Kind, DATABASE, USER};
-use crate::Sizes;
+use crate::report::Results;
+use crate::services::{Bench, Kind, Service, DATABASE, USER};
+use crate::{aggregates, db, explorer, exports, Phase, Sizes};
 
 pub const RUNS: &str = "public.cps.za.runs";
 const PHASE: &str = "queries";
@@ -52,6 +57,11 @@ pub struct QueryResults {
     pub time_range: Latency,
     pub in_filter: Latency,
     pub two_field_sort: Latency,
+    /// The equality on `tenant_id` (not declared indexed) again, after the stats-api had time to record
+    /// its use and the maintenance ran: what auto-indexes make of it (`equality` is the same shape
+    /// before).
+    pub unindexed_eq: Latency,
+    pub auto_index: AutoIndex,
     /// deep page p99 ÷ first page p99.
     pub deep_first_ratio: f64,
     pub cpu: Usage,
@@ -63,6 +73,17 @@ pub struct QueryResults {
     pub delete_day: Option<Removal>,
 }
 
+/// The maintenance run between the two measurements of the unindexed equality.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoIndex {
+    /// Indexes of `events`' partitions on `tenant_id` before and after the maintenance.
+    pub indexes_before: i64,
+    pub indexes_after: i64,
+    pub maintenance_s: f64,
+    /// Seconds waited before and after the maintenance.
+    pub wait_s: f64,
+}
+
 /// What removing one day of events cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct Removal {
@@ -71,7 +92,19 @@ pub struct Removal {
     pub wal_bytes: i64,
 }
 
-pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<QueryResults> {
+/// The stats-api's statement timeout in this phase: aggregates scan the whole history, beyond the
+/// configured 5 s at 10 M events, and are measured to the end (the timeout does not change speed).
+const STATEMENT_TIMEOUT_MS: &str = "600000";
+
+/// Generates the history and runs the phases measured on it (`queries`, `aggregates`, `exports`,
+/// `explorer`, in the order given) with one stats-api; each one's results are stored as it ends. The
+/// queries' day removal runs last: the day is gone after.
+pub async fn run(
+    bench: &Bench,
+    sizes: &Sizes,
+    phases: &[Phase],
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let owner = db::connect(&bench.owner_url()).await?;
     let started = Instant::now();
     let base_ms = generate_history(bench, &owner, sizes.history_rows).await?;
@@ -85,18 +118,69 @@ pub async fn run(bench: &Bench, sizes: &Sizes) -> anyhow::Result<QueryResults> {
         .await?;
     let (table_mb, indexes_mb): (f64, f64) = (sizes_row.get(0), sizes_row.get(1));
 
-    let stats = bench.spawn(Kind::Stats, PHASE).await?;
-    let outcome = measure(bench, sizes, &stats.url, base_ms, &bench.watched(&[&stats])).await;
+    let stats = bench
+        .spawn_with(
+            Kind::Stats,
+            PHASE,
+            &[(
+                "EVENTGATE_STATS__STATEMENT_TIMEOUT_MS",
+                STATEMENT_TIMEOUT_MS.to_owned(),
+            )],
+        )
+        .await?;
+    let outcome = on_history(bench, sizes, phases, &stats, base_ms, results).await;
     bench.stop(stats).await?;
-    let mut results = outcome?;
-    results.generate_s = generate_s;
-    results.table_mb = table_mb.round();
-    results.indexes_mb = indexes_mb.round();
-    let (partitions, delete_day, drop_day) = remove_one_day(&owner).await?;
-    results.partitions = partitions;
-    results.delete_day = delete_day;
-    results.drop_day = drop_day;
-    Ok(results)
+    outcome?;
+    if let Some(queries) = results.queries.as_mut() {
+        queries.generate_s = generate_s;
+        queries.table_mb = table_mb.round();
+        queries.indexes_mb = indexes_mb.round();
+        let (partitions, delete_day, drop_day) = remove_one_day(&owner).await?;
+        queries.partitions = partitions;
+        queries.delete_day = delete_day;
+        queries.drop_day = drop_day;
+    }
+    Ok(())
+}
+
+async fn on_history(
+    bench: &Bench,
+    sizes: &Sizes,
+    phases: &[Phase],
+    stats: &Service,
+    base_ms: i64,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let watched = bench.watched(&[stats]);
+    for phase in phases {
+        let started = Instant::now();
+        match phase {
+            Phase::Queries => {
+                results.queries = Some(measure(bench, sizes, &stats.url, base_ms, &watched).await?);
+            }
+            Phase::Aggregates => {
+                results.aggregates =
+                    Some(aggregates::run(bench, sizes, &stats.url, &watched).await?);
+            }
+            Phase::Exports => {
+                results.exports = Some(
+                    exports::run(
+                        bench, sizes, &stats.url, stats.pid, base_ms, SPACING_MS, &watched,
+                    )
+                    .await?,
+                );
+            }
+            Phase::Explorer => {
+                results.explorer = Some(explorer::run(bench, sizes, &stats.url).await);
+            }
+            Phase::Ingest | Phase::E2e | Phase::Writer => continue,
+        }
+        eprintln!(
+            "bench: {phase:?} on the history done in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// Removes the second-oldest day of the history (the oldest may be partly filled) twice: first with a
@@ -230,10 +314,7 @@ async fn generate_history(
     client: &tokio_postgres::Client,
     rows: u64,
 ) -> anyhow::Result<i64> {
-    client
-        .batch_execute("TRUNCATE events, dead_letters")
-        .await
-        .context("emptying the events table")?;
+    db::empty_events(client, &["dead_letters"]).await?;
     let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     let base_ms = i64::try_from(now_ms)? - rows as i64 * SPACING_MS;
     // The history's partitions first, so its rows go straight into them (not through events_before).
@@ -345,6 +426,18 @@ async fn generate_history(
         "bench: queries: the partitions' indexes built in {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    // The writer keeps the rollups in the same transaction as the rows; the history bypasses it.
+    let t = Instant::now();
+    if let Some(rollups) = db::fill_rollups(client).await? {
+        eprintln!(
+            "bench: queries: {rollups} rollup rows (events per topic and minute) in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+        client
+            .batch_execute("VACUUM (ANALYZE) event_counts")
+            .await
+            .context("VACUUM (ANALYZE) event_counts")?;
+    }
     let t = Instant::now();
     client
         .batch_execute("VACUUM (ANALYZE) events")
@@ -403,7 +496,8 @@ async fn measure(
         |i| json!({"limit": PAGE, "cursor": cursors[i % cursors.len()]}),
     )
     .await?;
-    let equality = time_queries(bench, &url, &token, n, "equality", |i| {
+    // `tenant_id` is not among the topic's indexed fields: an analyst's filter the service may learn.
+    let equality = time_queries(bench, &url, &token, n, "equality (unindexed)", |i| {
         json!({"filter": {"tenant_id": format!("tenant-{}", (i as u64 * 37) % TENANTS)}, "limit": PAGE})
     })
     .await?;
@@ -431,6 +525,7 @@ async fn measure(
     .await?;
     let after = cpu::snapshot(watched);
     let offset_deep = offset_pages(bench, sizes).await?;
+    let (unindexed_eq, auto_index) = unindexed_again(bench, sizes, &url, &token).await?;
 
     Ok(QueryResults {
         history_rows: sizes.history_rows,
@@ -446,11 +541,71 @@ async fn measure(
         time_range,
         in_filter,
         two_field_sort,
+        unindexed_eq,
+        auto_index,
         cpu: cpu::usage(&before, &after),
         partitions: 0,
         drop_day: None,
         delete_day: None,
     })
+}
+
+/// The unindexed equality again, once the service could have indexed it: a wait for the stats-api to
+/// flush what analysts filtered by (every `stats.field_usage_flush_ms`, 10 s), the maintenance (as the
+/// writers run it every 5 minutes), a wait for the stats-api to re-read the auto-indexed fields (every
+/// `stats.auto_index_refresh_ms`, 10 s), then the same number of requests for other tenants.
+async fn unindexed_again(
+    bench: &Bench,
+    sizes: &Sizes,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<(Latency, AutoIndex)> {
+    let owner = db::connect(&bench.owner_url()).await?;
+    let indexes = || async {
+        db::count(
+            &owner,
+            "SELECT count(*) FROM pg_partition_tree('events') t JOIN pg_index x ON x.indrelid = t.relid \
+             WHERE t.isleaf AND pg_get_indexdef(x.indexrelid) LIKE '%tenant_id%'",
+        )
+        .await
+    };
+    let wait = std::time::Duration::from_secs_f64(sizes.auto_index_wait_secs);
+    let indexes_before = indexes().await?;
+    tokio::time::sleep(wait).await;
+    let policy = eventgate_core::db::StoragePolicy::new(
+        &bench.catalogue,
+        &eventgate_core::config::StorageConfig::default(),
+    );
+    let started = Instant::now();
+    eventgate_core::db::maintain_now(&bench.owner_url(), &policy)
+        .await
+        .context("the maintenance after the unindexed equality")?;
+    let maintenance_s = round2(started.elapsed().as_secs_f64());
+    let indexes_after = indexes().await?;
+    eprintln!(
+        "bench: queries: maintenance in {maintenance_s:.1} s; indexes on tenant_id: {indexes_before} before, {indexes_after} after"
+    );
+    tokio::time::sleep(wait).await;
+    let latency = time_queries(
+        bench,
+        url,
+        token,
+        sizes.query_iterations,
+        "equality (unindexed), after the maintenance",
+        |i| {
+            json!({"filter": {"tenant_id": format!("tenant-{}", (i as u64 * 37 + 17) % TENANTS)}, "limit": PAGE})
+        },
+    )
+    .await?;
+    Ok((
+        latency,
+        AutoIndex {
+            indexes_before,
+            indexes_after,
+            maintenance_s,
+            wait_s: round2(wait.as_secs_f64()),
+        },
+    ))
 }
 
 /// Cursors for the pages after the rows at depth, depth + 1000, …, and the id the first of those pages

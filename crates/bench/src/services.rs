@@ -228,7 +228,17 @@ impl Bench {
 
     /// Starts a service for a phase and waits until it answers its readiness probe.
     pub async fn spawn(&self, kind: Kind, phase: &str) -> anyhow::Result<Service> {
-        self.spawn_instance(kind, phase, 0).await
+        self.spawn_configured(kind, phase, 0, &[]).await
+    }
+
+    /// [`Bench::spawn`] with settings of its own (`EVENTGATE_*` variables) on top of the usual ones.
+    pub async fn spawn_with(
+        &self,
+        kind: Kind,
+        phase: &str,
+        settings: &[(&str, String)],
+    ) -> anyhow::Result<Service> {
+        self.spawn_configured(kind, phase, 0, settings).await
     }
 
     /// [`Bench::spawn`] for one of several instances of a service in a phase (writers of one group).
@@ -237,6 +247,16 @@ impl Bench {
         kind: Kind,
         phase: &str,
         instance: usize,
+    ) -> anyhow::Result<Service> {
+        self.spawn_configured(kind, phase, instance, &[]).await
+    }
+
+    async fn spawn_configured(
+        &self,
+        kind: Kind,
+        phase: &str,
+        instance: usize,
+        settings: &[(&str, String)],
     ) -> anyhow::Result<Service> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
@@ -293,6 +313,9 @@ impl Bench {
                     )
                     .env("EVENTGATE_STATS__CURSOR_SECRET", &self.cursor_secret);
             }
+        }
+        for (name, value) in settings {
+            command.env(name, value);
         }
         let mut child = command
             .spawn()
