@@ -8,8 +8,8 @@ use diesel::QueryDsl;
 use tokio_postgres::NoTls;
 
 use eventgate_core::db::schema::{
-    alert_state, auto_indexed_fields, dead_letters, event_commits, events, field_usage,
-    topic_watermarks, writer_runs,
+    alert_state, auto_indexed_fields, dead_letters, event_commits, event_counts, events,
+    field_usage, topic_watermarks, writer_runs,
 };
 
 /// The column names of a diesel table, as diesel writes them in a `SELECT` of all its columns.
@@ -120,6 +120,16 @@ fn declared() -> Vec<(&'static str, Vec<String>, Vec<Column>)> {
                 ("newest_received_at", TZ, false),
                 ("events", "integer", false),
                 ("committed_at", TZ, false),
+            ],
+        ),
+        (
+            "event_counts",
+            diesel_columns!(event_counts),
+            vec![
+                ("topic", "text", false),
+                ("minute", TZ, false),
+                ("xact_id", "bigint", false),
+                ("events", "bigint", false),
             ],
         ),
         (

@@ -9,6 +9,7 @@
 //! - [`auto_index`]: which fields get such an index because analysts use them (auto-indexes);
 //! - [`partitions`]: the event history's partitions by time and topic, their per-topic indexes and
 //!   retention: the maintenance `eventgate maintain` and the writers run;
+//! - [`rollups`]: the rollups' (`event_counts`) share of that maintenance;
 //! - migrations, embedded in the binaries and applied by `eventgate migrate` and the writer.
 //!
 //! The services' own SQL lives in their `db` modules (`stats-api/src/db/`, `db-writer/src/db/`).
@@ -18,6 +19,7 @@ pub mod error;
 pub mod field_index;
 pub mod partitions;
 pub mod pool;
+pub mod rollups;
 pub mod schema;
 pub mod tls;
 pub mod typed_value;

@@ -34,6 +34,7 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 use tokio_postgres::Client;
 
+use super::rollups::{self, TopicsOfPartition};
 use super::DbError;
 use crate::catalogue::Catalogue;
 use crate::config::StorageConfig;
@@ -178,6 +179,8 @@ pub struct MaintenanceReport {
     /// Auto-indexes chosen and given up in this run (`<topic> <field>`, [`super::auto_index`]).
     pub auto_indexes_chosen: Vec<String>,
     pub auto_indexes_dropped: Vec<String>,
+    /// Rollup rows folded into their minute's one row ([`rollups::fold_counts`]).
+    pub rollup_rows_folded: u64,
     /// What could not be done in this run, and why (a lock not granted within the lock timeout, …).
     pub deferred: Vec<String>,
 }
@@ -550,6 +553,7 @@ async fn maintain_locked(
     build_indexes(client, policy, &mut report).await?;
     super::auto_index::mark_ready(client, now).await?;
     prune_dead_letters(client, policy, now, &mut report).await?;
+    report.rollup_rows_folded = rollups::fold_counts(client).await?;
     let layout = summarise(client, &read_layout(client).await?).await?;
     Ok(Maintained {
         report,
@@ -799,7 +803,14 @@ async fn build_leaf_indexes(
 ) -> Result<(), DbError> {
     for leaf in leaves {
         let wanted = desired_indexes(policy, &leaf.name, leaf.topic.as_deref());
+        let field_index = format!("{}_f", leaf.name);
+        // A field index built on a leaf that holds events has no statistics of its expression until
+        // the leaf is analysed again, which autovacuum never does for a past day nobody writes to; the
+        // planner then guesses instead of knowing how many rows a value has.
+        let mut analyse = false;
         for spec in &wanted {
+            analyse |= spec.name.starts_with(&field_index)
+                && existing.get(&(leaf.name.clone(), spec.name.clone())) != Some(&true);
             match existing.get(&(leaf.name.clone(), spec.name.clone())) {
                 Some(true) => continue,
                 Some(false) => {
@@ -819,6 +830,11 @@ async fn build_leaf_indexes(
                     report.indexes_built.push(spec.name.clone());
                 }
             }
+        }
+        if analyse {
+            client
+                .batch_execute(&format!("ANALYZE {}", leaf.name))
+                .await?;
         }
         // Ours (by name) but no longer asked for: a topic that turned its GIN index off, a field no
         // longer indexed. The key is always asked for.
@@ -877,9 +893,22 @@ async fn drop_expired(
         if expired_leaves.is_empty() {
             continue;
         }
+        // Each drop forgets its events' rollups in the same transaction.
+        let forget = |topics| {
+            Step::ddl(rollups::forget_counts_sql(
+                topics,
+                span.lower,
+                span.upper,
+                literal,
+                timestamp_literal,
+            ))
+        };
         if !span.split || expired_leaves.len() == span.leaves.len() {
             let bytes: i64 = span.leaves.iter().map(|l| l.bytes).sum();
-            let drop = [Step::ddl(format!("DROP TABLE {}", span.name))];
+            let drop = [
+                Step::ddl(format!("DROP TABLE {}", span.name)),
+                forget(TopicsOfPartition::All),
+            ];
             if transaction(client, &drop, &span.name, report)
                 .await?
                 .is_some()
@@ -889,8 +918,20 @@ async fn drop_expired(
             }
             continue;
         }
+        let topics_with_leaves: Vec<&str> = span
+            .leaves
+            .iter()
+            .filter_map(|l| l.topic.as_deref())
+            .collect();
         for leaf in expired_leaves {
-            let drop = [Step::ddl(format!("DROP TABLE {}", leaf.name))];
+            let topics = match leaf.topic.as_deref() {
+                Some(topic) => TopicsOfPartition::Only(topic),
+                None => TopicsOfPartition::AllBut(&topics_with_leaves),
+            };
+            let drop = [
+                Step::ddl(format!("DROP TABLE {}", leaf.name)),
+                forget(topics),
+            ];
             if transaction(client, &drop, &leaf.name, report)
                 .await?
                 .is_some()

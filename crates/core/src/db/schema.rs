@@ -89,6 +89,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Rollups: events stored per topic and minute of `received_at`; a minute's count is the sum of its
+    /// rows (one per batch transaction until the maintenance folds them). Kept by the writers in their
+    /// batch transactions (migration `2025-04-05-000000_event_counts`).
+    event_counts (topic, minute, xact_id) {
+        topic -> Text,
+        minute -> Timestamptz,
+        xact_id -> BigInt,
+        events -> BigInt,
+    }
+}
+
+diesel::table! {
     /// Auto-indexes: how often analysts filtered or sorted by a payload field, per topic and hour, as
     /// the stats-api counts it (migration `2025-04-10-000000_field_usage`).
     field_usage (topic, field, hour) {
@@ -117,6 +129,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     alert_state,
     topic_watermarks,
     event_commits,
+    event_counts,
     field_usage,
     auto_indexed_fields
 );

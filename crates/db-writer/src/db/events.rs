@@ -160,7 +160,8 @@ const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (topic, kafka_topic,
      RETURNING kafka_topic, kafka_partition, kafka_offset";
 
 /// The batch's commit, per topic, in the batch's transaction (one statement, whatever the number of
-/// rows): the topic's watermark (newest `received_at` stored, when), a row of the commit log a live tail
+/// rows): the rollups (`event_counts`: the events this transaction inserted, per topic and minute of
+/// `received_at`; migration `2025-04-05-000000_event_counts`), the topic's watermark (newest `received_at` stored, when), a row of the commit log a live tail
 /// follows (this transaction's id, which is also the `xmin` of its rows, and the received-at range that
 /// finds them; migration `2025-03-01-000000_topic_watermarks`), and a `NOTIFY eventgate_events` with the
 /// topic, delivered to listening stats-apis when the transaction commits. Watermarks are upserted in
@@ -176,7 +177,11 @@ const RECORD_COMMIT: &str = "WITH batch AS ( \
          stored_at = GREATEST(w.stored_at, EXCLUDED.stored_at)), \
      commits AS ( \
        INSERT INTO event_commits (topic, xact_id, oldest_received_at, newest_received_at, events) \
-       SELECT topic, pg_current_xact_id()::text::bigint, oldest, newest, events FROM batch) \
+       SELECT topic, pg_current_xact_id()::text::bigint, oldest, newest, events FROM batch), \
+     counts AS ( \
+       INSERT INTO event_counts (topic, minute, xact_id, events) \
+       SELECT topic, minute, pg_current_xact_id()::text::bigint, events \
+       FROM unnest($5::text[], $6::timestamptz[], $7::bigint[]) AS c (topic, minute, events)) \
      SELECT count(pg_notify('eventgate_events', topic)) FROM batch";
 
 /// The channel of [`RECORD_COMMIT`]'s notifications (the payload is the topic).
@@ -338,7 +343,11 @@ pub async fn insert_batch(
             .collect();
         &fresh
     };
+    // The events this transaction adds (all of them, unless stored keys are skipped): the rollups count
+    // these and no others.
+    let mut inserted: Vec<&Envelope> = Vec::new();
     if !events.is_empty() {
+        inserted = events.to_vec();
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id).collect();
         let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
         let received_at: Vec<OffsetDateTime> = events.iter().map(|e| e.received_at).collect();
@@ -368,6 +377,12 @@ pub async fn insert_batch(
                 written.events = rows.len();
                 let skipped = skipped_rows(events, &rows)?;
                 conflicts.extend(conflicting(&transaction, events, &skipped).await?);
+                inserted = events
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| skipped.binary_search(i).is_err())
+                    .map(|(_, e)| *e)
+                    .collect();
             }
         }
     }
@@ -422,15 +437,19 @@ pub async fn insert_batch(
     // Last, so the watermark rows are locked only for the commit itself (a topic's batches from two
     // writers queue here, not for their whole insert).
     if !events.is_empty() {
-        record_commit(&transaction, events).await?;
+        record_commit(&transaction, events, &inserted).await?;
     }
     transaction.commit().await?;
     Ok(written)
 }
 
 /// Runs [`RECORD_COMMIT`] for the batch's topics: per topic its oldest and newest `received_at` and its
-/// number of events, sorted by topic.
-async fn record_commit(transaction: &Transaction<'_>, events: &[&Envelope]) -> Result<(), DbError> {
+/// number of events, sorted by topic; and per topic and minute the number of `inserted` events.
+async fn record_commit(
+    transaction: &Transaction<'_>,
+    events: &[&Envelope],
+    inserted: &[&Envelope],
+) -> Result<(), DbError> {
     let mut per_topic: BTreeMap<&str, (OffsetDateTime, OffsetDateTime, i32)> = BTreeMap::new();
     for event in events {
         let entry = per_topic.entry(event.topic.as_str()).or_insert((
@@ -446,6 +465,10 @@ async fn record_commit(transaction: &Transaction<'_>, events: &[&Envelope]) -> R
     let oldest: Vec<OffsetDateTime> = per_topic.values().map(|v| v.0).collect();
     let newest: Vec<OffsetDateTime> = per_topic.values().map(|v| v.1).collect();
     let counts: Vec<i32> = per_topic.values().map(|v| v.2).collect();
+    let per_minute = count_per_minute(inserted);
+    let minute_topics: Vec<&str> = per_minute.keys().map(|k| k.0).collect();
+    let minutes: Vec<OffsetDateTime> = per_minute.keys().map(|k| k.1).collect();
+    let minute_counts: Vec<i64> = per_minute.values().copied().collect();
     transaction
         .query_typed(
             RECORD_COMMIT,
@@ -454,10 +477,28 @@ async fn record_commit(transaction: &Transaction<'_>, events: &[&Envelope]) -> R
                 (&oldest, Type::TIMESTAMPTZ_ARRAY),
                 (&newest, Type::TIMESTAMPTZ_ARRAY),
                 (&counts, Type::INT4_ARRAY),
+                (&minute_topics, Type::TEXT_ARRAY),
+                (&minutes, Type::TIMESTAMPTZ_ARRAY),
+                (&minute_counts, Type::INT8_ARRAY),
             ],
         )
         .await?;
     Ok(())
+}
+
+/// The events per topic and minute of `received_at` (the minute's start, UTC, as
+/// `date_trunc('minute', received_at, 'UTC')` computes it).
+fn count_per_minute<'a>(events: &[&'a Envelope]) -> BTreeMap<(&'a str, OffsetDateTime), i64> {
+    let mut per_minute = BTreeMap::new();
+    for event in events {
+        let seconds = event.received_at.unix_timestamp();
+        let minute = OffsetDateTime::from_unix_timestamp(seconds - seconds.rem_euclid(60))
+            .unwrap_or(event.received_at);
+        *per_minute
+            .entry((event.topic.as_str(), minute))
+            .or_insert(0) += 1;
+    }
+    per_minute
 }
 
 /// Deletes commit-log rows older than `retention_ms` (a batch of them); returns how many went.

@@ -10,6 +10,12 @@
 //! 3. The answer: the totals row first, then the groups in the plan's order (`NULLS LAST` both ways), at
 //!    most `limit`, each with `count(*) OVER ()` (computed before the limit: the number of groups in all).
 //!
+//! A count over time of the envelope's `timestamp` (the explorer's chart: no groups, only `count`,
+//! filtered by nothing but the `timestamp` itself) is answered from the rollups instead
+//! ([`RollupRange`]): `event_counts` holds the topic's events per minute, exact (the writers add to it in
+//! the transactions that store the events), so `selected` sums those minutes, plus the events of the
+//! partial minutes at the ends of the time range, read from `events`. Same statement shape, same rows.
+//!
 //! Every cell is returned as text in one `text[]` (instants as epoch microseconds, numbers as Postgres
 //! writes `numeric`, exactly), so one row type decodes any plan. As in `query_sql`, no client text enters
 //! the SQL: aliases, units and operators are this file's static fragments; the time zone, the topic and
@@ -18,9 +24,11 @@
 use eventgate_core::query::aggregate::{
     AggregatePlan, AggregateResult, GroupRow, MetricKind, MetricValue, SortTarget, TimeUnit,
 };
-use eventgate_core::query::{Decimal, FieldDef, FieldSource, FieldType, Scalar, SortValue};
+use eventgate_core::query::{
+    Decimal, FieldDef, FieldSource, FieldType, FilterOp, Scalar, SortValue,
+};
 
-use super::query_sql::{Bind, SqlBuilder, SqlParts};
+use super::query_sql::{Bind, Instant, SqlBuilder, SqlParts};
 
 const KEYS: [&str; 8] = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
 const METRICS: [&str; 16] = [
@@ -90,6 +98,7 @@ pub fn aggregate_sql(topic: &str, plan: &AggregatePlan) -> Result<SqlParts, &'st
     if kinds.len() > KEYS.len() || plan.metrics.len() > METRICS.len() {
         return Err("too many group keys or metrics for the SQL translation");
     }
+    let rollup = RollupRange::of(plan);
     let mut b = SqlBuilder::default();
     b.push("SELECT ARRAY[");
     let mut first = true;
@@ -116,9 +125,9 @@ pub fn aggregate_sql(topic: &str, plan: &AggregatePlan) -> Result<SqlParts, &'st
     }
     if kinds.is_empty() {
         b.push("]::text[] AS cells, TRUE AS is_total, 1::bigint AS total_rows FROM (SELECT ");
-        metric_columns(&mut b, plan);
+        metric_columns(&mut b, plan, rollup.is_some());
         b.push(" FROM (");
-        selected(&mut b, topic, plan);
+        selected(&mut b, topic, plan, rollup);
         b.push(") AS selected) AS grouped");
         return Ok(b.finish());
     }
@@ -129,11 +138,11 @@ pub fn aggregate_sql(topic: &str, plan: &AggregatePlan) -> Result<SqlParts, &'st
         b.push(alias);
         b.push(", ");
     }
-    metric_columns(&mut b, plan);
+    metric_columns(&mut b, plan, rollup.is_some());
     b.push(", GROUPING(");
     key_list(&mut b, kinds.len());
     b.push(") AS grp FROM (");
-    selected(&mut b, topic, plan);
+    selected(&mut b, topic, plan, rollup);
     b.push(") AS selected GROUP BY GROUPING SETS ((");
     key_list(&mut b, kinds.len());
     b.push("), ())) AS grouped ORDER BY grp DESC");
@@ -164,12 +173,14 @@ fn key_list(b: &mut SqlBuilder, n: usize) {
     }
 }
 
-fn metric_columns(b: &mut SqlBuilder, plan: &AggregatePlan) {
+/// The metrics over `selected`; from rollups, each selected row is a number of events (`weight`).
+fn metric_columns(b: &mut SqlBuilder, plan: &AggregatePlan, weighted: bool) {
     for (i, metric) in plan.metrics.iter().enumerate() {
         if i > 0 {
             b.push(", ");
         }
         b.push(match metric.kind {
+            MetricKind::Count if weighted => "sum(weight)",
             MetricKind::Count => "count(*)",
             MetricKind::CountDistinct => "count(DISTINCT ",
             MetricKind::Min => "min(",
@@ -186,8 +197,42 @@ fn metric_columns(b: &mut SqlBuilder, plan: &AggregatePlan) {
     }
 }
 
-/// `SELECT <keys>, <metric arguments> FROM events WHERE topic = $1 AND <filters>`.
-fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan) {
+/// `SELECT <keys>, <metric arguments> FROM events WHERE topic = $1 AND <filters>`; from rollups, the
+/// minutes' counts and the partial minutes' events, each row with its `weight`.
+fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan, rollup: Option<RollupRange>) {
+    let Some(range) = rollup else {
+        return selected_events(b, topic, plan, None);
+    };
+    b.push("SELECT ");
+    bucket(b, plan, "minute");
+    b.push(", events AS weight FROM event_counts WHERE topic = ");
+    b.bind(Bind::Text(topic.to_owned()), "::text");
+    if let Some(from) = range.from {
+        b.push(" AND minute >= ");
+        b.bind(Bind::Timestamptz(Instant(from)), "::timestamptz");
+    }
+    if let Some(until) = range.until {
+        b.push(" AND minute < ");
+        b.bind(Bind::Timestamptz(Instant(until)), "::timestamptz");
+    }
+    if let Some(from) = range.from {
+        b.push(" UNION ALL ");
+        selected_events(b, topic, plan, Some(("received_at < ", from)));
+    }
+    if let Some(until) = range.until {
+        b.push(" UNION ALL ");
+        selected_events(b, topic, plan, Some(("received_at >= ", until)));
+    }
+}
+
+/// The `selected` rows read from `events`; `edge`: only those on that side of a whole minute (from
+/// rollups, each with a `weight` of 1).
+fn selected_events(
+    b: &mut SqlBuilder,
+    topic: &str,
+    plan: &AggregatePlan,
+    edge: Option<(&'static str, i64)>,
+) {
     b.push("SELECT ");
     let mut columns = 0;
     let mut next = |b: &mut SqlBuilder| {
@@ -202,22 +247,9 @@ fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan) {
         b.push(" AS ");
         b.push(KEYS[i]);
     }
-    if let Some(bucketing) = &plan.interval {
+    if plan.interval.is_some() {
         next(b);
-        b.push(match bucketing.unit {
-            TimeUnit::Minute => "date_trunc('minute', ",
-            TimeUnit::Hour => "date_trunc('hour', ",
-            TimeUnit::Day => "date_trunc('day', ",
-            TimeUnit::Week => "date_trunc('week', ",
-            TimeUnit::Month => "date_trunc('month', ",
-            TimeUnit::Quarter => "date_trunc('quarter', ",
-            TimeUnit::Year => "date_trunc('year', ",
-        });
-        instant(b, &bucketing.field);
-        b.push(", ");
-        b.bind(Bind::Text(bucketing.time_zone.clone()), "::text");
-        b.push(") AS ");
-        b.push(KEYS[plan.group_by.len()]);
+        bucket(b, plan, "");
     }
     for (i, metric) in plan.metrics.iter().enumerate() {
         if let Some(field) = &metric.field {
@@ -226,6 +258,10 @@ fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan) {
             b.push(" AS ");
             b.push(ARGUMENTS[i]);
         }
+    }
+    if edge.is_some() {
+        next(b);
+        b.push("1::bigint AS weight");
     }
     if columns == 0 {
         // `count` alone needs no column.
@@ -236,6 +272,108 @@ fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan) {
     for filter in &plan.filters {
         b.push(" AND ");
         b.filter(filter);
+    }
+    if let Some((condition, at)) = edge {
+        b.push(" AND ");
+        b.push(condition);
+        b.bind(Bind::Timestamptz(Instant(at)), "::timestamptz");
+    }
+}
+
+/// The bucket of the plan's interval, `date_trunc(unit, <instant>, $zone) AS k<n>`: of the interval's
+/// field, or of the column `column` when not empty (the rollups' `minute`).
+fn bucket(b: &mut SqlBuilder, plan: &AggregatePlan, column: &'static str) {
+    if let Some(bucketing) = &plan.interval {
+        b.push(match bucketing.unit {
+            TimeUnit::Minute => "date_trunc('minute', ",
+            TimeUnit::Hour => "date_trunc('hour', ",
+            TimeUnit::Day => "date_trunc('day', ",
+            TimeUnit::Week => "date_trunc('week', ",
+            TimeUnit::Month => "date_trunc('month', ",
+            TimeUnit::Quarter => "date_trunc('quarter', ",
+            TimeUnit::Year => "date_trunc('year', ",
+        });
+        if column.is_empty() {
+            instant(b, &bucketing.field);
+        } else {
+            b.push(column);
+        }
+        b.push(", ");
+        b.bind(Bind::Text(bucketing.time_zone.clone()), "::text");
+        b.push(") AS ");
+        b.push(KEYS[plan.group_by.len()]);
+    }
+}
+
+const MINUTE_MICROS: i64 = 60_000_000;
+
+fn floor_minute(micros: i64) -> i64 {
+    micros - micros.rem_euclid(MINUTE_MICROS)
+}
+
+/// The whole minutes of `received_at` a rollup-answerable plan selects: `[from, until)`, `None` where
+/// unbounded. Every event in them passes the plan's filters; the events outside them that pass are read
+/// from `events` (at most a minute's at each end).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RollupRange {
+    pub from: Option<i64>,
+    pub until: Option<i64>,
+}
+
+impl RollupRange {
+    /// The range when the rollups can answer `plan`: a count over time of the envelope's `timestamp`
+    /// (no group, no other metric) with no filter but bounds on `timestamp` (a reader's restrictions are
+    /// filters too, so a restricted reader is always answered from `events`). Minutes are UTC minutes;
+    /// every time zone's offset is whole minutes today, so a bucket of any unit holds whole minutes.
+    pub fn of(plan: &AggregatePlan) -> Option<RollupRange> {
+        let bucketing = plan.interval.as_ref()?;
+        if !plan.group_by.is_empty()
+            || bucketing.field.source != FieldSource::Timestamp
+            || plan.metrics.is_empty()
+            || plan.metrics.iter().any(|m| m.kind != MetricKind::Count)
+        {
+            return None;
+        }
+        // Each bound as the first whole minute after it / the end of the last one before it.
+        let mut lowers = Vec::new();
+        let mut uppers = Vec::new();
+        for filter in &plan.filters {
+            if filter.field.source != FieldSource::Timestamp {
+                return None;
+            }
+            let instant = |value: &Scalar| match value {
+                Scalar::Instant(micros) => Some(*micros),
+                _ => None,
+            };
+            match &filter.op {
+                FilterOp::Gte(v) => {
+                    lowers.push(floor_minute(instant(v)?.checked_add(MINUTE_MICROS - 1)?))
+                }
+                FilterOp::Gt(v) => {
+                    lowers.push(floor_minute(instant(v)?).checked_add(MINUTE_MICROS)?)
+                }
+                FilterOp::Lte(v) => uppers.push(floor_minute(instant(v)?.checked_add(1)?)),
+                FilterOp::Lt(v) => uppers.push(floor_minute(instant(v)?)),
+                FilterOp::Between(from, to) => {
+                    if let Some(from) = from {
+                        lowers.push(floor_minute(instant(from)?.checked_add(MINUTE_MICROS - 1)?));
+                    }
+                    if let Some(to) = to {
+                        uppers.push(floor_minute(instant(to)?.checked_add(1)?));
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let range = RollupRange {
+            from: lowers.into_iter().max(),
+            until: uppers.into_iter().min(),
+        };
+        match (range.from, range.until) {
+            // No whole minute in between: the ends would overlap; `events` answers.
+            (Some(from), Some(until)) if from >= until => None,
+            _ => Some(range),
+        }
     }
 }
 
@@ -428,5 +566,51 @@ mod tests {
             decode_metric(MetricKind::Avg, Some("0.33333333333333333333")).expect("avg"),
             MetricValue::Average(Some(1.0 / 3.0))
         );
+    }
+
+    #[test]
+    fn the_count_over_time_reads_the_rollups_and_the_partial_minutes() {
+        let parts = sql_for(json!({
+            "filter": {"timestamp_gte": "2025-01-01T00:00:30Z", "timestamp_lt": "2025-01-02T00:00:00Z"},
+            "interval": {"unit": "hour", "time_zone": "Europe/Berlin"}
+        }));
+        assert!(
+            parts.sql.contains("FROM event_counts WHERE topic = "),
+            "{}",
+            parts.sql
+        );
+        assert_eq!(parts.sql.matches(" UNION ALL ").count(), 2, "{}", parts.sql);
+        assert!(parts.sql.contains("sum(weight) AS m0"), "{}", parts.sql);
+        // The first whole minute after 00:00:30, the end of the last one before midnight.
+        let minute = |text: &str| {
+            Bind::Timestamptz(Instant(
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .expect("time")
+                    .unix_timestamp()
+                    * 1_000_000,
+            ))
+        };
+        assert!(parts.binds.contains(&minute("2025-01-01T00:01:00Z")));
+        assert!(parts.binds.contains(&minute("2025-01-02T00:00:00Z")));
+        // Without bounds, the rollups alone.
+        let parts = sql_for(json!({"interval": "day"}));
+        assert!(parts.sql.contains("FROM event_counts"), "{}", parts.sql);
+        assert!(!parts.sql.contains("FROM events"), "{}", parts.sql);
+    }
+
+    #[test]
+    fn other_aggregates_read_the_events() {
+        for body in [
+            json!({"interval": "day", "group_by": ["source_app"]}),
+            json!({"interval": "day", "metrics": ["count", "sum(score)"]}),
+            json!({"interval": "day", "filter": {"source_app": "a"}}),
+            json!({"interval": {"unit": "day", "field": "ts_ms"}}),
+            json!({"metrics": ["count"]}),
+            // No whole minute between the bounds.
+            json!({"interval": "day", "filter": {"timestamp_between": ["2025-01-01T00:00:10Z", "2025-01-01T00:00:50Z"]}}),
+        ] {
+            let parts = sql_for(body.clone());
+            assert!(!parts.sql.contains("event_counts"), "{body}: {}", parts.sql);
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! What the property tests against real Postgres share: the test topic's fields, generated events stored
-//! straight into the events table, payload values that may be missing or wrong, and the proptest runner.
+//! straight into the events table (and their rollups), payload values that may be missing or wrong, and the proptest runner.
 
 use diesel::Insertable;
 use diesel_async::RunQueryDsl;
@@ -115,6 +115,19 @@ pub async fn insert(db: &Db, topic: &str, raw: &[RawEvent]) -> Vec<Event> {
             .execute(&mut *conn)
             .await
             .expect("insert");
+        // Their rollups, as a writer adds them: per minute, one row per insert (a minute stored by
+        // several inserts has several rows, which the stats-api sums).
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        diesel::sql_query(
+            "INSERT INTO event_counts (topic, minute, xact_id, events) \
+             SELECT topic, date_trunc('minute', received_at, 'UTC'), pg_current_xact_id()::text::bigint, count(*) \
+             FROM events WHERE topic = $1 AND id = ANY($2) GROUP BY 1, 2",
+        )
+        .bind::<diesel::sql_types::Text, _>(topic)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
+        .execute(&mut *conn)
+        .await
+        .expect("insert rollups");
     }
     events
 }
