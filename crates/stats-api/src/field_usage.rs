@@ -384,7 +384,7 @@ mod tests {
             .iter()
             .map(|f| (f.field.name.as_str(), f.field.indexed))
             .collect();
-        assert_eq!(indexed, [("tenant", true), ("n", false)]);
+        assert_eq!(indexed, [("n", false), ("tenant", true)]);
         // Another topic's field of that name is not.
         let mut plan = plan_of(json!({"filter": {"tenant": "a"}}));
         usage.mark_indexed("u", &mut plan);
