@@ -31,7 +31,7 @@ use crate::services::{Bench, DATABASE, USER};
 use crate::Sizes;
 
 /// Measured time (API and SQL together) after which a shape stops repeating.
-const BUDGET: Duration = Duration::from_secs(40);
+const BUDGET: Duration = Duration::from_secs(30);
 const MIN_REPEATS: usize = 3;
 
 #[derive(Debug, Clone, Serialize)]
@@ -272,9 +272,10 @@ fn read_answer(answer: &Value, read: Read) -> anyhow::Result<Vec<(String, i64)>>
             .with_context(|| format!("no total.metrics.{metric} in {answer}"))?;
         return Ok(vec![(String::new(), value)]);
     }
+    // Every bucket is asked for (a top-N leaves the other groups out, and says so).
     anyhow::ensure!(
-        answer["has_more"] != json!(true),
-        "the answer left groups out (has_more)"
+        matches!(read, Read::Groups(_)) || answer["has_more"] != json!(true),
+        "the answer left buckets out (has_more)"
     );
     let data = answer["data"]
         .as_array()

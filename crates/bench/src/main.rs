@@ -148,8 +148,8 @@ pub struct Cli {
     /// every 10 s and re-reads the auto-indexed fields every 10 s [full 12, quick 1].
     #[arg(long)]
     pub auto_index_wait_secs: Option<f64>,
-    /// Aggregates: measured repeats of each aggregate and of its SQL [full 10, quick 5] (at least 3;
-    /// fewer than asked when a shape has used up its 40 s).
+    /// Aggregates: measured repeats of each aggregate and of its SQL [full 10, quick 3] (at least 3;
+    /// fewer than asked when a shape has used up its 30 s).
     #[arg(long)]
     pub aggregate_iterations: Option<usize>,
     /// Exports: rows of each export, a time range of the history [full 1000000, quick 20000; at most
@@ -280,7 +280,7 @@ impl Sizes {
             auto_index_wait_secs: pick(cli.auto_index_wait_secs, 12.0, 1.0).max(0.0),
             aggregate_iterations: cli
                 .aggregate_iterations
-                .unwrap_or(if quick { 5 } else { 10 })
+                .unwrap_or(if quick { 3 } else { 10 })
                 .max(3),
             export_rows: cli
                 .export_rows
@@ -372,8 +372,13 @@ async fn run_phases(
                 queries::run(bench, sizes, &on_history, results).await?;
             }
         }
+        let what = if phase.on_history() {
+            format!("{on_history:?} (on one history)")
+        } else {
+            format!("{phase:?}")
+        };
         eprintln!(
-            "bench: phase {phase:?} done in {:.0} s",
+            "bench: phase {what} done in {:.0} s",
             started.elapsed().as_secs_f64()
         );
         // Let the machine settle (background writes, checkpoints of the phase before) a moment.

@@ -130,11 +130,13 @@ pub async fn run(
         .await?;
     let outcome = on_history(bench, sizes, phases, &stats, base_ms, results).await;
     bench.stop(stats).await?;
-    outcome?;
     if let Some(queries) = results.queries.as_mut() {
         queries.generate_s = generate_s;
         queries.table_mb = table_mb.round();
         queries.indexes_mb = indexes_mb.round();
+    }
+    outcome?;
+    if let Some(queries) = results.queries.as_mut() {
         let (partitions, delete_day, drop_day) = remove_one_day(&owner).await?;
         queries.partitions = partitions;
         queries.delete_day = delete_day;

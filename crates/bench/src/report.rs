@@ -303,8 +303,9 @@ fn verdict(quick: bool, met: bool) -> &'static str {
 fn answer_size(shape: &Shape) -> String {
     if shape.request.get("interval").is_some() {
         format!(
-            "{} buckets, {} events",
+            "{} bucket{}, {} events",
             shape.rows,
+            if shape.rows == 1 { "" } else { "s" },
             thousands(shape.events as f64)
         )
     } else if shape.request.get("group_by").is_some() {
