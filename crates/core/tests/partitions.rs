@@ -42,10 +42,16 @@ fn policy(keep_gin: bool) -> StoragePolicy {
     StoragePolicy::new(&catalogue, &StorageConfig::default())
 }
 
+/// Stores an event and counts it in the rollups, in one transaction, as a writer does.
 async fn insert(db: &Client, topic: &str, at: OffsetDateTime, n: i64) {
     db.execute(
-        "INSERT INTO events (id, topic, received_at, producer, payload)
-         VALUES (gen_random_uuid(), $1, $2, 'p', jsonb_build_object('app', 'a', 'n', $3::bigint))",
+        "WITH stored AS (
+           INSERT INTO events (id, topic, received_at, producer, payload)
+           VALUES (gen_random_uuid(), $1, $2, 'p', jsonb_build_object('app', 'a', 'n', $3::bigint))
+           RETURNING topic, received_at)
+         INSERT INTO event_counts (topic, minute, xact_id, events)
+         SELECT topic, date_trunc('minute', received_at, 'UTC'), pg_current_xact_id()::text::bigint, 1
+         FROM stored",
         &[&topic, &at, &n],
     )
     .await
@@ -176,6 +182,12 @@ async fn spans_are_made_ahead_strays_move_in_and_retention_drops_partitions() {
                  VALUES ($1, 't.keep', $2, 'p', '{}')";
     let at = day(6, 1);
     db.execute(again, &[&id, &at]).await.expect("first");
+    db.execute(
+        "INSERT INTO event_counts VALUES ('t.keep', date_trunc('minute', $1::timestamptz, 'UTC'), 1, 1)",
+        &[&at],
+    )
+    .await
+    .expect("its rollup");
     let error = db.execute(again, &[&id, &at]).await.expect_err("twice");
     assert_eq!(
         error.code(),
@@ -297,6 +309,49 @@ async fn spans_are_made_ahead_strays_move_in_and_retention_drops_partitions() {
     assert_eq!(week_13, 1);
     assert_eq!(run.layout.covered_until, Some(day(24, 0).unix_timestamp()));
     assert!(run.layout.topics.contains_key("t.keep"));
+    // The dropped leaves took their rollups with them; the rest still count their events.
+    eventgate_test_support::assert_rollups_match(&database).await;
+    let week_counted: i64 = db
+        .query_one(
+            "SELECT count(*) FROM event_counts WHERE topic = 't.week'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(week_counted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minutes_rollup_rows_fold_into_one_with_the_same_sum() {
+    let database = eventgate_test_support::stack().await.fresh_database().await;
+    let db = connect(&database.writer_url).await;
+    let at = day(3, 12);
+    for n in 0..5 {
+        insert(&db, "t.keep", at + Duration::seconds(n), n).await;
+    }
+    insert(&db, "t.week", at, 9).await;
+    let count_rows = "SELECT count(*) FROM event_counts";
+    assert_eq!(
+        db.query_one(count_rows, &[])
+            .await
+            .expect("rows")
+            .get::<_, i64>(0),
+        6
+    );
+    let run = maintain(&db, &policy(true), at)
+        .await
+        .expect("maintenance")
+        .expect("not locked");
+    assert_eq!(run.report.rollup_rows_folded, 4, "{:?}", run.report);
+    assert_eq!(
+        db.query_one(count_rows, &[])
+            .await
+            .expect("rows")
+            .get::<_, i64>(0),
+        2
+    );
+    eventgate_test_support::assert_rollups_match(&database).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,14 @@ async fn a_batch_with_stored_ids_stores_only_the_new_ones_once() {
         .expect("pure replay");
     assert_eq!(written.events, 0);
     assert!(written.conflicts.is_empty());
+    // The rollups counted each stored event once: not the redelivered, retried or replayed copies.
+    assert_eq!(
+        db.count("SELECT sum(events)::bigint FROM event_counts")
+            .await
+            .expect("sum"),
+        501
+    );
+    eventgate_test_support::assert_rollups_match(&db).await;
 }
 
 /// Ids re-sent with other content (a stored one, and one twice in the same batch) keep their first

@@ -1,4 +1,5 @@
-//! The promise of the pipeline, checked: every event the ingest-api answered 202 reaches `events` once.
+//! The promise of the pipeline, checked: every event the ingest-api answered 202 reaches `events` once,
+//! and the rollups (`event_counts`) count exactly the stored events.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -41,8 +42,9 @@ pub async fn wait_until_stored(
     Ok(())
 }
 
-/// Every id of `accepted` is in `events` exactly once (waiting up to `timeout` for them), and the table
-/// holds nothing else. `logs` (the services' logs, say) is shown when it fails.
+/// Every id of `accepted` is in `events` exactly once (waiting up to `timeout` for them), the table
+/// holds nothing else, and the rollups agree with it minute by minute (whatever crashed, replayed or
+/// was retried on the way). `logs` (the services' logs, say) is shown when it fails.
 pub async fn assert_exactly_once(
     database: &TestDatabase,
     accepted: &[String],
@@ -67,5 +69,26 @@ pub async fn assert_exactly_once(
         accepted.len() as i64,
         "no event twice, no stranger\n{}",
         logs()
+    );
+    assert_rollups_match(database).await;
+}
+
+/// The rollups count exactly the events of each topic and minute (`event_counts` against `events`).
+pub async fn assert_rollups_match(database: &TestDatabase) {
+    let differing = database
+        .count(
+            "SELECT count(*) FROM ( \
+               SELECT topic, date_trunc('minute', received_at, 'UTC') AS minute, count(*) AS n \
+               FROM events GROUP BY 1, 2) stored \
+             FULL JOIN ( \
+               SELECT topic, minute, sum(events) AS n FROM event_counts GROUP BY 1, 2) counted \
+             USING (topic, minute) \
+             WHERE stored.n IS DISTINCT FROM counted.n",
+        )
+        .await
+        .expect("compare the rollups with the events");
+    assert_eq!(
+        differing, 0,
+        "the rollups differ from the events in {differing} (topic, minute)"
     );
 }

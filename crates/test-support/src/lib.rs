@@ -11,7 +11,7 @@
 //! - [`SmtpSink`]: an SMTP server that records every message it receives.
 //! - [`ServiceProcess`]: a service binary run as operators run it, to signal or kill it for real;
 //!   [`get_json`], [`metric`]: what its HTTP side answers.
-//! - [`assert_exactly_once`], [`wait_until_stored`], [`accepted_ids`]: every event answered 202 is
+//! - [`assert_exactly_once`], [`assert_rollups_match`], [`wait_until_stored`], [`accepted_ids`]: every event answered 202 is
 //!   stored exactly once.
 //! - [`SecureBroker`]: a tansu of its own with SASL required and/or behind a TLS proxy (stunnel), with
 //!   certificates made by the test, for the Kafka security tests.
@@ -27,7 +27,9 @@ mod stack;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use exactly_once::{accepted_ids, assert_exactly_once, wait_until_stored};
+pub use exactly_once::{
+    accepted_ids, assert_exactly_once, assert_rollups_match, wait_until_stored,
+};
 pub use keys::{test_keys, token, token_with, TestKeys};
 pub use process::{get_json, metric, ServiceProcess};
 pub use secure_broker::{SecureBroker, SecureBrokerOptions, TestPki, CLIENT_KEY_PASSWORD};
