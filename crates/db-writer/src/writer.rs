@@ -8,6 +8,11 @@
 //! messages were read ([`crate::rebalance`]). A stopping writer writes and commits the batch in hand,
 //! records its clean stop and leaves the group.
 //!
+//! Batches adapt to the load: a batch is written as soon as the consumer has nothing more ready for
+//! it and a write can start (an idle writer writes each event at once), and grows while both writes
+//! are busy (under load batches fill up to `writer.batch_size`, as large as before). The count, bytes
+//! and `writer.batch_timeout_ms` still bound each batch.
+//!
 //! The loop never stops polling the consumer for long: when the batch being collected is full and the
 //! writes in progress are stalled (retried while the database is down, or slow), it pauses its
 //! partitions and keeps polling, which keeps the member in the group (`max.poll.interval.ms`) and serves
@@ -18,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -134,7 +140,9 @@ impl Writer {
             // How long a fetch may wait for data. Kafka answers as soon as there is some, but brokers that
             // hold every fetch for the whole wait (tansu, the local stack's) would add up to this much
             // to every event's way into Postgres (default 500 ms; docs/PERFORMANCE.md, end to end).
-            .set("fetch.wait.max.ms", "100")
+            // 10 ms: an idle writer's fetches then cost a few requests per second more, and an event
+            // waits at most that long for its fetch (the idle target is 50 ms from 202 to readable).
+            .set("fetch.wait.max.ms", "10")
             // What librdkafka prefetches is bounded by the operator's batch budget too, not by its
             // default of 64 MiB (unless set in `kafka.client`).
             .set("queued.max.messages.kbytes", prefetch_kbytes(config))
@@ -254,6 +262,8 @@ impl Writer {
         // Since when the collected batch has been full with no write to hand it to.
         let mut full_since: Option<tokio::time::Instant> = None;
         let mut paused = false;
+        // Whether the consumer had nothing more ready when last polled.
+        let mut drained = false;
         let mut revocations_seen = 0;
         loop {
             let deadline = batch.started.map(|started| started + timeout);
@@ -284,28 +294,27 @@ impl Writer {
                 // Paused partitions deliver nothing, but the poll keeps the member in the group and
                 // serves rebalances. What still arrives (fetched before the pause took effect) is
                 // kept: a message taken from the consumer and dropped would be skipped for good.
-                received = self.consumer.recv(), if room || paused => match received {
-                    Ok(message) => {
-                        let epoch = self
-                            .ownership
-                            .lock()
-                            .epoch(message.topic(), message.partition());
-                        // A message of a partition revoked already is its next owner's.
-                        if let Some(epoch) = epoch {
-                            self.lock_traces().push(&message);
-                            batch.push(Consumed::from_message(
-                                &message,
-                                &self.kafka.topic_prefix,
-                                epoch,
-                            ));
+                received = self.consumer.recv(), if room || paused => {
+                    let mut received = Some(received);
+                    // Then whatever else is ready at once, up to a full batch: when nothing more is,
+                    // the consumer is drained and the batch may go.
+                    while let Some(next) = received.take() {
+                        match next {
+                            Ok(message) => self.collect(&mut batch, &message),
+                            Err(error) => {
+                                self.metrics.consumer_errors.inc();
+                                tracing::warn!(%error, "consumer error");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                break;
+                            }
                         }
+                        if batch.is_full(limits) && !paused {
+                            break;
+                        }
+                        received = self.consumer.recv().now_or_never();
                     }
-                    Err(error) => {
-                        self.metrics.consumer_errors.inc();
-                        tracing::warn!(%error, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                    drained = received.is_none();
+                }
             }
             let revocations = self.ownership.lock().revocations();
             if revocations != revocations_seen {
@@ -319,7 +328,8 @@ impl Writer {
                 }
             }
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            let full = batch.is_full(limits) || (due && !batch.is_empty());
+            // Drained: nothing more to wait for, so a free write takes the batch now.
+            let full = batch.is_full(limits) || ((due || drained) && !batch.is_empty());
             if full && writing.len() < WRITES_IN_FLIGHT {
                 let next = std::mem::take(&mut batch);
                 // Now, before more messages arrive: the spans are those of this batch's messages.
@@ -413,6 +423,23 @@ impl Writer {
         self.alert_tasks.stop(ALERTS_GRACE).await;
         tracing::info!("writer stopped");
         Ok(())
+    }
+
+    /// Adds a message to the batch being collected, unless its partition was revoked already (then it
+    /// is its next owner's).
+    fn collect(&self, batch: &mut Batch, message: &rdkafka::message::BorrowedMessage<'_>) {
+        let epoch = self
+            .ownership
+            .lock()
+            .epoch(message.topic(), message.partition());
+        if let Some(epoch) = epoch {
+            self.lock_traces().push(message);
+            batch.push(Consumed::from_message(
+                message,
+                &self.kafka.topic_prefix,
+                epoch,
+            ));
+        }
     }
 
     /// Writes the batch, retrying with capped backoff until it is written or `shutdown` is cancelled,

@@ -40,7 +40,7 @@ pub(super) fn forget_counts_sql(
             sql.push_str(&format!(" AND topic = {}", literal(topic)));
         }
         // A span's default leaf holds the topics that have no leaf of their own in the span.
-        TopicsOfPartition::AllBut(others) if others.is_empty() => {}
+        TopicsOfPartition::AllBut([]) => {}
         TopicsOfPartition::AllBut(others) => {
             sql.push_str(&format!(" AND topic NOT IN ({})", list(others)));
         }
