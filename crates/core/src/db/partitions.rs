@@ -552,8 +552,8 @@ async fn maintain_locked(
     drop_expired(client, policy, now, &mut report).await?;
     build_indexes(client, policy, &mut report).await?;
     super::auto_index::mark_ready(client, now).await?;
-    prune_dead_letters(client, policy, now, &mut report).await?;
     report.rollup_rows_folded = rollups::fold_counts(client).await?;
+    prune_dead_letters(client, policy, now, &mut report).await?;
     let layout = summarise(client, &read_layout(client).await?).await?;
     Ok(Maintained {
         report,
