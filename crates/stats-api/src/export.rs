@@ -35,8 +35,9 @@ use eventgate_core::query::{self, FieldCatalogue, FieldDef, QueryPlan, QueryRequ
 
 use crate::db::page::{fetch_page, Page};
 use crate::db::StoreError;
+use crate::export_csv::{write_csv_cell, CsvRows};
 use crate::fair_use::Slot;
-use crate::raw_json::{raw_at, rfc3339, RawEvent};
+use crate::raw_json::RawEvent;
 use crate::AppState;
 
 /// Events per batch (one page query each), at most.
@@ -209,6 +210,8 @@ async fn fetch_batch(
     body: Vec<u8>,
 ) -> Result<Page, StoreError> {
     let max_bytes = state.answers.max_page_bytes;
+    // The columns' paths are laid out once per batch, not per row.
+    let mut csv = CsvRows::new(&options.columns);
     fetch_page(
         &state.pool,
         topic,
@@ -220,7 +223,7 @@ async fn fetch_batch(
                 event.write_json(out);
                 out.push(b'\n');
             }
-            Format::Csv => write_csv_row(out, &options.columns, event),
+            Format::Csv => csv.write_row(out, event),
         },
     )
     .await
@@ -548,58 +551,9 @@ pub fn write_csv_header(out: &mut Vec<u8>, columns: &[FieldDef]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// One event as a CSV row: each column's value found in the payload's text (nothing else of it is
-/// parsed); strings unquoted, other values as compact JSON.
+/// One event as a CSV row (see [`CsvRows`], which an export keeps for a whole batch).
 pub fn write_csv_row(out: &mut Vec<u8>, columns: &[FieldDef], event: &RawEvent) {
-    for (i, column) in columns.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        match &column.source {
-            FieldSource::Id => write_csv_cell(out, &event.id.to_string(), false),
-            FieldSource::Timestamp => write_csv_cell(out, &rfc3339(event.received_at), false),
-            FieldSource::Producer => write_csv_cell(out, event.producer, true),
-            // Refused as a column by `parse_columns`, left out of the default ones.
-            FieldSource::Items { .. } => {}
-            FieldSource::Payload(path) => match raw_at(event.payload, path) {
-                None | Some("null") => {}
-                Some(text) if text.starts_with('"') => {
-                    if let Ok(s) = serde_json::from_str::<String>(text) {
-                        write_csv_cell(out, &s, true);
-                    }
-                }
-                Some(text) => {
-                    let mut compact = Vec::with_capacity(text.len());
-                    crate::raw_json::minify_into(&mut compact, text);
-                    write_csv_cell(out, &String::from_utf8_lossy(&compact), false);
-                }
-            },
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// One cell, quoted when it holds a separator, a quote or a line break (RFC 4180). Text that a
-/// spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, carriage return first) gets a leading
-/// `'`, so opening an export never executes what a producer wrote; numbers are never touched.
-fn write_csv_cell(out: &mut Vec<u8>, text: &str, is_text: bool) {
-    let guarded = is_text && text.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let quoted = text.contains([',', '"', '\n', '\r']);
-    if quoted {
-        out.push(b'"');
-    }
-    if guarded {
-        out.push(b'\'');
-    }
-    for byte in text.bytes() {
-        if byte == b'"' {
-            out.push(b'"');
-        }
-        out.push(byte);
-    }
-    if quoted {
-        out.push(b'"');
-    }
+    CsvRows::new(columns).write_row(out, event);
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod dead_letters;
 mod error;
 mod explorer;
 pub mod export;
+mod export_csv;
 pub mod fair_use;
 pub mod field_usage;
 pub mod freshness;
