@@ -227,11 +227,56 @@ fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan, rollup: Optio
 
 /// The `selected` rows read from `events`; `edge`: only those on that side of a whole minute (from
 /// rollups, each with a `weight` of 1).
+///
+/// A bucket of an epoch-ms payload field reads the field's typed value three times (the bounds checks and
+/// `to_timestamp`, see [`instant`]); Postgres evaluates each copy per row, so the typed value is computed
+/// once, as `ms`, in a subquery the planner keeps (`OFFSET 0`), and bucketed above it. Same rows.
 fn selected_events(
     b: &mut SqlBuilder,
     topic: &str,
     plan: &AggregatePlan,
     edge: Option<(&'static str, i64)>,
+) {
+    let Some(bucketing) = plan
+        .interval
+        .as_ref()
+        .filter(|bucketing| epoch_payload(&bucketing.field))
+    else {
+        return events_columns(b, topic, plan, edge, false);
+    };
+    b.push("SELECT ");
+    for alias in KEYS.iter().take(plan.group_by.len()) {
+        b.push(alias);
+        b.push(", ");
+    }
+    truncate(b, bucketing.unit);
+    epoch_instant(b, |b| b.push("ms"));
+    b.push(", ");
+    b.bind(Bind::Text(bucketing.time_zone.clone()), "::text");
+    b.push(") AS ");
+    b.push(KEYS[plan.group_by.len()]);
+    for (i, metric) in plan.metrics.iter().enumerate() {
+        if metric.field.is_some() {
+            b.push(", ");
+            b.push(ARGUMENTS[i]);
+        }
+    }
+    if edge.is_some() {
+        b.push(", weight");
+    }
+    b.push(" FROM (");
+    events_columns(b, topic, plan, edge, true);
+    b.push(" OFFSET 0) AS typed");
+}
+
+/// `SELECT <keys>, <bucket>, <metric arguments> FROM events WHERE topic = $n AND <filters>`; with
+/// `raw_instant`, the bucket's column is the typed value of the interval's field, `ms`, not yet bucketed.
+fn events_columns(
+    b: &mut SqlBuilder,
+    topic: &str,
+    plan: &AggregatePlan,
+    edge: Option<(&'static str, i64)>,
+    raw_instant: bool,
 ) {
     b.push("SELECT ");
     let mut columns = 0;
@@ -247,9 +292,14 @@ fn selected_events(
         b.push(" AS ");
         b.push(KEYS[i]);
     }
-    if plan.interval.is_some() {
+    if let Some(bucketing) = &plan.interval {
         next(b);
-        bucket(b, plan, "");
+        if raw_instant {
+            b.typed(&bucketing.field);
+            b.push(" AS ms");
+        } else {
+            bucket(b, plan, "");
+        }
     }
     for (i, metric) in plan.metrics.iter().enumerate() {
         if let Some(field) = &metric.field {
@@ -280,19 +330,23 @@ fn selected_events(
     }
 }
 
+fn truncate(b: &mut SqlBuilder, unit: TimeUnit) {
+    b.push(match unit {
+        TimeUnit::Minute => "date_trunc('minute', ",
+        TimeUnit::Hour => "date_trunc('hour', ",
+        TimeUnit::Day => "date_trunc('day', ",
+        TimeUnit::Week => "date_trunc('week', ",
+        TimeUnit::Month => "date_trunc('month', ",
+        TimeUnit::Quarter => "date_trunc('quarter', ",
+        TimeUnit::Year => "date_trunc('year', ",
+    });
+}
+
 /// The bucket of the plan's interval, `date_trunc(unit, <instant>, $zone) AS k<n>`: of the interval's
 /// field, or of the column `column` when not empty (the rollups' `minute`).
 fn bucket(b: &mut SqlBuilder, plan: &AggregatePlan, column: &'static str) {
     if let Some(bucketing) = &plan.interval {
-        b.push(match bucketing.unit {
-            TimeUnit::Minute => "date_trunc('minute', ",
-            TimeUnit::Hour => "date_trunc('hour', ",
-            TimeUnit::Day => "date_trunc('day', ",
-            TimeUnit::Week => "date_trunc('week', ",
-            TimeUnit::Month => "date_trunc('month', ",
-            TimeUnit::Quarter => "date_trunc('quarter', ",
-            TimeUnit::Year => "date_trunc('year', ",
-        });
+        truncate(b, bucketing.unit);
         if column.is_empty() {
             instant(b, &bucketing.field);
         } else {
@@ -380,15 +434,25 @@ impl RollupRange {
 /// The instant of a time field as `timestamptz`; an epoch-ms value only within years 0001–9999 (beyond,
 /// `to_timestamp` could fail the whole statement), as `eventgate_core::query::aggregate::epoch_ms_instant`.
 fn instant(b: &mut SqlBuilder, field: &FieldDef) {
-    if field.source == FieldSource::Timestamp || field.ty != FieldType::EpochMillis {
+    if !epoch_payload(field) {
         return b.typed(field);
     }
+    epoch_instant(b, |b| b.typed(field));
+}
+
+/// Whether a time field is an epoch-ms payload value (made an instant by [`epoch_instant`]).
+fn epoch_payload(field: &FieldDef) -> bool {
+    field.source != FieldSource::Timestamp && field.ty == FieldType::EpochMillis
+}
+
+/// The instant of the epoch-ms number `value` writes (NULL outside years 0001–9999).
+fn epoch_instant(b: &mut SqlBuilder, value: impl Fn(&mut SqlBuilder)) {
     b.push("(CASE WHEN ");
-    b.typed(field);
+    value(b);
     b.push(" >= -62135596800000 AND ");
-    b.typed(field);
+    value(b);
     b.push(" < 253402300800000 THEN to_timestamp(");
-    b.typed(field);
+    value(b);
     // Multiplying a numeric by 0.001 is exact; to_timestamp then takes the nearest double.
     b.push(" * 0.001) END)");
 }
