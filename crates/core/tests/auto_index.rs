@@ -2,7 +2,8 @@
 //! the field usage written straight into `field_usage` (the stats-api's side is tested in
 //! `stats-api/tests/auto_index.rs`): the most used fields over the threshold get an index on every leaf
 //! of their topic, at most the limit per topic; a declared field never gets one; an auto-index unused for
-//! a whole window is dropped, the declared index stays.
+//! a whole window is dropped, the declared index stays. A sort by two fields counts the same, and gets a
+//! composite `_s` index.
 
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
@@ -10,6 +11,7 @@ use tokio_postgres::{Client, NoTls};
 
 use eventgate_core::catalogue::{Catalogue, Topic};
 use eventgate_core::config::StorageConfig;
+use eventgate_core::db::auto_index::sort_index_definition;
 use eventgate_core::db::field_index::expression_hash;
 use eventgate_core::db::partitions::{maintain, StoragePolicy};
 use eventgate_core::db::typed_value::LiteralPaths;
@@ -217,4 +219,73 @@ async fn the_most_used_fields_get_indexes_up_to_the_limit_and_lose_them_when_unu
         0,
         "usage older than the window is deleted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sort_by_two_fields_gets_a_composite_index_in_the_same_slots_and_loses_it_when_unused() {
+    let database = eventgate_test_support::stack().await.fresh_database().await;
+    let db = connect(&database.writer_url).await;
+    let policy = policy();
+    let now = OffsetDateTime::now_utc();
+    maintain(&db, &policy, now)
+        .await
+        .expect("first run")
+        .expect("not locked");
+    // `sort=app,-b` (app declared) as the stats-api counts it, and fields competing for the 3 slots.
+    let sort = "sort:app,-b";
+    use_fields(
+        &db,
+        TOPIC,
+        &[(sort, 500), ("a", 400), ("b", 300), ("c", 200)],
+    )
+    .await;
+    let run = maintain(&db, &policy, now)
+        .await
+        .expect("run")
+        .expect("not locked");
+    assert_eq!(
+        run.report.auto_indexes_chosen,
+        [
+            format!("{TOPIC} {sort}"),
+            format!("{TOPIC} a"),
+            format!("{TOPIC} b")
+        ],
+        "c is beyond the limit: {:?}",
+        run.report
+    );
+    let definition =
+        sort_index_definition(&policy.topics[TOPIC].sort_columns, sort).expect("definition");
+    let app = LiteralPaths::typed_value(FieldType::String, &["app".to_owned()]).expect("app");
+    let b = LiteralPaths::typed_value(FieldType::Integer, &["b".to_owned()]).expect("b");
+    assert_eq!(definition, format!("(topic, {app}, {b} DESC, id DESC)"));
+    let sort_suffix = format!("_s{}", expression_hash(&definition));
+    let (leaves, indexed) = leaves_with(&db, TOPIC, &sort_suffix).await;
+    assert!(leaves >= 4, "today and the spans ahead: {leaves}");
+    assert_eq!(indexed, leaves, "the sort index on every leaf of the topic");
+    // Ordered as the page query: Postgres' own text of one of them.
+    let text: String = db
+        .query_one(
+            "SELECT pg_get_indexdef(i.oid) FROM pg_class i WHERE i.relname LIKE '%' || $1 LIMIT 1",
+            &[&sort_suffix],
+        )
+        .await
+        .expect("indexdef")
+        .get(0);
+    assert!(
+        text.contains("COLLATE \"C\", (") && text.ends_with("END) DESC, id DESC)"),
+        "{text}"
+    );
+    let (_, other) = leaves_with(&db, "t.other", &sort_suffix).await;
+    assert_eq!(other, 0, "not on another topic's leaves");
+
+    // A window later with no use: the sort index goes like a field's; the declared one stays.
+    let run = maintain(&db, &policy, now + Duration::days(8))
+        .await
+        .expect("run")
+        .expect("not locked");
+    assert_eq!(run.report.auto_indexes_dropped.len(), 3, "{:?}", run.report);
+    let (_, indexed) = leaves_with(&db, TOPIC, &sort_suffix).await;
+    assert_eq!(indexed, 0, "dropped from every leaf");
+    let (leaves, declared) = leaves_with(&db, TOPIC, &suffix("app", FieldType::String)).await;
+    assert_eq!(declared, leaves);
 }

@@ -5,8 +5,12 @@
 //!   index can serve. In memory, at most [`MAX_ENTRIES`] distinct (topic, field) pairs between two
 //!   flushes (more are not counted, and counted as such); every `stats.field_usage_flush_ms` the counts
 //!   are added to `field_usage` (on `stats.usage_database_url`, else the stats-api's own database).
+//!   A sort by two keys or more led by a payload field counts too, as one entry under its usage key
+//!   (`sort:source_app,-timestamp_start`, `eventgate_core::db::auto_index::sort_usage_key`: a `,` is in
+//!   no candidate field's name), within the same bound.
 //! - [`FieldUsage::mark_indexed`] treats the fields the maintenance auto-indexed (`auto_indexed_fields`,
-//!   once their indexes are ready) as indexed, so the SQL compares the indexed expression. The set is
+//!   once their indexes are ready) as indexed, so the SQL compares the indexed expression; and the
+//!   payload keys of a sort whose composite index is ready, so its `ORDER BY` is the index's. The set is
 //!   read again every `stats.auto_index_refresh_ms` by a task of its own: a request only reads the set
 //!   it finds, never waits for the database.
 //!
@@ -22,6 +26,7 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, Registry};
 
+use eventgate_core::db::auto_index::sort_usage_key;
 use eventgate_core::db::PgPool;
 use eventgate_core::metrics::counter_vec;
 use eventgate_core::query::{FieldDef, FieldSource, FilterOp, QueryPlan};
@@ -90,10 +95,12 @@ impl FieldUsage {
             })
             .map(|f| &f.field);
         let sorted = plan.sort.iter().map(|k| &k.field);
+        let sort_key = sort_usage_key(&plan.sort);
         let mut fields: Vec<&str> = filtered
             .chain(sorted)
             .filter(|f| indexable(f))
             .map(|f| f.name.as_str())
+            .chain(sort_key.as_deref())
             .collect();
         // One use per query and field, however often it appears in it.
         fields.sort_unstable();
@@ -123,6 +130,16 @@ impl FieldUsage {
         };
         if set.is_empty() {
             return;
+        }
+        // A sort whose composite index is ready: its keys are written as the index's expressions.
+        if let Some(key) = sort_usage_key(&plan.sort) {
+            if set.contains(&(topic.to_owned(), key)) {
+                for sort in &mut plan.sort {
+                    if matches!(sort.field.source, FieldSource::Payload(_)) {
+                        sort.field.indexed = true;
+                    }
+                }
+            }
         }
         let fields = plan
             .filters
@@ -355,9 +372,37 @@ mod tests {
             counted,
             [
                 (("t".to_owned(), "n".to_owned()), 1),
+                (("t".to_owned(), "sort:n,-timestamp".to_owned()), 1),
                 (("t".to_owned(), "tenant".to_owned()), 1)
             ]
         );
+    }
+
+    #[test]
+    fn sorts_by_two_keys_led_by_a_payload_field_are_counted_and_marked_once_indexed() {
+        let usage = FieldUsage::new(&Registry::new());
+        // `app` is declared: the sort counts all the same; `n` counts as a field too.
+        usage.record("t", &plan_of(json!({"sort": ["app", "-n"]})));
+        usage.record("t", &plan_of(json!({"sort": ["-app", "n", "id"]})));
+        usage.record("t", &plan_of(json!({"sort": ["-timestamp", "app"]})));
+        usage.record("t", &plan_of(json!({"sort": ["app"]})));
+        let mut counted: Vec<(Key, i64)> = usage.take().into_iter().collect();
+        counted.sort();
+        assert_eq!(
+            counted,
+            [
+                (("t".to_owned(), "n".to_owned()), 2),
+                (("t".to_owned(), "sort:app,-n".to_owned()), 2)
+            ]
+        );
+        if let Ok(mut set) = usage.auto_indexed.write() {
+            *set = Arc::new(HashSet::from([("t".to_owned(), "sort:app,-n".to_owned())]));
+        }
+        let mut plan = plan_of(json!({"sort": ["app", "-n"], "filter": {"n": 1}}));
+        usage.mark_indexed("t", &mut plan);
+        let indexed: Vec<bool> = plan.sort.iter().map(|k| k.field.indexed).collect();
+        assert_eq!(indexed, [true, true, false], "the payload keys, not the id");
+        assert!(!plan.filters[0].field.indexed, "a filter on n is not");
     }
 
     #[test]

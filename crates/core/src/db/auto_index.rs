@@ -12,6 +12,12 @@
 //! - an auto-index is dropped once its field was not used for a whole window (or it became declared,
 //!   or left the schema, or the limit went down).
 //!
+//! Sorts by two keys or more whose first is a payload field (`sort=source_app,-timestamp_start`) are
+//! counted and chosen the same way, in the same slots: the stats-api records them under
+//! [`sort_usage_key`] (`sort:source_app,-timestamp_start`: a `,` is never in a candidate field's name),
+//! and their index is a composite `(topic, <key>, …, id)` ordered exactly as the page query's `ORDER BY`
+//! ([`sort_index_definition`]), `<leaf>_s<hash of the definition>` on each leaf.
+//!
 //! The chosen fields are recorded in `auto_indexed_fields`; their expressions join the topic's declared
 //! ones for the run, so the indexes are the same `<leaf>_f<hash>` a declaration would build (declaring
 //! the field later keeps the index) and are built, kept and dropped by the same step. Once a run has
@@ -24,7 +30,98 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_postgres::Client;
 
-use super::partitions::{MaintenanceReport, StoragePolicy};
+use super::partitions::{MaintenanceReport, StoragePolicy, TopicStorage};
+use crate::query::{FieldDef, FieldSource, SortKey};
+
+/// What starts the `field` of a sort's usage (`field_usage`, `auto_indexed_fields`).
+pub const SORT_KEY_PREFIX: &str = "sort:";
+
+/// Whether a sort key could be a column of a sort index: `id`, `timestamp`, or a payload field an
+/// expression index could serve (declared indexed or not).
+fn sortable(field: &FieldDef) -> bool {
+    match field.source {
+        FieldSource::Id | FieldSource::Timestamp => true,
+        FieldSource::Payload(_) => super::indexed_expression(&FieldDef {
+            indexed: true,
+            ..field.clone()
+        })
+        .is_some(),
+        FieldSource::Producer | FieldSource::Items { .. } => false,
+    }
+}
+
+/// The usage key of a query's order (`plan.sort`, ending with its `id` tie-breaker) when a composite
+/// index could serve it: two keys or more (the tie-breaker the planner appends not counted), the first
+/// a payload field, every one sortable. `sort:` then the keys as the query language writes them, the
+/// appended `id` left out and, when the first key is descending, every direction reversed (a backward
+/// scan of the one index serves both): `sort:source_app,-timestamp_start`.
+pub fn sort_usage_key(sort: &[SortKey]) -> Option<String> {
+    let mut keys = sort;
+    if let [before @ .., previous, last] = sort {
+        if last.field.source == FieldSource::Id && last.descending == previous.descending {
+            keys = &sort[..before.len() + 1];
+        }
+    }
+    let first = keys.first()?;
+    if keys.len() < 2
+        || !matches!(first.field.source, FieldSource::Payload(_))
+        || !keys.iter().all(|k| sortable(&k.field))
+    {
+        return None;
+    }
+    let flip = first.descending;
+    let written: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            let dash = if k.descending != flip { "-" } else { "" };
+            format!("{dash}{}", k.field.name)
+        })
+        .collect();
+    Some(format!("{SORT_KEY_PREFIX}{}", written.join(",")))
+}
+
+/// The definition of the index of a sort's usage key, `(topic, <key> [DESC], …, id [DESC])`: the page
+/// query's `ORDER BY` (`ASC` is `NULLS LAST`, `DESC` `NULLS FIRST`, Postgres' defaults and the query's),
+/// the `id` tie-breaker with the last key's direction. `None` when a key is not sortable in `columns`
+/// ([`TopicStorage::sort_columns`]).
+pub fn sort_index_definition(columns: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    let spec = key.strip_prefix(SORT_KEY_PREFIX)?;
+    let mut parts: Vec<(bool, &String, &str)> = Vec::new();
+    for entry in spec.split(',') {
+        let (descending, name) = match entry.strip_prefix('-') {
+            Some(name) => (true, name),
+            None => (false, entry),
+        };
+        parts.push((descending, columns.get(name)?, name));
+    }
+    let first = parts.first()?;
+    if parts.len() < 2 || first.2 == "id" || first.2 == "timestamp" {
+        return None;
+    }
+    if !parts.iter().any(|p| p.2 == "id") {
+        let descending = parts.last().is_some_and(|p| p.0);
+        parts.push((descending, columns.get("id")?, "id"));
+    }
+    let columns: Vec<String> = parts
+        .iter()
+        .map(|(descending, column, _)| {
+            format!("{column}{}", if *descending { " DESC" } else { "" })
+        })
+        .collect();
+    Some(format!("(topic, {})", columns.join(", ")))
+}
+
+impl TopicStorage {
+    /// What an auto-index of `field` (a field's name or a sort's usage key) would be made of: the
+    /// field's expression, or the sort index's definition; `None` when it gets none.
+    pub(crate) fn auto_candidate(&self, field: &str) -> Option<String> {
+        if field.starts_with(SORT_KEY_PREFIX) {
+            sort_index_definition(&self.sort_columns, field)
+        } else {
+            self.auto_candidates.get(field).cloned()
+        }
+    }
+}
 use super::DbError;
 
 /// One field's use within the window, as `eventgate maintain --json` shows it.
@@ -74,11 +171,11 @@ impl Decision {
             let expression = policy
                 .topics
                 .get(&chosen.topic)
-                .and_then(|t| t.auto_candidates.get(&chosen.field));
+                .and_then(|t| t.auto_candidate(&chosen.field));
             if let Some(expression) = expression {
                 out.entry(chosen.topic.clone())
                     .or_default()
-                    .insert(chosen.field.clone(), expression.clone());
+                    .insert(chosen.field.clone(), expression);
             }
         }
         out
@@ -110,7 +207,7 @@ pub(crate) fn decide(
         // Made before, still a candidate and used within the window.
         let mut kept: Vec<(i64, &str, OffsetDateTime)> = existing
             .iter()
-            .filter(|c| &c.topic == name && topic.auto_candidates.contains_key(&c.field))
+            .filter(|c| &c.topic == name && topic.auto_candidate(&c.field).is_some())
             .filter_map(|c| {
                 let used = uses.get(&(name.as_str(), c.field.as_str()));
                 let last = used.map_or(c.last_used, |u| u.last_used.max(c.last_used));
@@ -121,7 +218,7 @@ pub(crate) fn decide(
         kept.truncate(slots);
         let mut added: Vec<(i64, &str, OffsetDateTime)> = usage
             .iter()
-            .filter(|u| &u.topic == name && topic.auto_candidates.contains_key(&u.field))
+            .filter(|u| &u.topic == name && topic.auto_candidate(&u.field).is_some())
             .filter(|u| u.uses >= 0 && u.uses.unsigned_abs() >= policy.auto_index_min_uses)
             .filter(|u| !made.contains(&(name.as_str(), u.field.as_str())))
             .map(|u| (u.uses, u.field.as_str(), u.last_used))
@@ -215,9 +312,17 @@ pub(crate) async fn choose(
     let mut effective = policy.clone();
     for (topic, fields) in &expressions {
         if let Some(storage) = effective.topics.get_mut(topic) {
-            storage.field_expressions.extend(fields.values().cloned());
+            for (field, expression) in fields {
+                if field.starts_with(SORT_KEY_PREFIX) {
+                    storage.sort_indexes.push(expression.clone());
+                } else {
+                    storage.field_expressions.push(expression.clone());
+                }
+            }
             storage.field_expressions.sort();
             storage.field_expressions.dedup();
+            storage.sort_indexes.sort();
+            storage.sort_indexes.dedup();
         }
     }
     let mut field_usage: Vec<FieldUse> = usage
@@ -400,5 +505,93 @@ mod tests {
         // 0 turns them off: every one goes.
         let decision = decide(&policy(0), now(), &usage, &[made("a", 0)]);
         assert_eq!(decision.remove.len(), 1);
+    }
+
+    #[test]
+    fn sorts_by_two_keys_get_a_composite_index_ordered_as_the_query_in_the_same_slots() {
+        use crate::db::typed_value::LiteralPaths;
+        use crate::query::FieldType;
+        let policy = policy(2);
+        let topic = &policy.topics["t"];
+        let a = LiteralPaths::typed_value(FieldType::String, &["a".to_owned()]).expect("a");
+        let b = LiteralPaths::typed_value(FieldType::Integer, &["b".to_owned()]).expect("b");
+        let d = LiteralPaths::typed_value(FieldType::String, &["declared".to_owned()]).expect("d");
+        assert_eq!(
+            topic.auto_candidate("sort:a,-b"),
+            Some(format!("(topic, {a}, {b} DESC, id DESC)"))
+        );
+        assert_eq!(
+            topic.auto_candidate("sort:declared,timestamp,id"),
+            Some(format!("(topic, {d}, received_at, id)"))
+        );
+        for none in [
+            "sort:a",
+            "sort:timestamp,a",
+            "sort:a,when",
+            "sort:a,obj",
+            "a,-b",
+            "sort:a,,b",
+        ] {
+            assert_eq!(topic.auto_candidate(none), None, "{none}");
+        }
+        let usage = [
+            used("sort:a,-b", 500, 1),
+            used("b", 100, 1),
+            used("c", 50, 1),
+        ];
+        let decision = decide(&policy, now(), &usage, &[]);
+        assert_eq!(fields(&decision.add), ["sort:a,-b", "b"]);
+        // Unused for a whole window: dropped like a field's.
+        let decision = decide(&policy, now(), &[], &[made("sort:a,-b", 8)]);
+        assert_eq!(decision.remove, [("t".to_owned(), "sort:a,-b".to_owned())]);
+    }
+
+    #[test]
+    fn a_sort_is_counted_under_one_key_whichever_way_it_is_written() {
+        use crate::query::{plan, CursorKey, QueryLimits, QueryRequest};
+        let catalogue = Catalogue::from_topics([Topic::from_schema(
+            "t",
+            json!({"type": "object", "properties": {
+                "a": {"type": "string"}, "b": {"type": "integer"},
+                "when": {"type": "string", "format": "date-time"}}}),
+        )
+        .expect("topic")]);
+        let fields = &catalogue.get("t").expect("t").fields;
+        let key_of = |sort: serde_json::Value| {
+            let request = QueryRequest::from_json(&json!({ "sort": sort })).expect("request");
+            let plan = plan(
+                "t",
+                &request,
+                fields,
+                &QueryLimits::default(),
+                &CursorKey::new(b"k"),
+            )
+            .expect("plan");
+            sort_usage_key(&plan.sort)
+        };
+        let expected = Some("sort:a,-b".to_owned());
+        assert_eq!(key_of(json!(["a", "-b"])), expected);
+        assert_eq!(key_of(json!(["a", "-b", "-id"])), expected);
+        assert_eq!(
+            key_of(json!(["-a", "b"])),
+            expected,
+            "the same index, backwards"
+        );
+        assert_eq!(
+            key_of(json!(["a", "-b", "id"])),
+            Some("sort:a,-b,id".to_owned())
+        );
+        assert_eq!(
+            key_of(json!(["a", "-timestamp"])),
+            Some("sort:a,-timestamp".to_owned())
+        );
+        for none in [
+            json!(["a"]),
+            json!(["-timestamp", "a"]),
+            json!(["a", "when"]),
+            json!(["a", "producer"]),
+        ] {
+            assert_eq!(key_of(none.clone()), None, "{none}");
+        }
     }
 }

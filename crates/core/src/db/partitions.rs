@@ -54,6 +54,13 @@ pub struct TopicStorage {
     /// The fields it does not declare indexed that could be (name → expression): what may get an
     /// auto-index ([`super::auto_index`]).
     pub auto_candidates: BTreeMap<String, String>,
+    /// What a sort may be indexed by (name → the column or expression an index orders it by): the
+    /// payload fields an expression index could serve, declared or not, plus `id` and `timestamp`.
+    /// The auto sort indexes' definitions are made from it ([`super::auto_index::sort_index_definition`]).
+    pub sort_columns: BTreeMap<String, String>,
+    /// The definitions of the run's auto sort indexes, `(topic, <key>, …, id)`, built on each leaf as
+    /// `<leaf>_s<hash of the definition>` (set by [`super::auto_index::choose`] for the run).
+    pub sort_indexes: Vec<String>,
 }
 
 /// The catalogue's topics and the storage settings, as the maintenance needs them.
@@ -101,12 +108,27 @@ impl StoragePolicy {
                             .map(|e| (field.name.clone(), e))
                     })
                     .collect();
+                let mut sort_columns: BTreeMap<String, String> = topic
+                    .fields
+                    .fields()
+                    .filter_map(|field| {
+                        let declared_like = crate::query::FieldDef {
+                            indexed: true,
+                            ..field.clone()
+                        };
+                        super::indexed_expression(&declared_like).map(|e| (field.name.clone(), e))
+                    })
+                    .collect();
+                sort_columns.insert("id".to_owned(), "id".to_owned());
+                sort_columns.insert("timestamp".to_owned(), "received_at".to_owned());
                 let storage_of = TopicStorage {
                     name: topic.name.clone(),
                     retention: topic.settings.retention.unwrap_or(storage.retention),
                     containment_index: topic.settings.containment_index,
                     field_expressions,
                     auto_candidates,
+                    sort_columns,
+                    sort_indexes: Vec::new(),
                 };
                 (topic.name.clone(), storage_of)
             })
@@ -379,6 +401,19 @@ fn field_suffix(expression: &str) -> String {
     format!("f{}", super::field_index::expression_hash(expression))
 }
 
+/// The sort index suffix of a definition: `s<hash>`.
+fn sort_suffix(definition: &str) -> String {
+    format!("s{}", super::field_index::expression_hash(definition))
+}
+
+/// Whether `index` is a sort index of `leaf` (`<leaf>_s` and 16 hex digits), not one Postgres named.
+fn is_sort_index(leaf: &str, index: &str) -> bool {
+    index
+        .strip_prefix(leaf)
+        .and_then(|rest| rest.strip_prefix("_s"))
+        .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// An index a leaf should have: its name and the `CREATE … INDEX` body after `ON <leaf>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct IndexSpec {
@@ -408,6 +443,14 @@ fn desired_indexes(policy: &StoragePolicy, leaf: &str, topic: Option<&str>) -> V
             name: leaf_index_name(leaf, &field_suffix(expression)),
             unique: false,
             definition: format!("(topic, {expression}, id)"),
+        });
+    }
+    let sorts: BTreeSet<&String> = topics.iter().flat_map(|t| t.sort_indexes.iter()).collect();
+    for definition in sorts {
+        specs.push(IndexSpec {
+            name: leaf_index_name(leaf, &sort_suffix(definition)),
+            unique: false,
+            definition: definition.clone(),
         });
     }
     if topics.iter().any(|t| t.containment_index) {
@@ -809,7 +852,8 @@ async fn build_leaf_indexes(
         // planner then guesses instead of knowing how many rows a value has.
         let mut analyse = false;
         for spec in &wanted {
-            analyse |= spec.name.starts_with(&field_index)
+            analyse |= (spec.name.starts_with(&field_index)
+                || is_sort_index(&leaf.name, &spec.name))
                 && existing.get(&(leaf.name.clone(), spec.name.clone())) != Some(&true);
             match existing.get(&(leaf.name.clone(), spec.name.clone())) {
                 Some(true) => continue,
@@ -840,7 +884,8 @@ async fn build_leaf_indexes(
         // longer indexed. The key is always asked for.
         for (table, index) in existing.keys() {
             let ours = index.starts_with(&format!("{}_gin", leaf.name))
-                || index.starts_with(&format!("{}_f", leaf.name));
+                || index.starts_with(&format!("{}_f", leaf.name))
+                || is_sort_index(&leaf.name, index);
             if table == &leaf.name && ours && !wanted.iter().any(|w| &w.name == index) {
                 client
                     .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))

@@ -32,7 +32,9 @@
 //! - The default order `-timestamp` becomes `ORDER BY received_at DESC, id DESC` with the keyset condition
 //!   `(received_at, id) < ($a, $b)`, served by the `(topic, received_at, id)` btree. Other orders use a
 //!   lexicographic OR-chain that treats NULL as greater than every value (`ASC` = `NULLS LAST`,
-//!   `DESC` = `NULLS FIRST`, Postgres' defaults).
+//!   `DESC` = `NULLS FIRST`, Postgres' defaults), with a redundant bound on the first key from the
+//!   cursor's first value so that an index on it starts at the cursor (an ascending payload key after a
+//!   value: a union of `>= v` and `IS NULL`, see [`page_sql`]).
 
 use serde_json::{Map, Value};
 use tokio_postgres::types::{ToSql, Type};
@@ -40,7 +42,7 @@ use tokio_postgres::types::{ToSql, Type};
 use eventgate_core::db::typed_value::{typed_value, ValueSql};
 use eventgate_core::query::value::{PG_EPOCH_MICROS, STORED_TIME_REGEX};
 use eventgate_core::query::{
-    FieldDef, FieldSource, FieldType, Filter, FilterOp, QueryPlan, Scalar, SortValue,
+    FieldDef, FieldSource, FieldType, Filter, FilterOp, QueryPlan, Scalar, SortKey, SortValue,
 };
 
 /// One bind parameter, in order: `$1` is `binds[0]`.
@@ -65,28 +67,30 @@ pub struct SqlParts {
 /// The page query: `SELECT id, topic, received_at, producer, payload, schema_version FROM events WHERE topic = $1 AND
 /// <filters> AND <after the cursor> ORDER BY <sort, id> LIMIT plan.limit + 1 [OFFSET plan.offset]`,
 /// loadable as `EventRow`.
+///
+/// After a cursor whose first key is an ascending payload field with a value `v` and an index
+/// ([`split_at_no_value`]), the rows after it are those from `v` on and those without a value (last in
+/// that order). No one index condition says "`>= v` or NULL", so the page is the union of both, each
+/// an index range scan with its own bound: `WITH from_value AS MATERIALIZED (<… AND key >= v … LIMIT
+/// n>) SELECT … FROM (SELECT … FROM from_value UNION ALL (<… AND key IS NULL … LIMIT n - (SELECT
+/// count(*) FROM from_value)>)) AS page ORDER BY <sort, id> LIMIT n`. The rows without a value are
+/// only read when those from `v` on do not fill the page (a `LIMIT 0` reads nothing): without a
+/// composite index they are sorted, and they may be many.
 pub fn page_sql(topic: &str, plan: &QueryPlan) -> SqlParts {
     let mut b = SqlBuilder::default();
-    b.push("SELECT id, topic, received_at, producer, payload, schema_version FROM events WHERE topic = ");
-    b.bind(Bind::Text(topic.to_owned()), "::text");
-    for filter in &plan.filters {
-        b.push(" AND ");
-        b.filter(filter);
+    if split_at_no_value(plan) {
+        b.push("WITH from_value AS MATERIALIZED (");
+        b.page_select(topic, plan, FirstKeyBound::FromValue);
+        b.push(
+            ") SELECT id, topic, received_at, producer, payload, schema_version FROM (\
+             SELECT id, topic, received_at, producer, payload, schema_version FROM from_value UNION ALL (",
+        );
+        b.page_select(topic, plan, FirstKeyBound::NoValue);
+        b.push(")) AS page");
+        b.order_and_limit(plan, false);
+    } else {
+        b.page_select(topic, plan, FirstKeyBound::Redundant);
     }
-    if let Some(after) = &plan.after {
-        b.push(" AND ");
-        b.keyset(plan, after);
-    }
-    b.push(" ORDER BY ");
-    for (i, key) in plan.sort.iter().enumerate() {
-        if i > 0 {
-            b.push(", ");
-        }
-        b.typed(&key.field);
-        b.push(if key.descending { " DESC" } else { " ASC" });
-    }
-    b.push(" LIMIT ");
-    b.bind(Bind::BigInt(i64::from(plan.limit) + 1), "::bigint");
     if plan.offset > 0 {
         // Offset paging (`page`), bounded by `max_page_depth`: the rows before are read and dropped.
         b.push(" OFFSET ");
@@ -98,6 +102,66 @@ pub fn page_sql(topic: &str, plan: &QueryPlan) -> SqlParts {
     SqlParts {
         sql: b.sql,
         binds: b.binds,
+    }
+}
+
+/// Whether the page after the cursor is written as a union split at the first key's "no value"
+/// ([`page_sql`]): a cursor, no offset, the first key an ascending payload field with a value in the
+/// cursor, compared as its index's expression (declared or auto-indexed; unindexed, both halves
+/// would read the topic).
+fn split_at_no_value(plan: &QueryPlan) -> bool {
+    let (Some(after), Some(first)) = (&plan.after, plan.sort.first()) else {
+        return false;
+    };
+    plan.offset == 0
+        && !first.descending
+        && matches!(first.field.source, FieldSource::Payload(_))
+        && eventgate_core::db::indexed_expression(&first.field).is_some()
+        && matches!(after.first(), Some(Some(_)))
+}
+
+/// The bound the cursor's first value puts on the first key ([`SqlBuilder::first_key_bound`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstKeyBound {
+    /// Redundant: keeps every row after the cursor.
+    Redundant,
+    /// The union's first half: the first key `>=` the cursor's value (ascending).
+    FromValue,
+    /// The union's second half: the first key without a value.
+    NoValue,
+}
+
+impl SqlBuilder {
+    /// `SELECT … FROM events WHERE topic = … AND <filters> AND <after the cursor> ORDER BY … LIMIT …`.
+    fn page_select(&mut self, topic: &str, plan: &QueryPlan, bound: FirstKeyBound) {
+        self.push("SELECT id, topic, received_at, producer, payload, schema_version FROM events WHERE topic = ");
+        self.bind(Bind::Text(topic.to_owned()), "::text");
+        for filter in &plan.filters {
+            self.push(" AND ");
+            self.filter(filter);
+        }
+        if let Some(after) = &plan.after {
+            self.push(" AND ");
+            self.keyset(plan, after, bound);
+        }
+        self.order_and_limit(plan, bound == FirstKeyBound::NoValue);
+    }
+
+    /// ` ORDER BY <sort, id> LIMIT plan.limit + 1`, less the rows of `from_value` when `rest`.
+    fn order_and_limit(&mut self, plan: &QueryPlan, rest: bool) {
+        self.push(" ORDER BY ");
+        for (i, key) in plan.sort.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.typed(&key.field);
+            self.push(if key.descending { " DESC" } else { " ASC" });
+        }
+        self.push(" LIMIT ");
+        self.bind(Bind::BigInt(i64::from(plan.limit) + 1), "::bigint");
+        if rest {
+            self.push(" - (SELECT count(*) FROM from_value)");
+        }
     }
 }
 
@@ -599,8 +663,70 @@ impl SqlBuilder {
         }
     }
 
+    /// The redundant bound the cursor's first value puts on the first key, followed by ` AND `: it
+    /// keeps every row after the cursor, and lets an index on the key start the scan at the cursor
+    /// (without it a deep page of a payload-led sort reads every row before the cursor).
+    /// "No value" (NULL) is greater than every value, so after value `v`:
+    /// - ascending: `>= v`, or no value (rows without one come last; not an index condition, so with an
+    ///   index [`page_sql`] writes the two as the halves of a union, [`FirstKeyBound`]);
+    /// - descending: `<= v` (rows without one came first);
+    /// - ascending after no value: no value (`IS NULL`, which a btree serves as well);
+    /// - descending after no value: anything (nothing is written).
+    ///
+    /// Envelope columns always have a value.
+    fn first_key_bound(&mut self, first: &SortKey, value: Option<&Scalar>, bound: FirstKeyBound) {
+        match first.field.source {
+            FieldSource::Payload(_) => {}
+            FieldSource::Items { .. } => return,
+            FieldSource::Id | FieldSource::Timestamp | FieldSource::Producer => {
+                if let Some(v) = value {
+                    self.compare(
+                        &first.field,
+                        if first.descending { " <= " } else { " >= " },
+                        v,
+                    );
+                    self.push(" AND ");
+                }
+                return;
+            }
+        }
+        match bound {
+            FirstKeyBound::Redundant => {}
+            FirstKeyBound::FromValue => {
+                if let Some(v) = value {
+                    self.compare(&first.field, " >= ", v);
+                    self.push(" AND ");
+                }
+                return;
+            }
+            FirstKeyBound::NoValue => {
+                self.presence(&first.field, false);
+                self.push(" AND ");
+                return;
+            }
+        }
+        match (first.descending, value) {
+            (true, Some(v)) => {
+                self.compare(&first.field, " <= ", v);
+                self.push(" AND ");
+            }
+            (false, Some(v)) => {
+                self.push("(");
+                self.compare(&first.field, " >= ", v);
+                self.push(" OR ");
+                self.presence(&first.field, false);
+                self.push(") AND ");
+            }
+            (false, None) => {
+                self.presence(&first.field, false);
+                self.push(" AND ");
+            }
+            (true, None) => {}
+        }
+    }
+
     /// Rows strictly after the cursor position in the plan's order (NULL greater than every value).
-    fn keyset(&mut self, plan: &QueryPlan, after: &[SortValue]) {
+    fn keyset(&mut self, plan: &QueryPlan, after: &[SortValue], bound: FirstKeyBound) {
         let keys: Vec<_> = plan.sort.iter().zip(after.iter()).collect();
         let all_columns_one_direction = !keys.is_empty()
             && keys
@@ -649,15 +775,8 @@ impl SqlBuilder {
         }
         self.push("(");
         // A redundant bound on a leading column lets an index range scan start at the cursor.
-        if let Some((first, Some(v))) = keys.first() {
-            if first.field.is_envelope() {
-                self.compare(
-                    &first.field,
-                    if first.descending { " <= " } else { " >= " },
-                    v,
-                );
-                self.push(" AND ");
-            }
+        if let Some((first, value)) = keys.first() {
+            self.first_key_bound(first, value.as_ref(), bound);
         }
         self.push("(");
         let mut terms = 0;
@@ -1015,6 +1134,82 @@ mod tests {
         assert!(parts.sql.contains("IS NOT NULL"), "{}", parts.sql);
         assert!(parts.binds.contains(&Bind::Text("1.5".into())));
         assert_only_static_sql(&parts, &[]);
+    }
+
+    /// The SQL of the page after the event with `payload`, for `sort` on `fields`.
+    fn page_after(fields: &FieldCatalogue, sort: Value, payload: Value) -> String {
+        let req = QueryRequest::from_json(&json!({ "sort": sort })).expect("body");
+        let p = plan("jobs", &req, fields, &QueryLimits::default(), &key()).expect("plan");
+        let last = eventgate_core::envelope::Event {
+            id: uuid::Uuid::nil(),
+            topic: "jobs".into(),
+            timestamp: time::OffsetDateTime::UNIX_EPOCH,
+            producer: "p".into(),
+            payload,
+        };
+        let mut req = req;
+        req.cursor = Some(p.next_cursor(&last, &key()));
+        let p = plan("jobs", &req, fields, &QueryLimits::default(), &key()).expect("plan");
+        let parts = page_sql("jobs", &p);
+        if !p.sort.iter().any(|k| k.field.indexed) {
+            assert_only_static_sql(&parts, &[]);
+        }
+        parts.sql
+    }
+
+    #[test]
+    fn a_payload_led_cursor_bounds_its_first_key() {
+        let plain = catalogue();
+        let app = "(CASE WHEN jsonb_typeof((payload #> $2::text[])) = 'string' THEN ((payload #> $2::text[]) #>> '{}') END) COLLATE \"C\")";
+        // Descending after a value: `<= v` (rows without a value came first).
+        let sql = page_after(
+            &plain,
+            json!(["-source_app", "run_id"]),
+            json!({"source_app": "a"}),
+        );
+        assert!(sql.contains(&format!("{app} <= $3::text) AND ((")), "{sql}");
+        // Ascending after no value: only rows without one follow.
+        let sql = page_after(&plain, json!(["source_app", "run_id"]), json!({}));
+        assert!(sql.contains(&format!("{app} IS NULL) AND ((")), "{sql}");
+        // Descending after no value: nothing to bound.
+        let sql = page_after(&plain, json!(["-source_app", "run_id"]), json!({}));
+        assert_eq!(
+            sql.matches(" IS NULL)").count(),
+            2,
+            "the chain's own: {sql}"
+        );
+        // Ascending after a value, no index: `>= v` or no value.
+        let sql = page_after(
+            &plain,
+            json!(["source_app", "run_id"]),
+            json!({"source_app": "a"}),
+        );
+        assert!(sql.contains(&format!("{app} >= $3::text) OR ((")), "{sql}");
+        assert!(!sql.contains("UNION"), "{sql}");
+        // … with an index: the two halves, the second read only for what the first leaves.
+        let mut indexed = catalogue();
+        indexed
+            .mark_indexed(&["source_app".to_owned()])
+            .expect("indexable");
+        let sql = page_after(
+            &indexed,
+            json!(["source_app", "run_id"]),
+            json!({"source_app": "a"}),
+        );
+        let expression = "((CASE WHEN jsonb_typeof(payload #> '{source_app}'::text[]) = 'string' THEN (payload #>> '{source_app}'::text[]) END) COLLATE \"C\")";
+        assert!(
+            sql.starts_with("WITH from_value AS MATERIALIZED (SELECT "),
+            "{sql}"
+        );
+        assert!(sql.contains(&format!("({expression} >= $")), "{sql}");
+        assert!(
+            sql.contains(&format!("({expression} IS NULL) AND (")),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(" - (SELECT count(*) FROM from_value))) AS page ORDER BY "),
+            "{sql}"
+        );
     }
 
     fn runs_catalogue() -> FieldCatalogue {
