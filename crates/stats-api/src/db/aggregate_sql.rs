@@ -3,10 +3,17 @@
 //!
 //! The statement has three layers:
 //! 1. `selected`: the topic's events that pass the filters (the same fragments as the page query, from
-//!    [`SqlBuilder::filter`]), with each group key (`k0`…) and each metric argument (`a0`…) computed once as
-//!    the field's typed value ([`SqlBuilder::typed`]); a bucket is `date_trunc(unit, instant, $zone)`.
-//! 2. `grouped`: `GROUP BY GROUPING SETS ((k0, …), ())`, so one scan yields the groups and the totals row
-//!    (`GROUPING(…) <> 0`).
+//!    [`SqlBuilder::filter`], so that the field indexes still match), with each group key (`k0`…) and each
+//!    metric argument (`a0`…) computed once as the field's typed value; a bucket is
+//!    `date_trunc(unit, instant, $zone)`. A payload path is looked up once per event (`payload -> $a -> …
+//!    AS j0`, in a subquery the planner keeps: `OFFSET 0`), and the typed values are written over that
+//!    jsonb value ([`selected_events`]).
+//! 2. `grouped`: when every metric can be totalled from the groups (all but `count_distinct`), a plain
+//!    `GROUP BY` of the keys (which Postgres can hash), and the totals row computed from the groups: sum of
+//!    counts, sum of sums, least minimum, greatest maximum, and an average as the sum of the groups' sums
+//!    over the sum of their counts (exactly what `avg` does: the exact sum divided by the count). With a
+//!    `count_distinct`, `GROUP BY GROUPING SETS ((k0, …), ())`, so one scan yields the groups and the
+//!    totals row (`GROUPING(…) <> 0`).
 //! 3. The answer: the totals row first, then the groups in the plan's order (`NULLS LAST` both ways), at
 //!    most `limit`, each with `count(*) OVER ()` (computed before the limit: the number of groups in all).
 //!
@@ -28,6 +35,8 @@ use eventgate_core::query::{
     Decimal, FieldDef, FieldSource, FieldType, FilterOp, Scalar, SortValue,
 };
 
+use eventgate_core::db::typed_value::{typed_value, ValueSql};
+
 use super::query_sql::{Bind, Instant, SqlBuilder, SqlParts};
 
 const KEYS: [&str; 8] = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
@@ -38,6 +47,20 @@ const METRICS: [&str; 16] = [
 const ARGUMENTS: [&str; 16] = [
     "a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10", "a11", "a12", "a13", "a14",
     "a15",
+];
+/// An average's parts in `grouped`: the sum and the number of the values.
+const SUMS: [&str; 16] = [
+    "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12", "s13", "s14",
+    "s15",
+];
+const COUNTS: [&str; 16] = [
+    "c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13", "c14",
+    "c15",
+];
+/// The jsonb values of the payload paths `selected` reads.
+const RAW: [&str; 24] = [
+    "j0", "j1", "j2", "j3", "j4", "j5", "j6", "j7", "j8", "j9", "j10", "j11", "j12", "j13", "j14",
+    "j15", "j16", "j17", "j18", "j19", "j20", "j21", "j22", "j23",
 ];
 
 /// One row of the statement.
@@ -95,11 +118,33 @@ fn key_kinds(plan: &AggregatePlan) -> Vec<KeyKind> {
 /// file has aliases for (the planner's limits are well below).
 pub fn aggregate_sql(topic: &str, plan: &AggregatePlan) -> Result<SqlParts, &'static str> {
     let kinds = key_kinds(plan);
-    if kinds.len() > KEYS.len() || plan.metrics.len() > METRICS.len() {
+    if kinds.len() > KEYS.len()
+        || plan.metrics.len() > METRICS.len()
+        || payload_paths(plan).len() > RAW.len()
+    {
         return Err("too many group keys or metrics for the SQL translation");
     }
     let rollup = RollupRange::of(plan);
     let mut b = SqlBuilder::default();
+    // Distinct counts do not add up: only those plans need a grouping set for their totals.
+    let totalled = !kinds.is_empty()
+        && plan
+            .metrics
+            .iter()
+            .all(|m| m.kind != MetricKind::CountDistinct);
+    if totalled {
+        b.push("WITH grouped AS MATERIALIZED (SELECT ");
+        for alias in KEYS.iter().take(kinds.len()) {
+            b.push(alias);
+            b.push(", ");
+        }
+        group_metric_columns(&mut b, plan, rollup.is_some());
+        b.push(" FROM (");
+        selected(&mut b, topic, plan, rollup);
+        b.push(") AS selected GROUP BY ");
+        key_list(&mut b, kinds.len());
+        b.push(") ");
+    }
     b.push("SELECT ARRAY[");
     let mut first = true;
     let mut comma = |b: &mut SqlBuilder| {
@@ -134,18 +179,74 @@ pub fn aggregate_sql(topic: &str, plan: &AggregatePlan) -> Result<SqlParts, &'st
     b.push(
         "]::text[] AS cells, grp <> 0 AS is_total, count(*) OVER () AS total_rows FROM (SELECT ",
     );
-    for alias in KEYS.iter().take(kinds.len()) {
-        b.push(alias);
-        b.push(", ");
+    if totalled {
+        // The groups, then the totals row computed from them.
+        for alias in KEYS.iter().take(kinds.len()) {
+            b.push(alias);
+            b.push(", ");
+        }
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            if metric.kind == MetricKind::Avg {
+                b.push(SUMS[i]);
+                b.push(" / NULLIF(");
+                b.push(COUNTS[i]);
+                b.push(", 0)::numeric AS ");
+            }
+            b.push(METRICS[i]);
+            b.push(", ");
+        }
+        b.push("0 AS grp FROM grouped UNION ALL SELECT ");
+        for _ in 0..kinds.len() {
+            b.push("NULL, ");
+        }
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            match metric.kind {
+                MetricKind::Count => {
+                    b.push("coalesce(sum(");
+                    b.push(METRICS[i]);
+                    b.push("), 0)::bigint");
+                }
+                MetricKind::Sum => {
+                    b.push("sum(");
+                    b.push(METRICS[i]);
+                    b.push(")");
+                }
+                MetricKind::Min => {
+                    b.push("min(");
+                    b.push(METRICS[i]);
+                    b.push(")");
+                }
+                MetricKind::Max => {
+                    b.push("max(");
+                    b.push(METRICS[i]);
+                    b.push(")");
+                }
+                MetricKind::Avg => {
+                    b.push("sum(");
+                    b.push(SUMS[i]);
+                    b.push(") / NULLIF(sum(");
+                    b.push(COUNTS[i]);
+                    b.push("), 0)");
+                }
+                MetricKind::CountDistinct => unreachable!("not totalled"),
+            }
+            b.push(", ");
+        }
+        b.push("1 FROM grouped) AS answer ORDER BY grp DESC");
+    } else {
+        for alias in KEYS.iter().take(kinds.len()) {
+            b.push(alias);
+            b.push(", ");
+        }
+        metric_columns(&mut b, plan, rollup.is_some());
+        b.push(", GROUPING(");
+        key_list(&mut b, kinds.len());
+        b.push(") AS grp FROM (");
+        selected(&mut b, topic, plan, rollup);
+        b.push(") AS selected GROUP BY GROUPING SETS ((");
+        key_list(&mut b, kinds.len());
+        b.push("), ())) AS grouped ORDER BY grp DESC");
     }
-    metric_columns(&mut b, plan, rollup.is_some());
-    b.push(", GROUPING(");
-    key_list(&mut b, kinds.len());
-    b.push(") AS grp FROM (");
-    selected(&mut b, topic, plan, rollup);
-    b.push(") AS selected GROUP BY GROUPING SETS ((");
-    key_list(&mut b, kinds.len());
-    b.push("), ())) AS grouped ORDER BY grp DESC");
     for key in &plan.sort {
         b.push(", ");
         b.push(match key.target {
@@ -197,6 +298,41 @@ fn metric_columns(b: &mut SqlBuilder, plan: &AggregatePlan, weighted: bool) {
     }
 }
 
+/// The metrics of each group in `grouped`, where the totals row is computed from the groups: an
+/// average as its sum (`s<i>`) and its number of values (`c<i>`), divided above.
+fn group_metric_columns(b: &mut SqlBuilder, plan: &AggregatePlan, weighted: bool) {
+    for (i, metric) in plan.metrics.iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        if metric.kind == MetricKind::Avg {
+            b.push("sum(");
+            b.push(ARGUMENTS[i]);
+            b.push(") AS ");
+            b.push(SUMS[i]);
+            b.push(", count(");
+            b.push(ARGUMENTS[i]);
+            b.push(") AS ");
+            b.push(COUNTS[i]);
+            continue;
+        }
+        b.push(match metric.kind {
+            MetricKind::Count if weighted => "sum(weight)",
+            MetricKind::Count => "count(*)",
+            MetricKind::Min => "min(",
+            MetricKind::Max => "max(",
+            MetricKind::Sum => "sum(",
+            MetricKind::CountDistinct | MetricKind::Avg => unreachable!("not totalled"),
+        });
+        if metric.kind != MetricKind::Count {
+            b.push(ARGUMENTS[i]);
+            b.push(")");
+        }
+        b.push(" AS ");
+        b.push(METRICS[i]);
+    }
+}
+
 /// `SELECT <keys>, <metric arguments> FROM events WHERE topic = $1 AND <filters>`; from rollups, the
 /// minutes' counts and the partial minutes' events, each row with its `weight`.
 fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan, rollup: Option<RollupRange>) {
@@ -204,7 +340,7 @@ fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan, rollup: Optio
         return selected_events(b, topic, plan, None);
     };
     b.push("SELECT ");
-    bucket(b, plan, "minute");
+    bucket(b, plan, |b| b.push("minute"));
     b.push(", events AS weight FROM event_counts WHERE topic = ");
     b.bind(Bind::Text(topic.to_owned()), "::text");
     if let Some(from) = range.from {
@@ -225,58 +361,219 @@ fn selected(b: &mut SqlBuilder, topic: &str, plan: &AggregatePlan, rollup: Optio
     }
 }
 
+/// The fields `selected` reads: the group keys, the interval's, the metric arguments.
+fn read_fields(plan: &AggregatePlan) -> impl Iterator<Item = &FieldDef> {
+    plan.group_by
+        .iter()
+        .chain(plan.interval.as_ref().map(|bucketing| &bucketing.field))
+        .chain(
+            plan.metrics
+                .iter()
+                .filter_map(|metric| metric.field.as_ref()),
+        )
+}
+
+/// The payload paths `selected` reads, each once.
+fn payload_paths(plan: &AggregatePlan) -> Vec<&[String]> {
+    let mut paths: Vec<&[String]> = Vec::new();
+    for field in read_fields(plan) {
+        if let FieldSource::Payload(path) = &field.source {
+            if !paths.contains(&path.as_slice()) {
+                paths.push(path);
+            }
+        }
+    }
+    paths
+}
+
 /// The `selected` rows read from `events`; `edge`: only those on that side of a whole minute (from
 /// rollups, each with a `weight` of 1).
 ///
-/// A bucket of an epoch-ms payload field reads the field's typed value three times (the bounds checks and
-/// `to_timestamp`, see [`instant`]); Postgres evaluates each copy per row, so the typed value is computed
-/// once, as `ms`, in a subquery the planner keeps (`OFFSET 0`), and bucketed above it. Same rows.
+/// A payload field's typed value names its jsonb value several times (the type check, the conversion;
+/// and an epoch-ms bucket uses the typed value three times, see [`epoch_instant`]), and Postgres evaluates
+/// each copy per row. So, in subqueries the planner keeps (`OFFSET 0`): `raw` looks each payload path up
+/// once (`payload -> $a -> $b AS j<n>`, with the filters, unchanged); `typed` writes the typed values over
+/// those (keys, metric arguments, and the bucket, or the epoch-ms value `ms`), each field's once; the
+/// outer select buckets `ms` and names a value that two metrics (or a key and a metric) share once more.
+/// Same rows as the typed values over `payload`.
 fn selected_events(
     b: &mut SqlBuilder,
     topic: &str,
     plan: &AggregatePlan,
     edge: Option<(&'static str, i64)>,
 ) {
-    let Some(bucketing) = plan
+    let paths = payload_paths(plan);
+    if paths.is_empty() {
+        return events_columns(b, topic, plan, edge);
+    }
+    let epoch = plan
         .interval
         .as_ref()
-        .filter(|bucketing| epoch_payload(&bucketing.field))
-    else {
-        return events_columns(b, topic, plan, edge, false);
-    };
+        .filter(|bucketing| epoch_payload(&bucketing.field));
     b.push("SELECT ");
     for alias in KEYS.iter().take(plan.group_by.len()) {
         b.push(alias);
         b.push(", ");
     }
-    truncate(b, bucketing.unit);
-    epoch_instant(b, |b| b.push("ms"));
-    b.push(", ");
-    b.bind(Bind::Text(bucketing.time_zone.clone()), "::text");
-    b.push(") AS ");
-    b.push(KEYS[plan.group_by.len()]);
+    if let Some(bucketing) = epoch {
+        truncate(b, bucketing.unit);
+        epoch_instant(b, |b| b.push("ms"));
+        b.push(", ");
+        b.bind(Bind::Text(bucketing.time_zone.clone()), "::text");
+        b.push(") AS ");
+        b.push(KEYS[plan.group_by.len()]);
+        b.push(", ");
+    } else if plan.interval.is_some() {
+        b.push(KEYS[plan.group_by.len()]);
+        b.push(", ");
+    }
     for (i, metric) in plan.metrics.iter().enumerate() {
         if metric.field.is_some() {
-            b.push(", ");
+            if let Some(earlier) = same_value(plan, i) {
+                b.push(earlier);
+                b.push(" AS ");
+            }
             b.push(ARGUMENTS[i]);
+            b.push(", ");
         }
     }
-    if edge.is_some() {
-        b.push(", weight");
+    b.push(if edge.is_some() { "weight" } else { "1 AS one" });
+    b.push(" FROM (SELECT ");
+    for (i, field) in plan.group_by.iter().enumerate() {
+        typed_raw(b, field, &paths);
+        b.push(" AS ");
+        b.push(KEYS[i]);
+        b.push(", ");
     }
-    b.push(" FROM (");
-    events_columns(b, topic, plan, edge, true);
-    b.push(" OFFSET 0) AS typed");
+    if let Some(bucketing) = &plan.interval {
+        if epoch.is_some() {
+            typed_raw(b, &bucketing.field, &paths);
+            b.push(" AS ms");
+        } else {
+            bucket(b, plan, |b| typed_raw(b, &bucketing.field, &paths));
+        }
+        b.push(", ");
+    }
+    for (i, metric) in plan.metrics.iter().enumerate() {
+        match &metric.field {
+            Some(field) if same_value(plan, i).is_none() => {
+                typed_raw(b, field, &paths);
+                b.push(" AS ");
+                b.push(ARGUMENTS[i]);
+                b.push(", ");
+            }
+            _ => {}
+        }
+    }
+    b.push(if edge.is_some() { "weight" } else { "1 AS one" });
+    b.push(" FROM (SELECT ");
+    for (path, alias) in paths.iter().zip(RAW) {
+        // `jsonb -> text` walks objects only (NULL for anything else): the payload value at the path,
+        // as `SqlBuilder`'s `payload #> path` (with its guards against array indexing) is, without
+        // taking the `text[]` apart for every row.
+        b.push("(payload");
+        for part in *path {
+            b.push(" -> ");
+            b.bind(Bind::Text(part.clone()), "::text");
+        }
+        b.push(")");
+        b.push(" AS ");
+        b.push(alias);
+        b.push(", ");
+    }
+    // The envelope columns the typed values read.
+    let (mut id, mut received_at, mut producer) = (false, false, false);
+    for field in read_fields(plan) {
+        match field.source {
+            FieldSource::Id => id = true,
+            FieldSource::Timestamp => received_at = true,
+            FieldSource::Producer => producer = true,
+            FieldSource::Payload(_) | FieldSource::Items { .. } => {}
+        }
+    }
+    for (wanted, column) in [
+        (id, "id, "),
+        (received_at, "received_at, "),
+        (producer, "producer, "),
+    ] {
+        if wanted {
+            b.push(column);
+        }
+    }
+    b.push(if edge.is_some() {
+        "1::bigint AS weight"
+    } else {
+        "1 AS one"
+    });
+    events_from(b, topic, plan, edge);
+    b.push(" OFFSET 0) AS raw OFFSET 0) AS typed");
 }
 
-/// `SELECT <keys>, <bucket>, <metric arguments> FROM events WHERE topic = $n AND <filters>`; with
-/// `raw_instant`, the bucket's column is the typed value of the interval's field, `ms`, not yet bucketed.
+/// The column of `typed` that already holds the typed value of metric `i`'s argument: a group key's or an
+/// earlier argument's of the same field (the value is computed once).
+fn same_value(plan: &AggregatePlan, i: usize) -> Option<&'static str> {
+    let field = plan.metrics[i].field.as_ref()?;
+    if let Some(k) = plan.group_by.iter().position(|key| key == field) {
+        return Some(KEYS[k]);
+    }
+    let j = plan.metrics[..i]
+        .iter()
+        .position(|m| m.field.as_ref() == Some(field))?;
+    Some(ARGUMENTS[j])
+}
+
+/// The typed value of `field` over the `raw` subquery of [`selected_events`]: a payload field's over its
+/// path's jsonb value `j<n>` (`paths[n]`), an envelope field's over its column.
+fn typed_raw(b: &mut SqlBuilder, field: &FieldDef, paths: &[&[String]]) {
+    let FieldSource::Payload(path) = &field.source else {
+        return b.typed(field);
+    };
+    let n = paths
+        .iter()
+        .position(|p| *p == path.as_slice())
+        .expect("every payload path is in `raw`");
+    typed_value(&mut Raw { b, alias: RAW[n] }, field.ty, path);
+}
+
+/// The typed-value expression over a payload path's jsonb value, already looked up as `alias`.
+struct Raw<'a> {
+    b: &'a mut SqlBuilder,
+    alias: &'static str,
+}
+
+impl ValueSql for Raw<'_> {
+    fn push(&mut self, fragment: &'static str) {
+        self.b.push(fragment);
+    }
+
+    fn value(&mut self, _path: &[String]) {
+        self.b.push(self.alias);
+    }
+
+    fn value_operand(&mut self, _path: &[String]) {
+        self.b.push("(");
+        self.b.push(self.alias);
+        self.b.push(")");
+    }
+
+    fn value_text(&mut self, _path: &[String]) {
+        self.b.push("(");
+        self.b.push(self.alias);
+        self.b.push(" #>> '{}')");
+    }
+
+    fn time_pattern(&mut self) {
+        ValueSql::time_pattern(self.b);
+    }
+}
+
+/// `SELECT <keys>, <bucket>, <metric arguments> FROM events WHERE topic = $n AND <filters>`, when no
+/// payload field is read (the typed values are columns).
 fn events_columns(
     b: &mut SqlBuilder,
     topic: &str,
     plan: &AggregatePlan,
     edge: Option<(&'static str, i64)>,
-    raw_instant: bool,
 ) {
     b.push("SELECT ");
     let mut columns = 0;
@@ -294,12 +591,7 @@ fn events_columns(
     }
     if let Some(bucketing) = &plan.interval {
         next(b);
-        if raw_instant {
-            b.typed(&bucketing.field);
-            b.push(" AS ms");
-        } else {
-            bucket(b, plan, "");
-        }
+        bucket(b, plan, |b| b.typed(&bucketing.field));
     }
     for (i, metric) in plan.metrics.iter().enumerate() {
         if let Some(field) = &metric.field {
@@ -317,6 +609,16 @@ fn events_columns(
         // `count` alone needs no column.
         b.push("1 AS one");
     }
+    events_from(b, topic, plan, edge);
+}
+
+/// ` FROM events WHERE topic = $n AND <filters>`, and the minute `edge`.
+fn events_from(
+    b: &mut SqlBuilder,
+    topic: &str,
+    plan: &AggregatePlan,
+    edge: Option<(&'static str, i64)>,
+) {
     b.push(" FROM events WHERE topic = ");
     b.bind(Bind::Text(topic.to_owned()), "::text");
     for filter in &plan.filters {
@@ -342,16 +644,12 @@ fn truncate(b: &mut SqlBuilder, unit: TimeUnit) {
     });
 }
 
-/// The bucket of the plan's interval, `date_trunc(unit, <instant>, $zone) AS k<n>`: of the interval's
-/// field, or of the column `column` when not empty (the rollups' `minute`).
-fn bucket(b: &mut SqlBuilder, plan: &AggregatePlan, column: &'static str) {
+/// The bucket of the plan's interval, `date_trunc(unit, <instant>, $zone) AS k<n>`, of the instant
+/// `instant` writes.
+fn bucket(b: &mut SqlBuilder, plan: &AggregatePlan, instant: impl FnOnce(&mut SqlBuilder)) {
     if let Some(bucketing) = &plan.interval {
         truncate(b, bucketing.unit);
-        if column.is_empty() {
-            instant(b, &bucketing.field);
-        } else {
-            b.push(column);
-        }
+        instant(b);
         b.push(", ");
         b.bind(Bind::Text(bucketing.time_zone.clone()), "::text");
         b.push(") AS ");
@@ -431,21 +729,14 @@ impl RollupRange {
     }
 }
 
-/// The instant of a time field as `timestamptz`; an epoch-ms value only within years 0001–9999 (beyond,
-/// `to_timestamp` could fail the whole statement), as `eventgate_core::query::aggregate::epoch_ms_instant`.
-fn instant(b: &mut SqlBuilder, field: &FieldDef) {
-    if !epoch_payload(field) {
-        return b.typed(field);
-    }
-    epoch_instant(b, |b| b.typed(field));
-}
-
 /// Whether a time field is an epoch-ms payload value (made an instant by [`epoch_instant`]).
 fn epoch_payload(field: &FieldDef) -> bool {
     field.source != FieldSource::Timestamp && field.ty == FieldType::EpochMillis
 }
 
-/// The instant of the epoch-ms number `value` writes (NULL outside years 0001–9999).
+/// The instant of the epoch-ms number `value` writes, as `timestamptz`: only within years 0001–9999
+/// (beyond, `to_timestamp` could fail the whole statement; NULL there), as
+/// `eventgate_core::query::aggregate::epoch_ms_instant`.
 fn epoch_instant(b: &mut SqlBuilder, value: impl Fn(&mut SqlBuilder)) {
     b.push("(CASE WHEN ");
     value(b);
@@ -595,19 +886,100 @@ mod tests {
             "{}",
             parts.sql
         );
+        // Count, sum and average total from the groups: a plain GROUP BY, no grouping sets.
         assert!(
-            parts.sql.contains("GROUP BY GROUPING SETS ((k0, k1), ())"),
+            parts.sql.starts_with("WITH grouped AS MATERIALIZED (SELECT k0, k1, count(*) AS m0, sum(a1) AS m1, sum(a2) AS s2, count(a2) AS c2 FROM ("),
             "{}",
             parts.sql
         );
         assert!(
-            parts.sql.ends_with("ORDER BY grp DESC, m0 DESC NULLS LAST, k0 ASC NULLS LAST, k1 ASC NULLS LAST LIMIT $8::bigint"),
+            parts.sql.contains(") AS selected GROUP BY k0, k1) "),
+            "{}",
+            parts.sql
+        );
+        assert!(!parts.sql.contains("GROUPING"), "{}", parts.sql);
+        assert!(
+            parts.sql.contains("s2 / NULLIF(c2, 0)::numeric AS m2, 0 AS grp FROM grouped UNION ALL SELECT NULL, NULL, coalesce(sum(m0), 0)::bigint, sum(m1), sum(s2) / NULLIF(sum(c2), 0), 1 FROM grouped"),
+            "{}",
+            parts.sql
+        );
+        assert!(
+            parts.sql.ends_with("ORDER BY grp DESC, m0 DESC NULLS LAST, k0 ASC NULLS LAST, k1 ASC NULLS LAST LIMIT $9::bigint"),
             "{}",
             parts.sql
         );
         assert!(parts.binds.contains(&Bind::Text("Europe/Berlin".into())));
-        assert!(parts.binds.contains(&Bind::TextArray(vec![evil.into()])));
+        assert!(parts.binds.contains(&Bind::Text(evil.into())));
         assert_eq!(parts.binds.last(), Some(&Bind::BigInt(6)));
+    }
+
+    #[test]
+    fn distinct_counts_keep_the_grouping_sets() {
+        let parts = sql_for(json!({
+            "group_by": ["source_app"],
+            "metrics": ["count", "count_distinct(score)", "min(score)"]
+        }));
+        assert!(!parts.sql.contains("WITH grouped"), "{}", parts.sql);
+        assert!(
+            parts.sql.contains("GROUP BY GROUPING SETS ((k0), ())"),
+            "{}",
+            parts.sql
+        );
+    }
+
+    #[test]
+    fn each_payload_path_is_looked_up_once_per_event() {
+        let parts = sql_for(json!({
+            "filter": {"score_gte": 1},
+            "group_by": ["source_app", "producer"],
+            "interval": {"unit": "day", "field": "ts_ms"},
+            "metrics": ["count", "count_distinct(score)", "sum(score)", "max(ts_ms)"]
+        }));
+        // source_app, ts_ms and score once each in `raw`; the filter's own expression as before.
+        assert_eq!(
+            parts.sql.matches("(payload -> $").count(),
+            3,
+            "{}",
+            parts.sql
+        );
+        assert_eq!(parts.sql.matches("payload #>").count(), 2, "{}", parts.sql);
+        assert!(
+            parts
+                .sql
+                .contains("producer, 1 AS one FROM events WHERE topic = "),
+            "{}",
+            parts.sql
+        );
+        assert!(
+            parts.sql.contains(" OFFSET 0) AS raw OFFSET 0) AS typed"),
+            "{}",
+            parts.sql
+        );
+        // The filter's path, bound as a whole.
+        let paths = parts
+            .binds
+            .iter()
+            .filter(|b| matches!(b, Bind::TextArray(_)))
+            .count();
+        assert_eq!(paths, 1, "{:?}", parts.binds);
+        // An argument of a field already typed (a key, an earlier argument) reuses its column.
+        let parts = sql_for(json!({
+            "group_by": ["score"],
+            "metrics": ["count", "sum(score)", "min(ts_ms)", "max(ts_ms)"]
+        }));
+        assert!(
+            parts
+                .sql
+                .contains("SELECT k0, k0 AS a1, a2, a2 AS a3, 1 AS one FROM (SELECT "),
+            "{}",
+            parts.sql
+        );
+        assert_eq!(
+            parts.sql.matches("::numeric END) AS ").count(),
+            2,
+            "{}",
+            parts.sql
+        );
     }
 
     #[test]
@@ -643,7 +1015,13 @@ mod tests {
             "{}",
             parts.sql
         );
-        assert_eq!(parts.sql.matches(" UNION ALL ").count(), 2, "{}", parts.sql);
+        // The partial minutes at both ends (the third UNION ALL adds the totals row).
+        assert_eq!(
+            parts.sql.matches(" UNION ALL SELECT date_trunc(").count(),
+            2,
+            "{}",
+            parts.sql
+        );
         assert!(parts.sql.contains("sum(weight) AS m0"), "{}", parts.sql);
         // The first whole minute after 00:00:30, the end of the last one before midnight.
         let minute = |text: &str| {
