@@ -85,6 +85,11 @@ pub async fn run(
         "the range {from} – {to} holds {counted} events, not {rows}"
     );
     eprintln!("bench: exports: {rows} events received from {from} to {to}");
+    // One unmeasured read of the rows first: otherwise the first export alone reads them from disk and
+    // the later ones from the cache (measured: NDJSON first at 74 k rows/s, CSV then at 120 k).
+    copy_out(&client, rows, &from, &to)
+        .await
+        .context("the warm-up read of the exported rows")?;
 
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = tokio::spawn(sample_rss(stats_pid, sampling.clone()));
