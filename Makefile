@@ -32,7 +32,7 @@ keys: ## Create the dev key pair in .data/keys unless it exists (docker compose 
 test: ## fmt check, clippy and every test against a private PostgreSQL + tansu (installs what is missing)
 	@bash scripts/test.sh
 
-bench: ## Measured speed of ingest, writer, queries on release builds (~15 min; BENCH_ARGS=… for more flags)
+bench: ## Measured speed of ingest, writer, queries, aggregates, exports on release builds (~20 min; BENCH_ARGS=… for more flags)
 	@bash scripts/bench.sh $(BENCH_ARGS)
 
 bench-quick: ## The same with small sizes (about a minute): proves the tool works
