@@ -108,19 +108,6 @@ impl ClientContext for WriterContext {
 }
 
 impl ConsumerContext for WriterContext {
-    /// The answer to a commit (the loop commits in the background, `CommitMode::Async`): a failed one is
-    /// counted; its batch is read again by the partition's next reader, and its rows are stored already.
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        _offsets: &rdkafka::TopicPartitionList,
-    ) {
-        if let Err(error) = result {
-            self.metrics.commit_failures.inc();
-            tracing::warn!(%error, "offset commit failed; the batch may be read again");
-        }
-    }
-
     /// Before librdkafka hands the partitions over or takes them: from here on, the loop neither commits
     /// nor keeps messages of a revoked partition.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -18,7 +18,6 @@
 //! partitions and keeps polling, which keeps the member in the group (`max.poll.interval.ms`) and serves
 //! rebalances; it resumes them once there is room again.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,8 +83,6 @@ pub struct Writer {
     instance: String,
     /// Reads the topics again on SIGHUP and subscribes to the new ones.
     topic_reloader: Arc<crate::reload::TopicReloader>,
-    /// The offsets committed in the background, per (Kafka topic, partition): confirmed at a stop.
-    submitted: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl Writer {
@@ -204,7 +201,6 @@ impl Writer {
             alerts_config: config.alerts.clone(),
             instance,
             topic_reloader,
-            submitted: std::sync::Mutex::default(),
         })
     }
 
@@ -283,7 +279,7 @@ impl Writer {
                         unwritten.push(done);
                         break;
                     }
-                    self.commit(&done, CommitMode::Async).await;
+                    self.commit(&done).await;
                     drop(spans);
                 }
                 // A batch that is due waits while the writes in progress are as many as allowed.
@@ -358,7 +354,7 @@ impl Writer {
         // order, as long as every earlier batch was.
         while let Some((done, written, spans)) = writing.next().await {
             if written && unwritten.is_empty() {
-                self.commit(&done, CommitMode::Sync).await;
+                self.commit(&done).await;
             } else {
                 unwritten.push(done);
             }
@@ -392,7 +388,6 @@ impl Writer {
             }
             timer.abort();
         }
-        self.confirm_background_commits().await;
         self.consumer.unsubscribe();
         // Leaving the group takes the revocation, which librdkafka hands over on poll: poll until it
         // happened (bounded), so that the partitions go to the other members now, not after the session
@@ -460,7 +455,7 @@ impl Writer {
         if !self.store.write(batch, shutdown).await {
             return false;
         }
-        self.commit(batch, CommitMode::Sync).await;
+        self.commit(batch).await;
         batch.clear();
         true
     }
@@ -510,7 +505,7 @@ impl Writer {
 
     /// Commits the offsets of a written batch, for the partitions still owned since its messages were
     /// read; the others are left to their next reader ([`crate::rebalance`]).
-    async fn commit(&self, batch: &Batch, mode: CommitMode) {
+    async fn commit(&self, batch: &Batch) {
         let plan = batch.offsets_to_commit(&self.ownership.lock());
         if !plan.abandoned.is_empty() {
             tracing::info!(
@@ -530,75 +525,19 @@ impl Writer {
                 return;
             }
         }
-        if matches!(mode, CommitMode::Async) {
-            // Sent in the background, in order (librdkafka sends a member's commits one after the other
-            // to the coordinator); failures reach `WriterContext::commit_callback`. The loop does not
-            // wait for the broker's answer (tens to hundreds of milliseconds on a busy broker), which
-            // would hold every later event.
-            match self.consumer.commit(&offsets, CommitMode::Async) {
-                Ok(()) => {
-                    let mut submitted = self.lock_submitted();
-                    for element in offsets.elements() {
-                        if let Offset::Offset(next) = element.offset() {
-                            submitted
-                                .insert((element.topic().to_owned(), element.partition()), next);
-                        }
-                    }
-                }
-                Err(error) => {
-                    self.metrics.commit_failures.inc();
-                    tracing::warn!(%error, "offset commit failed; the batch may be read again")
-                }
-            }
-            return;
-        }
-        self.commit_now(offsets).await;
-    }
-
-    /// Commits `offsets` and waits for the broker's answer.
-    async fn commit_now(&self, offsets: TopicPartitionList) {
         let consumer = self.consumer.clone();
         let result =
             tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await;
         match result {
             Ok(Ok(())) => {}
             // After a rebalance another member owns the partition and reads it again from its last
-            // committed offset; the rows are already written, so the replay is harmless. (Counted in
-            // `WriterContext::commit_callback`.)
+            // committed offset; the rows are already written, so the replay is harmless.
             Ok(Err(error)) => {
+                self.metrics.commit_failures.inc();
                 tracing::warn!(%error, "offset commit failed; the batch may be read again")
             }
             Err(error) => tracing::error!(%error, "offset commit task failed"),
         }
-    }
-
-    /// At a stop: the offsets committed in the background, again and waited for, for the partitions
-    /// still owned, so that none is left unsent when the member leaves.
-    async fn confirm_background_commits(&self) {
-        let submitted = std::mem::take(&mut *self.lock_submitted());
-        let mut offsets = TopicPartitionList::new();
-        {
-            let ownership = self.ownership.lock();
-            for ((topic, partition), next) in submitted {
-                if ownership.epoch(&topic, partition).is_some()
-                    && offsets
-                        .add_partition_offset(&topic, partition, Offset::Offset(next))
-                        .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        if offsets.count() > 0 {
-            self.commit_now(offsets).await;
-        }
-    }
-
-    fn lock_submitted(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), i64>> {
-        // Poisoned only if an update panicked half-way; the map is still usable.
-        self.submitted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
